@@ -1,0 +1,623 @@
+"""Invariants of the kefu Helm chart, rendered with the default values and with
+values-production.yaml, validated against the Kubernetes 1.29 schemas."""
+
+from __future__ import annotations
+
+import copy
+import filecmp
+from pathlib import Path
+from typing import Any
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import (
+    CALLS,
+    CHART,
+    NAMESPACE,
+    NEEDS_DATABASE,
+    NEEDS_MODELS,
+    NEEDS_REDIS,
+    NEEDS_TENANTS,
+    PRODUCTION_VALUES,
+    REPO,
+    SERVICES,
+    STANDARD_LABELS,
+    Rendered,
+    component_of,
+    load_values_file,
+    pod_labels_by_component,
+    render,
+    selector_matches,
+)
+
+KUBERNETES_VERSION = "1.29.0"
+# Prometheus Operator kinds: no schema in kubernetes-validate; checked structurally below.
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+
+
+def container_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def container_port(container: dict[str, Any], name: str) -> int:
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    return ports[name]
+
+
+def configmap_env(r: Rendered, deployment: dict[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for source in container_of(deployment).get("envFrom", []):
+        env.update(r.get("ConfigMap", source["configMapRef"]["name"])["data"])
+    return env
+
+
+# --------------------------------------------------------------------------- lint, schemas
+
+
+@pytest.mark.parametrize("values_file", [None, PRODUCTION_VALUES], ids=["default", "production"])
+def test_helm_lint_strict(values_file: Path | None) -> None:
+    values = load_values_file(values_file) if values_file else None
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBERNETES_VERSION}")
+    assert report["total_charts_linted"] == 1
+    assert report["errors"] == []
+    # severity: 1 info, 2 warning, 3 error; --strict fails on warnings too
+    problems = [m for m in report["messages"] if m["severity"] >= 2]
+    assert problems == []
+
+
+def test_every_manifest_is_valid_kubernetes_1_29(rendered: Rendered) -> None:
+    checked = 0
+    for obj in rendered.objects:
+        if obj["kind"] in CUSTOM_KINDS:
+            continue
+        kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+        checked += 1
+    assert checked >= 6 * 6  # six services, six kinds of object each
+
+
+def test_validation_catches_a_broken_manifest(default_render: Rendered) -> None:
+    """The validator really is strict: a misspelt field is an error."""
+    deployment = copy.deepcopy(default_render.of_kind("Deployment")[0])
+    container_of(deployment)["livenesProbe"] = container_of(deployment).pop("livenessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSION, strict=True)
+
+
+def test_default_object_counts(default_render: Rendered) -> None:
+    assert default_render.kind_counts() == {
+        "ConfigMap": 6,
+        "Deployment": 6,
+        "HorizontalPodAutoscaler": 6,
+        "NetworkPolicy": 6,
+        "PodDisruptionBudget": 6,
+        "Service": 6,
+        "ServiceAccount": 1,
+    }
+
+
+def test_production_object_counts(production_render: Rendered) -> None:
+    assert production_render.kind_counts() == {
+        "ConfigMap": 6,
+        "Deployment": 6,
+        "HorizontalPodAutoscaler": 6,
+        "Ingress": 1,
+        "NetworkPolicy": 6,
+        "PodDisruptionBudget": 6,
+        "PrometheusRule": 1,
+        "Service": 6,
+        "ServiceAccount": 1,
+        "ServiceMonitor": 1,
+    }
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_standard_labels_on_every_object_and_pod(rendered: Rendered) -> None:
+    for obj in rendered.objects:
+        labels = obj["metadata"].get("labels", {})
+        missing = [k for k in STANDARD_LABELS if k not in labels]
+        assert not missing, f"{obj['kind']}/{obj['metadata']['name']} lacks {missing}"
+        assert labels["app.kubernetes.io/part-of"] == "kefu"
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+        assert labels["helm.sh/chart"] == "kefu-0.1.0"
+    for deployment in rendered.of_kind("Deployment"):
+        pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+        assert all(k in pod_labels for k in STANDARD_LABELS)
+
+
+# --------------------------------------------------------------------------- workloads
+
+
+def test_six_deployments_one_per_service(rendered: Rendered) -> None:
+    deployments = rendered.of_kind("Deployment")
+    assert sorted(component_of(d) for d in deployments) == sorted(SERVICES)
+    for d in deployments:
+        svc = component_of(d)
+        assert d["metadata"]["name"] == f"kefu-{svc}"
+        container = container_of(d)
+        assert container["name"] == svc
+        assert container["image"].rsplit("/", 1)[-1].startswith(f"kefu-{svc}:")
+        assert container_port(container, "grpc") == SERVICES[svc]["grpc"]
+        assert container_port(container, "metrics") == SERVICES[svc]["metrics"]
+        selector = d["spec"]["selector"]["matchLabels"]
+        assert selector_matches(selector, d["spec"]["template"]["metadata"]["labels"])
+        # the selector tells the six apart
+        others = [o for o in deployments if o is not d]
+        assert not any(selector_matches(selector, o["spec"]["template"]["metadata"]["labels"])
+                       for o in others)
+
+
+def test_each_deployment_has_a_service_selecting_its_pods(rendered: Rendered) -> None:
+    pods = pod_labels_by_component(rendered)
+    services = rendered.of_kind("Service")
+    assert len(services) == 6
+    for d in rendered.of_kind("Deployment"):
+        svc = component_of(d)
+        service = rendered.get("Service", d["metadata"]["name"])
+        selected = [c for c, labels in pods.items() if selector_matches(service["spec"]["selector"], labels)]
+        assert selected == [svc]
+        ports = {p["name"]: p for p in service["spec"]["ports"]}
+        assert set(ports) == {"grpc", "metrics"}
+        container = container_of(d)
+        for name in ("grpc", "metrics"):
+            target = ports[name]["targetPort"]
+            assert target == name or target == container_port(container, name)
+            assert ports[name]["port"] == SERVICES[svc][name]
+        assert service["spec"]["type"] in ("ClusterIP", "LoadBalancer", "NodePort")
+
+
+def test_each_deployment_has_an_hpa_targeting_it(rendered: Rendered) -> None:
+    hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in rendered.of_kind("HorizontalPodAutoscaler")}
+    assert len(hpas) == 6
+    for d in rendered.of_kind("Deployment"):
+        name = d["metadata"]["name"]
+        svc_values = rendered.values["services"][component_of(d)]["autoscaling"]
+        hpa = hpas[name]
+        assert hpa["apiVersion"] == "autoscaling/v2"
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": name}
+        assert hpa["spec"]["minReplicas"] == svc_values["minReplicas"]
+        assert hpa["spec"]["maxReplicas"] == svc_values["maxReplicas"]
+        assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+        targets = {m["resource"]["name"]: m["resource"]["target"] for m in hpa["spec"]["metrics"]}
+        assert targets["cpu"] == {"type": "Utilization",
+                                  "averageUtilization": svc_values["targetCPUUtilizationPercentage"]}
+        assert targets["memory"] == {"type": "Utilization",
+                                     "averageUtilization": svc_values["targetMemoryUtilizationPercentage"]}
+        assert (hpa["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"]
+                == svc_values["scaleDownStabilizationWindowSeconds"])
+        # the HPA owns the replica count
+        assert "replicas" not in d["spec"]
+        # utilization is relative to requests: every container must request cpu and memory
+        requests = container_of(d)["resources"]["requests"]
+        assert "cpu" in requests and "memory" in requests
+
+
+def test_without_autoscaling_the_deployment_sets_replicas() -> None:
+    r = render({"services": {"ticket": {"autoscaling": {"enabled": False}, "replicas": 3}}})
+    assert r.get("Deployment", "kefu-ticket")["spec"]["replicas"] == 3
+    assert "kefu-ticket" not in {h["metadata"]["name"] for h in r.of_kind("HorizontalPodAutoscaler")}
+    assert len(r.of_kind("HorizontalPodAutoscaler")) == 5
+
+
+def test_grpc_liveness_readiness_and_startup_probes(rendered: Rendered) -> None:
+    for d in rendered.of_kind("Deployment"):
+        svc = component_of(d)
+        container = container_of(d)
+        grpc_port = container_port(container, "grpc")
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            assert container[probe]["grpc"]["port"] == grpc_port, (svc, probe)
+            assert "httpGet" not in container[probe] and "exec" not in container[probe]
+        # readiness follows the service's own status, liveness the overall one
+        assert container["readinessProbe"]["grpc"]["service"] == SERVICES[svc]["health"]
+        assert container["livenessProbe"]["grpc"].get("service", "") == ""
+
+
+def test_no_container_can_run_as_root(rendered: Rendered) -> None:
+    for d in rendered.of_kind("Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        pod_sc = pod.get("securityContext", {})
+        assert pod_sc.get("seccompProfile", {}).get("type") == "RuntimeDefault"
+        for c in pod["containers"] + pod.get("initContainers", []):
+            sc = c.get("securityContext", {})
+            run_as_non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+            run_as_user = sc.get("runAsUser", pod_sc.get("runAsUser"))
+            assert run_as_non_root is True, d["metadata"]["name"]
+            assert run_as_user is not None and run_as_user != 0
+            assert run_as_user == 10001
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc.get("privileged", False) is False
+            assert sc["capabilities"]["drop"] == ["ALL"]
+            assert not sc["capabilities"].get("add")
+            assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+        # the read-only root still has a writable /tmp
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]]
+        assert pod["automountServiceAccountToken"] is False
+        assert pod["serviceAccountName"] == rendered.of_kind("ServiceAccount")[0]["metadata"]["name"]
+        assert pod["enableServiceLinks"] is False
+
+
+def test_pod_disruption_budget_per_service(rendered: Rendered) -> None:
+    pods = pod_labels_by_component(rendered)
+    pdbs = rendered.of_kind("PodDisruptionBudget")
+    assert len(pdbs) == 6
+    covered = []
+    for pdb in pdbs:
+        selected = [c for c, labels in pods.items()
+                    if selector_matches(pdb["spec"]["selector"]["matchLabels"], labels)]
+        assert len(selected) == 1
+        covered.extend(selected)
+        svc = selected[0]
+        min_replicas = rendered.values["services"][svc]["autoscaling"]["minReplicas"]
+        spec = pdb["spec"]
+        assert ("minAvailable" in spec) != ("maxUnavailable" in spec)
+        # a budget that can never be met would block every node drain
+        if isinstance(spec.get("minAvailable"), int):
+            assert spec["minAvailable"] < min_replicas, svc
+        if isinstance(spec.get("maxUnavailable"), int):
+            assert spec["maxUnavailable"] >= 1
+    assert sorted(covered) == sorted(SERVICES)
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def test_each_service_gets_exactly_the_env_it_needs(rendered: Rendered) -> None:
+    for d in rendered.of_kind("Deployment"):
+        svc = component_of(d)
+        env = configmap_env(rendered, d)
+        assert env["KEFU_GRPC_PORT"] == str(SERVICES[svc]["grpc"])
+        assert env["KEFU_METRICS_PORT"] == str(SERVICES[svc]["metrics"])
+        assert env["KEFU_BIND_HOST"] == "0.0.0.0"
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4317")
+        urls = {k for k in env if k.endswith("_URL")}
+        assert urls == {f"KEFU_{callee.upper()}_URL" for callee in CALLS[svc]}
+        for callee in CALLS[svc]:
+            assert env[f"KEFU_{callee.upper()}_URL"] == f"http://kefu-{callee}:{SERVICES[callee]['grpc']}"
+        assert ("KEFU_MODELS_DIR" in env) == (svc in NEEDS_MODELS)
+        assert ("KEFU_TENANTS_DIR" in env) == (svc in NEEDS_TENANTS)
+        # secrets never sit in a ConfigMap
+        assert "DATABASE_URL" not in env and "REDIS_URL" not in env
+
+
+def test_production_takes_credentials_from_the_existing_secret(production_render: Rendered) -> None:
+    assert production_render.of_kind("Secret") == []
+    for d in production_render.of_kind("Deployment"):
+        svc = component_of(d)
+        env = {e["name"]: e for e in container_of(d).get("env", [])}
+        assert ("DATABASE_URL" in env) == (svc in NEEDS_DATABASE), svc
+        assert ("REDIS_URL" in env) == (svc in NEEDS_REDIS), svc
+        for name in ("DATABASE_URL", "REDIS_URL"):
+            if name in env:
+                ref = env[name]["valueFrom"]["secretKeyRef"]
+                assert ref == {"name": "kefu-credentials", "key": name}
+
+
+def test_chart_secret_when_urls_are_given() -> None:
+    r = render({"secrets": {"databaseUrl": "postgres://kefu:pw@db:5432/kefu",
+                            "redisUrl": "redis://cache:6379/0"}})
+    secret = r.get("Secret", "kefu-secrets")
+    assert secret["stringData"] == {"DATABASE_URL": "postgres://kefu:pw@db:5432/kefu",
+                                    "REDIS_URL": "redis://cache:6379/0"}
+    for d in r.of_kind("Deployment"):
+        svc = component_of(d)
+        env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container_of(d).get("env", [])}
+        expected = set()
+        if svc in NEEDS_DATABASE:
+            expected.add("DATABASE_URL")
+        if svc in NEEDS_REDIS:
+            expected.add("REDIS_URL")
+        assert set(env) == expected
+        assert all(ref["name"] == "kefu-secrets" for ref in env.values())
+        # pods restart when the credentials change
+        assert "checksum/secret" in d["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_default_install_has_no_database_and_warns(default_render: Rendered) -> None:
+    assert default_render.of_kind("Secret") == []
+    for d in default_render.of_kind("Deployment"):
+        assert "env" not in container_of(d)
+    assert "WARNING: no DATABASE_URL" in default_render.notes
+
+
+def test_config_change_rolls_the_pods(default_render: Rendered) -> None:
+    r = render({"config": {"rustLog": "debug"}})
+    for d in default_render.of_kind("Deployment"):
+        name = d["metadata"]["name"]
+        before = d["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        after = r.get("Deployment", name)["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        assert before != after
+
+
+def test_other_release_names_keep_urls_consistent() -> None:
+    r = render(name="support", namespace="cs")
+    gateway = r.get("Deployment", "support-kefu-gateway")
+    assert configmap_env(r, gateway)["KEFU_ORCHESTRATOR_URL"] == "http://support-kefu-orchestrator:50052"
+    assert {s["metadata"]["name"] for s in r.of_kind("Service")} == {f"support-kefu-{s}" for s in SERVICES}
+
+
+# --------------------------------------------------------------------------- network policies
+
+CLUSTER_NAMESPACE_LABELS = {"kubernetes.io/metadata.name": NAMESPACE}
+MONITORING_NAMESPACE_LABELS = {"kubernetes.io/metadata.name": "monitoring"}
+INGRESS_NGINX = ({"kubernetes.io/metadata.name": "ingress-nginx"}, {"app.kubernetes.io/name": "ingress-nginx"})
+
+
+def label_selector_matches(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    if selector is None:
+        return True
+    assert set(selector) <= {"matchLabels"}, "matchExpressions are not evaluated by this test"
+    return selector_matches(selector.get("matchLabels", {}), labels)
+
+
+def peer_selects(peer: dict[str, Any], pod_labels: dict[str, str] | None,
+                 namespace_labels: dict[str, str] | None) -> bool:
+    """Whether a NetworkPolicy peer admits a pod (pod_labels None: a host outside the cluster)."""
+    if "ipBlock" in peer:
+        return pod_labels is None
+    if pod_labels is None:
+        return False
+    if "namespaceSelector" in peer:
+        if not label_selector_matches(peer["namespaceSelector"], namespace_labels or {}):
+            return False
+    elif namespace_labels != CLUSTER_NAMESPACE_LABELS:
+        return False  # a bare podSelector only selects pods of the policy's namespace
+    return label_selector_matches(peer.get("podSelector"), pod_labels)
+
+
+def rule_admits(rule: dict[str, Any], peers_key: str, port: int, pod_labels: dict[str, str] | None,
+                namespace_labels: dict[str, str] | None) -> bool:
+    ports = rule.get("ports")
+    assert ports, "a rule without ports opens every port"
+    if not any(p["port"] == port for p in ports):
+        return False
+    peers = rule.get(peers_key)
+    if not peers:
+        return True
+    return any(peer_selects(peer, pod_labels, namespace_labels) for peer in peers)
+
+
+def policy_for(r: Rendered, component: str) -> dict[str, Any]:
+    pods = pod_labels_by_component(r)
+    found = [p for p in r.of_kind("NetworkPolicy")
+             if label_selector_matches(p["spec"]["podSelector"], pods[component])]
+    assert len(found) == 1, component
+    return found[0]
+
+
+def ingress_allowed(r: Rendered, target: str, port: int, pod_labels: dict[str, str] | None,
+                    namespace_labels: dict[str, str] | None) -> bool:
+    spec = policy_for(r, target)["spec"]
+    assert "Ingress" in spec["policyTypes"]
+    return any(rule_admits(rule, "from", port, pod_labels, namespace_labels) for rule in spec.get("ingress", []))
+
+
+def egress_allowed(r: Rendered, source: str, port: int, pod_labels: dict[str, str] | None,
+                   namespace_labels: dict[str, str] | None) -> bool:
+    spec = policy_for(r, source)["spec"]
+    assert "Egress" in spec["policyTypes"]
+    return any(rule_admits(rule, "to", port, pod_labels, namespace_labels) for rule in spec.get("egress", []))
+
+
+def test_grpc_reachability_is_exactly_the_call_graph(rendered: Rendered) -> None:
+    pods = pod_labels_by_component(rendered)
+    for caller in SERVICES:
+        for callee in SERVICES:
+            port = SERVICES[callee]["grpc"]
+            allowed = (egress_allowed(rendered, caller, port, pods[callee], CLUSTER_NAMESPACE_LABELS)
+                       and ingress_allowed(rendered, callee, port, pods[caller], CLUSTER_NAMESPACE_LABELS))
+            assert allowed == (callee in CALLS[caller]), f"{caller} -> {callee}"
+
+
+def test_only_the_gateway_is_reachable_from_outside(default_render: Rendered,
+                                                    production_render: Rendered) -> None:
+    stranger = {"app": "something-else"}
+    for svc, ports in SERVICES.items():
+        for r in (default_render, production_render):
+            from_other_namespace = ingress_allowed(r, svc, ports["grpc"], stranger, {"kubernetes.io/metadata.name": "x"})
+            from_internet = ingress_allowed(r, svc, ports["grpc"], None, None)
+            if svc != "gateway":
+                assert not from_other_namespace and not from_internet, svc
+    # default: the gateway is the public entry point
+    assert ingress_allowed(default_render, "gateway", 50051, None, None)
+    # production: only the ingress controller reaches it
+    ns_labels, pod_labels = INGRESS_NGINX
+    assert ingress_allowed(production_render, "gateway", 50051, pod_labels, ns_labels)
+    assert not ingress_allowed(production_render, "gateway", 50051, None, None)
+    assert not ingress_allowed(production_render, "gateway", 50051, {"app": "x"}, CLUSTER_NAMESPACE_LABELS)
+
+
+def test_metrics_ports_open_to_the_monitoring_namespace_only(rendered: Rendered) -> None:
+    scraper = {"app.kubernetes.io/name": "prometheus"}
+    pods = pod_labels_by_component(rendered)
+    for svc, ports in SERVICES.items():
+        assert ingress_allowed(rendered, svc, ports["metrics"], scraper, MONITORING_NAMESPACE_LABELS)
+        assert not ingress_allowed(rendered, svc, ports["metrics"], None, None)
+        assert not ingress_allowed(rendered, svc, ports["metrics"], pods["gateway"], CLUSTER_NAMESPACE_LABELS)
+        # and the monitoring namespace cannot call the internal gRPC APIs
+        if svc != "gateway":
+            assert not ingress_allowed(rendered, svc, ports["grpc"], scraper, MONITORING_NAMESPACE_LABELS)
+
+
+def test_egress_limited_to_dns_callees_database_redis_and_otlp(rendered: Rendered) -> None:
+    np_values = rendered.values["networkPolicy"]
+    database_port = np_values["database"]["port"]
+    redis_port = np_values["redis"]["port"]
+    otlp_port = np_values["otlp"]["port"]
+    kube_dns = ({"k8s-app": "kube-dns"}, {"kubernetes.io/metadata.name": "kube-system"})
+    for svc in SERVICES:
+        spec = policy_for(rendered, svc)["spec"]
+        ports_opened = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
+        expected = {53, otlp_port} | {SERVICES[c]["grpc"] for c in CALLS[svc]}
+        if svc in NEEDS_DATABASE:
+            expected.add(database_port)
+        if svc in NEEDS_REDIS:
+            expected.add(redis_port)
+        assert ports_opened == expected, svc
+        assert egress_allowed(rendered, svc, 53, *kube_dns)
+        dns_protocols = {p.get("protocol", "TCP") for rule in spec["egress"] for p in rule["ports"] if p["port"] == 53}
+        assert dns_protocols == {"UDP", "TCP"}
+        # DNS only to the cluster DNS pods, not to any pod
+        assert not egress_allowed(rendered, svc, 53, {"app": "x"}, {"kubernetes.io/metadata.name": "x"})
+
+
+def test_production_egress_goes_only_to_the_named_destinations(production_render: Rendered) -> None:
+    elsewhere = ({"app": "x"}, {"kubernetes.io/metadata.name": "x"})
+    collector = ({"app.kubernetes.io/name": "jaeger"}, {"kubernetes.io/metadata.name": "observability"})
+    for svc in SERVICES:
+        for port in (5432, 6379, 4317):
+            assert not egress_allowed(production_render, svc, port, *elsewhere), (svc, port)
+        assert egress_allowed(production_render, svc, 4317, *collector)
+        # PostgreSQL and Redis sit outside the cluster, in the ipBlocks of values-production.yaml
+        assert egress_allowed(production_render, svc, 5432, None, None) == (svc in NEEDS_DATABASE)
+        assert egress_allowed(production_render, svc, 6379, None, None) == (svc in NEEDS_REDIS)
+
+
+def test_network_policies_can_be_turned_off() -> None:
+    assert render({"networkPolicy": {"enabled": False}}).of_kind("NetworkPolicy") == []
+
+
+# --------------------------------------------------------------------------- ingress, monitoring
+
+
+def test_ingress_routes_grpc_over_tls_to_the_gateway(production_render: Rendered,
+                                                     production_values: dict[str, Any]) -> None:
+    ingress = production_render.get("Ingress", "kefu-gateway")
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    host = production_values["ingress"]["host"]
+    assert ingress["spec"]["tls"] == [{"hosts": [host], "secretName": production_values["ingress"]["tls"]["secretName"]}]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == host
+    (path,) = rule["http"]["paths"]
+    backend = path["backend"]["service"]
+    gateway_service = production_render.get("Service", backend["name"])
+    assert component_of(gateway_service) == "gateway"
+    assert backend["port"] == {"name": "grpc"}
+
+
+def test_backend_protocol_cannot_be_overridden() -> None:
+    r = render({"ingress": {"enabled": True,
+                            "annotations": {"nginx.ingress.kubernetes.io/backend-protocol": "HTTP"}}})
+    annotations = r.get("Ingress", "kefu-gateway")["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+
+
+def test_service_monitor_scrapes_every_service(production_render: Rendered) -> None:
+    (sm,) = production_render.of_kind("ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = sm["spec"]["selector"]
+    selected = []
+    for service in production_render.of_kind("Service"):
+        labels = service["metadata"]["labels"]
+        if not selector_matches(selector["matchLabels"], labels):
+            continue
+        if all(labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", [])
+               if e["operator"] == "In"):
+            selected.append(component_of(service))
+            assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
+    assert sorted(selected) == sorted(SERVICES)
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"
+    assert endpoint["honorLabels"] is True  # keep service="kefu-<svc>" from the metrics
+    (relabel,) = endpoint["relabelings"]
+    assert relabel["targetLabel"] == "job" and relabel["replacement"] == "kefu-$1"
+
+
+def monitoring_rule_files() -> list[Path]:
+    return sorted((REPO / "monitoring" / "rules").glob("*.yml"))
+
+
+def test_chart_rule_files_are_identical_to_monitoring_rules() -> None:
+    source = monitoring_rule_files()
+    copies = sorted((CHART / "files" / "rules").glob("*.yml"))
+    assert source, "monitoring/rules/*.yml not found"
+    assert [p.name for p in copies] == [p.name for p in source], "run helm/sync-rules.sh"
+    for original, copy_ in zip(source, copies):
+        assert filecmp.cmp(original, copy_, shallow=False), f"{copy_} differs: run helm/sync-rules.sh"
+
+
+def test_prometheus_rule_holds_the_monitoring_rule_groups(production_render: Rendered) -> None:
+    (rule,) = production_render.of_kind("PrometheusRule")
+    expected_groups = []
+    for path in monitoring_rule_files():
+        expected_groups.extend(yaml.safe_load(path.read_text(encoding="utf-8"))["groups"])
+    assert rule["spec"]["groups"] == expected_groups
+    names = [g["name"] for g in rule["spec"]["groups"]]
+    assert len(names) == len(set(names))
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+# --------------------------------------------------------------------------- values schema
+
+
+def schema() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.schema.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("values_file", [None, PRODUCTION_VALUES], ids=["default", "production"])
+def test_values_files_satisfy_the_schema(values_file: Path | None) -> None:
+    values = load_values_file(values_file) if values_file else None
+    with helm.Chart.load(str(CHART)) as chart:
+        merged = chart.merge_values(values)
+        chart.validate_schema(merged)
+    jsonschema.Draft7Validator(schema()).validate(merged)
+
+
+BAD_VALUES = {
+    "replicas as a word": {"services": {"gateway": {"replicas": "two"}}},
+    "unknown top-level key": {"replicaCount": 3},
+    "unknown service": {"services": {"frontend": {"enabled": True}}},
+    "unknown service setting": {"services": {"router": {"gpu": True}}},
+    "port out of range": {"services": {"ticket": {"grpcPort": 70000}}},
+    "hpa target as a string": {"services": {"router": {"autoscaling": {"targetCPUUtilizationPercentage": "70%"}}}},
+    "call to an unknown service": {"services": {"gateway": {"calls": ["billing"]}}},
+    "root user": {"securityContext": {"runAsUser": 0}},
+    "root allowed": {"podSecurityContext": {"runAsNonRoot": False}},
+    "writable root filesystem": {"securityContext": {"readOnlyRootFilesystem": False}},
+    "privilege escalation": {"securityContext": {"allowPrivilegeEscalation": True}},
+    "ingress flag as a string": {"ingress": {"enabled": "yes"}},
+    "bad log format": {"config": {"logFormat": "xml"}},
+    "bad database url": {"secrets": {"databaseUrl": "mysql://db/kefu"}},
+    "bad resource quantity": {"services": {"sentiment": {"resources": {"limits": {"memory": "lots"}}}}},
+}
+
+
+@pytest.mark.parametrize("overrides", list(BAD_VALUES.values()), ids=list(BAD_VALUES))
+def test_schema_rejects_wrong_values(overrides: dict[str, Any]) -> None:
+    with pytest.raises(helm.HelmError) as excinfo:
+        render(overrides)
+    assert "schema" in str(excinfo.value).lower() or "values" in str(excinfo.value).lower()
+    with helm.Chart.load(str(CHART)) as chart:
+        merged = chart.merge_values(overrides)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schema()).validate(merged)
+
+
+# --------------------------------------------------------------------------- NOTES.txt
+
+
+def test_notes_tell_how_to_try_the_release(rendered: Rendered) -> None:
+    notes = rendered.notes
+    assert "port-forward svc/kefu-gateway 50051:50051" in notes
+    assert "grpcurl -plaintext localhost:50051 list" in notes
+    assert "kefu.v1.ConversationService/SendMessage" in notes
+    assert '{"tenant_id":"demo","customer_id":"c1","text":' in notes
+    for svc in SERVICES:
+        assert f"kefu-{svc}" in notes
+
+
+def test_notes_use_the_ingress_when_enabled(production_render: Rendered) -> None:
+    assert "grpcurl kefu.example.com:443 list" in production_render.notes
+    assert "WARNING: no DATABASE_URL" not in production_render.notes
