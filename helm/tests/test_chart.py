@@ -14,7 +14,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import (
+from chart_support import (
     CALLS,
     CHART,
     NAMESPACE,
