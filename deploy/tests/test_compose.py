@@ -198,6 +198,8 @@ def test_kefu_containers_are_hardened(compose: dict[str, Any]) -> None:
         assert spec["cap_drop"] == ["ALL"]
         assert "no-new-privileges:true" in spec["security_opt"]
         assert "/tmp" in spec["tmpfs"]
+        # KEFU_DATA_DIR stays writable for the image's user under the read-only root
+        assert "/app/data:uid=10001,gid=10001,mode=0700" in spec["tmpfs"]
         assert "user" not in spec  # the image's uid 10001 applies
 
 
