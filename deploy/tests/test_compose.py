@@ -52,6 +52,9 @@ def compose(interpolated: str) -> dict[str, Any]:
 def test_compose_file_follows_the_compose_specification(interpolated: str) -> None:
     project = PyOptions(apply_merge=True).from_yaml(interpolated)
     project.validate()  # every referenced volume and network is declared
+    # and the typed models generated from the compose-spec JSON schema accept it too
+    spec = project.to_spec()
+    assert set(spec.services) == set(KEFU + INFRA)
     assert sorted(project.service_names()) == sorted(KEFU + INFRA)
 
 
