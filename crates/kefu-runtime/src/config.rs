@@ -1,0 +1,95 @@
+//! Configuration shared by every service: where it listens and how it calls others.
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+/// Identity and default ports of one kefu service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Short name: gateway, orchestrator, router, knowledge, ticket, sentiment.
+    pub name: &'static str,
+    pub grpc_port: u16,
+    pub metrics_port: u16,
+}
+
+impl ServiceSpec {
+    pub const GATEWAY: Self = Self { name: "gateway", grpc_port: 50051, metrics_port: 9101 };
+    pub const ORCHESTRATOR: Self = Self { name: "orchestrator", grpc_port: 50052, metrics_port: 9102 };
+    pub const ROUTER: Self = Self { name: "router", grpc_port: 50053, metrics_port: 9103 };
+    pub const KNOWLEDGE: Self = Self { name: "knowledge", grpc_port: 50054, metrics_port: 9104 };
+    pub const TICKET: Self = Self { name: "ticket", grpc_port: 50055, metrics_port: 9105 };
+    pub const SENTIMENT: Self = Self { name: "sentiment", grpc_port: 50056, metrics_port: 9106 };
+
+    /// `kefu-<name>`: the binary, the OpenTelemetry service.name and the metrics label.
+    pub fn full_name(&self) -> String {
+        format!("kefu-{}", self.name)
+    }
+
+    pub fn default_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.grpc_port)
+    }
+}
+
+/// How a server listens. Every field has an environment variable and a flag.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServerArgs {
+    /// Address to bind the gRPC and metrics ports to.
+    #[arg(long, env = "KEFU_BIND_HOST", default_value_t = IpAddr::V4(Ipv4Addr::UNSPECIFIED))]
+    pub bind_host: IpAddr,
+    /// gRPC port (default: the service's own, e.g. 50053 for the router; 0 picks a free port).
+    #[arg(long, env = "KEFU_GRPC_PORT")]
+    pub grpc_port: Option<u16>,
+    /// Prometheus /metrics port (default: the service's own, e.g. 9103; 0 picks a free port).
+    #[arg(long, env = "KEFU_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+    /// Deadline for handling one request when the caller sets none, in milliseconds.
+    #[arg(long, env = "KEFU_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Requests handled at once per connection; more wait.
+    #[arg(long, env = "KEFU_MAX_CONCURRENCY", default_value_t = 256)]
+    pub max_concurrency: usize,
+}
+
+impl ServerArgs {
+    pub fn grpc_addr(&self, spec: ServiceSpec) -> SocketAddr {
+        SocketAddr::new(self.bind_host, self.grpc_port.unwrap_or(spec.grpc_port))
+    }
+
+    pub fn metrics_addr(&self, spec: ServiceSpec) -> SocketAddr {
+        SocketAddr::new(self.bind_host, self.metrics_port.unwrap_or(spec.metrics_port))
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+
+    /// Defaults for tests and the all-in-one binary: loopback, given ports.
+    pub fn local(grpc_port: u16, metrics_port: u16) -> Self {
+        Self {
+            bind_host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            grpc_port: Some(grpc_port),
+            metrics_port: Some(metrics_port),
+            request_timeout_ms: 10_000,
+            max_concurrency: 256,
+        }
+    }
+}
+
+/// How a service calls the others.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// Deadline of each outgoing call, in milliseconds.
+    #[arg(long, env = "KEFU_CALL_TIMEOUT_MS", default_value_t = 5_000)]
+    pub call_timeout_ms: u64,
+}
+
+impl ClientArgs {
+    pub fn call_timeout(&self) -> Duration {
+        Duration::from_millis(self.call_timeout_ms)
+    }
+}
+
+impl Default for ClientArgs {
+    fn default() -> Self {
+        Self { call_timeout_ms: 5_000 }
+    }
+}

@@ -1,0 +1,286 @@
+//! Tower layers wrapped around every server and every client channel: one span per
+//! call (W3C trace context carried in gRPC metadata), Prometheus metrics, and the
+//! `grpc-timeout` deadline on outgoing calls.
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::TraceContextExt;
+use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+/// Response metadata key carrying the trace id, so a user can look the call up in Jaeger.
+pub const TRACE_ID_HEADER: &str = "x-trace-id";
+
+/// Only kefu's own RPCs are traced and counted; health checks and reflection are noise.
+fn is_kefu_rpc(path: &str) -> bool {
+    path.starts_with("/kefu.")
+}
+
+/// "/kefu.v1.RouterService/Classify" -> ("kefu.v1.RouterService", "Classify").
+fn split_path(path: &str) -> (&str, &str) {
+    path.trim_start_matches('/').split_once('/').unwrap_or((path, ""))
+}
+
+/// The gRPC status of a unary response: in the headers for errors (trailers-only
+/// responses), absent (OK, sent in the trailers) for successes.
+fn grpc_code(headers: &HeaderMap) -> tonic::Code {
+    headers
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<i32>().ok())
+        .map(tonic::Code::from)
+        .unwrap_or(tonic::Code::Ok)
+}
+
+fn code_label(code: tonic::Code) -> String {
+    format!("{code:?}")
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|key| key.as_str()).collect()
+    }
+}
+
+struct HeaderInjector<'a>(&'a mut HeaderMap);
+
+impl Injector for HeaderInjector<'_> {
+    fn set(&mut self, key: &str, value: String) {
+        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
+            self.0.insert(name, value);
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct ServerTelemetryLayer {
+    service: Arc<str>,
+}
+
+impl ServerTelemetryLayer {
+    pub(crate) fn new(service: &str) -> Self {
+        Self { service: service.into() }
+    }
+}
+
+impl<S> Layer<S> for ServerTelemetryLayer {
+    type Service = ServerTelemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ServerTelemetry { inner, service: self.service.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct ServerTelemetry<S> {
+    inner: S,
+    service: Arc<str>,
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ServerTelemetry<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path().to_owned();
+        if !is_kefu_rpc(&path) {
+            return Box::pin(inner.call(request));
+        }
+        let service = self.service.clone();
+        let (rpc_service, rpc_method) = split_path(&path);
+        let span = tracing::info_span!(
+            "grpc.server",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %rpc_service,
+            rpc.method = %rpc_method,
+            rpc.grpc.status_code = tracing::field::Empty,
+        );
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(parent);
+        let method_label = format!("{rpc_service}/{rpc_method}");
+        Box::pin(async move {
+            let started = Instant::now();
+            let in_flight = metrics::gauge!("kefu_grpc_server_requests_in_flight", "service" => service.to_string());
+            in_flight.increment(1.0);
+            let result = inner.call(request).instrument(span.clone()).await;
+            in_flight.decrement(1.0);
+            let code = match &result {
+                Ok(response) => grpc_code(response.headers()),
+                Err(_) => tonic::Code::Unknown,
+            };
+            span.record("rpc.grpc.status_code", code as i32);
+            if code != tonic::Code::Ok {
+                span.record("otel.status_code", "ERROR");
+            }
+            metrics::counter!(
+                "kefu_grpc_server_requests_total",
+                "service" => service.to_string(),
+                "grpc_method" => method_label.clone(),
+                "grpc_code" => code_label(code),
+            )
+            .increment(1);
+            metrics::histogram!(
+                "kefu_grpc_server_request_duration_seconds",
+                "service" => service.to_string(),
+                "grpc_method" => method_label,
+            )
+            .record(started.elapsed().as_secs_f64());
+            result.map(|mut response| {
+                let trace_id = span.context().span().span_context().trace_id();
+                if trace_id != opentelemetry::trace::TraceId::INVALID {
+                    if let Ok(value) = HeaderValue::from_str(&trace_id.to_string()) {
+                        response.headers_mut().insert(TRACE_ID_HEADER, value);
+                    }
+                }
+                response
+            })
+        })
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct ClientTelemetryLayer {
+    service: Arc<str>,
+    target: Arc<str>,
+    deadline: Duration,
+}
+
+impl ClientTelemetryLayer {
+    pub(crate) fn new(service: &str, target: &str, deadline: Duration) -> Self {
+        Self { service: service.into(), target: target.into(), deadline }
+    }
+}
+
+impl<S> Layer<S> for ClientTelemetryLayer {
+    type Service = ClientTelemetry<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientTelemetry { inner, layer: self.clone() }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClientTelemetry<S> {
+    inner: S,
+    layer: ClientTelemetryLayer,
+}
+
+/// `grpc-timeout` header value: at most 8 digits, here in milliseconds.
+fn grpc_timeout_value(deadline: Duration) -> HeaderValue {
+    let millis = deadline.as_millis().clamp(1, 99_999_999);
+    HeaderValue::from_str(&format!("{millis}m")).expect("digits and a unit are a valid header value")
+}
+
+impl<S, B, ResBody> Service<Request<B>> for ClientTelemetry<S>
+where
+    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let layer = self.layer.clone();
+        let path = request.uri().path().to_owned();
+        let (rpc_service, rpc_method) = split_path(&path);
+        let span = tracing::info_span!(
+            "grpc.client",
+            otel.name = %path.trim_start_matches('/'),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = "grpc",
+            rpc.service = %rpc_service,
+            rpc.method = %rpc_method,
+            rpc.grpc.status_code = tracing::field::Empty,
+            peer.service = %layer.target,
+        );
+        let context = span.context();
+        opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()))
+        });
+        request.headers_mut().entry("grpc-timeout").or_insert_with(|| grpc_timeout_value(layer.deadline));
+        let method_label = format!("{rpc_service}/{rpc_method}");
+        Box::pin(async move {
+            let result = inner.call(request).instrument(span.clone()).await;
+            let code = match &result {
+                Ok(response) => grpc_code(response.headers()),
+                Err(_) => tonic::Code::Unavailable,
+            };
+            span.record("rpc.grpc.status_code", code as i32);
+            if code != tonic::Code::Ok {
+                span.record("otel.status_code", "ERROR");
+            }
+            metrics::counter!(
+                "kefu_grpc_client_requests_total",
+                "service" => layer.service.to_string(),
+                "target" => layer.target.to_string(),
+                "grpc_method" => method_label,
+                "grpc_code" => code_label(code),
+            )
+            .increment(1);
+            result
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_grpc_paths() {
+        assert_eq!(split_path("/kefu.v1.RouterService/Classify"), ("kefu.v1.RouterService", "Classify"));
+        assert!(is_kefu_rpc("/kefu.v1.TicketService/GetTicket"));
+        assert!(!is_kefu_rpc("/grpc.health.v1.Health/Check"));
+    }
+
+    #[test]
+    fn reads_status_from_trailers_only_headers() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(grpc_code(&headers), tonic::Code::Ok);
+        headers.insert("grpc-status", HeaderValue::from_static("5"));
+        assert_eq!(grpc_code(&headers), tonic::Code::NotFound);
+    }
+
+    #[test]
+    fn deadline_header_is_bounded() {
+        assert_eq!(grpc_timeout_value(Duration::from_millis(250)), "250m");
+        assert_eq!(grpc_timeout_value(Duration::from_secs(10_000_000)), "99999999m");
+    }
+}

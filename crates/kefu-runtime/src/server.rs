@@ -1,0 +1,116 @@
+//! Starting a kefu gRPC server: the service's routes plus health, reflection (v1 and
+//! v1alpha), the telemetry layer, deadlines, concurrency limits and graceful shutdown.
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::Request;
+use tokio::task::JoinHandle;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
+use tower::Service;
+
+use crate::config::{ServerArgs, ServiceSpec};
+use crate::health::{self, Probe};
+use crate::layers::ServerTelemetryLayer;
+use crate::shutdown::Shutdown;
+
+pub struct Server {
+    spec: ServiceSpec,
+    args: ServerArgs,
+    routes: RoutesBuilder,
+    grpc_services: Vec<&'static str>,
+    probes: Vec<Arc<dyn Probe>>,
+}
+
+/// A started server: where it listens, and its task.
+pub struct RunningServer {
+    pub spec: ServiceSpec,
+    pub grpc_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Waits until the server has drained after shutdown.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await?
+    }
+}
+
+impl Server {
+    pub fn new(spec: ServiceSpec, args: ServerArgs) -> Self {
+        Self { spec, args, routes: RoutesBuilder::default(), grpc_services: Vec::new(), probes: Vec::new() }
+    }
+
+    /// Adds a generated tonic service; its name is reported by the health service too.
+    pub fn add_service<S>(mut self, service: S) -> Self
+    where
+        S: Service<Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S::Response: axum::response::IntoResponse,
+        S::Future: Send + 'static,
+    {
+        self.grpc_services.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Adds a dependency: the server is NOT_SERVING while the probe fails.
+    pub fn probe(mut self, probe: Arc<dyn Probe>) -> Self {
+        self.probes.push(probe);
+        self
+    }
+
+    /// Binds the ports and serves until `shutdown`, then drains in-flight requests.
+    pub async fn start(self, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
+        let service_label = self.spec.full_name();
+        let grpc_addr = self.args.grpc_addr(self.spec);
+        let listener = tokio::net::TcpListener::bind(grpc_addr)
+            .await
+            .map_err(|error| anyhow::anyhow!("cannot bind the gRPC port {grpc_addr} of {service_label}: {error}"))?;
+        let bound = listener.local_addr()?;
+        let metrics_addr = crate::metrics::serve(self.args.metrics_addr(self.spec), service_label.clone(), shutdown.clone()).await?;
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        // Not serving until the first probe round has passed.
+        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        for name in &self.grpc_services {
+            reporter.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
+        }
+        tokio::spawn(health::watch(reporter, service_label.clone(), self.grpc_services.clone(), self.probes, shutdown.clone()));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kefu_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(kefu_proto::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+        let mut routes = self.routes;
+        routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+        let routes = routes.routes().prepare();
+
+        let server = tonic::transport::Server::builder()
+            .timeout(self.args.request_timeout())
+            .concurrency_limit_per_connection(self.args.max_concurrency)
+            .layer(ServerTelemetryLayer::new(&service_label));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tracing::info!(service = %service_label, grpc = %bound, metrics = %metrics_addr, "listening");
+        let drain = shutdown.clone();
+        let task = tokio::spawn(async move {
+            server
+                .serve_with_incoming_shutdown(routes, incoming, async move {
+                    drain.wait().await;
+                    // Let the health watcher announce NOT_SERVING before the listener closes.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                })
+                .await
+                .map_err(|error| anyhow::anyhow!("{service_label} gRPC server failed: {error}"))?;
+            tracing::info!(service = %service_label, "stopped");
+            Ok(())
+        });
+        Ok(RunningServer { spec: self.spec, grpc_addr: bound, metrics_addr, task })
+    }
+}
