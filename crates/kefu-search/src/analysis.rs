@@ -1,0 +1,138 @@
+//! Text analysis for the lexical index: kefu-nlp's word segmentation (jieba for
+//! Chinese, word boundaries otherwise), optional Chinese character bigrams, function
+//! words removed, English words stemmed. The same analysis serves indexing, queries,
+//! the lexical part of the confidence and the choice of answer sentences.
+
+use kefu_nlp::text::{is_cjk, words};
+use tantivy::tokenizer::{Language, Stemmer, StopWordFilter, TextAnalyzer, Token, TokenStream, Tokenizer};
+
+/// Name under which the analyzer is registered in the tantivy index.
+pub(crate) const TOKENIZER_NAME: &str = "kefu";
+
+/// Function words of questions and instructions in English and Chinese. They carry no
+/// topic, so they neither rank documents nor count as evidence of relevance.
+const STOP_WORDS: &[&str] = &[
+    // English
+    "a", "about", "am", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can",
+    "could", "did", "do", "does", "doing", "for", "from", "had", "has", "have", "having", "he",
+    "her", "hers", "him", "his", "how", "i", "i'm", "i've", "if", "in", "into", "is", "it",
+    "it's", "its", "me", "my", "myself", "of", "on", "or", "our", "ours", "please", "she", "should",
+    "so", "some", "such", "than", "that", "the", "their", "them", "then", "there", "these", "they",
+    "this", "those", "to", "too", "us", "very", "was", "we", "were", "what", "what's", "when",
+    "where", "which", "who", "whom", "why", "will", "with", "would", "you", "your", "yours",
+    "hi", "hello", "hey", "thanks", "thank",
+    // Chinese
+    "的", "了", "吗", "呢", "吧", "啊", "呀", "嘛", "么", "是", "我", "你", "您", "他", "她", "它",
+    "我们", "你们", "他们", "在", "和", "与", "及", "或", "就", "都", "也", "还", "要", "想",
+    "怎么", "怎样", "如何", "什么", "为什么", "哪", "哪里", "哪个", "这", "那", "这个", "那个",
+    "请问", "请", "一下", "个", "把", "被", "让", "给", "对", "从", "得", "地", "着", "过",
+    "会", "能", "可以", "吗？", "您好", "你好", "谢谢",
+];
+
+/// Splits text into words with kefu-nlp; with `cjk_bigrams`, every Chinese word of
+/// three or more characters also yields its character bigrams (at the same position),
+/// so that "退货退款" matches a query segmented as "退款".
+#[derive(Clone)]
+struct Segmenter {
+    cjk_bigrams: bool,
+}
+
+/// A token stream over tokens produced up front.
+pub(crate) struct VecTokenStream {
+    tokens: Vec<Token>,
+    next: usize,
+}
+
+impl TokenStream for VecTokenStream {
+    fn advance(&mut self) -> bool {
+        if self.next < self.tokens.len() {
+            self.next += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn token(&self) -> &Token {
+        &self.tokens[self.next - 1]
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.tokens[self.next - 1]
+    }
+}
+
+impl Tokenizer for Segmenter {
+    type TokenStream<'a> = VecTokenStream;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
+        let mut tokens = Vec::new();
+        for (position, word) in words(text).into_iter().enumerate() {
+            let chars: Vec<char> = word.chars().collect();
+            if self.cjk_bigrams && chars.len() >= 3 && chars.iter().all(|&c| is_cjk(c)) {
+                for pair in chars.windows(2) {
+                    tokens.push(Token { position, text: pair.iter().collect(), ..Token::default() });
+                }
+            }
+            tokens.push(Token { position, text: word, ..Token::default() });
+        }
+        VecTokenStream { tokens, next: 0 }
+    }
+}
+
+/// The analyzer: segmentation, stop words, English stemming.
+pub(crate) fn analyzer(cjk_bigrams: bool, stem: bool) -> TextAnalyzer {
+    let builder = TextAnalyzer::builder(Segmenter { cjk_bigrams })
+        .filter(StopWordFilter::remove(STOP_WORDS.iter().map(|w| w.to_string())));
+    if stem {
+        builder.filter(Stemmer::new(Language::English)).build()
+    } else {
+        builder.dynamic().build()
+    }
+}
+
+/// The analyzed terms of a text, in order, with repetitions.
+pub(crate) fn terms(analyzer: &mut TextAnalyzer, text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stream = analyzer.token_stream(text);
+    while let Some(token) = stream.next() {
+        out.push(token.text.clone());
+    }
+    out
+}
+
+/// The distinct analyzed terms of a text, in order of first occurrence.
+pub(crate) fn distinct_terms(analyzer: &mut TextAnalyzer, text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for t in terms(analyzer, text) {
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stems_english_and_drops_function_words() {
+        let mut a = analyzer(false, true);
+        assert_eq!(terms(&mut a, "How do I cancel my subscriptions?"), vec!["cancel", "subscript"]);
+        let mut plain = analyzer(false, false);
+        assert_eq!(terms(&mut plain, "How do I cancel my subscriptions?"), vec!["cancel", "subscriptions"]);
+    }
+
+    #[test]
+    fn segments_chinese_with_optional_bigrams() {
+        let mut a = analyzer(false, true);
+        let t = terms(&mut a, "我想申请退款");
+        assert!(t.contains(&"退款".to_string()), "{t:?}");
+        assert!(!t.contains(&"我".to_string()) && !t.contains(&"想".to_string()), "{t:?}");
+        let mut b = analyzer(true, true);
+        let t = terms(&mut b, "信用卡账单");
+        assert!(t.iter().any(|x| x == "信用卡"), "{t:?}");
+        assert!(t.iter().any(|x| x == "用卡") || t.iter().any(|x| x == "信用"), "{t:?}");
+    }
+}

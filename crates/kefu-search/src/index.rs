@@ -1,0 +1,453 @@
+//! The hybrid index of one tenant: BM25 over an in-RAM tantivy index and cosine
+//! similarity over the chunks' embeddings, fused into one ranking.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+
+use anyhow::{anyhow, bail, Context, Result};
+use kefu_nlp::embed::{dot, Embedder};
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, STRING};
+use tantivy::tokenizer::TextAnalyzer;
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
+
+use crate::analysis::{analyzer, distinct_terms, TOKENIZER_NAME};
+use crate::{Chunk, Passage};
+
+/// How the lexical and the dense ranking are combined.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Fusion {
+    /// Reciprocal rank fusion: the sum over both rankings of `1 / (k + rank)`, rank from 1.
+    Rrf { k: f32 },
+    /// Score fusion: `(1 - dense) * bm25 / max_bm25 + dense * cosine`.
+    Weighted { dense: f32 },
+}
+
+/// Retrieval settings. The default is what the evaluation selected (see the crate README).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchConfig {
+    /// Rank with BM25.
+    pub lexical: bool,
+    /// Rank with embeddings (only when the index has an embedder).
+    pub dense: bool,
+    pub fusion: Fusion,
+    /// Stem English words.
+    pub stem: bool,
+    /// Index character bigrams of long Chinese words besides the words themselves.
+    pub cjk_bigrams: bool,
+    /// BM25 weight of a match in the document title relative to the chunk text.
+    pub title_boost: f32,
+    /// BM25 weight of a match in the chunk's headings relative to the chunk text.
+    pub heading_boost: f32,
+    /// How many chunks each ranking contributes to the fusion.
+    pub candidates: usize,
+}
+
+impl Default for SearchConfig {
+    fn default() -> Self {
+        Self {
+            lexical: true,
+            dense: true,
+            fusion: Fusion::Rrf { k: 60.0 },
+            stem: true,
+            cjk_bigrams: false,
+            title_boost: 1.0,
+            heading_boost: 1.0,
+            candidates: 50,
+        }
+    }
+}
+
+struct Fields {
+    key: Field,
+    doc_id: Field,
+    title: Field,
+    heading: Field,
+    body: Field,
+}
+
+/// A chunk as held by the index.
+struct Entry {
+    chunk: Chunk,
+    /// Distinct analyzed terms of title, heading and text.
+    terms: HashSet<String>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<u64, Arc<Entry>>,
+    by_doc: HashMap<String, Vec<u64>>,
+    /// Number of chunks containing each term.
+    df: HashMap<String, u32>,
+    /// Keys of the chunks with a vector, row by row, and the vectors, concatenated.
+    dense_keys: Vec<u64>,
+    dense: Vec<f32>,
+    next_key: u64,
+}
+
+impl State {
+    fn insert(&mut self, key: u64, entry: Entry) {
+        for t in &entry.terms {
+            *self.df.entry(t.clone()).or_default() += 1;
+        }
+        self.by_doc.entry(entry.chunk.doc_id.clone()).or_default().push(key);
+        self.entries.insert(key, Arc::new(entry));
+    }
+
+    fn remove_doc(&mut self, doc_id: &str) -> bool {
+        let Some(keys) = self.by_doc.remove(doc_id) else { return false };
+        for key in keys {
+            if let Some(entry) = self.entries.remove(&key) {
+                for t in &entry.terms {
+                    if let Some(n) = self.df.get_mut(t) {
+                        *n -= 1;
+                        if *n == 0 {
+                            self.df.remove(t);
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    fn rebuild_dense(&mut self) {
+        let mut keys: Vec<u64> = self.entries.iter().filter(|(_, e)| e.chunk.vector.is_some()).map(|(&k, _)| k).collect();
+        keys.sort_unstable();
+        self.dense.clear();
+        for k in &keys {
+            if let Some(v) = &self.entries[k].chunk.vector {
+                self.dense.extend_from_slice(v);
+            }
+        }
+        self.dense_keys = keys;
+    }
+
+    /// Inverse document frequency of a term over the chunks (BM25's form, never negative).
+    fn idf(&self, term: &str) -> f32 {
+        let n = self.entries.len() as f32;
+        let df = self.df.get(term).copied().unwrap_or(0) as f32;
+        (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+    }
+}
+
+/// The search index of one tenant. `Send + Sync`: share it behind an `Arc`; searches
+/// run concurrently, changes are serialised.
+pub struct SearchIndex {
+    embedder: Option<Arc<Embedder>>,
+    config: SearchConfig,
+    fields: Fields,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    analyzer: TextAnalyzer,
+    state: RwLock<State>,
+}
+
+/// Memory budget of the index writer (tantivy's minimum for one indexing thread).
+const WRITER_MEMORY: usize = 15_000_000;
+/// Chunks embedded per call to the embedder in `embed_chunks`.
+const EMBED_BATCH: usize = 64;
+
+impl SearchIndex {
+    /// An empty index. Without an embedder, retrieval is BM25 only.
+    pub fn new(embedder: Option<Arc<Embedder>>) -> Result<Self> {
+        Self::with_config(embedder, SearchConfig::default())
+    }
+
+    /// An empty index with explicit retrieval settings.
+    pub fn with_config(embedder: Option<Arc<Embedder>>, config: SearchConfig) -> Result<Self> {
+        let mut builder = Schema::builder();
+        let text = TextOptions::default().set_indexing_options(
+            TextFieldIndexing::default().set_tokenizer(TOKENIZER_NAME).set_index_option(IndexRecordOption::WithFreqs),
+        );
+        let fields = Fields {
+            key: builder.add_u64_field("key", FAST),
+            doc_id: builder.add_text_field("doc_id", STRING),
+            title: builder.add_text_field("title", text.clone()),
+            heading: builder.add_text_field("heading", text.clone()),
+            body: builder.add_text_field("body", text),
+        };
+        let index = Index::create_in_ram(builder.build());
+        let analyzer = analyzer(config.cjk_bigrams, config.stem);
+        index.tokenizers().register(TOKENIZER_NAME, analyzer.clone());
+        let writer = index.writer_with_num_threads(1, WRITER_MEMORY).context("creating the index writer")?;
+        let reader = index
+            .reader_builder()
+            .reload_policy(ReloadPolicy::Manual)
+            .try_into()
+            .context("creating the index reader")?;
+        Ok(Self {
+            embedder,
+            config,
+            fields,
+            reader,
+            writer: Mutex::new(writer),
+            analyzer,
+            state: RwLock::new(State::default()),
+        })
+    }
+
+    /// The retrieval settings in use.
+    pub fn config(&self) -> &SearchConfig {
+        &self.config
+    }
+
+    /// True when searches use the dense ranking.
+    pub fn is_hybrid(&self) -> bool {
+        self.embedder.is_some() && self.config.dense
+    }
+
+    /// The text a chunk is embedded from: title and heading give the passage its context.
+    fn embedding_text(chunk: &Chunk) -> String {
+        let mut s = String::with_capacity(chunk.title.len() + chunk.heading.len() + chunk.text.len() + 4);
+        for part in [chunk.title.as_str(), chunk.heading.as_str()] {
+            if !part.is_empty() {
+                s.push_str(part);
+                s.push_str(". ");
+            }
+        }
+        s.push_str(&chunk.text);
+        s
+    }
+
+    /// Fills in the vector of every chunk that has none, in batches. Without an
+    /// embedder (or with dense ranking switched off) this leaves the chunks as they are.
+    pub fn embed_chunks(&self, chunks: &mut [Chunk]) -> Result<()> {
+        let Some(embedder) = self.embedder.as_ref().filter(|_| self.config.dense) else { return Ok(()) };
+        let missing: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i].vector.is_none()).collect();
+        for batch in missing.chunks(EMBED_BATCH) {
+            let texts: Vec<String> = batch.iter().map(|&i| Self::embedding_text(&chunks[i])).collect();
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let vectors = embedder.embed(&refs).context("embedding chunks")?;
+            if vectors.len() != batch.len() {
+                bail!("the embedder returned {} vectors for {} texts", vectors.len(), batch.len());
+            }
+            for (&i, v) in batch.iter().zip(vectors) {
+                chunks[i].vector = Some(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds chunks, first removing every chunk of the documents they belong to (so a
+    /// document is replaced by passing all its new chunks), and commits. Chunks without
+    /// a vector are embedded here when the index has an embedder.
+    pub fn add_chunks(&self, mut chunks: Vec<Chunk>) -> Result<()> {
+        self.embed_chunks(&mut chunks)?;
+        if let Some(embedder) = self.embedder.as_ref().filter(|_| self.config.dense) {
+            if let Some(bad) = chunks.iter().find(|c| c.vector.as_ref().is_some_and(|v| v.len() != embedder.dim())) {
+                bail!("chunk {} has a vector of dimension {}, expected {}", bad.id, bad.vector.as_ref().map_or(0, Vec::len), embedder.dim());
+            }
+        }
+        let mut writer = self.writer.lock().map_err(|_| anyhow!("index writer lock poisoned"))?;
+        let mut state = self.state.write().map_err(|_| anyhow!("index state lock poisoned"))?;
+        let doc_ids: HashSet<String> = chunks.iter().map(|c| c.doc_id.clone()).collect();
+        for doc_id in &doc_ids {
+            writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
+        }
+        let mut analyzer = self.analyzer.clone();
+        let mut new_entries = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let key = state.next_key;
+            state.next_key += 1;
+            writer.add_document(doc!(
+                self.fields.key => key,
+                self.fields.doc_id => chunk.doc_id.as_str(),
+                self.fields.title => chunk.title.as_str(),
+                self.fields.heading => chunk.heading.as_str(),
+                self.fields.body => chunk.text.as_str(),
+            ))?;
+            let all = format!("{}\n{}\n{}", chunk.title, chunk.heading, chunk.text);
+            let terms = distinct_terms(&mut analyzer, &all).into_iter().collect();
+            new_entries.push((key, Entry { chunk, terms }));
+        }
+        writer.commit().context("committing the index")?;
+        self.reader.reload().context("reloading the index reader")?;
+        for doc_id in &doc_ids {
+            state.remove_doc(doc_id);
+        }
+        for (key, entry) in new_entries {
+            state.insert(key, entry);
+        }
+        state.rebuild_dense();
+        Ok(())
+    }
+
+    /// Removes every chunk of a document. Returns whether the document was indexed.
+    pub fn delete_document(&self, doc_id: &str) -> Result<bool> {
+        let mut writer = self.writer.lock().map_err(|_| anyhow!("index writer lock poisoned"))?;
+        let mut state = self.state.write().map_err(|_| anyhow!("index state lock poisoned"))?;
+        if !state.by_doc.contains_key(doc_id) {
+            return Ok(false);
+        }
+        writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
+        writer.commit().context("committing the index")?;
+        self.reader.reload().context("reloading the index reader")?;
+        state.remove_doc(doc_id);
+        state.rebuild_dense();
+        Ok(true)
+    }
+
+    /// Removes everything.
+    pub fn clear(&self) -> Result<()> {
+        let mut writer = self.writer.lock().map_err(|_| anyhow!("index writer lock poisoned"))?;
+        let mut state = self.state.write().map_err(|_| anyhow!("index state lock poisoned"))?;
+        writer.delete_all_documents()?;
+        writer.commit().context("committing the index")?;
+        self.reader.reload().context("reloading the index reader")?;
+        let next_key = state.next_key;
+        *state = State { next_key, ..State::default() };
+        Ok(())
+    }
+
+    /// Number of indexed documents.
+    pub fn document_count(&self) -> usize {
+        self.state.read().map(|s| s.by_doc.len()).unwrap_or(0)
+    }
+
+    /// Number of indexed chunks.
+    pub fn chunk_count(&self) -> usize {
+        self.state.read().map(|s| s.entries.len()).unwrap_or(0)
+    }
+
+    /// The `k` best passages for a query, one (the best chunk) per document.
+    pub fn search(&self, query: &str, k: usize) -> Result<Vec<Passage>> {
+        self.search_with(query, k, true)
+    }
+
+    /// The `k` best chunks for a query, several per document allowed.
+    pub fn search_chunks(&self, query: &str, k: usize) -> Result<Vec<Passage>> {
+        self.search_with(query, k, false)
+    }
+
+    fn search_with(&self, query: &str, k: usize, per_document: bool) -> Result<Vec<Passage>> {
+        if k == 0 || query.trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut analyzer = self.analyzer.clone();
+        let query_terms = distinct_terms(&mut analyzer, query);
+        // Embed before taking the lock: it is the slow part.
+        let query_vector = match (&self.embedder, self.config.dense) {
+            (Some(embedder), true) => embedder.embed(&[query]).context("embedding the query")?.pop(),
+            _ => None,
+        };
+        let state = self.state.read().map_err(|_| anyhow!("index state lock poisoned"))?;
+        if state.entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let lexical = if self.config.lexical { self.lexical_ranking(&query_terms)? } else { Vec::new() };
+        let cosines: HashMap<u64, f32> = match &query_vector {
+            Some(q) if !state.dense_keys.is_empty() => {
+                let dim = q.len();
+                state.dense_keys.iter().zip(state.dense.chunks_exact(dim)).map(|(&key, v)| (key, dot(q, v))).collect()
+            }
+            _ => HashMap::new(),
+        };
+        let mut dense: Vec<(u64, f32)> = cosines.iter().map(|(&k, &c)| (k, c)).collect();
+        dense.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        dense.truncate(self.config.candidates);
+
+        let mut fused: HashMap<u64, f32> = HashMap::new();
+        match self.config.fusion {
+            Fusion::Rrf { k: rrf_k } => {
+                for ranking in [&lexical, &dense] {
+                    for (rank, (key, _)) in ranking.iter().enumerate() {
+                        *fused.entry(*key).or_default() += 1.0 / (rrf_k + rank as f32 + 1.0);
+                    }
+                }
+            }
+            Fusion::Weighted { dense: w } => {
+                let w = if dense.is_empty() { 0.0 } else if lexical.is_empty() { 1.0 } else { w };
+                let max_bm25 = lexical.first().map_or(1.0, |x| x.1.max(f32::EPSILON));
+                for (key, s) in &lexical {
+                    *fused.entry(*key).or_default() += (1.0 - w) * s / max_bm25;
+                }
+                for (key, _) in &dense {
+                    fused.entry(*key).or_default();
+                }
+                for (key, score) in fused.iter_mut() {
+                    *score += w * cosines.get(key).copied().unwrap_or(0.0).max(0.0);
+                }
+            }
+        }
+        let mut ranked: Vec<(u64, f32)> = fused.into_iter().filter(|(key, _)| state.entries.contains_key(key)).collect();
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let mut seen_docs: HashSet<&str> = HashSet::new();
+        let mut out = Vec::with_capacity(k);
+        for (key, score) in ranked {
+            let entry = &state.entries[&key];
+            if per_document && !seen_docs.insert(entry.chunk.doc_id.as_str()) {
+                continue;
+            }
+            let coverage = coverage(&state, &query_terms, &entry.terms);
+            let cosine = cosines.get(&key).copied();
+            out.push(Passage {
+                chunk_id: entry.chunk.id.clone(),
+                doc_id: entry.chunk.doc_id.clone(),
+                title: entry.chunk.title.clone(),
+                text: entry.chunk.text.clone(),
+                score,
+                confidence: crate::answer::confidence(cosine, coverage),
+            });
+            if out.len() == k {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// BM25 ranking of chunk keys for the analyzed query terms.
+    fn lexical_ranking(&self, terms: &[String]) -> Result<Vec<(u64, f32)>> {
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(terms.len() * 3);
+        for t in terms {
+            for (field, boost) in [
+                (self.fields.body, 1.0),
+                (self.fields.title, self.config.title_boost),
+                (self.fields.heading, self.config.heading_boost),
+            ] {
+                if boost <= 0.0 {
+                    continue;
+                }
+                let q: Box<dyn Query> = Box::new(TermQuery::new(Term::from_field_text(field, t), IndexRecordOption::WithFreqs));
+                let q = if boost == 1.0 { q } else { Box::new(BoostQuery::new(q, boost)) };
+                clauses.push((Occur::Should, q));
+            }
+        }
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&BooleanQuery::new(clauses), &TopDocs::with_limit(self.config.candidates))?;
+        let mut out = Vec::with_capacity(top.len());
+        let mut columns = HashMap::new();
+        for (score, address) in top {
+            if !columns.contains_key(&address.segment_ord) {
+                let column = searcher.segment_reader(address.segment_ord).fast_fields().u64("key")?;
+                columns.insert(address.segment_ord, column);
+            }
+            if let Some(key) = columns[&address.segment_ord].first(address.doc_id) {
+                out.push((key, score));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Share of the query's information (IDF-weighted terms) found in a chunk.
+fn coverage(state: &State, query_terms: &[String], chunk_terms: &HashSet<String>) -> f32 {
+    let mut total = 0.0;
+    let mut found = 0.0;
+    for t in query_terms {
+        let idf = state.idf(t);
+        total += idf;
+        if chunk_terms.contains(t) {
+            found += idf;
+        }
+    }
+    if total > 0.0 {
+        found / total
+    } else {
+        0.0
+    }
+}
