@@ -1,0 +1,45 @@
+//! Storage for kefu: one connection pool chosen by URL (`sqlite://` embedded default,
+//! `postgres://` production), migrations from the repository, and a small trait per
+//! aggregate (tickets with their audit trail and customer profiles, session turns).
+
+mod db;
+pub mod sessions;
+pub mod tickets;
+
+pub use db::{now_millis, Database, DatabaseProbe};
+pub use sessions::{SessionStore, SqlSessionStore, TurnRecord};
+pub use tickets::{
+    AuditRecord, CustomerRecord, NewTicket, QueueStats, SqlTicketStore, TicketChange, TicketRecord, TicketStore,
+    UpdateOutcome,
+};
+
+/// Storage failures the services map to gRPC statuses.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(#[source] sqlx::Error),
+    #[error("database error: {0}")]
+    Other(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
+                Self::Unavailable(error)
+            }
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(error: StoreError) -> Self {
+        match &error {
+            StoreError::Unavailable(_) => Self::unavailable(error.to_string()),
+            StoreError::Other(_) => Self::internal(error.to_string()),
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;

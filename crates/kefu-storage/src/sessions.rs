@@ -1,0 +1,139 @@
+//! Session history: every turn of a conversation, with the reply that was given, so a
+//! follow-up sees the earlier turns and a retried message gets its first reply back.
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{Database, StoreResult};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TurnRecord {
+    pub tenant_id: String,
+    pub session_id: String,
+    /// Position in the session, from 1; assigned by the store.
+    pub seq: i64,
+    pub message_id: String,
+    pub customer_id: String,
+    pub text: String,
+    pub reply: String,
+    pub intent: String,
+    pub sentiment: i32,
+    pub escalated: bool,
+    pub ticket_id: String,
+    /// The encoded response given for this turn, replayed on a retry.
+    pub response: Vec<u8>,
+    pub created_at: i64,
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// The last `limit` turns of a session, oldest first.
+    async fn recent_turns(&self, tenant_id: &str, session_id: &str, limit: i64) -> StoreResult<Vec<TurnRecord>>;
+    async fn find_by_message_id(&self, tenant_id: &str, message_id: &str) -> StoreResult<Option<TurnRecord>>;
+    /// Appends a turn at the end of its session; returns the stored turn, or the turn
+    /// already stored under the same message id.
+    async fn append(&self, turn: TurnRecord) -> StoreResult<TurnRecord>;
+}
+
+pub struct SqlSessionStore {
+    db: Database,
+}
+
+impl SqlSessionStore {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+}
+
+const TURN_COLUMNS: &str = "tenant_id, session_id, seq, message_id, customer_id, text, reply, intent, sentiment, escalated, ticket_id, response, created_at";
+
+fn turn_from_row(row: &AnyRow) -> Result<TurnRecord, sqlx::Error> {
+    Ok(TurnRecord {
+        tenant_id: row.try_get("tenant_id")?,
+        session_id: row.try_get("session_id")?,
+        seq: row.try_get("seq")?,
+        message_id: row.try_get("message_id")?,
+        customer_id: row.try_get("customer_id")?,
+        text: row.try_get("text")?,
+        reply: row.try_get("reply")?,
+        intent: row.try_get("intent")?,
+        sentiment: row.try_get::<i64, _>("sentiment")? as i32,
+        escalated: row.try_get::<i64, _>("escalated")? != 0,
+        ticket_id: row.try_get("ticket_id")?,
+        response: row.try_get("response")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+/// Concurrent appends to one session race for the next position; the loser retries.
+const APPEND_ATTEMPTS: usize = 5;
+
+#[async_trait]
+impl SessionStore for SqlSessionStore {
+    async fn recent_turns(&self, tenant_id: &str, session_id: &str, limit: i64) -> StoreResult<Vec<TurnRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TURN_COLUMNS} FROM session_turns WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
+        ))
+        .bind(tenant_id)
+        .bind(session_id)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        let mut turns = rows.iter().map(turn_from_row).collect::<Result<Vec<_>, _>>()?;
+        turns.reverse();
+        Ok(turns)
+    }
+
+    async fn find_by_message_id(&self, tenant_id: &str, message_id: &str) -> StoreResult<Option<TurnRecord>> {
+        let row = sqlx::query(&format!("SELECT {TURN_COLUMNS} FROM session_turns WHERE tenant_id = $1 AND message_id = $2"))
+            .bind(tenant_id)
+            .bind(message_id)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.as_ref().map(turn_from_row).transpose()?)
+    }
+
+    async fn append(&self, mut turn: TurnRecord) -> StoreResult<TurnRecord> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let next: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM session_turns WHERE tenant_id = $1 AND session_id = $2")
+                .bind(turn.tenant_id.as_str())
+                .bind(turn.session_id.as_str())
+                .fetch_one(self.db.pool())
+                .await?
+                .try_get("next")?;
+            turn.seq = next;
+            let inserted = sqlx::query(&format!(
+                "INSERT INTO session_turns ({TURN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            ))
+            .bind(turn.tenant_id.as_str())
+            .bind(turn.session_id.as_str())
+            .bind(turn.seq)
+            .bind(turn.message_id.as_str())
+            .bind(turn.customer_id.as_str())
+            .bind(turn.text.as_str())
+            .bind(turn.reply.as_str())
+            .bind(turn.intent.as_str())
+            .bind(turn.sentiment as i64)
+            .bind(turn.escalated as i64)
+            .bind(turn.ticket_id.as_str())
+            .bind(turn.response.clone())
+            .bind(turn.created_at)
+            .execute(self.db.pool())
+            .await;
+            match inserted {
+                Ok(_) => return Ok(turn),
+                Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
+                    if let Some(existing) = self.find_by_message_id(&turn.tenant_id, &turn.message_id).await? {
+                        return Ok(existing);
+                    }
+                    if attempt >= APPEND_ATTEMPTS {
+                        return Err(sqlx::Error::Database(error).into());
+                    }
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! Tenants are data: `tenants/<id>/tenant.toml` (identity, API keys, intents with
+//! examples, routes and urgencies) and `tenants/<id>/docs/*.md` (help articles).
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// What the tenant wants done with an intent.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    /// Answer from the knowledge base.
+    Answer,
+    /// Answer if possible and open a ticket.
+    Ticket,
+    /// Hand the customer to a human.
+    Human,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum Urgency {
+    Low,
+    Medium,
+    High,
+    Urgent,
+}
+
+/// Fixed replies of an intent, per language.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Replies {
+    pub en: Option<String>,
+    pub zh: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct IntentDefinition {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub route: Route,
+    pub urgency: Urgency,
+    pub examples: Vec<String>,
+    #[serde(default)]
+    pub reply: Option<Replies>,
+}
+
+/// A help article of the tenant's knowledge base.
+#[derive(Clone, Debug)]
+pub struct Article {
+    /// File stem, e.g. `refunds.en`.
+    pub id: String,
+    pub title: String,
+    pub text: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct Tenant {
+    pub id: String,
+    pub name: String,
+    #[serde(default = "default_language")]
+    pub default_language: String,
+    /// SHA-256 hex digests of accepted API keys; empty: the tenant needs no key.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    pub intents: Vec<IntentDefinition>,
+    #[serde(skip)]
+    pub articles: Vec<Article>,
+}
+
+fn default_language() -> String {
+    "en".into()
+}
+
+impl Tenant {
+    pub fn intent(&self, name: &str) -> Option<&IntentDefinition> {
+        self.intents.iter().find(|intent| intent.name == name)
+    }
+
+    /// (text, intent) pairs for training the router.
+    pub fn training_examples(&self) -> Vec<(String, String)> {
+        self.intents
+            .iter()
+            .flat_map(|intent| intent.examples.iter().map(|example| (example.clone(), intent.name.clone())))
+            .collect()
+    }
+
+    pub fn requires_key(&self) -> bool {
+        !self.api_keys.is_empty()
+    }
+
+    /// Whether `key` is one of the tenant's API keys (compared by digest).
+    pub fn accepts_key(&self, key: &str) -> bool {
+        let digest = hex::encode(Sha256::digest(key.as_bytes()));
+        self.api_keys.iter().any(|accepted| accepted.eq_ignore_ascii_case(&digest))
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(is_valid_id(&self.id), "tenant id {:?} must be 1-64 characters of [a-z0-9_-]", self.id);
+        anyhow::ensure!(!self.intents.is_empty(), "tenant {} defines no intents", self.id);
+        let mut seen = std::collections::BTreeSet::new();
+        for intent in &self.intents {
+            anyhow::ensure!(seen.insert(&intent.name), "tenant {}: intent {} defined twice", self.id, intent.name);
+            anyhow::ensure!(!intent.examples.is_empty(), "tenant {}: intent {} has no examples", self.id, intent.name);
+        }
+        Ok(())
+    }
+}
+
+pub fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+/// All tenants of a deployment, by id.
+#[derive(Clone, Debug, Default)]
+pub struct Tenants(BTreeMap<String, Arc<Tenant>>);
+
+impl Tenants {
+    /// Loads every `<dir>/<id>/tenant.toml` with its `docs/`.
+    pub fn load_dir(dir: &Path) -> anyhow::Result<Self> {
+        let mut tenants = BTreeMap::new();
+        let entries = std::fs::read_dir(dir).with_context(|| format!("reading the tenants directory {}", dir.display()))?;
+        for entry in entries {
+            let path = entry?.path();
+            if path.join("tenant.toml").is_file() {
+                let tenant = load_tenant(&path)?;
+                tenants.insert(tenant.id.clone(), Arc::new(tenant));
+            }
+        }
+        anyhow::ensure!(!tenants.is_empty(), "no tenant found in {} (expected <id>/tenant.toml)", dir.display());
+        Ok(Self(tenants))
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.0.get(id).cloned()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
+        self.0.values()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+fn load_tenant(dir: &Path) -> anyhow::Result<Tenant> {
+    let file = dir.join("tenant.toml");
+    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let mut tenant: Tenant = toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
+    tenant.validate().with_context(|| format!("in {}", file.display()))?;
+    let docs = dir.join("docs");
+    if docs.is_dir() {
+        let mut paths: Vec<_> = std::fs::read_dir(&docs)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        paths.sort();
+        for path in paths.into_iter().filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("md" | "txt"))) {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+            let title = text
+                .lines()
+                .find_map(|line| line.strip_prefix("# "))
+                .map(|t| t.trim().to_owned())
+                .unwrap_or_else(|| id.clone());
+            tenant.articles.push(Article { id, title, text });
+        }
+    }
+    Ok(tenant)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TENANT: &str = r#"
+id = "acme"
+name = "Acme"
+api_keys = ["2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"]
+[[intents]]
+name = "greeting"
+route = "answer"
+urgency = "low"
+examples = ["hi", "你好"]
+reply = { en = "Hello!", zh = "您好！" }
+[[intents]]
+name = "complaint"
+route = "human"
+urgency = "high"
+examples = ["this is awful"]
+"#;
+
+    #[test]
+    fn loads_a_tenant_directory_with_articles() {
+        let dir = tempfile::tempdir().unwrap();
+        let acme = dir.path().join("acme");
+        std::fs::create_dir_all(acme.join("docs")).unwrap();
+        std::fs::write(acme.join("tenant.toml"), TENANT).unwrap();
+        std::fs::write(acme.join("docs/refunds.en.md"), "# Refunds\n\nWithin 14 days.").unwrap();
+        let tenants = Tenants::load_dir(dir.path()).unwrap();
+        let tenant = tenants.get("acme").unwrap();
+        assert_eq!(tenant.intents.len(), 2);
+        assert_eq!(tenant.intent("complaint").unwrap().route, Route::Human);
+        assert_eq!(tenant.training_examples().len(), 3);
+        assert_eq!(tenant.articles[0].title, "Refunds");
+        assert_eq!(tenant.articles[0].id, "refunds.en");
+        assert!(tenant.accepts_key("secret"));
+        assert!(!tenant.accepts_key("wrong"));
+        assert!(tenants.get("other").is_none());
+    }
+
+    #[test]
+    fn rejects_invalid_definitions() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad");
+        std::fs::create_dir_all(&bad).unwrap();
+        std::fs::write(bad.join("tenant.toml"), TENANT.replace("\"acme\"", "\"Not Valid\"")).unwrap();
+        let error = Tenants::load_dir(dir.path()).unwrap_err();
+        assert!(format!("{error:#}").contains("tenant id"), "{error:#}");
+    }
+
+    #[test]
+    fn the_bundled_demo_tenant_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
+        let tenants = Tenants::load_dir(&dir).unwrap();
+        let demo = tenants.get("demo").unwrap();
+        for intent in ["product_inquiry", "technical_support", "complaint", "billing", "order_status", "account", "human_agent", "greeting"] {
+            assert!(demo.intent(intent).is_some(), "demo lacks {intent}");
+        }
+        assert!(demo.articles.len() >= 10);
+    }
+}
