@@ -140,6 +140,18 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The encoder if its files are in `models_dir`; without them the callers fall back
+/// to lexical features and say so once, loudly.
+pub fn load_optional(models_dir: &Path) -> Option<std::sync::Arc<Embedder>> {
+    match Embedder::from_models_dir(models_dir) {
+        Ok(embedder) => Some(std::sync::Arc::new(embedder)),
+        Err(error) => {
+            tracing::warn!(error = %format!("{error:#}"), "sentence embeddings unavailable (run `make models`); using lexical features only");
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

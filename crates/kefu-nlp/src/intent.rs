@@ -1,0 +1,518 @@
+//! Intent classification from a tenant's examples.
+//!
+//! One softmax (multinomial logistic regression) over two views of a message, trained
+//! jointly: sparse TF-IDF (word 1-2-grams, character n-grams, Han character 1-3-grams)
+//! and, when an [`Embedder`] is given, the frozen MiniLM sentence embedding. The
+//! confidence is calibrated with a temperature fitted on a held-out fold; a message is
+//! out of scope when the calibrated confidence is low, when no known term occurs in it, or
+//! (with embeddings) when it is far from every training example.
+
+use std::time::Instant;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::embed::{dot, Embedder};
+use crate::features::{FeatureConfig, SparseRow, Vectorizer};
+use crate::linear::{self, softmax, Data, Linear, TrainOptions};
+
+/// Changes whenever training or the stored format changes, so cached models are rebuilt.
+pub const MODEL_VERSION: &str = "kefu-intent-3";
+
+/// Hyper-parameters of [`IntentModel::train_with_config`]. The defaults were chosen on a
+/// held-out validation split of Banking77 (see `eval/split.py`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Word n-grams up to this length.
+    pub word_ngrams: usize,
+    /// Character n-gram lengths inside Latin words.
+    pub char_min: usize,
+    pub char_max: usize,
+    /// Han character n-grams 1..=cjk_max.
+    pub cjk_max: usize,
+    /// Block weights: words, characters, sentence embedding.
+    pub word_weight: f32,
+    pub char_weight: f32,
+    pub dense_weight: f32,
+    /// Inverse regularisation strength (as `C` of scikit-learn's LogisticRegression).
+    pub c: f32,
+    pub max_iter: usize,
+    /// Share of the examples held out to fit the temperature and the thresholds.
+    pub holdout: f32,
+    /// Calibrated confidence below which a message is out of scope.
+    pub min_confidence: f32,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            word_ngrams: 2,
+            char_min: 2,
+            char_max: 5,
+            cjk_max: 3,
+            word_weight: 1.0,
+            char_weight: 1.0,
+            dense_weight: 1.5,
+            c: 20.0,
+            max_iter: 150,
+            holdout: 0.2,
+            min_confidence: 0.3,
+        }
+    }
+}
+
+/// The result of classifying one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IntentPrediction {
+    /// Best intent (also set when `out_of_scope`, as the closest one).
+    pub intent: String,
+    /// Calibrated probability of `intent`, in [0, 1].
+    pub confidence: f32,
+    /// The next two intents with their probabilities, best first.
+    pub alternatives: Vec<(String, f32)>,
+    /// True when no intent fits the message.
+    pub out_of_scope: bool,
+}
+
+/// A trained intent classifier. Immutable after training, so `Send + Sync`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IntentModel {
+    version: String,
+    labels: Vec<String>,
+    vectorizer: Vectorizer,
+    linear: Linear,
+    /// Weight applied to the embedding before the linear layer; 0 when trained without.
+    dense_weight: f32,
+    temperature: f32,
+    min_confidence: f32,
+    /// Cosine similarity to the nearest training example below which a message is out of scope.
+    min_similarity: f32,
+    /// Training embeddings quantised to i8 (x127), row-major, for the nearest-example check.
+    example_embeddings: Vec<i8>,
+}
+
+fn quantize(v: &[f32]) -> impl Iterator<Item = i8> + '_ {
+    v.iter().map(|x| (x * 127.0).round().clamp(-127.0, 127.0) as i8)
+}
+
+impl IntentModel {
+    /// Stable hash of the examples (order-sensitive), the model version and the default
+    /// configuration: equal fingerprints mean an equal trained model, so it can be cached.
+    pub fn fingerprint(examples: &[(String, String)]) -> String {
+        let mut h = Sha256::new();
+        h.update(MODEL_VERSION.as_bytes());
+        h.update([0]);
+        h.update(serde_json::to_vec(&TrainConfig::default()).unwrap_or_default());
+        for (text, intent) in examples {
+            h.update([0x1e]);
+            h.update(text.as_bytes());
+            h.update([0x1f]);
+            h.update(intent.as_bytes());
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// Trains with the default configuration. With an embedder, the sentence embedding is
+    /// used as a second view; classification then needs an embedder too.
+    pub fn train(examples: &[(String, String)], embedder: Option<&Embedder>) -> Result<Self> {
+        let embeddings = match embedder {
+            Some(e) => {
+                let start = Instant::now();
+                let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
+                let v = e.embed(&texts).context("embedding the training examples")?;
+                tracing::info!(
+                    examples = texts.len(),
+                    elapsed_ms = start.elapsed().as_millis() as u64,
+                    "intent training: embedded examples"
+                );
+                Some(v)
+            }
+            None => None,
+        };
+        Self::train_with_config(examples, embeddings.as_deref(), &TrainConfig::default())
+    }
+
+    /// Trains from examples and (optionally) their precomputed embeddings, one per example.
+    pub fn train_with_config(
+        examples: &[(String, String)],
+        embeddings: Option<&[Vec<f32>]>,
+        config: &TrainConfig,
+    ) -> Result<Self> {
+        let start = Instant::now();
+        if examples.is_empty() {
+            bail!("no training examples");
+        }
+        if let Some(e) = embeddings {
+            if e.len() != examples.len() {
+                bail!("{} embeddings for {} examples", e.len(), examples.len());
+            }
+        }
+        let mut labels: Vec<String> = examples.iter().map(|(_, i)| i.clone()).collect();
+        labels.sort();
+        labels.dedup();
+        if labels.len() < 2 {
+            bail!("need examples of at least two intents, got {}", labels.len());
+        }
+        let y: Vec<u32> = examples
+            .iter()
+            .map(|(_, i)| labels.binary_search(i).map(|p| p as u32))
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|_| anyhow!("label lookup failed"))?;
+        let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
+        let n = texts.len();
+        let fcfg = FeatureConfig {
+            word_ngrams: config.word_ngrams,
+            char_min: config.char_min,
+            char_max: config.char_max,
+            cjk_max: config.cjk_max,
+            word_weight: config.word_weight,
+            char_weight: config.char_weight,
+            min_df: if n >= 2000 { 2 } else { 1 },
+        };
+        let vectorizer = Vectorizer::fit(&texts, fcfg);
+        let rows: Vec<SparseRow> = {
+            use rayon::prelude::*;
+            texts.par_iter().map(|t| vectorizer.transform(t)).collect()
+        };
+        let dense_weight = if embeddings.is_some() { config.dense_weight } else { 0.0 };
+        let dense: Option<Vec<Vec<f32>>> = embeddings
+            .map(|e| e.iter().map(|v| v.iter().map(|x| x * dense_weight).collect()).collect());
+        tracing::info!(
+            examples = n,
+            intents = labels.len(),
+            features = vectorizer.len(),
+            embeddings = dense.is_some(),
+            "intent training: features ready"
+        );
+
+        // Held-out fold (stratified, deterministic): every class with >= 3 examples gives
+        // about `holdout` of them, at least one.
+        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); labels.len()];
+        for (i, &c) in y.iter().enumerate() {
+            by_class[c as usize].push(i);
+        }
+        let mut held = vec![false; n];
+        for members in &by_class {
+            if members.len() >= 3 {
+                let k = ((members.len() as f32 * config.holdout).round() as usize).max(1);
+                // spread the held-out examples over the class
+                let step = members.len() as f32 / k as f32;
+                for j in 0..k {
+                    held[members[(j as f32 * step) as usize]] = true;
+                }
+            }
+        }
+        let opts = |m: usize| TrainOptions { l2: 1.0 / (config.c * m as f32), max_iter: config.max_iter, tol: 1e-5 };
+        let k = labels.len();
+        let fit_idx: Vec<usize> = (0..n).filter(|&i| !held[i]).collect();
+        let held_idx: Vec<usize> = (0..n).filter(|&i| held[i]).collect();
+
+        let (temperature, min_similarity, warm) = if held_idx.len() >= 2 {
+            let sub_rows: Vec<SparseRow> = fit_idx.iter().map(|&i| rows[i].clone()).collect();
+            let sub_dense: Option<Vec<Vec<f32>>> =
+                dense.as_ref().map(|d| fit_idx.iter().map(|&i| d[i].clone()).collect());
+            let sub_y: Vec<u32> = fit_idx.iter().map(|&i| y[i]).collect();
+            let data = Data {
+                sparse: &sub_rows,
+                dense: sub_dense.as_deref(),
+                n_sparse: vectorizer.len(),
+                labels: &sub_y,
+                weights: None,
+                n_classes: k,
+            };
+            let fold = linear::train(&data, opts(sub_y.len()), None);
+            let held_logits: Vec<Vec<f32>> = held_idx
+                .iter()
+                .map(|&i| fold.logits(&rows[i], dense.as_ref().map(|d| d[i].as_slice())))
+                .collect();
+            let held_y: Vec<u32> = held_idx.iter().map(|&i| y[i]).collect();
+            let t = fit_temperature(&held_logits, &held_y);
+            let correct = held_logits
+                .iter()
+                .zip(&held_y)
+                .filter(|(z, &c)| argmax(z) == c as usize)
+                .count();
+            // Similarity of held-out examples to their nearest fitted example: the 2nd
+            // percentile bounds how far an in-scope message may be.
+            let sim = match embeddings {
+                Some(e) => {
+                    let mut sims: Vec<f32> = held_idx
+                        .iter()
+                        .map(|&i| {
+                            fit_idx.iter().map(|&j| dot(&e[i], &e[j])).fold(f32::MIN, f32::max)
+                        })
+                        .collect();
+                    sims.sort_by(|a, b| a.total_cmp(b));
+                    let p = sims[(sims.len() as f32 * 0.02) as usize];
+                    p.clamp(0.15, 0.4)
+                }
+                None => 0.0,
+            };
+            tracing::info!(
+                held_out = held_idx.len(),
+                held_out_accuracy = correct as f32 / held_idx.len() as f32,
+                temperature = t,
+                min_similarity = sim,
+                elapsed_ms = start.elapsed().as_millis() as u64,
+                "intent training: calibrated on held-out fold"
+            );
+            (t, sim, Some(fold))
+        } else {
+            (1.0, if embeddings.is_some() { 0.25 } else { 0.0 }, None)
+        };
+
+        let data = Data {
+            sparse: &rows,
+            dense: dense.as_deref(),
+            n_sparse: vectorizer.len(),
+            labels: &y,
+            weights: None,
+            n_classes: k,
+        };
+        let linear = linear::train(&data, opts(n), warm.as_ref());
+        let example_embeddings: Vec<i8> =
+            embeddings.map(|e| e.iter().flat_map(|v| quantize(v)).collect()).unwrap_or_default();
+        tracing::info!(
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "intent training: done"
+        );
+        Ok(Self {
+            version: MODEL_VERSION.to_string(),
+            labels,
+            vectorizer,
+            linear,
+            dense_weight,
+            temperature,
+            min_confidence: config.min_confidence,
+            min_similarity,
+            example_embeddings,
+        })
+    }
+
+    /// True when the model was trained with sentence embeddings (then `classify` needs the embedder).
+    pub fn uses_embeddings(&self) -> bool {
+        self.linear.dense_dim > 0
+    }
+
+    /// Classifies one message.
+    pub fn classify(&self, text: &str, embedder: Option<&Embedder>) -> Result<IntentPrediction> {
+        let embedding = if self.uses_embeddings() {
+            let e = embedder.ok_or_else(|| {
+                anyhow!("this intent model was trained with sentence embeddings: an embedder is required")
+            })?;
+            let v = e.embed(&[text])?.pop().ok_or_else(|| anyhow!("no embedding"))?;
+            if v.len() != self.linear.dense_dim {
+                bail!("embedding size {} does not match the model's {}", v.len(), self.linear.dense_dim);
+            }
+            Some(v)
+        } else {
+            None
+        };
+        Ok(self.classify_with_embedding(text, embedding.as_deref()))
+    }
+
+    /// Classifies with a precomputed embedding (None for models trained without embeddings).
+    pub fn classify_with_embedding(&self, text: &str, embedding: Option<&[f32]>) -> IntentPrediction {
+        let row = self.vectorizer.transform(text);
+        let dense: Option<Vec<f32>> = match (embedding, self.uses_embeddings()) {
+            (Some(e), true) => Some(e.iter().map(|x| x * self.dense_weight).collect()),
+            _ => None,
+        };
+        let mut z = self.linear.logits(&row, dense.as_deref());
+        for v in z.iter_mut() {
+            *v /= self.temperature;
+        }
+        softmax(&mut z);
+        let mut order: Vec<usize> = (0..z.len()).collect();
+        order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
+        let best = order[0];
+        let nearest = match (embedding, self.uses_embeddings()) {
+            (Some(e), true) => Some(self.nearest_similarity(e)),
+            _ => None,
+        };
+        let out_of_scope = z[best] < self.min_confidence
+            || row.is_empty() && !self.uses_embeddings()
+            || nearest.is_some_and(|s| s < self.min_similarity);
+        IntentPrediction {
+            intent: self.labels[best].clone(),
+            confidence: z[best],
+            alternatives: order[1..].iter().take(2).map(|&i| (self.labels[i].clone(), z[i])).collect(),
+            out_of_scope,
+        }
+    }
+
+    fn nearest_similarity(&self, e: &[f32]) -> f32 {
+        let d = self.linear.dense_dim;
+        if d == 0 || self.example_embeddings.is_empty() {
+            return 1.0;
+        }
+        let q: Vec<f32> = e.iter().map(|x| x / 127.0).collect();
+        self.example_embeddings
+            .chunks_exact(d)
+            .map(|row| row.iter().zip(&q).map(|(&a, b)| a as f32 * b).sum::<f32>())
+            .fold(f32::MIN, f32::max)
+    }
+
+    /// The intents the model knows, sorted.
+    pub fn intents(&self) -> Vec<String> {
+        self.labels.clone()
+    }
+
+    /// Serialises everything learned (vocabulary, weights, calibration).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(MAGIC);
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
+    }
+
+    /// Restores a model written by [`IntentModel::to_bytes`] of the same model version.
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let body = b.strip_prefix(MAGIC).ok_or_else(|| anyhow!("not an intent model"))?;
+        let m: Self = postcard::from_bytes(body).context("decoding the intent model")?;
+        if m.version != MODEL_VERSION {
+            bail!("intent model version {} (expected {MODEL_VERSION})", m.version);
+        }
+        let cols = m.vectorizer.len() + m.linear.dense_dim;
+        if m.linear.w.len() != cols * m.labels.len() || m.linear.b.len() != m.labels.len() {
+            bail!("intent model is inconsistent");
+        }
+        Ok(m)
+    }
+}
+
+const MAGIC: &[u8] = b"KEFUINT1";
+
+fn argmax(z: &[f32]) -> usize {
+    (0..z.len()).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap_or(0)
+}
+
+/// Temperature minimising the negative log-likelihood of held-out logits
+/// (golden-section search over log T in [ln 0.05, ln 20]).
+pub(crate) fn fit_temperature(logits: &[Vec<f32>], labels: &[u32]) -> f32 {
+    let nll = |t: f32| -> f64 {
+        logits
+            .iter()
+            .zip(labels)
+            .map(|(z, &y)| {
+                let mut s: Vec<f32> = z.iter().map(|v| v / t).collect();
+                let zy = s[y as usize];
+                let lse = softmax(&mut s);
+                (lse - zy) as f64
+            })
+            .sum()
+    };
+    let (mut a, mut b) = (0.05f32.ln(), 20f32.ln());
+    let g = 0.618_034f32;
+    for _ in 0..40 {
+        let c = b - g * (b - a);
+        let d = a + g * (b - a);
+        if nll(c.exp()) < nll(d.exp()) {
+            b = d;
+        } else {
+            a = c;
+        }
+    }
+    ((a + b) / 2.0).exp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::tests::test_embedder;
+
+    fn toy() -> Vec<(String, String)> {
+        let data: &[(&str, &[&str])] = &[
+            ("order_status", &[
+                "Where is my order?", "My package has not arrived yet", "When will my order be delivered?",
+                "Track my shipment please", "my parcel is late", "How long until my delivery arrives?",
+                "我的订单到哪里了？", "快递怎么还没到", "我的包裹什么时候送到", "查一下我的物流",
+                "订单一直没有发货", "where is my 快递",
+            ]),
+            ("refund", &[
+                "I want my money back", "How do I get a refund?", "Please refund my purchase",
+                "Can I return this and get reimbursed?", "refund the charge on my card", "I'd like to cancel and be refunded",
+                "我要退款", "怎么申请退款", "请把钱退给我", "退货退款流程是什么", "这个东西我不要了，退钱",
+                "我想要refund",
+            ]),
+            ("greeting", &[
+                "Hello", "Hi there", "Good morning", "Hey, anyone there?", "Hello, I need help", "Hi, good afternoon",
+                "你好", "您好", "早上好", "在吗", "哈喽", "hi 你好",
+            ]),
+        ];
+        data.iter()
+            .flat_map(|(intent, texts)| texts.iter().map(move |t| (t.to_string(), intent.to_string())))
+            .collect()
+    }
+
+    fn check(model: &IntentModel, embedder: Option<&Embedder>) {
+        for (text, want) in [
+            ("where's my package? it hasn't arrived", "order_status"),
+            ("I would like a refund for my order", "refund"),
+            ("hello!", "greeting"),
+            ("我的快递到哪了", "order_status"),
+            ("我想退款", "refund"),
+            ("您好，在吗", "greeting"),
+        ] {
+            let p = model.classify(text, embedder).unwrap();
+            assert_eq!(p.intent, want, "{text}: {p:?}");
+            assert!(!p.out_of_scope, "{text}: {p:?}");
+            assert!(p.confidence > 0.4 && p.confidence <= 1.0, "{text}: {p:?}");
+            assert_eq!(p.alternatives.len(), 2);
+            assert!(p.alternatives.iter().all(|(_, c)| *c <= p.confidence));
+        }
+    }
+
+    #[test]
+    fn learns_toy_intents_without_embeddings() {
+        let model = IntentModel::train(&toy(), None).unwrap();
+        assert_eq!(model.intents(), vec!["greeting", "order_status", "refund"]);
+        assert!(!model.uses_embeddings());
+        check(&model, None);
+        let p = model.classify("zzzz qqqq xxxx", None).unwrap();
+        assert!(p.out_of_scope, "{p:?}");
+        let restored = IntentModel::from_bytes(&model.to_bytes()).unwrap();
+        for text in ["where is my refund", "你好", "随便说点什么"] {
+            assert_eq!(model.classify(text, None).unwrap(), restored.classify(text, None).unwrap());
+        }
+        assert!(IntentModel::from_bytes(b"garbage").is_err());
+    }
+
+    #[test]
+    fn learns_toy_intents_with_embeddings_and_rejects_out_of_scope() {
+        let Some(e) = test_embedder() else { return };
+        let model = IntentModel::train(&toy(), Some(&e)).unwrap();
+        assert!(model.uses_embeddings());
+        check(&model, Some(&e));
+        for text in ["What is the capital of France?", "Write me a poem about the sea", "The quarterly earnings of semiconductor firms rose"] {
+            let p = model.classify(text, Some(&e)).unwrap();
+            assert!(p.out_of_scope, "{text}: {p:?}");
+        }
+        assert!(model.classify("hello", None).is_err(), "needs the embedder");
+        let restored = IntentModel::from_bytes(&model.to_bytes()).unwrap();
+        let a = model.classify("I want my money back", Some(&e)).unwrap();
+        let b = restored.classify("I want my money back", Some(&e)).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_sensitive() {
+        let ex = toy();
+        let a = IntentModel::fingerprint(&ex);
+        assert_eq!(a, IntentModel::fingerprint(&ex.clone()));
+        assert_eq!(a.len(), 64);
+        let mut changed = ex.clone();
+        changed[0].1 = "refund".into();
+        assert_ne!(a, IntentModel::fingerprint(&changed));
+    }
+
+    #[test]
+    fn temperature_softens_overconfident_logits() {
+        // logits say 10:0 but the label is right only 70% of the time -> T > 1
+        let logits: Vec<Vec<f32>> = (0..10).map(|_| vec![10.0, 0.0]).collect();
+        let labels: Vec<u32> = (0..10).map(|i| u32::from(i >= 7)).collect();
+        let t = fit_temperature(&logits, &labels);
+        assert!(t > 5.0, "{t}");
+    }
+}
