@@ -93,3 +93,34 @@ impl Default for ClientArgs {
         Self { call_timeout_ms: 5_000 }
     }
 }
+
+/// Where persistent state lives.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DataArgs {
+    /// Directory for embedded state (the SQLite file, learned models).
+    #[arg(long, env = "KEFU_DATA_DIR", default_value = "./data")]
+    pub data_dir: std::path::PathBuf,
+    /// Database URL: sqlite://… (default: a file in the data directory) or postgres://….
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+}
+
+impl DataArgs {
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.trim().is_empty() => url.clone(),
+            _ => format!("sqlite://{}/kefu.db?mode=rwc", self.data_dir.display()),
+        }
+    }
+}
+
+/// Where tenant definitions and model files are read from.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ContentArgs {
+    /// Directory of tenant definitions (<id>/tenant.toml and <id>/docs/).
+    #[arg(long, env = "KEFU_TENANTS_DIR", default_value = "./tenants")]
+    pub tenants_dir: std::path::PathBuf,
+    /// Directory of model files (all-MiniLM-L6-v2/ …), filled by `make models`.
+    #[arg(long, env = "KEFU_MODELS_DIR", default_value = "./models")]
+    pub models_dir: std::path::PathBuf,
+}

@@ -13,7 +13,35 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use client::{channel, with_retry, GrpcChannel};
-pub use config::{ClientArgs, ServerArgs, ServiceSpec};
+pub use config::{ClientArgs, ContentArgs, DataArgs, ServerArgs, ServiceSpec};
+pub use telemetry::TelemetryArgs;
 pub use health::{Probe, ReadyFlag};
 pub use server::{RunningServer, Server};
 pub use shutdown::Shutdown;
+
+/// The `main` of every per-service binary: telemetry, start, serve until SIGTERM, drain.
+pub async fn run_service<F, Fut>(spec: ServiceSpec, telemetry: &TelemetryArgs, start: F) -> std::process::ExitCode
+where
+    F: FnOnce(Shutdown) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<RunningServer>>,
+{
+    let _telemetry = match telemetry::init(&spec.full_name(), telemetry) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let shutdown = Shutdown::on_signals();
+    let result = match start(shutdown.clone()).await {
+        Ok(server) => server.wait().await,
+        Err(error) => Err(error),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "{} failed", spec.full_name());
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

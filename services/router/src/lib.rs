@@ -1,0 +1,223 @@
+//! Router service: classifies a message into one of the tenant's intents, learned
+//! from the tenant's examples, with a calibrated confidence, the next alternatives,
+//! out-of-scope detection, and the tenant's route and urgency for the intent.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use kefu_nlp::embed::Embedder;
+use kefu_nlp::intent::IntentModel;
+use kefu_nlp::text::{detect_language, Language as Lang};
+use kefu_proto::v1::router_service_server::{RouterService, RouterServiceServer};
+use kefu_proto::v1::{ClassifyRequest, ClassifyResponse, IntentScore, Language, Priority, ReloadTenantRequest, ReloadTenantResponse, Route};
+use kefu_runtime::{ContentArgs, DataArgs, ReadyFlag, RunningServer, ServerArgs, ServiceSpec, Shutdown};
+use kefu_tenant::{Tenant, Tenants, Urgency};
+use tonic::{Request, Response, Status};
+
+pub const SPEC: ServiceSpec = ServiceSpec::ROUTER;
+const SERVICE: &str = "kefu-router";
+pub const OUT_OF_SCOPE: &str = "out_of_scope";
+/// A follow-up this short that fits no intent continues the session's last intent.
+const SHORT_FOLLOW_UP_CHARS: usize = 24;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct Config {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub content: ContentArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
+/// A tenant's definitions with the model learned from them.
+struct TenantModel {
+    tenant: Arc<Tenant>,
+    model: IntentModel,
+}
+
+pub struct Router {
+    tenants_dir: PathBuf,
+    cache_dir: PathBuf,
+    embedder: Option<Arc<Embedder>>,
+    models: RwLock<HashMap<String, Arc<TenantModel>>>,
+}
+
+pub fn urgency_priority(urgency: Urgency) -> Priority {
+    match urgency {
+        Urgency::Low => Priority::Low,
+        Urgency::Medium => Priority::Medium,
+        Urgency::High => Priority::High,
+        Urgency::Urgent => Priority::Urgent,
+    }
+}
+
+fn route_of(route: kefu_tenant::Route) -> Route {
+    match route {
+        kefu_tenant::Route::Answer => Route::Answer,
+        kefu_tenant::Route::Ticket => Route::Ticket,
+        kefu_tenant::Route::Human => Route::Human,
+    }
+}
+
+fn short_follow_up(text: &str) -> bool {
+    text.chars().filter(|c| !c.is_whitespace()).count() <= SHORT_FOLLOW_UP_CHARS
+}
+
+impl Router {
+    pub fn new(tenants_dir: PathBuf, cache_dir: PathBuf, embedder: Option<Arc<Embedder>>) -> Self {
+        Self { tenants_dir, cache_dir, embedder, models: RwLock::new(HashMap::new()) }
+    }
+
+    /// Learns a tenant's intents, or loads what was learned from the same examples before.
+    fn train(&self, tenant: Arc<Tenant>) -> anyhow::Result<(usize, usize)> {
+        let examples = tenant.training_examples();
+        let variant = if self.embedder.is_some() { "dense" } else { "sparse" };
+        let cache_file = self.cache_dir.join(format!("{}-{}-{variant}.bin", tenant.id, IntentModel::fingerprint(&examples)));
+        let cached = std::fs::read(&cache_file).ok().and_then(|bytes| IntentModel::from_bytes(&bytes).ok());
+        let model = match cached {
+            Some(model) => {
+                tracing::info!(tenant = %tenant.id, "intent model loaded from cache");
+                model
+            }
+            None => {
+                let started = std::time::Instant::now();
+                let model = IntentModel::train(&examples, self.embedder.as_deref())?;
+                tracing::info!(tenant = %tenant.id, examples = examples.len(), seconds = started.elapsed().as_secs_f32(), "intent model trained");
+                if let Err(error) = write_atomically(&cache_file, &model.to_bytes()) {
+                    tracing::warn!(%error, "could not cache the intent model");
+                }
+                model
+            }
+        };
+        let counts = (tenant.intents.len(), examples.len());
+        self.models.write().expect("model map lock").insert(tenant.id.clone(), Arc::new(TenantModel { tenant, model }));
+        Ok(counts)
+    }
+
+    pub fn train_all(&self) -> anyhow::Result<()> {
+        for tenant in Tenants::load_dir(&self.tenants_dir)?.iter() {
+            self.train(tenant.clone())?;
+        }
+        Ok(())
+    }
+
+    fn model(&self, tenant_id: &str) -> Result<Arc<TenantModel>, Status> {
+        self.models
+            .read()
+            .expect("model map lock")
+            .get(tenant_id)
+            .cloned()
+            .ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))
+    }
+
+    fn classify(&self, tenant_model: &TenantModel, text: &str, previous_intents: &[String]) -> Result<ClassifyResponse, Status> {
+        let prediction = tenant_model
+            .model
+            .classify(text, self.embedder.as_deref())
+            .map_err(|error| Status::internal(format!("classification failed: {error:#}")))?;
+        let language = detect_language(text);
+        let mut intent = prediction.intent.clone();
+        let mut confidence = prediction.confidence;
+        let mut out_of_scope = prediction.out_of_scope;
+        if out_of_scope && short_follow_up(text) {
+            if let Some(previous) = previous_intents.last().filter(|p| tenant_model.tenant.intent(p).is_some()) {
+                intent = previous.clone();
+                out_of_scope = false;
+                confidence = prediction.confidence.max(0.5);
+            }
+        }
+        let definition = (!out_of_scope).then(|| tenant_model.tenant.intent(&intent)).flatten();
+        let (route, urgency, fixed_reply) = match definition {
+            Some(definition) => {
+                let reply = definition.reply.as_ref().and_then(|r| match language {
+                    Lang::Zh => r.zh.clone().or_else(|| r.en.clone()),
+                    Lang::En => r.en.clone().or_else(|| r.zh.clone()),
+                });
+                (route_of(definition.route), urgency_priority(definition.urgency), reply.unwrap_or_default())
+            }
+            None => {
+                intent = OUT_OF_SCOPE.to_owned();
+                (Route::Answer, Priority::Low, String::new())
+            }
+        };
+        Ok(ClassifyResponse {
+            intent,
+            confidence,
+            alternatives: prediction
+                .alternatives
+                .iter()
+                .map(|(intent, confidence)| IntentScore { intent: intent.clone(), confidence: *confidence })
+                .collect(),
+            out_of_scope,
+            route: route as i32,
+            urgency: urgency as i32,
+            language: match language {
+                Lang::En => Language::En,
+                Lang::Zh => Language::Zh,
+            } as i32,
+            fixed_reply,
+        })
+    }
+}
+
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temporary, bytes)?;
+    std::fs::rename(temporary, path)
+}
+
+#[derive(Clone)]
+pub struct RouterHandle(Arc<Router>);
+
+#[tonic::async_trait]
+impl RouterService for RouterHandle {
+    async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
+        let request = request.into_inner();
+        if request.text.trim().is_empty() {
+            return Err(Status::invalid_argument("text must not be empty"));
+        }
+        let tenant_model = self.0.model(&request.tenant_id)?;
+        let router = self.0.clone();
+        let model = tenant_model.clone();
+        let response = tokio::task::spawn_blocking(move || router.classify(&model, &request.text, &request.previous_intents))
+            .await
+            .map_err(|error| Status::internal(format!("classification task failed: {error}")))??;
+        metrics::counter!("kefu_intents_total", "service" => SERVICE, "tenant" => tenant_model.tenant.id.clone(), "intent" => response.intent.clone()).increment(1);
+        Ok(Response::new(response))
+    }
+
+    async fn reload_tenant(&self, request: Request<ReloadTenantRequest>) -> Result<Response<ReloadTenantResponse>, Status> {
+        let tenant_id = request.into_inner().tenant_id;
+        let tenants = Tenants::load_dir(&self.0.tenants_dir).map_err(|error| Status::failed_precondition(format!("{error:#}")))?;
+        let tenant = tenants.get(&tenant_id).ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))?;
+        let router = self.0.clone();
+        let (intents, examples) = tokio::task::spawn_blocking(move || router.train(tenant))
+            .await
+            .map_err(|error| Status::internal(error.to_string()))?
+            .map_err(|error| Status::internal(format!("{error:#}")))?;
+        Ok(Response::new(ReloadTenantResponse { intents: intents as i32, examples: examples as i32 }))
+    }
+}
+
+pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
+    let ready = ReadyFlag::new("intent models");
+    let embedder = kefu_nlp::embed::load_optional(&config.content.models_dir);
+    let router = Arc::new(Router::new(config.content.tenants_dir.clone(), config.data.data_dir.join("router"), embedder));
+    // Fail fast on unreadable tenant definitions, then learn them in the background:
+    // the health status says NOT_SERVING until every tenant's model is ready.
+    Tenants::load_dir(&config.content.tenants_dir)?;
+    let server = kefu_runtime::Server::new(SPEC, config.server)
+        .add_service(RouterServiceServer::new(RouterHandle(router.clone())))
+        .probe(Arc::new(ready.clone()))
+        .start(shutdown)
+        .await?;
+    tokio::task::spawn_blocking(move || match router.train_all() {
+        Ok(()) => ready.set(true),
+        Err(error) => tracing::error!(error = %format!("{error:#}"), "training the intent models failed"),
+    });
+    Ok(server)
+}
