@@ -1,8 +1,8 @@
 //! Compares retrieval settings on an evaluation set.
 //!
 //! cargo run --release -p kefu-search --example retrieval_eval -- \
-//!     [--docs eval/retrieval/docs.jsonl] [--queries eval/retrieval/queries.csv] [--models models] \
-//!     [--mode hybrid|bm25|dense] [--fusion rrf:60|weighted:0.5] [--no-stem] [--bigrams] \
+//!     [--docs eval/retrieval/docs.jsonl | tenants/demo/docs] [--queries eval/retrieval/queries.csv] [--models models] \
+//!     [--mode hybrid|bm25|dense] [--fusion rrf:60|score] [--dense-en 0.5] [--dense-zh 0.5] [--candidates 50] [--no-stem] [--bigrams] \
 //!     [--title-boost 1.0] [--heading-boost 1.0] [--misses]
 
 use std::path::PathBuf;
@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use kefu_nlp::embed::Embedder;
-use kefu_search::eval::{evaluate, ingest, load_documents, load_queries};
+use kefu_search::eval::{evaluate, ingest, load_corpus, load_queries};
 use kefu_search::{Fusion, SearchConfig, SearchIndex};
 
 fn main() -> Result<()> {
@@ -32,10 +32,13 @@ fn main() -> Result<()> {
                 let v = value()?;
                 config.fusion = match v.split_once(':') {
                     Some(("rrf", k)) => Fusion::Rrf { k: k.parse()? },
-                    Some(("weighted", w)) => Fusion::Weighted { dense: w.parse()? },
-                    _ => bail!("--fusion rrf:K or weighted:W"),
+                    None if v == "score" => Fusion::Score,
+                    _ => bail!("--fusion rrf:K or score"),
                 };
             }
+            "--dense-en" => config.dense_weight_en = value()?.parse()?,
+            "--dense-zh" => config.dense_weight_zh = value()?.parse()?,
+            "--candidates" => config.candidates = value()?.parse()?,
             "--no-stem" => config.stem = false,
             "--bigrams" => config.cjk_bigrams = true,
             "--title-boost" => config.title_boost = value()?.parse()?,
@@ -52,7 +55,7 @@ fn main() -> Result<()> {
     }
     let embedder = if config.dense { Some(Arc::new(Embedder::from_models_dir(&models)?)) } else { None };
     let index = SearchIndex::with_config(embedder, config.clone())?;
-    ingest(&index, &load_documents(&docs)?)?;
+    ingest(&index, &load_corpus(&docs)?)?;
     let queries = load_queries(&queries)?;
     let report = evaluate(&index, &queries)?;
     println!("{mode} {config:?}\n{report}");

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use crate::analysis::{analyzer, distinct_terms};
 use crate::sentences::{joins_without_space, split_sentences, word_count};
-use crate::{Answer, Passage};
+use crate::{Answer, Evidence, Passage};
 
 /// A passage whose confidence reaches this answers the query; below it, the caller
 /// should treat the query as "nothing relevant found".
@@ -12,17 +12,17 @@ pub const CONFIDENCE_THRESHOLD: f32 = 0.5;
 
 /// Logistic model of "the passage answers the query" over the query-passage cosine
 /// similarity and the IDF-weighted share of query terms found in the passage:
-/// `(bias, cosine weight, coverage weight)`.
-const HYBRID_MODEL: (f32, f32, f32) = (-6.0, 8.0, 4.0);
+/// `(bias, cosine weight, coverage weight)`, for English and Chinese queries.
+const HYBRID_MODEL: [(f32, f32, f32); 2] = [(-6.0, 8.0, 4.0), (-6.0, 8.0, 4.0)];
 /// The same without embeddings: `(bias, coverage weight)`.
-const LEXICAL_MODEL: (f32, f32) = (-4.0, 7.0);
+const LEXICAL_MODEL: [(f32, f32); 2] = [(-4.0, 7.0), (-4.0, 7.0)];
 
-/// Confidence in [0, 1] from the passage's cosine similarity to the query (None when
-/// the index has no embeddings) and its query-term coverage in [0, 1].
-pub(crate) fn confidence(cosine: Option<f32>, coverage: f32) -> f32 {
-    let z = match cosine {
-        Some(c) => HYBRID_MODEL.0 + HYBRID_MODEL.1 * c + HYBRID_MODEL.2 * coverage,
-        None => LEXICAL_MODEL.0 + LEXICAL_MODEL.1 * coverage,
+/// Confidence in [0, 1] that a passage answers the query.
+pub(crate) fn confidence(e: &Evidence) -> f32 {
+    let lang = usize::from(e.chinese);
+    let z = match e.cosine {
+        Some(c) => HYBRID_MODEL[lang].0 + HYBRID_MODEL[lang].1 * c + HYBRID_MODEL[lang].2 * e.coverage,
+        None => LEXICAL_MODEL[lang].0 + LEXICAL_MODEL[lang].1 * e.coverage,
     };
     1.0 / (1.0 + (-z).exp())
 }

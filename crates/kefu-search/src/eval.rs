@@ -58,6 +58,33 @@ pub fn load_documents(path: &Path) -> Result<Vec<Document>> {
     Ok(docs)
 }
 
+/// Reads the `*.md` files of a directory as documents, the file stem being the id
+/// (as a tenant's `docs/` folder is read), in file name order.
+pub fn load_markdown_dir(dir: &Path) -> Result<Vec<Document>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "md"))
+        .collect();
+    paths.sort();
+    let mut docs = Vec::with_capacity(paths.len());
+    for path in paths {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let id = path.file_stem().and_then(|s| s.to_str()).with_context(|| format!("no usable file name: {}", path.display()))?;
+        docs.push(Document::from_markdown(id, &text));
+    }
+    Ok(docs)
+}
+
+/// Documents from a JSON-lines file or from a directory of Markdown files.
+pub fn load_corpus(path: &Path) -> Result<Vec<Document>> {
+    if path.is_dir() {
+        load_markdown_dir(path)
+    } else {
+        load_documents(path)
+    }
+}
+
 /// Reads queries from a CSV file with the header `text,doc_id`.
 pub fn load_queries(path: &Path) -> Result<Vec<Query>> {
     let mut reader = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kefu_nlp::embed::{dot, Embedder};
+use kefu_nlp::text::{detect_language, Language};
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, STRING};
@@ -15,13 +16,15 @@ use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 use crate::analysis::{analyzer, distinct_terms, TOKENIZER_NAME};
 use crate::{Chunk, Passage};
 
-/// How the lexical and the dense ranking are combined.
+/// How the lexical and the dense ranking are combined; `w` is the dense weight for
+/// the query's language.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Fusion {
-    /// Reciprocal rank fusion: the sum over both rankings of `1 / (k + rank)`, rank from 1.
+    /// Weighted reciprocal rank fusion: `(1 - w) / (k + lexical rank) + w / (k + dense rank)`, ranks from 1.
     Rrf { k: f32 },
-    /// Score fusion: `(1 - dense) * bm25 / max_bm25 + dense * cosine`.
-    Weighted { dense: f32 },
+    /// Score fusion: `(1 - w) * bm25 / max_bm25 + w * normalised cosine`, the cosine
+    /// min-max scaled over the dense candidates.
+    Score,
 }
 
 /// Retrieval settings. The default is what the evaluation selected (see the crate README).
@@ -32,6 +35,10 @@ pub struct SearchConfig {
     /// Rank with embeddings (only when the index has an embedder).
     pub dense: bool,
     pub fusion: Fusion,
+    /// Weight of the dense ranking for English queries (the embedding model's language).
+    pub dense_weight_en: f32,
+    /// Weight of the dense ranking for Chinese queries.
+    pub dense_weight_zh: f32,
     /// Stem English words.
     pub stem: bool,
     /// Index character bigrams of long Chinese words besides the words themselves.
@@ -49,9 +56,11 @@ impl Default for SearchConfig {
         Self {
             lexical: true,
             dense: true,
-            fusion: Fusion::Rrf { k: 60.0 },
+            fusion: Fusion::Score,
+            dense_weight_en: 0.7,
+            dense_weight_zh: 0.3,
             stem: true,
-            cjk_bigrams: false,
+            cjk_bigrams: true,
             title_boost: 1.0,
             heading_boost: 1.0,
             candidates: 50,
@@ -130,6 +139,17 @@ impl State {
         let df = self.df.get(term).copied().unwrap_or(0) as f32;
         (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
     }
+}
+
+/// What a passage's confidence was computed from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Evidence {
+    /// Cosine similarity of query and chunk embeddings (None without embeddings).
+    pub cosine: Option<f32>,
+    /// IDF-weighted share of the query's terms found in the chunk, title and headings included.
+    pub coverage: f32,
+    /// Whether the query is Chinese (the models differ by language).
+    pub chinese: bool,
 }
 
 /// The search index of one tenant. `Send + Sync`: share it behind an `Arc`; searches
@@ -313,20 +333,26 @@ impl SearchIndex {
 
     /// The `k` best passages for a query, one (the best chunk) per document.
     pub fn search(&self, query: &str, k: usize) -> Result<Vec<Passage>> {
+        Ok(self.search_with(query, k, true)?.into_iter().map(|(p, _)| p).collect())
+    }
+
+    /// Like [`search`](Self::search), with the evidence behind each confidence.
+    pub fn search_with_evidence(&self, query: &str, k: usize) -> Result<Vec<(Passage, Evidence)>> {
         self.search_with(query, k, true)
     }
 
     /// The `k` best chunks for a query, several per document allowed.
     pub fn search_chunks(&self, query: &str, k: usize) -> Result<Vec<Passage>> {
-        self.search_with(query, k, false)
+        Ok(self.search_with(query, k, false)?.into_iter().map(|(p, _)| p).collect())
     }
 
-    fn search_with(&self, query: &str, k: usize, per_document: bool) -> Result<Vec<Passage>> {
+    fn search_with(&self, query: &str, k: usize, per_document: bool) -> Result<Vec<(Passage, Evidence)>> {
         if k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
         let mut analyzer = self.analyzer.clone();
         let query_terms = distinct_terms(&mut analyzer, query);
+        let language = detect_language(query);
         // Embed before taking the lock: it is the slow part.
         let query_vector = match (&self.embedder, self.config.dense) {
             (Some(embedder), true) => embedder.embed(&[query]).context("embedding the query")?.pop(),
@@ -348,31 +374,47 @@ impl SearchIndex {
         dense.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         dense.truncate(self.config.candidates);
 
+        let w = if dense.is_empty() {
+            0.0
+        } else if lexical.is_empty() {
+            1.0
+        } else {
+            match language {
+                Language::En => self.config.dense_weight_en,
+                Language::Zh => self.config.dense_weight_zh,
+            }
+        };
         let mut fused: HashMap<u64, f32> = HashMap::new();
         match self.config.fusion {
             Fusion::Rrf { k: rrf_k } => {
-                for ranking in [&lexical, &dense] {
+                for (ranking, weight) in [(&lexical, 1.0 - w), (&dense, w)] {
                     for (rank, (key, _)) in ranking.iter().enumerate() {
-                        *fused.entry(*key).or_default() += 1.0 / (rrf_k + rank as f32 + 1.0);
+                        *fused.entry(*key).or_default() += weight / (rrf_k + rank as f32 + 1.0);
                     }
                 }
             }
-            Fusion::Weighted { dense: w } => {
-                let w = if dense.is_empty() { 0.0 } else if lexical.is_empty() { 1.0 } else { w };
+            Fusion::Score => {
                 let max_bm25 = lexical.first().map_or(1.0, |x| x.1.max(f32::EPSILON));
                 for (key, s) in &lexical {
                     *fused.entry(*key).or_default() += (1.0 - w) * s / max_bm25;
                 }
+                let top = dense.first().map_or(0.0, |x| x.1);
+                let floor = dense.last().map_or(0.0, |x| x.1);
+                let span = (top - floor).max(f32::EPSILON);
                 for (key, _) in &dense {
                     fused.entry(*key).or_default();
                 }
                 for (key, score) in fused.iter_mut() {
-                    *score += w * cosines.get(key).copied().unwrap_or(0.0).max(0.0);
+                    if let Some(c) = cosines.get(key) {
+                        *score += w * ((c - floor) / span).max(0.0);
+                    }
                 }
             }
         }
         let mut ranked: Vec<(u64, f32)> = fused.into_iter().filter(|(key, _)| state.entries.contains_key(key)).collect();
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // ties (chunks found by only one ranking with weight 0) go by cosine
+        let cosine_of = |key: &u64| cosines.get(key).copied().unwrap_or(f32::NEG_INFINITY);
+        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(cosine_of(&b.0).total_cmp(&cosine_of(&a.0))).then(a.0.cmp(&b.0)));
         let mut seen_docs: HashSet<&str> = HashSet::new();
         let mut out = Vec::with_capacity(k);
         for (key, score) in ranked {
@@ -380,16 +422,20 @@ impl SearchIndex {
             if per_document && !seen_docs.insert(entry.chunk.doc_id.as_str()) {
                 continue;
             }
-            let coverage = coverage(&state, &query_terms, &entry.terms);
-            let cosine = cosines.get(&key).copied();
-            out.push(Passage {
+            let evidence = Evidence {
+                cosine: cosines.get(&key).copied(),
+                coverage: coverage(&state, &query_terms, &entry.terms),
+                chinese: language == Language::Zh,
+            };
+            let passage = Passage {
                 chunk_id: entry.chunk.id.clone(),
                 doc_id: entry.chunk.doc_id.clone(),
                 title: entry.chunk.title.clone(),
                 text: entry.chunk.text.clone(),
                 score,
-                confidence: crate::answer::confidence(cosine, coverage),
-            });
+                confidence: crate::answer::confidence(&evidence),
+            };
+            out.push((passage, evidence));
             if out.len() == k {
                 break;
             }

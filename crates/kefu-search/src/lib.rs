@@ -16,7 +16,7 @@ mod sentences;
 
 pub use answer::{compose_answer, CONFIDENCE_THRESHOLD};
 pub use chunk::{chunk_document, MAX_OVERLAP_WORDS, MAX_WORDS, MIN_WORDS};
-pub use index::{Fusion, SearchConfig, SearchIndex};
+pub use index::{Evidence, Fusion, SearchConfig, SearchIndex};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,20 @@ pub struct Chunk {
     pub text: String,
     /// Its L2-normalised embedding, once computed.
     pub vector: Option<Vec<f32>>,
+}
+
+impl Document {
+    /// A help article from a Markdown file: the title is the first `# ` heading
+    /// (the id when there is none).
+    pub fn from_markdown(id: &str, text: &str) -> Self {
+        let title = text
+            .lines()
+            .find_map(|l| l.trim_start().strip_prefix("# "))
+            .map(|t| t.trim().trim_end_matches('#').trim().to_string())
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| id.to_string());
+        Self { id: id.to_string(), title, text: text.to_string() }
+    }
 }
 
 /// A retrieved chunk.
