@@ -19,7 +19,8 @@ pub(crate) struct FeatureConfig {
     /// Character n-gram lengths inside Latin words (padded with a space at both ends).
     pub char_min: usize,
     pub char_max: usize,
-    /// Character n-grams of length 1..=cjk_max over runs of Han characters.
+    /// Character n-grams of length cjk_min..=cjk_max over runs of Han characters.
+    pub cjk_min: usize,
     pub cjk_max: usize,
     /// Weight of the word block and of the character block after each is L2-normalised.
     pub word_weight: f32,
@@ -78,7 +79,7 @@ pub(crate) fn terms(text: &str, cfg: &FeatureConfig) -> Vec<(u64, u8)> {
                 j += 1;
             }
             let run = &chars[i..j];
-            for n in 1..=cfg.cjk_max.min(run.len()) {
+            for n in cfg.cjk_min.max(1)..=cfg.cjk_max.min(run.len()) {
                 for g in run.windows(n) {
                     let s: String = g.iter().collect();
                     out.push((fnv(b'h', &[s.as_bytes()]), CHAR));
@@ -217,6 +218,7 @@ mod tests {
             word_ngrams: 2,
             char_min: 2,
             char_max: 4,
+            cjk_min: 1,
             cjk_max: 3,
             word_weight: 1.0,
             char_weight: 1.0,

@@ -165,6 +165,7 @@ impl IntentModel {
             word_ngrams: config.word_ngrams,
             char_min: config.char_min,
             char_max: config.char_max,
+            cjk_min: 1,
             cjk_max: config.cjk_max,
             word_weight: config.word_weight,
             char_weight: config.char_weight,
@@ -347,11 +348,14 @@ impl IntentModel {
         if d == 0 || self.example_embeddings.is_empty() {
             return 1.0;
         }
-        let q: Vec<f32> = e.iter().map(|x| x / 127.0).collect();
-        self.example_embeddings
+        let q: Vec<i16> = quantize(e).map(i16::from).collect();
+        let best = self
+            .example_embeddings
             .chunks_exact(d)
-            .map(|row| row.iter().zip(&q).map(|(&a, b)| a as f32 * b).sum::<f32>())
-            .fold(f32::MIN, f32::max)
+            .map(|row| row.iter().zip(&q).map(|(&a, &b)| i32::from(i16::from(a) * b)).sum::<i32>())
+            .max()
+            .unwrap_or(0);
+        best as f32 / (127.0 * 127.0)
     }
 
     /// The intents the model knows, sorted.

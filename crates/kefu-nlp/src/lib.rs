@@ -3,9 +3,13 @@
 //! - [`text`]: language detection, normalisation, word segmentation (jieba for Chinese)
 //! - [`embed`]: sentence embeddings with all-MiniLM-L6-v2 on the CPU (candle)
 //! - [`intent`]: intent classification from a tenant's examples, calibrated, with out-of-scope
+//! - [`sentiment`]: five-level sentiment and escalation signals (bundled sparse model)
+//! - [`eval`]: training and evaluation entry points used by `kefu eval`
 
 pub mod embed;
+pub mod eval;
 mod features;
 pub mod intent;
 mod linear;
+pub mod sentiment;
 pub mod text;

@@ -1,0 +1,316 @@
+//! Evaluation and training entry points behind `kefu eval`. Progress goes to stderr;
+//! each function returns its final one-line summary.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use crate::embed::Embedder;
+use crate::features::{FeatureConfig, SparseRow, Vectorizer};
+use crate::intent::IntentModel;
+use crate::linear::{self, Data, TrainOptions};
+use crate::sentiment::{SentimentModel, CLASSES};
+
+/// Reads a `text,<label>` CSV with a header (the label column is the second one).
+pub fn read_labelled_csv(path: &Path) -> Result<Vec<(String, String)>> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_path(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut out = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
+        if rec.len() < 2 {
+            bail!("{}: row {} has fewer than two columns", path.display(), i + 2);
+        }
+        let (text, label) = (rec[0].trim(), rec[1].trim());
+        if !text.is_empty() && !label.is_empty() {
+            out.push((text.to_string(), label.to_string()));
+        }
+    }
+    if out.is_empty() {
+        bail!("{}: no labelled rows", path.display());
+    }
+    Ok(out)
+}
+
+/// Accuracy and macro-F1 over the labels that occur in `gold`.
+pub fn scores(gold: &[&str], predicted: &[&str]) -> (f64, f64) {
+    let n = gold.len().max(1) as f64;
+    let correct = gold.iter().zip(predicted).filter(|(g, p)| g == p).count() as f64;
+    let mut stats: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new(); // tp, fp, fn
+    for g in gold {
+        stats.entry(g).or_default();
+    }
+    for (g, p) in gold.iter().zip(predicted) {
+        if g == p {
+            stats.entry(g).or_default().0 += 1.0;
+        } else {
+            if let Some(s) = stats.get_mut(p) {
+                s.1 += 1.0;
+            }
+            stats.entry(g).or_default().2 += 1.0;
+        }
+    }
+    let f1s: Vec<f64> = stats
+        .values()
+        .map(|&(tp, fp, fneg)| if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fneg) })
+        .collect();
+    (correct / n, f1s.iter().sum::<f64>() / f1s.len().max(1) as f64)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(gold: &[&str], predicted: &[&str], mut latencies_ms: Vec<f64>) -> String {
+    let (acc, f1) = scores(gold, predicted);
+    latencies_ms.sort_by(|a, b| a.total_cmp(b));
+    format!(
+        "accuracy={acc:.4} macro_f1={f1:.4} n={} p50_ms={:.1} p99_ms={:.1}",
+        gold.len(),
+        percentile(&latencies_ms, 0.5),
+        percentile(&latencies_ms, 0.99)
+    )
+}
+
+/// Trains the intent model on `train_csv` (text,intent) with the MiniLM embedder from
+/// `models_dir`, then classifies every row of `test_csv` one at a time (embedding included).
+pub fn intents(train_csv: &Path, test_csv: &Path, models_dir: &Path) -> Result<String> {
+    let train = read_labelled_csv(train_csv)?;
+    let test = read_labelled_csv(test_csv)?;
+    let embedder = Embedder::from_models_dir(models_dir)
+        .with_context(|| format!("loading the embedding model from {} (run `make models`)", models_dir.display()))?;
+    eprintln!("intents: training on {} examples from {}", train.len(), train_csv.display());
+    let start = Instant::now();
+    let model = IntentModel::train(&train, Some(&embedder))?;
+    let train_s = start.elapsed().as_secs_f64();
+    eprintln!("intents: trained {} intents in {train_s:.1}s", model.intents().len());
+    let mut predicted = Vec::with_capacity(test.len());
+    let mut latencies = Vec::with_capacity(test.len());
+    let mut out_of_scope = 0;
+    for (i, (text, _)) in test.iter().enumerate() {
+        let t = Instant::now();
+        let p = model.classify(text, Some(&embedder))?;
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        out_of_scope += usize::from(p.out_of_scope);
+        predicted.push(p.intent);
+        if (i + 1) % 500 == 0 {
+            eprintln!("intents: classified {}/{}", i + 1, test.len());
+        }
+    }
+    eprintln!("intents: {out_of_scope} of {} flagged out of scope (scored by their best intent)", test.len());
+    let gold: Vec<&str> = test.iter().map(|(_, l)| l.as_str()).collect();
+    let pred: Vec<&str> = predicted.iter().map(String::as_str).collect();
+    let line = summary(&gold, &pred, latencies);
+    eprintln!("intents: train_s={train_s:.1} {line}");
+    Ok(line)
+}
+
+/// Scores the bundled sentiment model on `test_csv` (text,sentiment). With labels
+/// negative/neutral/positive the five levels are merged into three; with only
+/// negative/positive the sign of the score decides.
+pub fn sentiment(test_csv: &Path) -> Result<String> {
+    sentiment_with(SentimentModel::bundled(), test_csv)
+}
+
+/// As [`sentiment`], for any model.
+pub fn sentiment_with(model: &SentimentModel, test_csv: &Path) -> Result<String> {
+    let test = read_labelled_csv(test_csv)?;
+    let three_way = test.iter().any(|(_, l)| l == "neutral");
+    eprintln!(
+        "sentiment: {} rows from {} ({})",
+        test.len(),
+        test_csv.display(),
+        if three_way { "3 classes" } else { "polarity" }
+    );
+    let mut predicted = Vec::with_capacity(test.len());
+    let mut latencies = Vec::with_capacity(test.len());
+    for (text, _) in &test {
+        let t = Instant::now();
+        let a = model.analyze(text);
+        latencies.push(t.elapsed().as_secs_f64() * 1000.0);
+        predicted.push(if three_way {
+            a.level.polarity()
+        } else if a.score >= 0.0 {
+            "positive"
+        } else {
+            "negative"
+        });
+    }
+    let gold: Vec<&str> = test.iter().map(|(_, l)| l.as_str()).collect();
+    Ok(summary(&gold, &predicted, latencies))
+}
+
+/// Hyper-parameters of the sentiment model; the defaults were chosen on the validation
+/// splits of `eval/split.py`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SentimentConfig {
+    /// Inverse regularisation strength.
+    pub c: f32,
+    /// Terms kept in the model (the bundled artefact must stay small).
+    pub terms: usize,
+    /// Weight of each line of the bundled neutral seed set.
+    pub seed_weight: f32,
+    pub char_min: usize,
+    pub char_max: usize,
+    pub cjk_min: usize,
+    pub cjk_max: usize,
+}
+
+impl Default for SentimentConfig {
+    fn default() -> Self {
+        Self { c: 4.0, terms: 60_000, seed_weight: 5.0, char_min: 2, char_max: 5, cjk_min: 1, cjk_max: 3 }
+    }
+}
+
+/// Neutral customer-service requests in English and Chinese, written for this project.
+static NEUTRAL_SEED: &str = include_str!("../assets/neutral_seed.txt");
+
+/// Trains the sentiment model from labelled rows (labels negative / neutral / positive)
+/// plus the neutral seed set.
+pub fn train_sentiment_model(rows: &[(String, String)], config: &SentimentConfig) -> Result<SentimentModel> {
+    let start = Instant::now();
+    let seeds: Vec<(String, String)> = NEUTRAL_SEED
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| (l.to_string(), "neutral".to_string()))
+        .collect();
+    let weights: Vec<f32> = std::iter::repeat_n(1.0, rows.len())
+        .chain(std::iter::repeat_n(config.seed_weight, seeds.len()))
+        .collect();
+    let rows: Vec<(String, String)> = rows.iter().cloned().chain(seeds).collect();
+    let labels: Vec<u32> = rows
+        .iter()
+        .map(|(_, l)| {
+            CLASSES
+                .iter()
+                .position(|c| c == l)
+                .map(|p| p as u32)
+                .with_context(|| format!("unknown sentiment label {l:?}"))
+        })
+        .collect::<Result<_>>()?;
+    let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    let features = FeatureConfig {
+        word_ngrams: 2,
+        char_min: config.char_min,
+        char_max: config.char_max,
+        cjk_min: config.cjk_min,
+        cjk_max: config.cjk_max,
+        word_weight: 1.0,
+        char_weight: 1.0,
+        min_df: 2,
+    };
+    let mut vectorizer = Vectorizer::fit(&texts, features);
+    let full_terms = vectorizer.len();
+    let transform = |v: &Vectorizer| -> Vec<SparseRow> {
+        use rayon::prelude::*;
+        texts.par_iter().map(|t| v.transform(t)).collect()
+    };
+    let total: f32 = weights.iter().sum();
+    let opts = TrainOptions { l2: 1.0 / (config.c * total), max_iter: 300, tol: 1e-6 };
+    let fit = |v: &Vectorizer, rows: &[SparseRow]| {
+        let data = Data { sparse: rows, dense: None, n_sparse: v.len(), labels: &labels, weights: Some(&weights), n_classes: 3 };
+        linear::train(&data, opts, None)
+    };
+    let mut linear = fit(&vectorizer, &transform(&vectorizer));
+    if vectorizer.len() > config.terms {
+        // keep the terms with the largest weights, then refit on the pruned vocabulary so
+        // that training and inference normalise rows the same way
+        let mut importance: Vec<(f32, u32)> = (0..vectorizer.len())
+            .map(|c| {
+                let w = &linear.w[c * 3..c * 3 + 3];
+                let mean = (w[0] + w[1] + w[2]) / 3.0;
+                (w.iter().map(|x| (x - mean).abs()).fold(0.0, f32::max), c as u32)
+            })
+            .collect();
+        importance.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut keep: Vec<u32> = importance[..config.terms].iter().map(|&(_, c)| c).collect();
+        keep.sort_unstable();
+        vectorizer.retain(&keep);
+        linear = fit(&vectorizer, &transform(&vectorizer));
+    }
+    eprintln!(
+        "sentiment: trained on {} rows, {} of {} terms kept, {:.1}s",
+        rows.len(),
+        vectorizer.len(),
+        full_terms,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(SentimentModel::new(vectorizer, linear))
+}
+
+/// Trains the sentiment model on the airline (3 classes) and waimai (negative/positive)
+/// training sets and writes the artefact to `out`.
+pub fn train_sentiment(airline_csv: &Path, waimai_csv: &Path, out: &Path) -> Result<String> {
+    let mut rows = read_labelled_csv(airline_csv)?;
+    let n_airline = rows.len();
+    rows.extend(read_labelled_csv(waimai_csv)?);
+    eprintln!("sentiment: {n_airline} airline rows, {} waimai rows", rows.len() - n_airline);
+    let model = train_sentiment_model(&rows, &SentimentConfig::default())?;
+    let bytes = model.to_bytes();
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::write(out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    Ok(format!(
+        "wrote {} bytes={} terms={} rows={}",
+        out.display(),
+        bytes.len(),
+        model.vocabulary_size(),
+        rows.len()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accuracy_and_macro_f1() {
+        let gold = ["a", "a", "b", "b"];
+        let pred = ["a", "b", "b", "b"];
+        let (acc, f1) = scores(&gold, &pred);
+        assert!((acc - 0.75).abs() < 1e-9);
+        // a: tp1 fp0 fn1 -> 2/3; b: tp2 fp1 fn0 -> 4/5
+        assert!((f1 - (2.0 / 3.0 + 0.8) / 2.0).abs() < 1e-9, "{f1}");
+    }
+
+    #[test]
+    fn sentiment_training_and_eval_roundtrip() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, rows: &[(&str, &str)]| {
+            let p = dir.path().join(name);
+            let mut s = String::from("text,sentiment\n");
+            for (t, l) in rows {
+                s.push_str(&format!("\"{t}\",{l}\n"));
+            }
+            std::fs::write(&p, s).unwrap();
+            p
+        };
+        let mut en = Vec::new();
+        for _ in 0..3 {
+            en.extend([("great flight, thanks", "positive"), ("awful delay, terrible", "negative"), ("what time is the flight", "neutral")]);
+        }
+        let mut zh = Vec::new();
+        for _ in 0..3 {
+            zh.extend([("很好吃，很满意", "positive"), ("太难吃了，很差", "negative")]);
+        }
+        let air = write("air.csv", &en);
+        let wm = write("wm.csv", &zh);
+        let out = dir.path().join("m.bin");
+        let line = train_sentiment(&air, &wm, &out).unwrap();
+        assert!(line.contains("rows=15"), "{line}");
+        assert!(line.contains("terms="), "{line}");
+        let model = SentimentModel::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
+        let line = sentiment_with(&model, &wm).unwrap();
+        assert!(line.starts_with("accuracy=1.0000 macro_f1=1.0000 n=6 "), "{line}");
+    }
+}

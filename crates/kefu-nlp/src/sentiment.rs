@@ -1,0 +1,337 @@
+//! Sentiment of customer messages in English and Chinese: five levels, a score in
+//! [-1, 1] and escalation signals (anger, threat to leave, complaint).
+//!
+//! Polarity is learned: a 3-class softmax (negative / neutral / positive) over sparse
+//! TF-IDF features, trained by [`crate::eval::train_sentiment`] on airline tweets
+//! (3 classes), Chinese food-delivery reviews (negative / positive) and neutral banking
+//! service requests, then pruned to the most useful terms and bundled into the binary
+//! (`assets/sentiment.bin`). Escalation signals come from a small cue lexicon, because
+//! they are about what the customer says they will do, not about polarity.
+
+use std::sync::OnceLock;
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::features::Vectorizer;
+use crate::linear::{softmax, Linear};
+use crate::text::{detect_language, normalize, Language};
+
+/// Changes whenever the features or the artefact format change.
+pub const SENTIMENT_VERSION: &str = "kefu-sentiment-1";
+const MAGIC: &[u8] = b"KEFUSNT1";
+static BUNDLED: &[u8] = include_bytes!("../assets/sentiment.bin");
+
+/// Class order of the softmax.
+pub(crate) const CLASSES: [&str; 3] = ["negative", "neutral", "positive"];
+
+/// Five-level sentiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SentimentLevel {
+    VeryNegative,
+    Negative,
+    Neutral,
+    Positive,
+    VeryPositive,
+}
+
+impl SentimentLevel {
+    /// snake_case name, as used in metrics labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SentimentLevel::VeryNegative => "very_negative",
+            SentimentLevel::Negative => "negative",
+            SentimentLevel::Neutral => "neutral",
+            SentimentLevel::Positive => "positive",
+            SentimentLevel::VeryPositive => "very_positive",
+        }
+    }
+
+    /// Three-way polarity: "negative", "neutral" or "positive".
+    pub fn polarity(self) -> &'static str {
+        match self {
+            SentimentLevel::VeryNegative | SentimentLevel::Negative => "negative",
+            SentimentLevel::Neutral => "neutral",
+            SentimentLevel::Positive | SentimentLevel::VeryPositive => "positive",
+        }
+    }
+}
+
+/// Why a message should go to a human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EscalationSignal {
+    /// Anger, insults, shouting.
+    Anger,
+    /// Threat to cancel, close the account or move to a competitor.
+    ChurnThreat,
+    /// Explicit complaint, or a threat to report or sue.
+    Complaint,
+}
+
+impl EscalationSignal {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EscalationSignal::Anger => "anger",
+            EscalationSignal::ChurnThreat => "churn_threat",
+            EscalationSignal::Complaint => "complaint",
+        }
+    }
+}
+
+/// The analysis of one message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SentimentAnalysis {
+    pub level: SentimentLevel,
+    /// P(positive) - P(negative), adjusted by the escalation signals; in [-1, 1].
+    pub score: f32,
+    pub language: Language,
+    pub signals: Vec<EscalationSignal>,
+    /// True when a human should take over: any signal, or a very negative message.
+    pub escalate: bool,
+}
+
+/// A trained sentiment model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SentimentModel {
+    version: String,
+    vectorizer: Vectorizer,
+    linear: Linear,
+}
+
+/// Probability of the winning polar class from which a message is "very" negative/positive.
+const VERY: f32 = 0.9;
+
+impl SentimentModel {
+    pub(crate) fn new(vectorizer: Vectorizer, linear: Linear) -> Self {
+        Self { version: SENTIMENT_VERSION.to_string(), vectorizer, linear }
+    }
+
+    /// The trained model compiled into the binary (`assets/sentiment.bin`).
+    pub fn bundled() -> &'static SentimentModel {
+        static MODEL: OnceLock<SentimentModel> = OnceLock::new();
+        MODEL.get_or_init(|| {
+            SentimentModel::from_bytes(BUNDLED)
+                .expect("assets/sentiment.bin is a valid sentiment model (checked by the crate's tests)")
+        })
+    }
+
+    /// Class probabilities [negative, neutral, positive] from the learned model alone
+    /// (neutral for text without any known term).
+    pub fn probabilities(&self, text: &str) -> [f32; 3] {
+        let row = self.vectorizer.transform(text);
+        if row.is_empty() {
+            return [0.0, 1.0, 0.0];
+        }
+        let mut z = self.linear.logits(&row, None);
+        softmax(&mut z);
+        [z[0], z[1], z[2]]
+    }
+
+    /// Analyses one message. Never panics; empty or meaningless input is neutral.
+    pub fn analyze(&self, text: &str) -> SentimentAnalysis {
+        let language = detect_language(text);
+        let p = self.probabilities(text);
+        let mut score = (p[2] - p[0]).clamp(-1.0, 1.0);
+        let best = if p[1] >= p[0] && p[1] >= p[2] {
+            1
+        } else if p[0] >= p[2] {
+            0
+        } else {
+            2
+        };
+        let mut level = match best {
+            0 if p[0] >= VERY => SentimentLevel::VeryNegative,
+            0 => SentimentLevel::Negative,
+            2 if p[2] >= VERY => SentimentLevel::VeryPositive,
+            2 => SentimentLevel::Positive,
+            _ => SentimentLevel::Neutral,
+        };
+        let signals = escalation_signals(text);
+        if signals.contains(&EscalationSignal::Anger) {
+            level = SentimentLevel::VeryNegative;
+            score = score.min(-0.8);
+        } else if !signals.is_empty() {
+            if matches!(level, SentimentLevel::Neutral | SentimentLevel::Positive | SentimentLevel::VeryPositive) {
+                level = SentimentLevel::Negative;
+            }
+            score = score.min(-0.4);
+        }
+        let escalate = !signals.is_empty() || level == SentimentLevel::VeryNegative;
+        SentimentAnalysis { level, score, language, signals, escalate }
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = MAGIC.to_vec();
+        out.extend(postcard::to_allocvec(self).unwrap_or_default());
+        out
+    }
+
+    pub fn from_bytes(b: &[u8]) -> Result<Self> {
+        let body = b.strip_prefix(MAGIC).ok_or_else(|| anyhow!("not a sentiment model"))?;
+        let m: Self = postcard::from_bytes(body).context("decoding the sentiment model")?;
+        if m.version != SENTIMENT_VERSION {
+            bail!("sentiment model version {} (expected {SENTIMENT_VERSION})", m.version);
+        }
+        if m.linear.n_classes != 3
+            || m.linear.n_sparse != m.vectorizer.len()
+            || m.linear.w.len() != m.vectorizer.len() * 3
+        {
+            bail!("sentiment model is inconsistent");
+        }
+        Ok(m)
+    }
+
+    /// Number of terms the model knows.
+    pub fn vocabulary_size(&self) -> usize {
+        self.vectorizer.len()
+    }
+}
+
+// Escalation cues. English cues match at the start of a word (so "complain" also matches
+// "complaints"); Chinese cues match anywhere.
+const ANGER_EN: &[&str] = &[
+    "angry", "furious", "outraged", "livid", "pissed", "fed up", "sick of", "sick and tired",
+    "ridiculous", "unacceptable", "disgusting", "disgrace", "pathetic", "wtf", "what the hell",
+    "what the fuck", "bullshit", "screw you", "hate you", "incompetent", "scam", "rip off",
+    "ripoff", "shame on you", "fuck", "damn you", "idiots", "useless service", "enraged",
+];
+const ANGER_ZH: &[&str] = &[
+    "生气", "气死", "愤怒", "恼火", "火大", "垃圾", "坑人", "骗子", "恶心", "破玩意", "忍无可忍",
+    "受够", "滚", "妈的", "他妈", "太过分", "岂有此理", "坑爹", "什么玩意", "无耻", "混蛋",
+];
+const CHURN_EN: &[&str] = &[
+    "cancel my account", "close my account", "closing my account", "cancel my subscription",
+    "cancel my membership", "cancel my contract", "terminate my contract", "end my contract",
+    "delete my account", "switch to another", "switching to another", "switch providers",
+    "switch banks", "switching banks", "take my business elsewhere", "taking my business elsewhere",
+    "find another bank", "find another provider", "go to a competitor", "going to a competitor",
+    "never fly with you again", "never use you again", "never buy from you again", "i'm leaving you",
+    "i am leaving you", "done with you", "last time i use", "last time i fly",
+];
+const CHURN_ZH: &[&str] = &[
+    "销户", "注销账户", "注销账号", "注销我的", "解约", "不用你们", "再也不用", "再也不买", "再也不来",
+    "再也不会", "换一家", "换别家", "换别的", "转网", "取消会员", "取消订阅", "退会员", "不再使用",
+    "以后不会再", "卸载",
+];
+const COMPLAINT_EN: &[&str] = &[
+    "complain", "file a complaint", "report you", "reporting you", "speak to a manager",
+    "talk to a manager", "speak to your manager", "speak to a supervisor", "talk to a supervisor",
+    "better business bureau", "ombudsman", "lawyer", "sue you", "suing you", "legal action",
+    "consumer protection", "regulator",
+];
+const COMPLAINT_ZH: &[&str] = &[
+    "投诉", "举报", "曝光", "12315", "消协", "消费者协会", "找你们领导", "找你们经理", "叫你们经理",
+    "叫你们领导", "维权", "起诉", "律师", "工信部", "银保监", "差评",
+];
+
+fn has_cue_en(norm: &str, cues: &[&str]) -> bool {
+    cues.iter().any(|cue| {
+        norm.match_indices(cue).any(|(i, _)| {
+            norm[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric())
+        })
+    })
+}
+
+fn has_cue_zh(norm: &str, cues: &[&str]) -> bool {
+    cues.iter().any(|cue| norm.contains(cue))
+}
+
+/// Shouting: three or more exclamation marks, or mostly upper-case words in a longer message.
+fn shouting(text: &str) -> bool {
+    if text.matches(['!', '！']).count() >= 3 {
+        return true;
+    }
+    let letters: Vec<char> = text.chars().filter(|c| c.is_ascii_alphabetic()).collect();
+    letters.len() >= 15 && letters.iter().filter(|c| c.is_ascii_uppercase()).count() * 10 >= letters.len() * 8
+}
+
+/// The escalation signals in a message, in a fixed order (anger, churn, complaint).
+pub fn escalation_signals(text: &str) -> Vec<EscalationSignal> {
+    let norm = normalize(text);
+    let mut out = Vec::new();
+    if has_cue_en(&norm, ANGER_EN) || has_cue_zh(&norm, ANGER_ZH) || shouting(text) {
+        out.push(EscalationSignal::Anger);
+    }
+    if has_cue_en(&norm, CHURN_EN) || has_cue_zh(&norm, CHURN_ZH) {
+        out.push(EscalationSignal::ChurnThreat);
+    }
+    if has_cue_en(&norm, COMPLAINT_EN) || has_cue_zh(&norm, COMPLAINT_ZH) {
+        out.push(EscalationSignal::Complaint);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use SentimentLevel::*;
+
+    fn negative(l: SentimentLevel) -> bool {
+        matches!(l, Negative | VeryNegative)
+    }
+
+    #[test]
+    fn bundled_model_loads_and_roundtrips() {
+        let m = SentimentModel::bundled();
+        assert!(m.vocabulary_size() > 1000);
+        assert!(BUNDLED.len() < 4 * 1024 * 1024);
+        let again = SentimentModel::from_bytes(&m.to_bytes()).unwrap();
+        assert_eq!(again.probabilities("great service"), m.probabilities("great service"));
+        assert!(SentimentModel::from_bytes(b"KEFUSNT1 junk").is_err());
+    }
+
+    #[test]
+    fn clear_english_examples() {
+        let m = SentimentModel::bundled();
+        let a = m.analyze("Your service is terrible, I want to complain");
+        assert!(negative(a.level), "{a:?}");
+        assert!(a.signals.contains(&EscalationSignal::Complaint) && a.escalate, "{a:?}");
+        assert_eq!(a.language, Language::En);
+        let a = m.analyze("Hello, I need help");
+        assert_eq!(a.level, Neutral, "{a:?}");
+        assert!(!a.escalate);
+        let a = m.analyze("Thank you so much, the support was excellent and fast!");
+        assert!(matches!(a.level, Positive | VeryPositive), "{a:?}");
+        assert!(a.score > 0.3, "{a:?}");
+        let a = m.analyze("My flight was cancelled and nobody helped, worst experience ever");
+        assert!(negative(a.level) && a.score < -0.3, "{a:?}");
+        let a = m.analyze("This is ridiculous, I'm going to cancel my account and switch banks");
+        assert_eq!(a.level, VeryNegative, "{a:?}");
+        assert!(a.signals.contains(&EscalationSignal::Anger) && a.signals.contains(&EscalationSignal::ChurnThreat));
+    }
+
+    #[test]
+    fn clear_chinese_examples() {
+        let m = SentimentModel::bundled();
+        let a = m.analyze("你们的服务太差了，我要投诉");
+        assert!(negative(a.level), "{a:?}");
+        assert_eq!(a.language, Language::Zh);
+        assert!(a.signals.contains(&EscalationSignal::Complaint) && a.escalate, "{a:?}");
+        let a = m.analyze("东西很好，物流也快，非常满意");
+        assert!(matches!(a.level, Positive | VeryPositive), "{a:?}");
+        let a = m.analyze("质量太差了，用了两天就坏了，非常失望");
+        assert!(negative(a.level), "{a:?}");
+        let a = m.analyze("气死我了，再也不会用你们的产品了");
+        assert_eq!(a.level, VeryNegative, "{a:?}");
+        assert!(a.signals.contains(&EscalationSignal::ChurnThreat), "{a:?}");
+    }
+
+    #[test]
+    fn any_input_is_safe() {
+        let m = SentimentModel::bundled();
+        for t in ["", "   ", "!!!", "🙂", "\u{0}\u{FFFF}", &"a".repeat(100_000), "ＡＢＣ，。！"] {
+            let a = m.analyze(t);
+            assert!((-1.0..=1.0).contains(&a.score), "{t:?}: {a:?}");
+        }
+        assert_eq!(m.analyze("").level, Neutral);
+    }
+
+    #[test]
+    fn cues_respect_word_starts() {
+        assert!(escalation_signals("I have an issue with my card").is_empty());
+        assert_eq!(escalation_signals("I'll file complaints"), vec![EscalationSignal::Complaint]);
+        assert_eq!(escalation_signals("WHY IS MY CARD STILL BLOCKED"), vec![EscalationSignal::Anger]);
+    }
+}
