@@ -1,0 +1,118 @@
+//! Starts the whole kefu stack (six gRPC servers on free loopback ports, an embedded
+//! SQLite database in a temporary directory) once per test binary, and hands out
+//! clients of the gateway, as a customer's application would use it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
+use kefu_proto::v1::ticket_service_client::TicketServiceClient;
+use kefu_proto::v1::{Channel as MessageChannel, SendMessageRequest, SendMessageResponse};
+use tonic::transport::Channel;
+
+pub struct Stack {
+    pub gateway: String,
+    pub gateway_port: u16,
+    _data: tempfile::TempDir,
+}
+
+static STACK: OnceLock<Stack> = OnceLock::new();
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn free_ports(n: usize) -> Vec<u16> {
+    let listeners: Vec<_> = (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port")).collect();
+    listeners.iter().map(|l| l.local_addr().unwrap().port()).collect()
+}
+
+/// The stack of this test binary, started on first use and ready (gateway SERVING).
+pub fn stack() -> &'static Stack {
+    STACK.get_or_init(|| {
+        let data = tempfile::tempdir().expect("a temporary data directory");
+        let ports = free_ports(6);
+        let root = repo_root();
+        let mut args: Vec<String> = vec!["kefu-up".into()];
+        for (flag, port) in ["--gateway-port", "--orchestrator-port", "--router-port", "--knowledge-port", "--ticket-port", "--sentiment-port"].iter().zip(&ports) {
+            args.push(flag.to_string());
+            args.push(port.to_string());
+        }
+        args.extend([
+            "--metrics-base-port".into(),
+            "0".into(),
+            "--data-dir".into(),
+            data.path().display().to_string(),
+            "--database-url".into(),
+            format!("sqlite://{}/kefu.db?mode=rwc", data.path().display()),
+            "--tenants-dir".into(),
+            root.join("tenants").display().to_string(),
+            "--models-dir".into(),
+            std::env::var("KEFU_MODELS_DIR").unwrap_or_else(|_| root.join("models").display().to_string()),
+        ]);
+        let up_args = kefu::UpArgs::parse_from(args);
+        let (started, ready) = std::sync::mpsc::channel();
+        // The servers live on their own runtime for the whole test binary.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().unwrap();
+            runtime.block_on(async move {
+                let shutdown = kefu_runtime::Shutdown::new();
+                let servers = kefu::up(up_args, shutdown.clone()).await.expect("the stack starts");
+                started.send(()).unwrap();
+                for server in servers {
+                    let _ = server.wait().await;
+                }
+            });
+        });
+        ready.recv_timeout(Duration::from_secs(60)).expect("the stack starts listening");
+        let gateway = format!("http://127.0.0.1:{}", ports[0]);
+        wait_until_serving(&gateway, Duration::from_secs(240));
+        Stack { gateway, gateway_port: ports[0], _data: data }
+    })
+}
+
+/// Polls the gateway's health until it (and so everything behind it) is SERVING.
+fn wait_until_serving(url: &str, within: Duration) {
+    let url = url.to_owned();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async move {
+        let started = Instant::now();
+        loop {
+            if let Ok(channel) = Channel::from_shared(url.clone()).unwrap().connect().await {
+                let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+                if let Ok(response) = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await {
+                    if response.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
+                        return;
+                    }
+                }
+            }
+            assert!(started.elapsed() < within, "the stack did not become SERVING within {within:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+}
+
+pub async fn conversations() -> ConversationServiceClient<Channel> {
+    ConversationServiceClient::connect(stack().gateway.clone()).await.expect("connect to the gateway")
+}
+
+pub async fn tickets() -> TicketServiceClient<Channel> {
+    TicketServiceClient::connect(stack().gateway.clone()).await.expect("connect to the gateway")
+}
+
+pub fn message(customer: &str, text: &str) -> SendMessageRequest {
+    SendMessageRequest {
+        tenant_id: "demo".into(),
+        customer_id: customer.into(),
+        channel: MessageChannel::Web as i32,
+        text: text.into(),
+        ..Default::default()
+    }
+}
+
+pub async fn send(request: SendMessageRequest) -> Result<SendMessageResponse, tonic::Status> {
+    conversations().await.send_message(request).await.map(|r| r.into_inner())
+}
