@@ -1,79 +1,55 @@
 //! Sentence embeddings with all-MiniLM-L6-v2 (BERT, 6 layers, 384 dimensions) on the CPU:
-//! mean pooling over the real tokens, then L2 normalisation, as the model was trained.
+//! mean pooling over the tokens, then L2 normalisation, as the model was trained.
+//!
+//! The configuration and weights are read with candle (candle-transformers' BERT config,
+//! safetensors); the forward pass is [`crate::bert`], tuned for short texts.
 
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use candle_transformers::models::bert::Config;
+use rayon::prelude::*;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::bert::{mean_pool, Bert};
 
 /// Name of the model's folder inside the models directory.
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
 /// Longest input in tokens (including [CLS] and [SEP]); longer texts are truncated.
 pub const MAX_TOKENS: usize = 128;
-/// Texts per forward pass. Inputs are sorted by length first so padding stays small.
-const BATCH_SIZE: usize = 64;
 
 /// A loaded sentence encoder. Cheap to share: wrap it in an `Arc` and use it from any thread.
 pub struct Embedder {
-    model: BertModel,
+    model: Bert,
     tokenizer: Tokenizer,
-    device: Device,
-    dim: usize,
 }
 
 impl Embedder {
     /// Loads the model from a directory holding `config.json`, `tokenizer.json` and
     /// `model.safetensors`.
     pub fn load(model_dir: &Path) -> Result<Self> {
-        let device = Device::Cpu;
         let config_path = model_dir.join("config.json");
         let config: Config = serde_json::from_str(
             &std::fs::read_to_string(&config_path)
                 .with_context(|| format!("reading {}", config_path.display()))?,
         )
         .with_context(|| format!("parsing {}", config_path.display()))?;
-        let hidden: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&config_path)?)?;
-        let dim = hidden
-            .get("hidden_size")
-            .and_then(|v| v.as_u64())
-            .ok_or_else(|| anyhow!("{} has no hidden_size", config_path.display()))?
-            as usize;
 
         let tokenizer_path = model_dir.join("tokenizer.json");
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| anyhow!("loading {}: {e}", tokenizer_path.display()))?;
         tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_TOKENS,
-                ..Default::default()
-            }))
+            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
             .map_err(|e| anyhow!("configuring truncation: {e}"))?;
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
+        tokenizer.with_padding(None);
 
         let weights = model_dir.join("model.safetensors");
         if !weights.is_file() {
             return Err(anyhow!("model weights not found at {}", weights.display()));
         }
-        // SAFETY: the file is memory-mapped read-only and not modified while the model lives.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device) }
-            .with_context(|| format!("mapping {}", weights.display()))?;
-        let model = BertModel::load(vb, &config)
-            .or_else(|_| {
-                // Some exports prefix every tensor with "bert.".
-                let vb = unsafe {
-                    VarBuilder::from_mmaped_safetensors(&[&weights], DType::F32, &device)
-                }?;
-                BertModel::load(vb.pp("bert"), &config)
-            })
+        let model = Bert::load(&weights, &config)
             .with_context(|| format!("loading BERT weights from {}", weights.display()))?;
-        Ok(Self { model, tokenizer, device, dim })
+        Ok(Self { model, tokenizer })
     }
 
     /// Loads `models_dir/all-MiniLM-L6-v2`.
@@ -83,55 +59,29 @@ impl Embedder {
 
     /// Embedding size (384 for all-MiniLM-L6-v2).
     pub fn dim(&self) -> usize {
-        self.dim
+        self.model.hidden_size()
     }
 
-    /// Embeds texts: one L2-normalised vector per text, in input order. Empty input gives
-    /// the embedding of an empty sentence ([CLS] [SEP]), so every text gets a vector.
+    /// Embeds texts: one L2-normalised vector per text, in input order. Every text gets a
+    /// vector (an empty text is embedded as "[CLS] [SEP]"). Texts of a batch are encoded in
+    /// parallel; a single text runs on the calling thread.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        if texts.is_empty() {
-            return Ok(Vec::new());
+        match texts {
+            [] => Ok(Vec::new()),
+            [one] => Ok(vec![self.embed_one(one)?]),
+            _ => texts.par_iter().map(|t| self.embed_one(t)).collect(),
         }
-        // Tokenise unpadded first to sort by length, then pad per batch.
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        let lengths: Vec<usize> = texts.iter().map(|t| t.len()).collect();
-        order.sort_by_key(|&i| lengths[i]);
-
-        let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(BATCH_SIZE) {
-            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i]).collect();
-            let vectors = self.embed_batch(&batch)?;
-            for (&i, v) in chunk.iter().zip(vectors) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
     }
 
-    fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|e| anyhow!("tokenizing: {e}"))?;
-        let n = encodings.len();
-        let len = encodings.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        let mut ids = Vec::with_capacity(n * len);
-        let mut mask = Vec::with_capacity(n * len);
-        for e in &encodings {
-            ids.extend(e.get_ids().iter().copied());
-            mask.extend(e.get_attention_mask().iter().copied());
+    fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
+        let encoding = self.tokenizer.encode(text, true).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let hidden = self.model.forward(encoding.get_ids());
+        let mut v = mean_pool(&hidden, self.dim());
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        for x in v.iter_mut() {
+            *x /= norm;
         }
-        let ids = Tensor::from_vec(ids, (n, len), &self.device)?;
-        let mask = Tensor::from_vec(mask, (n, len), &self.device)?;
-        let type_ids = ids.zeros_like()?;
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?; // (n, len, dim)
-        let mask_f = mask.to_dtype(DType::F32)?.unsqueeze(2)?; // (n, len, 1)
-        let summed = hidden.broadcast_mul(&mask_f)?.sum(1)?; // (n, dim)
-        let counts = mask_f.sum(1)?.clamp(1.0, f64::MAX)?; // (n, 1)
-        let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::MAX)?;
-        let normalized = mean.broadcast_div(&norms)?;
-        Ok(normalized.to_vec2::<f32>()?)
+        Ok(v)
     }
 }
 
@@ -141,7 +91,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The encoder if its files are in `models_dir`; without them the callers fall back
-/// to lexical features and say so once, loudly.
+/// to lexical features and say so once, loudly. Used by the router and knowledge services.
 pub fn load_optional(models_dir: &Path) -> Option<std::sync::Arc<Embedder>> {
     match Embedder::from_models_dir(models_dir) {
         Ok(embedder) => Some(std::sync::Arc::new(embedder)),
@@ -157,12 +107,16 @@ pub(crate) mod tests {
     use super::*;
     use std::path::PathBuf;
 
-    /// The models directory for tests: KEFU_MODELS_DIR or the workspace's `models/`.
+    fn models_dir() -> PathBuf {
+        std::env::var_os("KEFU_MODELS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"))
+    }
+
+    /// The embedder for tests, from KEFU_MODELS_DIR or the workspace's `models/`.
     /// None (test skipped) only when it is missing and CI is unset; on CI it must exist.
     pub(crate) fn test_embedder() -> Option<Embedder> {
-        let dir = std::env::var_os("KEFU_MODELS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models"));
+        let dir = models_dir();
         let present = dir.join(MODEL_NAME).join("model.safetensors").is_file();
         if !present && std::env::var_os("CI").is_none() {
             eprintln!("skipping: no model at {} (run `make models`)", dir.display());
@@ -192,8 +146,38 @@ pub(crate) mod tests {
         let close = dot(&v[0], &v[1]);
         let far = dot(&v[0], &v[2]);
         assert!(close > far + 0.2, "close {close} far {far}");
-        // Batch results equal single results (padding must not leak into the pooling).
+        // Batch results equal single results.
         let single = e.embed(&["What is the exchange rate for euros?"]).unwrap();
-        assert!(dot(&single[0], &v[2]) > 0.999);
+        assert!(dot(&single[0], &v[2]) > 0.9999);
+    }
+
+    /// The fast forward pass agrees with candle-transformers' reference BERT.
+    #[test]
+    fn matches_candle_reference_model() {
+        use candle_core::{DType, Device, Tensor};
+        use candle_nn::VarBuilder;
+        use candle_transformers::models::bert::BertModel;
+        let Some(e) = test_embedder() else { return };
+        let dir = models_dir().join(MODEL_NAME);
+        let config: Config =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        // SAFETY: read-only mapping of a file nobody writes during the test.
+        let vb = unsafe {
+            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)
+        }
+        .unwrap();
+        let reference = BertModel::load(vb, &config).unwrap();
+        for text in ["I am still waiting on my card?", "我的银行卡丢了怎么办", "hi", &"long text ".repeat(80)] {
+            let ids = e.tokenizer.encode(text, true).unwrap().get_ids().to_vec();
+            let n = ids.len();
+            let ids_t = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+            let hidden = reference.forward(&ids_t, &ids_t.zeros_like().unwrap(), None).unwrap();
+            let want: Vec<f32> = hidden.mean(1).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+            let norm = dot(&want, &want).sqrt();
+            let want: Vec<f32> = want.iter().map(|x| x / norm).collect();
+            let got = e.embed(&[text]).unwrap().remove(0);
+            let cos = dot(&want, &got);
+            assert!(cos > 0.9999, "{text:?}: cosine {cos}");
+        }
     }
 }

@@ -55,7 +55,7 @@ impl Default for TrainConfig {
             char_weight: 1.0,
             dense_weight: 1.5,
             c: 20.0,
-            max_iter: 150,
+            max_iter: 50,
             holdout: 0.2,
             min_confidence: 0.3,
         }
@@ -313,18 +313,29 @@ impl IntentModel {
         Ok(self.classify_with_embedding(text, embedding.as_deref()))
     }
 
-    /// Classifies with a precomputed embedding (None for models trained without embeddings).
-    pub fn classify_with_embedding(&self, text: &str, embedding: Option<&[f32]>) -> IntentPrediction {
-        let row = self.vectorizer.transform(text);
+    /// Calibrated probabilities of every intent, in the order of [`IntentModel::intents`],
+    /// from a precomputed embedding (None for models trained without embeddings).
+    pub fn distribution(&self, text: &str, embedding: Option<&[f32]>) -> Vec<f32> {
+        self.distribution_of_row(&self.vectorizer.transform(text), embedding)
+    }
+
+    fn distribution_of_row(&self, row: &[(u32, f32)], embedding: Option<&[f32]>) -> Vec<f32> {
         let dense: Option<Vec<f32>> = match (embedding, self.uses_embeddings()) {
             (Some(e), true) => Some(e.iter().map(|x| x * self.dense_weight).collect()),
             _ => None,
         };
-        let mut z = self.linear.logits(&row, dense.as_deref());
+        let mut z = self.linear.logits(row, dense.as_deref());
         for v in z.iter_mut() {
             *v /= self.temperature;
         }
         softmax(&mut z);
+        z
+    }
+
+    /// Classifies with a precomputed embedding (None for models trained without embeddings).
+    pub fn classify_with_embedding(&self, text: &str, embedding: Option<&[f32]>) -> IntentPrediction {
+        let row = self.vectorizer.transform(text);
+        let z = self.distribution_of_row(&row, embedding);
         let mut order: Vec<usize> = (0..z.len()).collect();
         order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
         let best = order[0];

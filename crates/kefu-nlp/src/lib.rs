@@ -6,6 +6,7 @@
 //! - [`sentiment`]: five-level sentiment and escalation signals (bundled sparse model)
 //! - [`eval`]: training and evaluation entry points used by `kefu eval`
 
+mod bert;
 pub mod embed;
 pub mod eval;
 mod features;
