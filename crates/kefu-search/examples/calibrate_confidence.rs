@@ -1,8 +1,9 @@
-//! Fits the confidence models of `answer.rs` (logistic regression per query language)
+//! Fits the confidence models of `answer.rs` (logistic regression per query language
+//! over `[1, cosine, coverage, char_coverage]`)
 //! on in-domain queries (label: the top passage is from the expected document) and
 //! off-topic queries (label 0), and prints the constants and how they separate.
 //!
-//! cargo run --release -p kefu-search --example calibrate_confidence -- [--models models]
+//! cargo run --release -p kefu-search --example calibrate_confidence -- [--models models] [--dump samples]
 //!
 //! Corpora: eval/retrieval (docs.jsonl, queries.csv) and tenants/demo/docs with
 //! crates/kefu-search/data/demo_queries.csv; off-topic queries from
@@ -17,6 +18,7 @@ use kefu_search::eval::{ingest, load_corpus, load_queries};
 use kefu_search::{Evidence, SearchConfig, SearchIndex, CONFIDENCE_THRESHOLD};
 
 struct Sample {
+    query: String,
     evidence: Evidence,
     label: bool,
     in_domain: bool,
@@ -25,10 +27,12 @@ struct Sample {
 
 fn main() -> Result<()> {
     let mut models = PathBuf::from("models");
+    let mut dump: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--models" => models = args.next().context("--models needs a value")?.into(),
+            "--dump" => dump = Some(args.next().context("--dump needs a value")?.into()),
             other => anyhow::bail!("unknown argument {other}"),
         }
     }
@@ -53,53 +57,79 @@ fn main() -> Result<()> {
             ingest(&index, &load_corpus(docs)?)?;
             for q in load_queries(queries)? {
                 if let Some((p, evidence)) = index.search_with_evidence(&q.text, 1)?.pop() {
-                    samples.push(Sample { evidence, label: p.doc_id == q.doc_id, in_domain: true, confidence: p.confidence });
+                    samples.push(Sample { query: q.text.clone(), evidence, label: p.doc_id == q.doc_id, in_domain: true, confidence: p.confidence });
                 }
             }
             for q in &off_topic {
                 if let Some((p, evidence)) = index.search_with_evidence(q, 1)?.pop() {
-                    samples.push(Sample { evidence, label: false, in_domain: false, confidence: p.confidence });
+                    samples.push(Sample { query: q.clone(), evidence, label: false, in_domain: false, confidence: p.confidence });
                 }
             }
+        }
+        if let Some(path) = &dump {
+            let mut out = String::from("mode\tgroup\tchinese\tcosine\tcoverage\tchar_coverage\tconfidence\tquery\n");
+            for s in &samples {
+                let group = if !s.in_domain { "off_topic" } else if s.label { "correct" } else { "wrong" };
+                out.push_str(&format!(
+                    "{}\t{group}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+                    if hybrid { "hybrid" } else { "lexical" },
+                    s.evidence.chinese,
+                    s.evidence.cosine.unwrap_or(f32::NAN),
+                    s.evidence.coverage,
+                    s.evidence.char_coverage,
+                    s.confidence,
+                    s.query
+                ));
+            }
+            let path = path.with_extension(if hybrid { "hybrid.tsv" } else { "lexical.tsv" });
+            std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
         }
         println!("== {} ({} samples)", if hybrid { "hybrid" } else { "lexical" }, samples.len());
         for chinese in [false, true] {
             let part: Vec<&Sample> = samples.iter().filter(|s| s.evidence.chinese == chinese).collect();
+            // [1, cosine, coverage, char_coverage]: which features each model uses
+            let used: [bool; 4] = match (hybrid, chinese) {
+                (true, false) => [true, true, true, false],
+                (true, true) => [true, true, false, true],
+                (false, false) => [true, false, true, false],
+                (false, true) => [true, false, false, true],
+            };
             let x: Vec<Vec<f64>> = part
                 .iter()
                 .map(|s| {
-                    let mut f = vec![1.0];
-                    if hybrid {
-                        f.push(f64::from(s.evidence.cosine.unwrap_or(0.0)));
-                    }
-                    f.push(f64::from(s.evidence.coverage));
-                    f
+                    let e = &s.evidence;
+                    let all = [1.0, e.cosine.unwrap_or(0.0), e.coverage, e.char_coverage];
+                    all.iter().zip(used).filter(|(_, u)| *u).map(|(v, _)| f64::from(*v)).collect()
                 })
                 .collect();
             let y: Vec<f64> = part.iter().map(|s| f64::from(u8::from(s.label))).collect();
-            let w = fit_logistic(&x, &y, 1e-2);
-            let coefficients: Vec<String> = w.iter().map(|v| format!("{v:.2}")).collect();
-            println!("{}: ({})", if chinese { "zh" } else { "en" }, coefficients.join(", "));
+            let mut fitted = fit_logistic(&x, &y, 1e-2).into_iter();
+            let weights: Vec<String> =
+                used.iter().map(|&u| format!("{:.2}", if u { fitted.next().unwrap_or(0.0) } else { 0.0 })).collect();
+            println!("{}: [{}]", if chinese { "zh" } else { "en" }, weights.join(", "));
             report(&part);
         }
     }
     Ok(())
 }
 
-/// Share of correct, wrong and off-topic top passages that the current constants
-/// call confident.
+/// How many correct, wrong and off-topic top passages the current constants call
+/// confident at thresholds around CONFIDENCE_THRESHOLD.
 fn report(samples: &[&Sample]) {
-    let rate = |f: &dyn Fn(&Sample) -> bool| {
-        let sel: Vec<&&Sample> = samples.iter().filter(|s| f(s)).collect();
-        let confident = sel.iter().filter(|s| s.confidence >= CONFIDENCE_THRESHOLD).count();
-        format!("{confident}/{}", sel.len())
-    };
-    println!(
-        "  confident with the current constants: correct {}  wrong {}  off-topic {}",
-        rate(&|s| s.in_domain && s.label),
-        rate(&|s| s.in_domain && !s.label),
-        rate(&|s| !s.in_domain)
-    );
+    for threshold in [0.4, 0.5, 0.6, 0.7, 0.8] {
+        let rate = |f: &dyn Fn(&Sample) -> bool| {
+            let sel: Vec<&&Sample> = samples.iter().filter(|s| f(s)).collect();
+            let confident = sel.iter().filter(|s| s.confidence >= threshold).count();
+            format!("{confident}/{}", sel.len())
+        };
+        println!(
+            "  confident at {threshold:.2}{}: correct {}  wrong {}  off-topic {}",
+            if threshold == CONFIDENCE_THRESHOLD { " (threshold)" } else { "" },
+            rate(&|s| s.in_domain && s.label),
+            rate(&|s| s.in_domain && !s.label),
+            rate(&|s| !s.in_domain)
+        );
+    }
 }
 
 /// L2-regularised logistic regression (bias not penalised) by Newton's method.

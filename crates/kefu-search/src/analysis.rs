@@ -26,7 +26,9 @@ const STOP_WORDS: &[&str] = &[
     "我们", "你们", "他们", "在", "和", "与", "及", "或", "就", "都", "也", "还", "要", "想",
     "怎么", "怎样", "如何", "什么", "为什么", "哪", "哪里", "哪个", "这", "那", "这个", "那个",
     "请问", "请", "一下", "个", "把", "被", "让", "给", "对", "从", "得", "地", "着", "过",
-    "会", "能", "可以", "吗？", "您好", "你好", "谢谢",
+    "会", "能", "可以", "您好", "你好", "谢谢", "怎么办", "咋办", "咋", "啥", "为啥", "有没有",
+    "是不是", "能不能", "可不可以", "会不会", "要不要", "一下", "一个", "这样", "那样", "怎么样",
+    "多少", "几", "哦", "嗯", "还是", "但是", "因为", "所以", "如果", "的话", "现在", "不", "不能", "但", "有", "到", "多", "东西", "先",
 ];
 
 /// Splits text into words with kefu-nlp; with `cjk_bigrams`, every Chinese word of
@@ -69,6 +71,10 @@ impl Tokenizer for Segmenter {
         let mut tokens = Vec::new();
         for (position, word) in words(text).into_iter().enumerate() {
             let chars: Vec<char> = word.chars().collect();
+            if chars.iter().all(|&c| is_cjk(c)) && STOP_WORDS.contains(&word.as_str()) {
+                // no bigrams from a function word ("怎么办" → "么办")
+                continue;
+            }
             if self.cjk_bigrams && chars.len() >= 3 && chars.iter().all(|&c| is_cjk(c)) {
                 for pair in chars.windows(2) {
                     tokens.push(Token { position, text: pair.iter().collect(), ..Token::default() });

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kefu_nlp::embed::{dot, Embedder};
-use kefu_nlp::text::{detect_language, Language};
+use kefu_nlp::text::{detect_language, is_cjk, Language};
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
 use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, STRING};
@@ -81,6 +81,8 @@ struct Entry {
     chunk: Chunk,
     /// Distinct analyzed terms of title, heading and text.
     terms: HashSet<String>,
+    /// Distinct Chinese characters of title, heading and text.
+    chars: HashSet<char>,
 }
 
 #[derive(Default)]
@@ -89,6 +91,8 @@ struct State {
     by_doc: HashMap<String, Vec<u64>>,
     /// Number of chunks containing each term.
     df: HashMap<String, u32>,
+    /// Number of chunks containing each Chinese character.
+    char_df: HashMap<char, u32>,
     /// Keys of the chunks with a vector, row by row, and the vectors, concatenated.
     dense_keys: Vec<u64>,
     dense: Vec<f32>,
@@ -100,6 +104,9 @@ impl State {
         for t in &entry.terms {
             *self.df.entry(t.clone()).or_default() += 1;
         }
+        for c in &entry.chars {
+            *self.char_df.entry(*c).or_default() += 1;
+        }
         self.by_doc.entry(entry.chunk.doc_id.clone()).or_default().push(key);
         self.entries.insert(key, Arc::new(entry));
     }
@@ -109,12 +116,10 @@ impl State {
         for key in keys {
             if let Some(entry) = self.entries.remove(&key) {
                 for t in &entry.terms {
-                    if let Some(n) = self.df.get_mut(t) {
-                        *n -= 1;
-                        if *n == 0 {
-                            self.df.remove(t);
-                        }
-                    }
+                    decrement(&mut self.df, t);
+                }
+                for c in &entry.chars {
+                    decrement(&mut self.char_df, c);
                 }
             }
         }
@@ -133,11 +138,21 @@ impl State {
         self.dense_keys = keys;
     }
 
-    /// Inverse document frequency of a term over the chunks (BM25's form, never negative).
-    fn idf(&self, term: &str) -> f32 {
+    /// Inverse document frequency over the chunks (BM25's form, never negative) of a
+    /// term found in `df` chunks.
+    fn idf(&self, df: u32) -> f32 {
         let n = self.entries.len() as f32;
-        let df = self.df.get(term).copied().unwrap_or(0) as f32;
+        let df = df as f32;
         (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+    }
+}
+
+fn decrement<K: std::hash::Hash + Eq + Clone>(counts: &mut HashMap<K, u32>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
     }
 }
 
@@ -148,6 +163,8 @@ pub struct Evidence {
     pub cosine: Option<f32>,
     /// IDF-weighted share of the query's terms found in the chunk, title and headings included.
     pub coverage: f32,
+    /// The same over the Chinese characters of the query's terms (0 without any).
+    pub char_coverage: f32,
     /// Whether the query is Chinese (the models differ by language).
     pub chinese: bool,
 }
@@ -280,7 +297,8 @@ impl SearchIndex {
             ))?;
             let all = format!("{}\n{}\n{}", chunk.title, chunk.heading, chunk.text);
             let terms = distinct_terms(&mut analyzer, &all).into_iter().collect();
-            new_entries.push((key, Entry { chunk, terms }));
+            let chars = all.chars().filter(|&c| is_cjk(c)).collect();
+            new_entries.push((key, Entry { chunk, terms, chars }));
         }
         writer.commit().context("committing the index")?;
         self.reader.reload().context("reloading the index reader")?;
@@ -352,6 +370,9 @@ impl SearchIndex {
         }
         let mut analyzer = self.analyzer.clone();
         let query_terms = distinct_terms(&mut analyzer, query);
+        let mut query_chars: Vec<char> = query_terms.iter().flat_map(|t| t.chars()).filter(|&c| is_cjk(c)).collect();
+        query_chars.sort_unstable();
+        query_chars.dedup();
         let language = detect_language(query);
         // Embed before taking the lock: it is the slow part.
         let query_vector = match (&self.embedder, self.config.dense) {
@@ -424,7 +445,8 @@ impl SearchIndex {
             }
             let evidence = Evidence {
                 cosine: cosines.get(&key).copied(),
-                coverage: coverage(&state, &query_terms, &entry.terms),
+                coverage: weighted_share(&query_terms, |t| entry.terms.contains(t), |t| state.idf(state.df.get(t).copied().unwrap_or(0))),
+                char_coverage: weighted_share(&query_chars, |c| entry.chars.contains(c), |c| state.idf(state.char_df.get(c).copied().unwrap_or(0))),
                 chinese: language == Language::Zh,
             };
             let passage = Passage {
@@ -480,19 +502,20 @@ impl SearchIndex {
     }
 }
 
-/// Share of the query's information (IDF-weighted terms) found in a chunk.
-fn coverage(state: &State, query_terms: &[String], chunk_terms: &HashSet<String>) -> f32 {
+/// Share of the query's information found in a chunk: the IDF-weighted fraction of
+/// query units (terms or characters) that the chunk contains.
+fn weighted_share<T>(units: &[T], found: impl Fn(&T) -> bool, idf: impl Fn(&T) -> f32) -> f32 {
     let mut total = 0.0;
-    let mut found = 0.0;
-    for t in query_terms {
-        let idf = state.idf(t);
-        total += idf;
-        if chunk_terms.contains(t) {
-            found += idf;
+    let mut hit = 0.0;
+    for u in units {
+        let w = idf(u);
+        total += w;
+        if found(u) {
+            hit += w;
         }
     }
     if total > 0.0 {
-        found / total
+        hit / total
     } else {
         0.0
     }

@@ -59,9 +59,16 @@ fn ends_with_abbreviation(before: &str) -> bool {
 /// stay with their sentence. Returned sentences are trimmed, non-empty substrings
 /// of the input.
 pub(crate) fn split_sentences(text: &str) -> Vec<&str> {
+    split_sentences_by_line(text).into_iter().map(|(_, s)| s).collect()
+}
+
+/// Like [`split_sentences`], with the index of the line each sentence is on.
+pub(crate) fn split_sentences_by_line(text: &str) -> Vec<(usize, &str)> {
     let mut out = Vec::new();
-    for line in text.split('\n') {
-        split_line(line, &mut out);
+    for (n, line) in text.split('\n').enumerate() {
+        let mut sentences = Vec::new();
+        split_line(line, &mut sentences);
+        out.extend(sentences.into_iter().map(|s| (n, s)));
     }
     out
 }
