@@ -80,7 +80,11 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<Vec<kefu_run
             shutdown.clone(),
         )
         .await?,
-        kefu_knowledge::start(kefu_knowledge::Config { server: args.server(args.knowledge_port, 3), content: args.content.clone() }, shutdown.clone()).await?,
+        kefu_knowledge::start(
+            kefu_knowledge::Config { server: args.server(args.knowledge_port, 3), content: args.content.clone(), data: args.data.clone() },
+            shutdown.clone(),
+        )
+        .await?,
         kefu_orchestrator::start(peers, shutdown.clone()).await?,
         kefu_gateway::start(
             kefu_gateway::Config {

@@ -103,6 +103,13 @@ pub struct DataArgs {
     /// Database URL: sqlite://… (default: a file in the data directory) or postgres://….
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Redis URL (redis://…) for the cache shared by replicas and change notification;
+    /// unset: in-process cache only.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel (lets deployments share a Redis).
+    #[arg(long, env = "KEFU_REDIS_PREFIX", default_value = "kefu:")]
+    pub redis_prefix: String,
 }
 
 impl DataArgs {

@@ -1,11 +1,16 @@
 //! Storage for kefu: one connection pool chosen by URL (`sqlite://` embedded default,
 //! `postgres://` production), migrations from the repository, and a small trait per
-//! aggregate (tickets with their audit trail and customer profiles, session turns).
+//! aggregate (tickets with their audit trail and customer profiles, session turns,
+//! tenant content), and the two-level cache with change notification over Redis.
 
+pub mod cache;
+mod content;
 mod db;
 pub mod sessions;
 pub mod tickets;
 
+pub use cache::{fingerprint, Cache, Redis, RedisProbe};
+pub use content::{ContentStore, SqlContentStore, StoredChunk, StoredDocument};
 pub use db::{now_millis, Database, DatabaseProbe};
 pub use sessions::{SessionStore, SqlSessionStore, TurnRecord};
 pub use tickets::{

@@ -1,0 +1,228 @@
+//! Caching shared by replicas: an in-process first level in front of Redis (when
+//! `REDIS_URL` is set), plus change notification over Redis pub/sub so that every
+//! replica reloads a tenant's intents or documents within seconds of a change.
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use deadpool_redis::redis::{self, AsyncCommands};
+use futures::future::BoxFuture;
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+/// A connection to Redis shared by the caches and notifications of one service.
+#[derive(Clone)]
+pub struct Redis {
+    pool: deadpool_redis::Pool,
+    client: redis::Client,
+    /// Prefix of every key and channel, e.g. `kefu:`; tests use their own.
+    prefix: String,
+}
+
+impl Redis {
+    /// The Redis of the configuration, if `REDIS_URL` is set.
+    pub fn from_args(data: &kefu_runtime::DataArgs) -> anyhow::Result<Option<Self>> {
+        match data.redis_url.as_deref().map(str::trim).filter(|url| !url.is_empty()) {
+            Some(url) => Ok(Some(Self::connect(url, &data.redis_prefix)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).map_err(|error| anyhow::anyhow!("invalid REDIS_URL: {error}"))?;
+        let mut config = deadpool_redis::Config::from_url(url);
+        config.pool = Some(deadpool_redis::PoolConfig {
+            max_size: 32,
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(Duration::from_secs(1)),
+                create: Some(Duration::from_secs(1)),
+                recycle: Some(Duration::from_secs(1)),
+            },
+            ..Default::default()
+        });
+        let pool = config
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+            .map_err(|error| anyhow::anyhow!("creating the Redis pool: {error}"))?;
+        Ok(Self { pool, client, prefix: prefix.to_owned() })
+    }
+
+    pub fn key(&self, parts: &[&str]) -> String {
+        format!("{}{}", self.prefix, parts.join(":"))
+    }
+
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        let mut connection = self.pool.get().await?;
+        let _: String = redis::cmd("PING").query_async(&mut connection).await?;
+        Ok(())
+    }
+
+    pub fn probe(&self) -> RedisProbe {
+        RedisProbe(self.clone())
+    }
+
+    async fn get(&self, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let mut connection = self.pool.get().await?;
+        Ok(connection.get(key).await?)
+    }
+
+    async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> anyhow::Result<()> {
+        let mut connection = self.pool.get().await?;
+        let _: () = connection.set_ex(key, value, ttl.as_secs().max(1)).await?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        let mut connection = self.pool.get().await?;
+        let _: () = connection.del(key).await?;
+        Ok(())
+    }
+
+    /// Tells every replica that `topic` changed for `tenant_id`.
+    pub async fn publish(&self, topic: &str, tenant_id: &str) -> anyhow::Result<()> {
+        let mut connection = self.pool.get().await?;
+        let _: () = connection.publish(self.key(&["events", topic]), tenant_id).await?;
+        Ok(())
+    }
+
+    /// Tenant ids announced on `topic`, from now on. Reconnects by itself; while
+    /// disconnected nothing arrives, and the health probe reports the outage.
+    pub fn subscribe(&self, topic: &str) -> mpsc::Receiver<String> {
+        let (sender, receiver) = mpsc::channel(64);
+        let client = self.client.clone();
+        let channel = self.key(&["events", topic]);
+        tokio::spawn(async move {
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(&channel).await.is_ok() {
+                            let mut messages = pubsub.on_message();
+                            while let Some(message) = messages.next().await {
+                                if let Ok(tenant) = message.get_payload::<String>() {
+                                    if sender.send(tenant).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "change notifications: Redis unreachable"),
+                }
+                if sender.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        });
+        receiver
+    }
+}
+
+pub struct RedisProbe(Redis);
+
+impl kefu_runtime::Probe for RedisProbe {
+    fn name(&self) -> &str {
+        "redis"
+    }
+
+    fn check(&self) -> BoxFuture<'_, anyhow::Result<()>> {
+        Box::pin(self.0.ping())
+    }
+}
+
+/// Bound of the in-process level; beyond it the oldest entries go first.
+const LOCAL_CAPACITY: usize = 10_000;
+
+/// A two-level cache of one kind of result (`classification`, `retrieval`, `session`).
+pub struct Cache {
+    kind: &'static str,
+    service: &'static str,
+    ttl: Duration,
+    local: Mutex<HashMap<String, (Instant, Vec<u8>)>>,
+    redis: Option<Redis>,
+}
+
+/// A stable cache key from the parts that determine a result (texts are hashed, so no
+/// customer text ends up in Redis key names).
+pub fn fingerprint(parts: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part.as_bytes());
+        hasher.update([0u8]);
+    }
+    hex::encode(&hasher.finalize()[..16])
+}
+
+impl Cache {
+    pub fn new(kind: &'static str, service: &'static str, ttl: Duration, redis: Option<Redis>) -> Self {
+        Self { kind, service, ttl, local: Mutex::new(HashMap::new()), redis }
+    }
+
+    fn redis_key(redis: &Redis, kind: &str, tenant_id: &str, key: &str) -> String {
+        redis.key(&[kind, tenant_id, key])
+    }
+
+    fn record(&self, hit: bool) {
+        metrics::counter!("kefu_cache_requests_total", "service" => self.service, "cache" => self.kind, "result" => if hit { "hit" } else { "miss" }).increment(1);
+    }
+
+    pub async fn get(&self, tenant_id: &str, key: &str) -> Option<Vec<u8>> {
+        let local_key = format!("{tenant_id}:{key}");
+        if let Some((stored, value)) = self.local.lock().expect("cache lock").get(&local_key) {
+            if stored.elapsed() < self.ttl {
+                self.record(true);
+                return Some(value.clone());
+            }
+        }
+        if let Some(redis) = &self.redis {
+            match redis.get(&Self::redis_key(redis, self.kind, tenant_id, key)).await {
+                Ok(Some(value)) => {
+                    self.put_local(local_key, value.clone());
+                    self.record(true);
+                    return Some(value);
+                }
+                Ok(None) => {}
+                Err(error) => tracing::debug!(cache = self.kind, %error, "shared cache unavailable"),
+            }
+        }
+        self.record(false);
+        None
+    }
+
+    pub async fn put(&self, tenant_id: &str, key: &str, value: Vec<u8>) {
+        if let Some(redis) = &self.redis {
+            if let Err(error) = redis.set(&Self::redis_key(redis, self.kind, tenant_id, key), &value, self.ttl).await {
+                tracing::debug!(cache = self.kind, %error, "shared cache unavailable");
+            }
+        }
+        self.put_local(format!("{tenant_id}:{key}"), value);
+    }
+
+    pub async fn remove(&self, tenant_id: &str, key: &str) {
+        self.local.lock().expect("cache lock").remove(&format!("{tenant_id}:{key}"));
+        if let Some(redis) = &self.redis {
+            if let Err(error) = redis.delete(&Self::redis_key(redis, self.kind, tenant_id, key)).await {
+                tracing::debug!(cache = self.kind, %error, "shared cache unavailable");
+            }
+        }
+    }
+
+    /// Drops this replica's first level for a tenant (after a change notification).
+    pub fn forget_tenant(&self, tenant_id: &str) {
+        let prefix = format!("{tenant_id}:");
+        self.local.lock().expect("cache lock").retain(|key, _| !key.starts_with(&prefix));
+    }
+
+    fn put_local(&self, key: String, value: Vec<u8>) {
+        let mut local = self.local.lock().expect("cache lock");
+        if local.len() >= LOCAL_CAPACITY {
+            local.retain(|_, (stored, _)| stored.elapsed() < self.ttl);
+            if local.len() >= LOCAL_CAPACITY {
+                if let Some(oldest) = local.iter().min_by_key(|(_, (stored, _))| *stored).map(|(k, _)| k.clone()) {
+                    local.remove(&oldest);
+                }
+            }
+        }
+        local.insert(key, (Instant::now(), value));
+    }
+}
