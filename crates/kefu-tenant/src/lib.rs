@@ -69,6 +69,9 @@ pub struct Tenant {
     pub intents: Vec<IntentDefinition>,
     #[serde(skip)]
     pub articles: Vec<Article>,
+    /// The `tenant.toml` text this tenant was read from (stored for other replicas).
+    #[serde(skip)]
+    pub source: String,
 }
 
 fn default_language() -> String {
@@ -76,6 +79,14 @@ fn default_language() -> String {
 }
 
 impl Tenant {
+    /// Reads and validates a tenant definition (the text of a `tenant.toml`).
+    pub fn parse(source: &str) -> anyhow::Result<Self> {
+        let mut tenant: Tenant = toml::from_str(source)?;
+        tenant.validate()?;
+        tenant.source = source.to_owned();
+        Ok(tenant)
+    }
+
     pub fn intent(&self, name: &str) -> Option<&IntentDefinition> {
         self.intents.iter().find(|intent| intent.name == name)
     }
@@ -154,8 +165,7 @@ impl Tenants {
 fn load_tenant(dir: &Path) -> anyhow::Result<Tenant> {
     let file = dir.join("tenant.toml");
     let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-    let mut tenant: Tenant = toml::from_str(&text).with_context(|| format!("parsing {}", file.display()))?;
-    tenant.validate().with_context(|| format!("in {}", file.display()))?;
+    let mut tenant = Tenant::parse(&text).with_context(|| format!("in {}", file.display()))?;
     let docs = dir.join("docs");
     if docs.is_dir() {
         let mut paths: Vec<_> = std::fs::read_dir(&docs)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;

@@ -11,7 +11,7 @@ use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
 use kefu_runtime::health::DownstreamProbe;
 use kefu_runtime::{with_retry, ClientArgs, DataArgs, GrpcChannel, RunningServer, ServerArgs, ServiceSpec, Shutdown};
-use kefu_storage::{now_millis, Database, SessionStore, SqlSessionStore, TurnRecord};
+use kefu_storage::{now_millis, Cache, Database, Redis, SessionStore, SqlSessionStore, TurnRecord};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -25,6 +25,8 @@ const SERVICE: &str = "kefu-orchestrator";
 /// Earlier turns given to the workflow as context.
 const CONTEXT_TURNS: i64 = 6;
 const MAX_SESSION_TURNS: i64 = 1000;
+/// How long a session's context stays in the cache after its last turn.
+const SESSION_CONTEXT_TTL: std::time::Duration = std::time::Duration::from_secs(1800);
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
@@ -53,6 +55,8 @@ pub struct Peers {
 
 pub struct Orchestrator {
     sessions: Arc<dyn SessionStore>,
+    /// Recent turns per session, shared by replicas through Redis (the database stays the record).
+    context: Cache,
     router: RouterServiceClient<GrpcChannel>,
     sentiment: SentimentServiceClient<GrpcChannel>,
     knowledge: KnowledgeServiceClient<GrpcChannel>,
@@ -67,7 +71,38 @@ fn channel_name(channel: i32) -> String {
     Channel::try_from(channel).unwrap_or_default().as_str_name().trim_start_matches("CHANNEL_").to_ascii_lowercase()
 }
 
+fn turn_of(record: TurnRecord) -> Turn {
+    Turn {
+        message_id: record.message_id,
+        customer_id: record.customer_id,
+        text: record.text,
+        reply: record.reply,
+        intent: record.intent,
+        sentiment: record.sentiment,
+        escalated: record.escalated,
+        ticket_id: record.ticket_id,
+        created_at: Some(kefu_proto::Timestamp { seconds: record.created_at.div_euclid(1000), nanos: (record.created_at.rem_euclid(1000) * 1_000_000) as i32 }),
+    }
+}
+
 impl Orchestrator {
+    /// The session's recent turns: from the shared cache, else from the database.
+    async fn recent_turns(&self, tenant_id: &str, session_id: &str) -> Result<Vec<Turn>, Status> {
+        if let Some(cached) = self.context.get(tenant_id, session_id).await.and_then(|b| GetSessionResponse::decode(b.as_slice()).ok()) {
+            return Ok(cached.turns);
+        }
+        let turns: Vec<Turn> = self.sessions.recent_turns(tenant_id, session_id, CONTEXT_TURNS).await?.into_iter().map(turn_of).collect();
+        self.remember(tenant_id, session_id, &turns).await;
+        Ok(turns)
+    }
+
+    async fn remember(&self, tenant_id: &str, session_id: &str, turns: &[Turn]) {
+        if !turns.is_empty() {
+            let context = GetSessionResponse { session_id: session_id.to_owned(), turns: turns.to_vec() };
+            self.context.put(tenant_id, session_id, context.encode_to_vec()).await;
+        }
+    }
+
     async fn handle(&self, request: SendMessageRequest) -> Result<SendMessageResponse, Status> {
         if request.tenant_id.trim().is_empty() || request.customer_id.trim().is_empty() {
             return Err(Status::invalid_argument("tenant_id and customer_id are required"));
@@ -91,7 +126,7 @@ impl Orchestrator {
         let session_id = if request.session_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.session_id.clone() };
 
         let (history, customer) = async {
-            let history = self.sessions.recent_turns(&tenant, &session_id, CONTEXT_TURNS).await?;
+            let history = self.recent_turns(&tenant, &session_id).await?;
             if history.iter().any(|turn| turn.customer_id != request.customer_id) {
                 return Err(Status::permission_denied("the session belongs to another customer"));
             }
@@ -253,7 +288,10 @@ impl Orchestrator {
             response: response.encode_to_vec(),
             created_at: now_millis(),
         };
+        let session_id = turn.session_id.clone();
         let stored = self.sessions.append(turn).instrument(tracing::info_span!("workflow.store_turn", kefu.tenant = %tenant)).await?;
+        let recent: Vec<Turn> = self.sessions.recent_turns(&tenant, &session_id, CONTEXT_TURNS).await?.into_iter().map(turn_of).collect();
+        self.remember(&tenant, &session_id, &recent).await;
         if stored.response != response.encode_to_vec() {
             // The same message was handled concurrently and stored first: answer as it did.
             return SendMessageResponse::decode(stored.response.as_slice()).map_err(|error| Status::internal(error.to_string()));
@@ -276,20 +314,7 @@ impl Orchestrator {
         }
         Ok(GetSessionResponse {
             session_id: request.session_id,
-            turns: turns
-                .into_iter()
-                .map(|turn| Turn {
-                    message_id: turn.message_id,
-                    customer_id: turn.customer_id,
-                    text: turn.text,
-                    reply: turn.reply,
-                    intent: turn.intent,
-                    sentiment: turn.sentiment,
-                    escalated: turn.escalated,
-                    ticket_id: turn.ticket_id,
-                    created_at: Some(kefu_proto::Timestamp { seconds: turn.created_at.div_euclid(1000), nanos: (turn.created_at.rem_euclid(1000) * 1_000_000) as i32 }),
-                })
-                .collect(),
+            turns: turns.into_iter().map(turn_of).collect(),
         })
     }
 }
@@ -310,10 +335,12 @@ impl OrchestratorService for OrchestratorHandle {
 
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
     let db = Database::connect(&config.data.database_url()).await?;
+    let redis = Redis::from_args(&config.data)?;
     let deadline = config.clients.call_timeout();
     let peers = &config.peers;
     let orchestrator = Orchestrator {
         sessions: Arc::new(SqlSessionStore::new(db.clone())),
+        context: Cache::new("session", SERVICE, SESSION_CONTEXT_TTL, redis.clone()),
         router: RouterServiceClient::new(kefu_runtime::channel(SERVICE, "kefu-router", &peers.router_url, deadline)?),
         sentiment: SentimentServiceClient::new(kefu_runtime::channel(SERVICE, "kefu-sentiment", &peers.sentiment_url, deadline)?),
         knowledge: KnowledgeServiceClient::new(kefu_runtime::channel(SERVICE, "kefu-knowledge", &peers.knowledge_url, deadline)?),
@@ -322,6 +349,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let mut server = kefu_runtime::Server::new(SPEC, config.server)
         .add_service(OrchestratorServiceServer::new(OrchestratorHandle(Arc::new(orchestrator))))
         .probe(Arc::new(db.probe()));
+    if let Some(redis) = redis {
+        server = server.probe(Arc::new(redis.probe()));
+    }
     for (name, url) in [("router", &peers.router_url), ("sentiment", &peers.sentiment_url), ("knowledge", &peers.knowledge_url), ("ticket", &peers.ticket_url)] {
         server = server.probe(Arc::new(DownstreamProbe::new(name, kefu_runtime::client::raw_channel(url, deadline)?)));
     }

@@ -1,9 +1,12 @@
 //! Router service: classifies a message into one of the tenant's intents, learned
 //! from the tenant's examples, with a calibrated confidence, the next alternatives,
 //! out-of-scope detection, and the tenant's route and urgency for the intent.
+//! Definitions live in the database (seeded from the tenant files); a reload through one
+//! replica reaches the others over Redis, and classifications are cached per model.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use kefu_nlp::embed::Embedder;
 use kefu_nlp::intent::IntentModel;
@@ -11,7 +14,9 @@ use kefu_nlp::text::{detect_language, Language as Lang};
 use kefu_proto::v1::router_service_server::{RouterService, RouterServiceServer};
 use kefu_proto::v1::{ClassifyRequest, ClassifyResponse, IntentScore, Language, Priority, ReloadTenantRequest, ReloadTenantResponse, Route};
 use kefu_runtime::{ContentArgs, DataArgs, ReadyFlag, RunningServer, ServerArgs, ServiceSpec, Shutdown};
+use kefu_storage::{fingerprint, Cache, ContentStore, Database, Redis, SqlContentStore};
 use kefu_tenant::{Tenant, Tenants, Urgency};
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 pub const SPEC: ServiceSpec = ServiceSpec::ROUTER;
@@ -19,6 +24,9 @@ const SERVICE: &str = "kefu-router";
 pub const OUT_OF_SCOPE: &str = "out_of_scope";
 /// A follow-up this short that fits no intent continues the session's last intent.
 const SHORT_FOLLOW_UP_CHARS: usize = 24;
+const CLASSIFICATION_CACHE_TTL: Duration = Duration::from_secs(3600);
+/// Change-notification topic of intent definitions.
+const INTENTS_TOPIC: &str = "intents";
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
@@ -34,6 +42,8 @@ pub struct Config {
 struct TenantModel {
     tenant: Arc<Tenant>,
     model: IntentModel,
+    /// Identifies what the model learned from: part of every cache key.
+    fingerprint: String,
 }
 
 pub struct Router {
@@ -41,6 +51,9 @@ pub struct Router {
     cache_dir: PathBuf,
     embedder: Option<Arc<Embedder>>,
     models: RwLock<HashMap<String, Arc<TenantModel>>>,
+    definitions: Arc<dyn ContentStore>,
+    cache: Cache,
+    redis: Option<Redis>,
 }
 
 pub fn urgency_priority(urgency: Urgency) -> Priority {
@@ -65,15 +78,12 @@ fn short_follow_up(text: &str) -> bool {
 }
 
 impl Router {
-    pub fn new(tenants_dir: PathBuf, cache_dir: PathBuf, embedder: Option<Arc<Embedder>>) -> Self {
-        Self { tenants_dir, cache_dir, embedder, models: RwLock::new(HashMap::new()) }
-    }
-
     /// Learns a tenant's intents, or loads what was learned from the same examples before.
     fn train(&self, tenant: Arc<Tenant>) -> anyhow::Result<(usize, usize)> {
         let examples = tenant.training_examples();
         let variant = if self.embedder.is_some() { "dense" } else { "sparse" };
-        let cache_file = self.cache_dir.join(format!("{}-{}-{variant}.bin", tenant.id, IntentModel::fingerprint(&examples)));
+        let fingerprint = format!("{}-{variant}", IntentModel::fingerprint(&examples));
+        let cache_file = self.cache_dir.join(format!("{}-{fingerprint}.bin", tenant.id));
         let cached = std::fs::read(&cache_file).ok().and_then(|bytes| IntentModel::from_bytes(&bytes).ok());
         let model = match cached {
             Some(model) => {
@@ -91,13 +101,26 @@ impl Router {
             }
         };
         let counts = (tenant.intents.len(), examples.len());
-        self.models.write().expect("model map lock").insert(tenant.id.clone(), Arc::new(TenantModel { tenant, model }));
+        self.models.write().expect("model map lock").insert(tenant.id.clone(), Arc::new(TenantModel { tenant, model, fingerprint }));
         Ok(counts)
     }
 
-    pub fn train_all(&self) -> anyhow::Result<()> {
-        for tenant in Tenants::load_dir(&self.tenants_dir)?.iter() {
-            self.train(tenant.clone())?;
+    /// Learns a tenant from its stored definition.
+    async fn train_stored(self: &Arc<Self>, tenant_id: &str) -> anyhow::Result<(usize, usize)> {
+        let source = self.definitions.definition(tenant_id).await?.ok_or_else(|| anyhow::anyhow!("no definition stored for tenant {tenant_id:?}"))?;
+        let tenant = Arc::new(Tenant::parse(&source)?);
+        let router = self.clone();
+        let counts = tokio::task::spawn_blocking(move || router.train(tenant)).await??;
+        self.cache.forget_tenant(tenant_id);
+        Ok(counts)
+    }
+
+    /// Stores the tenant files' definitions where they changed, then learns every tenant.
+    async fn start_up(self: &Arc<Self>) -> anyhow::Result<()> {
+        let tenants = Tenants::load_dir(&self.tenants_dir)?;
+        for tenant in tenants.iter() {
+            self.definitions.put_definition(&tenant.id, &tenant.source).await?;
+            self.train_stored(&tenant.id).await?;
         }
         Ok(())
     }
@@ -181,11 +204,20 @@ impl RouterService for RouterHandle {
             return Err(Status::invalid_argument("text must not be empty"));
         }
         let tenant_model = self.0.model(&request.tenant_id)?;
-        let router = self.0.clone();
-        let model = tenant_model.clone();
-        let response = tokio::task::spawn_blocking(move || router.classify(&model, &request.text, &request.previous_intents))
-            .await
-            .map_err(|error| Status::internal(format!("classification task failed: {error}")))??;
+        let key = fingerprint(&[&tenant_model.fingerprint, &request.previous_intents.join(","), &request.text]);
+        let cached = self.0.cache.get(&request.tenant_id, &key).await.and_then(|bytes| ClassifyResponse::decode(bytes.as_slice()).ok());
+        let response = match cached {
+            Some(response) => response,
+            None => {
+                let router = self.0.clone();
+                let model = tenant_model.clone();
+                let response = tokio::task::spawn_blocking(move || router.classify(&model, &request.text, &request.previous_intents))
+                    .await
+                    .map_err(|error| Status::internal(format!("classification task failed: {error}")))??;
+                self.0.cache.put(&tenant_model.tenant.id, &key, response.encode_to_vec()).await;
+                response
+            }
+        };
         metrics::counter!("kefu_intents_total", "service" => SERVICE, "tenant" => tenant_model.tenant.id.clone(), "intent" => response.intent.clone()).increment(1);
         Ok(Response::new(response))
     }
@@ -194,30 +226,56 @@ impl RouterService for RouterHandle {
         let tenant_id = request.into_inner().tenant_id;
         let tenants = Tenants::load_dir(&self.0.tenants_dir).map_err(|error| Status::failed_precondition(format!("{error:#}")))?;
         let tenant = tenants.get(&tenant_id).ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))?;
-        let router = self.0.clone();
-        let (intents, examples) = tokio::task::spawn_blocking(move || router.train(tenant))
-            .await
-            .map_err(|error| Status::internal(error.to_string()))?
-            .map_err(|error| Status::internal(format!("{error:#}")))?;
+        self.0.definitions.put_definition(&tenant.id, &tenant.source).await?;
+        let (intents, examples) = self.0.train_stored(&tenant_id).await.map_err(|error| Status::internal(format!("{error:#}")))?;
+        if let Some(redis) = &self.0.redis {
+            if let Err(error) = redis.publish(INTENTS_TOPIC, &tenant_id).await {
+                tracing::warn!(%error, "could not notify the other replicas");
+            }
+        }
         Ok(Response::new(ReloadTenantResponse { intents: intents as i32, examples: examples as i32 }))
     }
 }
 
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
-    let ready = ReadyFlag::new("intent models");
-    let embedder = kefu_nlp::embed::load_optional(&config.content.models_dir);
-    let router = Arc::new(Router::new(config.content.tenants_dir.clone(), config.data.data_dir.join("router"), embedder));
     // Fail fast on unreadable tenant definitions, then learn them in the background:
     // the health status says NOT_SERVING until every tenant's model is ready.
     Tenants::load_dir(&config.content.tenants_dir)?;
-    let server = kefu_runtime::Server::new(SPEC, config.server)
+    let db = Database::connect(&config.data.database_url()).await?;
+    let redis = Redis::from_args(&config.data)?;
+    let router = Arc::new(Router {
+        tenants_dir: config.content.tenants_dir.clone(),
+        cache_dir: config.data.data_dir.join("router"),
+        embedder: kefu_nlp::embed::load_optional(&config.content.models_dir),
+        models: RwLock::new(HashMap::new()),
+        definitions: Arc::new(SqlContentStore::new(db.clone())),
+        cache: Cache::new("classification", SERVICE, CLASSIFICATION_CACHE_TTL, redis.clone()),
+        redis: redis.clone(),
+    });
+    let ready = ReadyFlag::new("intent models");
+    let mut server = kefu_runtime::Server::new(SPEC, config.server)
         .add_service(RouterServiceServer::new(RouterHandle(router.clone())))
         .probe(Arc::new(ready.clone()))
-        .start(shutdown)
-        .await?;
-    tokio::task::spawn_blocking(move || match router.train_all() {
-        Ok(()) => ready.set(true),
-        Err(error) => tracing::error!(error = %format!("{error:#}"), "training the intent models failed"),
+        .probe(Arc::new(db.probe()));
+    if let Some(redis) = &redis {
+        server = server.probe(Arc::new(redis.probe()));
+        let mut changes = redis.subscribe(INTENTS_TOPIC);
+        let listener = router.clone();
+        tokio::spawn(async move {
+            while let Some(tenant_id) = changes.recv().await {
+                match listener.train_stored(&tenant_id).await {
+                    Ok((intents, examples)) => tracing::info!(tenant = %tenant_id, intents, examples, "intents reloaded after a change"),
+                    Err(error) => tracing::error!(tenant = %tenant_id, error = %format!("{error:#}"), "reloading intents failed"),
+                }
+            }
+        });
+    }
+    let server = server.start(shutdown).await?;
+    tokio::spawn(async move {
+        match router.start_up().await {
+            Ok(()) => ready.set(true),
+            Err(error) => tracing::error!(error = %format!("{error:#}"), "training the intent models failed"),
+        }
     });
     Ok(server)
 }
