@@ -46,30 +46,59 @@ fn main() -> Result<()> {
         .map(String::from)
         .collect();
     let corpora = [
-        (root.join("eval/retrieval/docs.jsonl"), root.join("eval/retrieval/queries.csv")),
-        (root.join("tenants/demo/docs"), data.join("demo_queries.csv")),
+        (
+            root.join("eval/retrieval/docs.jsonl"),
+            root.join("eval/retrieval/queries.csv"),
+        ),
+        (
+            root.join("tenants/demo/docs"),
+            data.join("demo_queries.csv"),
+        ),
     ];
     for hybrid in [true, false] {
         let mut samples = Vec::new();
         for (docs, queries) in &corpora {
-            let config = SearchConfig { dense: hybrid, ..SearchConfig::default() };
+            let config = SearchConfig {
+                dense: hybrid,
+                ..SearchConfig::default()
+            };
             let index = SearchIndex::with_config(Some(embedder.clone()), config)?;
             ingest(&index, &load_corpus(docs)?)?;
             for q in load_queries(queries)? {
                 if let Some((p, evidence)) = index.search_with_evidence(&q.text, 1)?.pop() {
-                    samples.push(Sample { query: q.text.clone(), evidence, label: p.doc_id == q.doc_id, in_domain: true, confidence: p.confidence });
+                    samples.push(Sample {
+                        query: q.text.clone(),
+                        evidence,
+                        label: p.doc_id == q.doc_id,
+                        in_domain: true,
+                        confidence: p.confidence,
+                    });
                 }
             }
             for q in &off_topic {
                 if let Some((p, evidence)) = index.search_with_evidence(q, 1)?.pop() {
-                    samples.push(Sample { query: q.clone(), evidence, label: false, in_domain: false, confidence: p.confidence });
+                    samples.push(Sample {
+                        query: q.clone(),
+                        evidence,
+                        label: false,
+                        in_domain: false,
+                        confidence: p.confidence,
+                    });
                 }
             }
         }
         if let Some(path) = &dump {
-            let mut out = String::from("mode\tgroup\tchinese\tcosine\tcoverage\tchar_coverage\tconfidence\tquery\n");
+            let mut out = String::from(
+                "mode\tgroup\tchinese\tcosine\tcoverage\tchar_coverage\tconfidence\tquery\n",
+            );
             for s in &samples {
-                let group = if !s.in_domain { "off_topic" } else if s.label { "correct" } else { "wrong" };
+                let group = if !s.in_domain {
+                    "off_topic"
+                } else if s.label {
+                    "correct"
+                } else {
+                    "wrong"
+                };
                 out.push_str(&format!(
                     "{}\t{group}\t{}\t{}\t{}\t{}\t{}\t{}\n",
                     if hybrid { "hybrid" } else { "lexical" },
@@ -84,9 +113,16 @@ fn main() -> Result<()> {
             let path = path.with_extension(if hybrid { "hybrid.tsv" } else { "lexical.tsv" });
             std::fs::write(&path, out).with_context(|| format!("writing {}", path.display()))?;
         }
-        println!("== {} ({} samples)", if hybrid { "hybrid" } else { "lexical" }, samples.len());
+        println!(
+            "== {} ({} samples)",
+            if hybrid { "hybrid" } else { "lexical" },
+            samples.len()
+        );
         for chinese in [false, true] {
-            let part: Vec<&Sample> = samples.iter().filter(|s| s.evidence.chinese == chinese).collect();
+            let part: Vec<&Sample> = samples
+                .iter()
+                .filter(|s| s.evidence.chinese == chinese)
+                .collect();
             // [1, cosine, coverage, char_coverage]: which features each model uses
             let used: [bool; 4] = match (hybrid, chinese) {
                 (true, false) => [true, true, true, false],
@@ -99,14 +135,24 @@ fn main() -> Result<()> {
                 .map(|s| {
                     let e = &s.evidence;
                     let all = [1.0, e.cosine.unwrap_or(0.0), e.coverage, e.char_coverage];
-                    all.iter().zip(used).filter(|(_, u)| *u).map(|(v, _)| f64::from(*v)).collect()
+                    all.iter()
+                        .zip(used)
+                        .filter(|(_, u)| *u)
+                        .map(|(v, _)| f64::from(*v))
+                        .collect()
                 })
                 .collect();
             let y: Vec<f64> = part.iter().map(|s| f64::from(u8::from(s.label))).collect();
             let mut fitted = fit_logistic(&x, &y, 1e-2).into_iter();
-            let weights: Vec<String> =
-                used.iter().map(|&u| format!("{:.2}", if u { fitted.next().unwrap_or(0.0) } else { 0.0 })).collect();
-            println!("{}: [{}]", if chinese { "zh" } else { "en" }, weights.join(", "));
+            let weights: Vec<String> = used
+                .iter()
+                .map(|&u| format!("{:.2}", if u { fitted.next().unwrap_or(0.0) } else { 0.0 }))
+                .collect();
+            println!(
+                "{}: [{}]",
+                if chinese { "zh" } else { "en" },
+                weights.join(", ")
+            );
             report(&part);
         }
     }
@@ -124,7 +170,11 @@ fn report(samples: &[&Sample]) {
         };
         println!(
             "  confident at {threshold:.2}{}: correct {}  wrong {}  off-topic {}",
-            if threshold == CONFIDENCE_THRESHOLD { " (threshold)" } else { "" },
+            if threshold == CONFIDENCE_THRESHOLD {
+                " (threshold)"
+            } else {
+                ""
+            },
             rate(&|s| s.in_domain && s.label),
             rate(&|s| s.in_domain && !s.label),
             rate(&|s| !s.in_domain)
@@ -165,14 +215,21 @@ fn fit_logistic(x: &[Vec<f64>], y: &[f64], l2: f64) -> Vec<f64> {
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let n = b.len();
     for col in 0..n {
-        let pivot = (col..n).max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs())).unwrap_or(col);
+        let pivot = (col..n)
+            .max_by(|&i, &j| a[i][col].abs().total_cmp(&a[j][col].abs()))
+            .unwrap_or(col);
         a.swap(col, pivot);
         b.swap(col, pivot);
-        let diag = if a[col][col].abs() < 1e-12 { 1e-12 } else { a[col][col] };
+        let diag = if a[col][col].abs() < 1e-12 {
+            1e-12
+        } else {
+            a[col][col]
+        };
+        let pivot_row = a[col].clone();
         for row in col + 1..n {
             let f = a[row][col] / diag;
-            for k in col..n {
-                a[row][k] -= f * a[col][k];
+            for (x, p) in a[row].iter_mut().zip(&pivot_row).skip(col) {
+                *x -= f * p;
             }
             b[row] -= f * b[col];
         }
@@ -180,7 +237,11 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let mut x = vec![0.0; n];
     for row in (0..n).rev() {
         let s: f64 = (row + 1..n).map(|k| a[row][k] * x[k]).sum();
-        let diag = if a[row][row].abs() < 1e-12 { 1e-12 } else { a[row][row] };
+        let diag = if a[row][row].abs() < 1e-12 {
+            1e-12
+        } else {
+            a[row][row]
+        };
         x[row] = (b[row] - s) / diag;
     }
     x

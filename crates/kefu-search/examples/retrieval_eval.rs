@@ -53,7 +53,11 @@ fn main() -> Result<()> {
         "dense" => config.lexical = false,
         other => bail!("unknown mode {other}"),
     }
-    let embedder = if config.dense { Some(Arc::new(Embedder::from_models_dir(&models)?)) } else { None };
+    let embedder = if config.dense {
+        Some(Arc::new(Embedder::from_models_dir(&models)?))
+    } else {
+        None
+    };
     let index = SearchIndex::with_config(embedder, config.clone())?;
     ingest(&index, &load_corpus(&docs)?)?;
     let queries = load_queries(&queries)?;
@@ -64,8 +68,16 @@ fn main() -> Result<()> {
             let found = index.search(&q.text, 10)?;
             let rank = found.iter().position(|p| p.doc_id == q.doc_id);
             if rank != Some(0) {
-                let top = found.first().map_or(String::new(), |p| format!("{} ({:.2})", p.doc_id, p.confidence));
-                println!("rank {:?}\t{}\t{}\ttop: {}", rank.map(|r| r + 1), q.doc_id, q.text, top);
+                let top = found.first().map_or(String::new(), |p| {
+                    format!("{} ({:.2})", p.doc_id, p.confidence)
+                });
+                println!(
+                    "rank {:?}\t{}\t{}\ttop: {}",
+                    rank.map(|r| r + 1),
+                    q.doc_id,
+                    q.text,
+                    top
+                );
             }
         }
     }

@@ -4,7 +4,9 @@
 //! the lexical part of the confidence and the choice of answer sentences.
 
 use kefu_nlp::text::{is_cjk, words};
-use tantivy::tokenizer::{Language, Stemmer, StopWordFilter, TextAnalyzer, Token, TokenStream, Tokenizer};
+use tantivy::tokenizer::{
+    Language, Stemmer, StopWordFilter, TextAnalyzer, Token, TokenStream, Tokenizer,
+};
 
 /// Name under which the analyzer is registered in the tantivy index.
 pub(crate) const TOKENIZER_NAME: &str = "kefu";
@@ -13,22 +15,196 @@ pub(crate) const TOKENIZER_NAME: &str = "kefu";
 /// topic, so they neither rank documents nor count as evidence of relevance.
 const STOP_WORDS: &[&str] = &[
     // English
-    "a", "about", "am", "an", "and", "any", "are", "as", "at", "be", "been", "but", "by", "can",
-    "could", "did", "do", "does", "doing", "for", "from", "had", "has", "have", "having", "he",
-    "her", "hers", "him", "his", "how", "i", "i'm", "i've", "if", "in", "into", "is", "it",
-    "it's", "its", "me", "my", "myself", "of", "on", "or", "our", "ours", "please", "she", "should",
-    "so", "some", "such", "than", "that", "the", "their", "them", "then", "there", "these", "they",
-    "this", "those", "to", "too", "us", "very", "was", "we", "were", "what", "what's", "when",
-    "where", "which", "who", "whom", "why", "will", "with", "would", "you", "your", "yours",
-    "hi", "hello", "hey", "thanks", "thank",
+    "a",
+    "about",
+    "am",
+    "an",
+    "and",
+    "any",
+    "are",
+    "as",
+    "at",
+    "be",
+    "been",
+    "but",
+    "by",
+    "can",
+    "could",
+    "did",
+    "do",
+    "does",
+    "doing",
+    "for",
+    "from",
+    "had",
+    "has",
+    "have",
+    "having",
+    "he",
+    "her",
+    "hers",
+    "him",
+    "his",
+    "how",
+    "i",
+    "i'm",
+    "i've",
+    "if",
+    "in",
+    "into",
+    "is",
+    "it",
+    "it's",
+    "its",
+    "me",
+    "my",
+    "myself",
+    "of",
+    "on",
+    "or",
+    "our",
+    "ours",
+    "please",
+    "she",
+    "should",
+    "so",
+    "some",
+    "such",
+    "than",
+    "that",
+    "the",
+    "their",
+    "them",
+    "then",
+    "there",
+    "these",
+    "they",
+    "this",
+    "those",
+    "to",
+    "too",
+    "us",
+    "very",
+    "was",
+    "we",
+    "were",
+    "what",
+    "what's",
+    "when",
+    "where",
+    "which",
+    "who",
+    "whom",
+    "why",
+    "will",
+    "with",
+    "would",
+    "you",
+    "your",
+    "yours",
+    "hi",
+    "hello",
+    "hey",
+    "thanks",
+    "thank",
     // Chinese
-    "的", "了", "吗", "呢", "吧", "啊", "呀", "嘛", "么", "是", "我", "你", "您", "他", "她", "它",
-    "我们", "你们", "他们", "在", "和", "与", "及", "或", "就", "都", "也", "还", "要", "想",
-    "怎么", "怎样", "如何", "什么", "为什么", "哪", "哪里", "哪个", "这", "那", "这个", "那个",
-    "请问", "请", "一下", "个", "把", "被", "让", "给", "对", "从", "得", "地", "着", "过",
-    "会", "能", "可以", "您好", "你好", "谢谢", "怎么办", "咋办", "咋", "啥", "为啥", "有没有",
-    "是不是", "能不能", "可不可以", "会不会", "要不要", "一下", "一个", "这样", "那样", "怎么样",
-    "多少", "几", "哦", "嗯", "还是", "但是", "因为", "所以", "如果", "的话", "现在", "不", "不能", "但", "有", "到", "多", "东西", "先",
+    "的",
+    "了",
+    "吗",
+    "呢",
+    "吧",
+    "啊",
+    "呀",
+    "嘛",
+    "么",
+    "是",
+    "我",
+    "你",
+    "您",
+    "他",
+    "她",
+    "它",
+    "我们",
+    "你们",
+    "他们",
+    "在",
+    "和",
+    "与",
+    "及",
+    "或",
+    "就",
+    "都",
+    "也",
+    "还",
+    "要",
+    "想",
+    "怎么",
+    "怎样",
+    "如何",
+    "什么",
+    "为什么",
+    "哪",
+    "哪里",
+    "哪个",
+    "这",
+    "那",
+    "这个",
+    "那个",
+    "请问",
+    "请",
+    "一下",
+    "个",
+    "把",
+    "被",
+    "让",
+    "给",
+    "对",
+    "从",
+    "得",
+    "地",
+    "着",
+    "过",
+    "会",
+    "能",
+    "可以",
+    "您好",
+    "你好",
+    "谢谢",
+    "怎么办",
+    "咋办",
+    "咋",
+    "啥",
+    "为啥",
+    "有没有",
+    "是不是",
+    "能不能",
+    "可不可以",
+    "会不会",
+    "要不要",
+    "一下",
+    "一个",
+    "这样",
+    "那样",
+    "怎么样",
+    "多少",
+    "几",
+    "哦",
+    "嗯",
+    "还是",
+    "但是",
+    "因为",
+    "所以",
+    "如果",
+    "的话",
+    "现在",
+    "不",
+    "不能",
+    "但",
+    "有",
+    "到",
+    "多",
+    "东西",
+    "先",
 ];
 
 /// Splits text into words with kefu-nlp; with `cjk_bigrams`, every Chinese word of
@@ -77,10 +253,18 @@ impl Tokenizer for Segmenter {
             }
             if self.cjk_bigrams && chars.len() >= 3 && chars.iter().all(|&c| is_cjk(c)) {
                 for pair in chars.windows(2) {
-                    tokens.push(Token { position, text: pair.iter().collect(), ..Token::default() });
+                    tokens.push(Token {
+                        position,
+                        text: pair.iter().collect(),
+                        ..Token::default()
+                    });
                 }
             }
-            tokens.push(Token { position, text: word, ..Token::default() });
+            tokens.push(Token {
+                position,
+                text: word,
+                ..Token::default()
+            });
         }
         VecTokenStream { tokens, next: 0 }
     }
@@ -88,8 +272,9 @@ impl Tokenizer for Segmenter {
 
 /// The analyzer: segmentation, stop words, English stemming.
 pub(crate) fn analyzer(cjk_bigrams: bool, stem: bool) -> TextAnalyzer {
-    let builder = TextAnalyzer::builder(Segmenter { cjk_bigrams })
-        .filter(StopWordFilter::remove(STOP_WORDS.iter().map(|w| w.to_string())));
+    let builder = TextAnalyzer::builder(Segmenter { cjk_bigrams }).filter(StopWordFilter::remove(
+        STOP_WORDS.iter().map(|w| w.to_string()),
+    ));
     if stem {
         builder.filter(Stemmer::new(Language::English)).build()
     } else {
@@ -125,9 +310,15 @@ mod tests {
     #[test]
     fn stems_english_and_drops_function_words() {
         let mut a = analyzer(false, true);
-        assert_eq!(terms(&mut a, "How do I cancel my subscriptions?"), vec!["cancel", "subscript"]);
+        assert_eq!(
+            terms(&mut a, "How do I cancel my subscriptions?"),
+            vec!["cancel", "subscript"]
+        );
         let mut plain = analyzer(false, false);
-        assert_eq!(terms(&mut plain, "How do I cancel my subscriptions?"), vec!["cancel", "subscriptions"]);
+        assert_eq!(
+            terms(&mut plain, "How do I cancel my subscriptions?"),
+            vec!["cancel", "subscriptions"]
+        );
     }
 
     #[test]
@@ -135,10 +326,16 @@ mod tests {
         let mut a = analyzer(false, true);
         let t = terms(&mut a, "我想申请退款");
         assert!(t.contains(&"退款".to_string()), "{t:?}");
-        assert!(!t.contains(&"我".to_string()) && !t.contains(&"想".to_string()), "{t:?}");
+        assert!(
+            !t.contains(&"我".to_string()) && !t.contains(&"想".to_string()),
+            "{t:?}"
+        );
         let mut b = analyzer(true, true);
         let t = terms(&mut b, "信用卡账单");
         assert!(t.iter().any(|x| x == "信用卡"), "{t:?}");
-        assert!(t.iter().any(|x| x == "用卡") || t.iter().any(|x| x == "信用"), "{t:?}");
+        assert!(
+            t.iter().any(|x| x == "用卡") || t.iter().any(|x| x == "信用"),
+            "{t:?}"
+        );
     }
 }

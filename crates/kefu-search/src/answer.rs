@@ -19,13 +19,17 @@ pub const CONFIDENCE_THRESHOLD: f32 = 0.6;
 /// cosine counts less and lexical overlap is measured on characters, which survives
 /// segmentation differences ("开发票" vs "发票"). Fitted with
 /// `cargo run --release -p kefu-search --example calibrate_confidence`.
-const HYBRID_MODEL: [[f32; 4]; 2] = [[-4.97, 11.24, 4.51, 0.0], [-6.12, 5.78, 0.0, 8.12]];
+const HYBRID_MODEL: [[f32; 4]; 2] = [[-5.16, 11.80, 4.32, 0.0], [-6.24, 5.89, 0.0, 8.21]];
 /// The same for an index without embeddings.
-const LEXICAL_MODEL: [[f32; 4]; 2] = [[-2.41, 0.0, 7.54, 0.0], [-3.08, 0.0, 0.0, 7.35]];
+const LEXICAL_MODEL: [[f32; 4]; 2] = [[-2.41, 0.0, 7.54, 0.0], [-3.18, 0.0, 0.0, 7.51]];
 
 /// Confidence in [0, 1] that a passage answers the query.
 pub(crate) fn confidence(e: &Evidence) -> f32 {
-    let model = if e.cosine.is_some() { &HYBRID_MODEL } else { &LEXICAL_MODEL };
+    let model = if e.cosine.is_some() {
+        &HYBRID_MODEL
+    } else {
+        &LEXICAL_MODEL
+    };
     let w = model[usize::from(e.chinese)];
     let z = w[0] + w[1] * e.cosine.unwrap_or(0.0) + w[2] * e.coverage + w[3] * e.char_coverage;
     1.0 / (1.0 + (-z).exp())
@@ -65,11 +69,33 @@ impl Cue {
     fn asked(self, query: &str) -> bool {
         let words: &[&str] = match self {
             Cue::Money => &[
-                "how much", "cost", "price", "fee", "charge", "expensive", "cheap", "多少钱", "价格", "价钱", "费用",
-                "收费", "资费", "贵", "便宜", "几块",
+                "how much",
+                "cost",
+                "price",
+                "fee",
+                "charge",
+                "expensive",
+                "cheap",
+                "多少钱",
+                "价格",
+                "价钱",
+                "费用",
+                "收费",
+                "资费",
+                "贵",
+                "便宜",
+                "几块",
             ],
             Cue::Duration => &[
-                "how long", "how soon", "how many days", "when will", "多久", "多长时间", "几天", "什么时候", "多快",
+                "how long",
+                "how soon",
+                "how many days",
+                "when will",
+                "多久",
+                "多长时间",
+                "几天",
+                "什么时候",
+                "多快",
                 "几个工作日",
             ],
         };
@@ -80,11 +106,24 @@ impl Cue {
         let has_digit = sentence.chars().any(|c| c.is_ascii_digit());
         match self {
             Cue::Money => {
-                sentence.contains(['$', '¥', '€', '£', '￥']) || (has_digit && sentence.contains(['元', '块']))
+                sentence.contains(['$', '¥', '€', '£', '￥'])
+                    || (has_digit && sentence.contains(['元', '块']))
             }
             Cue::Duration => {
                 let units = [
-                    "minute", "hour", "day", "week", "month", "year", "分钟", "小时", "天", "周", "个月", "年", "工作日",
+                    "minute",
+                    "hour",
+                    "day",
+                    "week",
+                    "month",
+                    "year",
+                    "分钟",
+                    "小时",
+                    "天",
+                    "周",
+                    "个月",
+                    "年",
+                    "工作日",
                 ];
                 has_digit && units.iter().any(|u| sentence.contains(u))
             }
@@ -116,7 +155,11 @@ pub fn compose_answer(query: &str, passages: &[Passage]) -> Option<Answer> {
         .iter()
         .map(|(_, s)| {
             let mut terms = distinct_terms(&mut analyzer, s);
-            terms.extend(cues.iter().filter(|c| c.answered(s)).map(|c| c.term().to_string()));
+            terms.extend(
+                cues.iter()
+                    .filter(|c| c.answered(s))
+                    .map(|c| c.term().to_string()),
+            );
             terms
         })
         .collect();
@@ -129,7 +172,11 @@ pub fn compose_answer(query: &str, passages: &[Passage]) -> Option<Answer> {
     let n = sentences.len() as f32;
     let weight = |t: &str| {
         let idf = df.get(t).map_or(0.0, |&d| (1.0 + n / d as f32).ln());
-        if title_terms.iter().any(|x| x == t) { idf * TITLE_TERM_WEIGHT } else { idf }
+        if title_terms.iter().any(|x| x == t) {
+            idf * TITLE_TERM_WEIGHT
+        } else {
+            idf
+        }
     };
     // a term that is neither a cue nor in the title: only these justify quoting more
     let primary = |t: &str| !t.starts_with('\u{1}') && !title_terms.iter().any(|x| x == t);
@@ -140,12 +187,22 @@ pub fn compose_answer(query: &str, passages: &[Passage]) -> Option<Answer> {
     while chosen.len() < MAX_SENTENCES {
         let score = |i: usize| -> f32 {
             let terms = &sentence_terms[i];
-            let new: Vec<&String> = query_terms.iter().filter(|q| terms.contains(q) && !covered.contains(&q.as_str())).collect();
+            let new: Vec<&String> = query_terms
+                .iter()
+                .filter(|q| terms.contains(q) && !covered.contains(&q.as_str()))
+                .collect();
             if !chosen.is_empty() && !new.iter().any(|q| primary(q)) {
                 return 0.0;
             }
             new.iter()
-                .map(|q| weight(q) * if terms.first() == Some(*q) { LEADING_TERM_FACTOR } else { 1.0 })
+                .map(|q| {
+                    weight(q)
+                        * if terms.first() == Some(*q) {
+                            LEADING_TERM_FACTOR
+                        } else {
+                            1.0
+                        }
+                })
                 .sum()
         };
         let best = (0..sentences.len())
@@ -160,7 +217,12 @@ pub fn compose_answer(query: &str, passages: &[Passage]) -> Option<Answer> {
         }
         chosen.push(i);
         words += w;
-        covered.extend(query_terms.iter().filter(|q| sentence_terms[i].contains(q)).map(String::as_str));
+        covered.extend(
+            query_terms
+                .iter()
+                .filter(|q| sentence_terms[i].contains(q))
+                .map(String::as_str),
+        );
     }
     if chosen.is_empty() {
         for (i, (_, s)) in sentences.iter().enumerate().take(2) {
@@ -187,7 +249,11 @@ pub fn compose_answer(query: &str, passages: &[Passage]) -> Option<Answer> {
         text.push_str(s);
         last_line = Some(line);
     }
-    Some(Answer { text, sources: vec![top.clone()], confident: top.confidence >= CONFIDENCE_THRESHOLD })
+    Some(Answer {
+        text,
+        sources: vec![top.clone()],
+        confident: top.confidence >= CONFIDENCE_THRESHOLD,
+    })
 }
 
 #[cfg(test)]
@@ -210,7 +276,11 @@ mod tests {
     fn quotes_the_most_relevant_sentences_verbatim() {
         let text = "We offer four plans. Plan: Basic; Monthly: $8\nPlan: Pro; Monthly: $18\nPaying yearly gives you two months free. \
 Schools get 30% off.";
-        let answer = compose_answer("How much is the Pro plan per month?", &[passage("pricing", text, 0.9)]).expect("answer");
+        let answer = compose_answer(
+            "How much is the Pro plan per month?",
+            &[passage("pricing", text, 0.9)],
+        )
+        .expect("answer");
         assert_eq!(answer.text, "Plan: Pro; Monthly: $18");
         assert!(answer.confident);
         assert_eq!(answer.sources.len(), 1);
@@ -222,7 +292,8 @@ Schools get 30% off.";
     #[test]
     fn chinese_answers_keep_chinese_punctuation_and_no_spaces() {
         let text = "订单在一个工作日内发出。普通快递 3 到 6 个工作日送达。加急快递 1 到 2 个工作日送达。发票随包裹寄出。";
-        let answer = compose_answer("加急快递几天到", &[passage("shipping.zh", text, 0.3)]).expect("answer");
+        let answer =
+            compose_answer("加急快递几天到", &[passage("shipping.zh", text, 0.3)]).expect("answer");
         assert_eq!(answer.text, "加急快递 1 到 2 个工作日送达。");
         assert!(!answer.confident);
         for s in split_sentences(&answer.text) {
@@ -233,15 +304,23 @@ Schools get 30% off.";
     #[test]
     fn sentences_on_separate_lines_stay_on_separate_lines() {
         let text = "To reset your password:\n1. Open the sign-in page.\n2. Choose Forgot password and enter your email.";
-        let answer = compose_answer("forgot password email reset", &[passage("pw", text, 0.9)]).expect("answer");
-        assert_eq!(answer.text, "To reset your password:\n2. Choose Forgot password and enter your email.");
+        let answer = compose_answer("forgot password email reset", &[passage("pw", text, 0.9)])
+            .expect("answer");
+        assert_eq!(
+            answer.text,
+            "To reset your password:\n2. Choose Forgot password and enter your email."
+        );
     }
 
     #[test]
     fn a_paraphrase_without_shared_terms_quotes_the_opening() {
         let text = "Card refunds take 5 to 10 business days. Wallet refunds are faster. Contact us if nothing arrives.";
-        let answer = compose_answer("when do I see my money again", &[passage("r", text, 0.7)]).expect("answer");
-        assert_eq!(answer.text, "Card refunds take 5 to 10 business days. Wallet refunds are faster.");
+        let answer = compose_answer("when do I see my money again", &[passage("r", text, 0.7)])
+            .expect("answer");
+        assert_eq!(
+            answer.text,
+            "Card refunds take 5 to 10 business days. Wallet refunds are faster."
+        );
     }
 
     #[test]
@@ -252,10 +331,25 @@ Schools get 30% off.";
 
     #[test]
     fn confidence_grows_with_evidence() {
-        let weak = confidence(&Evidence { cosine: Some(0.1), coverage: 0.0, char_coverage: 0.0, chinese: false });
-        let strong = confidence(&Evidence { cosine: Some(0.7), coverage: 1.0, char_coverage: 0.0, chinese: false });
+        let weak = confidence(&Evidence {
+            cosine: Some(0.1),
+            coverage: 0.0,
+            char_coverage: 0.0,
+            chinese: false,
+        });
+        let strong = confidence(&Evidence {
+            cosine: Some(0.7),
+            coverage: 1.0,
+            char_coverage: 0.0,
+            chinese: false,
+        });
         assert!(weak < 0.05 && strong > 0.95, "{weak} {strong}");
-        let zh = confidence(&Evidence { cosine: None, coverage: 0.2, char_coverage: 1.0, chinese: true });
+        let zh = confidence(&Evidence {
+            cosine: None,
+            coverage: 0.2,
+            char_coverage: 1.0,
+            chinese: true,
+        });
         assert!(zh > CONFIDENCE_THRESHOLD);
     }
 }

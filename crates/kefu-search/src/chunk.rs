@@ -52,7 +52,10 @@ pub fn chunk_document(doc: &Document) -> Vec<Chunk> {
 fn sections(text: &str) -> Vec<Section> {
     let mut out = Vec::new();
     let mut stack: Vec<(usize, String)> = Vec::new();
-    let mut current = Section { heading: String::new(), paragraphs: Vec::new() };
+    let mut current = Section {
+        heading: String::new(),
+        paragraphs: Vec::new(),
+    };
     let mut para = Paragraph::default();
     let mut fence: Option<String> = None;
     let mut seen_content = false;
@@ -83,11 +86,21 @@ fn sections(text: &str) -> Vec<Section> {
                 continue;
             }
             if !current.paragraphs.is_empty() {
-                out.push(std::mem::replace(&mut current, Section { heading: String::new(), paragraphs: Vec::new() }));
+                out.push(std::mem::replace(
+                    &mut current,
+                    Section {
+                        heading: String::new(),
+                        paragraphs: Vec::new(),
+                    },
+                ));
             }
             stack.retain(|(l, _)| *l < level);
             stack.push((level, clean_inline(&heading)));
-            current.heading = stack.iter().map(|(_, h)| h.as_str()).collect::<Vec<_>>().join(" > ");
+            current.heading = stack
+                .iter()
+                .map(|(_, h)| h.as_str())
+                .collect::<Vec<_>>()
+                .join(" > ");
             continue;
         }
         if trimmed.is_empty() || is_rule(trimmed) {
@@ -139,7 +152,11 @@ impl Paragraph {
             return;
         }
         self.flush_table();
-        let line = line.strip_prefix("> ").or_else(|| line.strip_prefix('>')).unwrap_or(line).trim();
+        let line = line
+            .strip_prefix("> ")
+            .or_else(|| line.strip_prefix('>'))
+            .unwrap_or(line)
+            .trim();
         if let Some(item) = list_item(line) {
             self.lines.push(clean_inline(&item));
         } else if let Some(last) = self.lines.last_mut() {
@@ -159,12 +176,17 @@ impl Paragraph {
             return;
         }
         let rows = std::mem::take(&mut self.table);
-        let separator = |r: &Vec<String>| !r.is_empty() && r.iter().all(|c| !c.is_empty() && c.chars().all(|x| matches!(x, '-' | ':' | ' ')));
-        let (header, body): (Option<&Vec<String>>, &[Vec<String>]) = if rows.len() >= 2 && separator(&rows[1]) {
-            (Some(&rows[0]), &rows[2..])
-        } else {
-            (None, &rows[..])
+        let separator = |r: &Vec<String>| {
+            !r.is_empty()
+                && r.iter()
+                    .all(|c| !c.is_empty() && c.chars().all(|x| matches!(x, '-' | ':' | ' ')))
         };
+        let (header, body): (Option<&Vec<String>>, &[Vec<String>]) =
+            if rows.len() >= 2 && separator(&rows[1]) {
+                (Some(&rows[0]), &rows[2..])
+            } else {
+                (None, &rows[..])
+            };
         for row in body.iter().filter(|r| !separator(r)) {
             let cells: Vec<String> = row
                 .iter()
@@ -258,7 +280,12 @@ pub(crate) fn clean_inline(s: &str) -> String {
                     continue;
                 }
                 let tag = inner.trim_start_matches('/').to_ascii_lowercase();
-                if tag.starts_with("br") || tag == "b" || tag == "i" || tag == "em" || tag == "strong" {
+                if tag.starts_with("br")
+                    || tag == "b"
+                    || tag == "i"
+                    || tag == "em"
+                    || tag == "strong"
+                {
                     if tag.starts_with("br") {
                         out.push(' ');
                     }
@@ -345,7 +372,10 @@ fn pack_section(paragraphs: &[String]) -> Vec<String> {
     for (i, units) in chunks.iter().enumerate() {
         let mut text = String::new();
         if i > 0 {
-            if let Some(overlap) = chunks[i - 1].last().and_then(|u| split_sentences(u).last().copied()) {
+            if let Some(overlap) = chunks[i - 1]
+                .last()
+                .and_then(|u| split_sentences(u).last().copied())
+            {
                 if word_count(overlap) <= MAX_OVERLAP_WORDS {
                     text.push_str(overlap);
                     text.push_str("\n\n");
@@ -409,7 +439,11 @@ mod tests {
     use super::*;
 
     fn doc(id: &str, title: &str, text: &str) -> Document {
-        Document { id: id.into(), title: title.into(), text: text.into() }
+        Document {
+            id: id.into(),
+            title: title.into(),
+            text: text.into(),
+        }
     }
 
     #[test]
@@ -418,42 +452,68 @@ mod tests {
 ## Pro plan\n\nThe Pro plan costs $29 per month.\n\n### Limits\n\n- Up to 10 seats\n- 100 GB storage\n\n\
 ## Comparison\n\n| Plan | Price |\n|---|---|\n| Basic | $9 |\n| Pro | $29 |\n";
         let chunks = chunk_document(&doc("pricing", "Plans and pricing", text));
-        let got: Vec<(&str, &str)> = chunks.iter().map(|c| (c.heading.as_str(), c.text.as_str())).collect();
+        let got: Vec<(&str, &str)> = chunks
+            .iter()
+            .map(|c| (c.heading.as_str(), c.text.as_str()))
+            .collect();
         assert_eq!(
             got,
             vec![
                 ("", "We offer three plans. See the pricing page."),
                 ("Pro plan", "The Pro plan costs $29 per month."),
                 ("Pro plan > Limits", "Up to 10 seats\n100 GB storage"),
-                ("Comparison", "Plan: Basic; Price: $9\nPlan: Pro; Price: $29"),
+                (
+                    "Comparison",
+                    "Plan: Basic; Price: $9\nPlan: Pro; Price: $29"
+                ),
             ]
         );
         let ids: Vec<&str> = chunks.iter().map(|c| c.id.as_str()).collect();
-        assert_eq!(ids, vec!["pricing#0", "pricing#1", "pricing#2", "pricing#3"]);
-        assert!(chunks.iter().all(|c| c.doc_id == "pricing" && c.title == "Plans and pricing" && c.vector.is_none()));
+        assert_eq!(
+            ids,
+            vec!["pricing#0", "pricing#1", "pricing#2", "pricing#3"]
+        );
+        assert!(chunks.iter().all(|c| c.doc_id == "pricing"
+            && c.title == "Plans and pricing"
+            && c.vector.is_none()));
     }
 
     #[test]
     fn long_sections_are_bounded_and_overlap() {
         let sentence = "Refunds are issued to the original payment method within five business days of approval.";
-        let body: Vec<String> = (0..8).map(|i| format!("Paragraph {i}. {}", [sentence; 6].join(" "))).collect();
+        let body: Vec<String> = (0..8)
+            .map(|i| format!("Paragraph {i}. {}", [sentence; 6].join(" ")))
+            .collect();
         let text = format!("## Refund policy\n\n{}", body.join("\n\n"));
         let chunks = chunk_document(&doc("refunds", "Refunds", &text));
         assert!(chunks.len() >= 3, "{} chunks", chunks.len());
         for (i, c) in chunks.iter().enumerate() {
             let w = word_count(&c.text);
-            assert!(w <= MAX_WORDS + MAX_OVERLAP_WORDS, "chunk {i} has {w} words");
+            assert!(
+                w <= MAX_WORDS + MAX_OVERLAP_WORDS,
+                "chunk {i} has {w} words"
+            );
             assert!(w >= MIN_WORDS, "chunk {i} has {w} words");
             assert_eq!(c.heading, "Refund policy");
         }
         // every chunk after the first begins with the last sentence of the previous one
         for pair in chunks.windows(2) {
-            let last = split_sentences(&pair[0].text).last().copied().unwrap_or_default().to_string();
-            assert!(pair[1].text.starts_with(&last), "no overlap: {:?}", &pair[1].text[..60]);
+            let last = split_sentences(&pair[0].text)
+                .last()
+                .copied()
+                .unwrap_or_default()
+                .to_string();
+            assert!(
+                pair[1].text.starts_with(&last),
+                "no overlap: {:?}",
+                &pair[1].text[..60]
+            );
         }
         // nothing is lost
         for i in 0..8 {
-            assert!(chunks.iter().any(|c| c.text.contains(&format!("Paragraph {i}."))));
+            assert!(chunks
+                .iter()
+                .any(|c| c.text.contains(&format!("Paragraph {i}."))));
         }
     }
 
@@ -467,7 +527,10 @@ mod tests {
             assert_eq!(c.heading, "如何申请退款");
             assert!(word_count(&c.text) <= MAX_WORDS + MAX_OVERLAP_WORDS);
             assert!(c.text.chars().count() <= 2 * (MAX_WORDS + MAX_OVERLAP_WORDS));
-            assert!(!c.text.contains(' '), "no spaces introduced into Chinese text");
+            assert!(
+                !c.text.contains(' '),
+                "no spaces introduced into Chinese text"
+            );
             // cuts fall on sentence ends
             assert!(c.text.ends_with('。'));
         }

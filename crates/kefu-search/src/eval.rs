@@ -52,7 +52,8 @@ pub fn load_documents(path: &Path) -> Result<Vec<Document>> {
         if line.trim().is_empty() {
             continue;
         }
-        let doc: Document = serde_json::from_str(&line).with_context(|| format!("{}:{}: not a document", path.display(), i + 1))?;
+        let doc: Document = serde_json::from_str(&line)
+            .with_context(|| format!("{}:{}: not a document", path.display(), i + 1))?;
         docs.push(doc);
     }
     Ok(docs)
@@ -69,8 +70,12 @@ pub fn load_markdown_dir(dir: &Path) -> Result<Vec<Document>> {
     paths.sort();
     let mut docs = Vec::with_capacity(paths.len());
     for path in paths {
-        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        let id = path.file_stem().and_then(|s| s.to_str()).with_context(|| format!("no usable file name: {}", path.display()))?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .with_context(|| format!("no usable file name: {}", path.display()))?;
         docs.push(Document::from_markdown(id, &text));
     }
     Ok(docs)
@@ -87,7 +92,8 @@ pub fn load_corpus(path: &Path) -> Result<Vec<Document>> {
 
 /// Reads queries from a CSV file with the header `text,doc_id`.
 pub fn load_queries(path: &Path) -> Result<Vec<Query>> {
-    let mut reader = csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("opening {}", path.display()))?;
     let mut queries = Vec::new();
     for row in reader.deserialize() {
         let q: Query = row.with_context(|| format!("reading {}", path.display()))?;
@@ -143,7 +149,12 @@ pub fn evaluate(index: &SearchIndex, queries: &[Query]) -> Result<Report> {
 
 /// Builds an index with the given embedder and settings, ingests the documents and
 /// evaluates the queries.
-pub fn run(docs_jsonl: &Path, queries_csv: &Path, embedder: Option<Arc<Embedder>>, config: SearchConfig) -> Result<Report> {
+pub fn run(
+    docs_jsonl: &Path,
+    queries_csv: &Path,
+    embedder: Option<Arc<Embedder>>,
+    config: SearchConfig,
+) -> Result<Report> {
     let docs = load_documents(docs_jsonl)?;
     let queries = load_queries(queries_csv)?;
     let index = SearchIndex::with_config(embedder, config)?;
@@ -164,6 +175,11 @@ pub fn run(docs_jsonl: &Path, queries_csv: &Path, embedder: Option<Arc<Embedder>
 /// `mrr@10=… recall@1=… recall@5=… n=… p50_ms=… p99_ms=…`.
 pub fn retrieval(docs_jsonl: &Path, queries_csv: &Path, models_dir: &Path) -> Result<String> {
     let embedder = Embedder::from_models_dir(models_dir).context("loading the embedding model")?;
-    let report = run(docs_jsonl, queries_csv, Some(Arc::new(embedder)), SearchConfig::default())?;
+    let report = run(
+        docs_jsonl,
+        queries_csv,
+        Some(Arc::new(embedder)),
+        SearchConfig::default(),
+    )?;
     Ok(report.to_string())
 }

@@ -9,7 +9,9 @@ use kefu_nlp::embed::{dot, Embedder};
 use kefu_nlp::text::{detect_language, is_cjk, Language};
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, BoostQuery, Occur, Query, TermQuery};
-use tantivy::schema::{Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, STRING};
+use tantivy::schema::{
+    Field, IndexRecordOption, Schema, TextFieldIndexing, TextOptions, FAST, STRING,
+};
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
@@ -87,15 +89,17 @@ struct Entry {
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<u64, Arc<Entry>>,
+    entries: HashMap<u64, Entry>,
     by_doc: HashMap<String, Vec<u64>>,
     /// Number of chunks containing each term.
     df: HashMap<String, u32>,
     /// Number of chunks containing each Chinese character.
     char_df: HashMap<char, u32>,
-    /// Keys of the chunks with a vector, row by row, and the vectors, concatenated.
+    /// Keys of the chunks with a vector, row by row, the vectors concatenated in the
+    /// same order, and each key's row.
     dense_keys: Vec<u64>,
     dense: Vec<f32>,
+    dense_rows: HashMap<u64, usize>,
     next_key: u64,
 }
 
@@ -107,13 +111,46 @@ impl State {
         for c in &entry.chars {
             *self.char_df.entry(*c).or_default() += 1;
         }
-        self.by_doc.entry(entry.chunk.doc_id.clone()).or_default().push(key);
-        self.entries.insert(key, Arc::new(entry));
+        if let Some(v) = &entry.chunk.vector {
+            self.dense_rows.insert(key, self.dense_keys.len());
+            self.dense_keys.push(key);
+            self.dense.extend_from_slice(v);
+        }
+        self.by_doc
+            .entry(entry.chunk.doc_id.clone())
+            .or_default()
+            .push(key);
+        self.entries.insert(key, entry);
+    }
+
+    /// Dimension of the stored vectors (None while there are none).
+    fn dim(&self) -> Option<usize> {
+        (!self.dense_keys.is_empty()).then(|| self.dense.len() / self.dense_keys.len())
+    }
+
+    /// Removes a key's vector by moving the last row into its place.
+    fn remove_vector(&mut self, key: u64) {
+        let (Some(row), Some(dim)) = (self.dense_rows.remove(&key), self.dim()) else {
+            return;
+        };
+        let last = self.dense_keys.len() - 1;
+        if row != last {
+            let moved = self.dense_keys[last];
+            self.dense_keys[row] = moved;
+            self.dense
+                .copy_within(last * dim..(last + 1) * dim, row * dim);
+            self.dense_rows.insert(moved, row);
+        }
+        self.dense_keys.pop();
+        self.dense.truncate(last * dim);
     }
 
     fn remove_doc(&mut self, doc_id: &str) -> bool {
-        let Some(keys) = self.by_doc.remove(doc_id) else { return false };
+        let Some(keys) = self.by_doc.remove(doc_id) else {
+            return false;
+        };
         for key in keys {
+            self.remove_vector(key);
             if let Some(entry) = self.entries.remove(&key) {
                 for t in &entry.terms {
                     decrement(&mut self.df, t);
@@ -124,18 +161,6 @@ impl State {
             }
         }
         true
-    }
-
-    fn rebuild_dense(&mut self) {
-        let mut keys: Vec<u64> = self.entries.iter().filter(|(_, e)| e.chunk.vector.is_some()).map(|(&k, _)| k).collect();
-        keys.sort_unstable();
-        self.dense.clear();
-        for k in &keys {
-            if let Some(v) = &self.entries[k].chunk.vector {
-                self.dense.extend_from_slice(v);
-            }
-        }
-        self.dense_keys = keys;
     }
 
     /// Inverse document frequency over the chunks (BM25's form, never negative) of a
@@ -196,7 +221,9 @@ impl SearchIndex {
     pub fn with_config(embedder: Option<Arc<Embedder>>, config: SearchConfig) -> Result<Self> {
         let mut builder = Schema::builder();
         let text = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default().set_tokenizer(TOKENIZER_NAME).set_index_option(IndexRecordOption::WithFreqs),
+            TextFieldIndexing::default()
+                .set_tokenizer(TOKENIZER_NAME)
+                .set_index_option(IndexRecordOption::WithFreqs),
         );
         let fields = Fields {
             key: builder.add_u64_field("key", FAST),
@@ -207,8 +234,12 @@ impl SearchIndex {
         };
         let index = Index::create_in_ram(builder.build());
         let analyzer = analyzer(config.cjk_bigrams, config.stem);
-        index.tokenizers().register(TOKENIZER_NAME, analyzer.clone());
-        let writer = index.writer_with_num_threads(1, WRITER_MEMORY).context("creating the index writer")?;
+        index
+            .tokenizers()
+            .register(TOKENIZER_NAME, analyzer.clone());
+        let writer = index
+            .writer_with_num_threads(1, WRITER_MEMORY)
+            .context("creating the index writer")?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -237,7 +268,8 @@ impl SearchIndex {
 
     /// The text a chunk is embedded from: title and heading give the passage its context.
     fn embedding_text(chunk: &Chunk) -> String {
-        let mut s = String::with_capacity(chunk.title.len() + chunk.heading.len() + chunk.text.len() + 4);
+        let mut s =
+            String::with_capacity(chunk.title.len() + chunk.heading.len() + chunk.text.len() + 4);
         for part in [chunk.title.as_str(), chunk.heading.as_str()] {
             if !part.is_empty() {
                 s.push_str(part);
@@ -251,14 +283,25 @@ impl SearchIndex {
     /// Fills in the vector of every chunk that has none, in batches. Without an
     /// embedder (or with dense ranking switched off) this leaves the chunks as they are.
     pub fn embed_chunks(&self, chunks: &mut [Chunk]) -> Result<()> {
-        let Some(embedder) = self.embedder.as_ref().filter(|_| self.config.dense) else { return Ok(()) };
-        let missing: Vec<usize> = (0..chunks.len()).filter(|&i| chunks[i].vector.is_none()).collect();
+        let Some(embedder) = self.embedder.as_ref().filter(|_| self.config.dense) else {
+            return Ok(());
+        };
+        let missing: Vec<usize> = (0..chunks.len())
+            .filter(|&i| chunks[i].vector.is_none())
+            .collect();
         for batch in missing.chunks(EMBED_BATCH) {
-            let texts: Vec<String> = batch.iter().map(|&i| Self::embedding_text(&chunks[i])).collect();
+            let texts: Vec<String> = batch
+                .iter()
+                .map(|&i| Self::embedding_text(&chunks[i]))
+                .collect();
             let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
             let vectors = embedder.embed(&refs).context("embedding chunks")?;
             if vectors.len() != batch.len() {
-                bail!("the embedder returned {} vectors for {} texts", vectors.len(), batch.len());
+                bail!(
+                    "the embedder returned {} vectors for {} texts",
+                    vectors.len(),
+                    batch.len()
+                );
             }
             for (&i, v) in batch.iter().zip(vectors) {
                 chunks[i].vector = Some(v);
@@ -272,13 +315,32 @@ impl SearchIndex {
     /// a vector are embedded here when the index has an embedder.
     pub fn add_chunks(&self, mut chunks: Vec<Chunk>) -> Result<()> {
         self.embed_chunks(&mut chunks)?;
-        if let Some(embedder) = self.embedder.as_ref().filter(|_| self.config.dense) {
-            if let Some(bad) = chunks.iter().find(|c| c.vector.as_ref().is_some_and(|v| v.len() != embedder.dim())) {
-                bail!("chunk {} has a vector of dimension {}, expected {}", bad.id, bad.vector.as_ref().map_or(0, Vec::len), embedder.dim());
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| anyhow!("index writer lock poisoned"))?;
+        let mut state = self
+            .state
+            .write()
+            .map_err(|_| anyhow!("index state lock poisoned"))?;
+        let expected = self
+            .embedder
+            .as_ref()
+            .map(|e| e.dim())
+            .or_else(|| state.dim())
+            .or_else(|| chunks.iter().find_map(|c| c.vector.as_ref().map(Vec::len)));
+        if let Some(dim) = expected {
+            if let Some(bad) = chunks
+                .iter()
+                .find(|c| c.vector.as_ref().is_some_and(|v| v.len() != dim))
+            {
+                bail!(
+                    "chunk {} has a vector of dimension {}, expected {dim}",
+                    bad.id,
+                    bad.vector.as_ref().map_or(0, Vec::len)
+                );
             }
         }
-        let mut writer = self.writer.lock().map_err(|_| anyhow!("index writer lock poisoned"))?;
-        let mut state = self.state.write().map_err(|_| anyhow!("index state lock poisoned"))?;
         let doc_ids: HashSet<String> = chunks.iter().map(|c| c.doc_id.clone()).collect();
         for doc_id in &doc_ids {
             writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
@@ -298,7 +360,14 @@ impl SearchIndex {
             let all = format!("{}\n{}\n{}", chunk.title, chunk.heading, chunk.text);
             let terms = distinct_terms(&mut analyzer, &all).into_iter().collect();
             let chars = all.chars().filter(|&c| is_cjk(c)).collect();
-            new_entries.push((key, Entry { chunk, terms, chars }));
+            new_entries.push((
+                key,
+                Entry {
+                    chunk,
+                    terms,
+                    chars,
+                },
+            ));
         }
         writer.commit().context("committing the index")?;
         self.reader.reload().context("reloading the index reader")?;
@@ -308,14 +377,19 @@ impl SearchIndex {
         for (key, entry) in new_entries {
             state.insert(key, entry);
         }
-        state.rebuild_dense();
         Ok(())
     }
 
     /// Removes every chunk of a document. Returns whether the document was indexed.
     pub fn delete_document(&self, doc_id: &str) -> Result<bool> {
-        let mut writer = self.writer.lock().map_err(|_| anyhow!("index writer lock poisoned"))?;
-        let mut state = self.state.write().map_err(|_| anyhow!("index state lock poisoned"))?;
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| anyhow!("index writer lock poisoned"))?;
+        let mut state = self
+            .state
+            .write()
+            .map_err(|_| anyhow!("index state lock poisoned"))?;
         if !state.by_doc.contains_key(doc_id) {
             return Ok(false);
         }
@@ -323,19 +397,27 @@ impl SearchIndex {
         writer.commit().context("committing the index")?;
         self.reader.reload().context("reloading the index reader")?;
         state.remove_doc(doc_id);
-        state.rebuild_dense();
         Ok(true)
     }
 
     /// Removes everything.
     pub fn clear(&self) -> Result<()> {
-        let mut writer = self.writer.lock().map_err(|_| anyhow!("index writer lock poisoned"))?;
-        let mut state = self.state.write().map_err(|_| anyhow!("index state lock poisoned"))?;
+        let mut writer = self
+            .writer
+            .lock()
+            .map_err(|_| anyhow!("index writer lock poisoned"))?;
+        let mut state = self
+            .state
+            .write()
+            .map_err(|_| anyhow!("index state lock poisoned"))?;
         writer.delete_all_documents()?;
         writer.commit().context("committing the index")?;
         self.reader.reload().context("reloading the index reader")?;
         let next_key = state.next_key;
-        *state = State { next_key, ..State::default() };
+        *state = State {
+            next_key,
+            ..State::default()
+        };
         Ok(())
     }
 
@@ -351,7 +433,11 @@ impl SearchIndex {
 
     /// The `k` best passages for a query, one (the best chunk) per document.
     pub fn search(&self, query: &str, k: usize) -> Result<Vec<Passage>> {
-        Ok(self.search_with(query, k, true)?.into_iter().map(|(p, _)| p).collect())
+        Ok(self
+            .search_with(query, k, true)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
     }
 
     /// Like [`search`](Self::search), with the evidence behind each confidence.
@@ -361,33 +447,61 @@ impl SearchIndex {
 
     /// The `k` best chunks for a query, several per document allowed.
     pub fn search_chunks(&self, query: &str, k: usize) -> Result<Vec<Passage>> {
-        Ok(self.search_with(query, k, false)?.into_iter().map(|(p, _)| p).collect())
+        Ok(self
+            .search_with(query, k, false)?
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect())
     }
 
-    fn search_with(&self, query: &str, k: usize, per_document: bool) -> Result<Vec<(Passage, Evidence)>> {
+    fn search_with(
+        &self,
+        query: &str,
+        k: usize,
+        per_document: bool,
+    ) -> Result<Vec<(Passage, Evidence)>> {
         if k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
         let mut analyzer = self.analyzer.clone();
         let query_terms = distinct_terms(&mut analyzer, query);
-        let mut query_chars: Vec<char> = query_terms.iter().flat_map(|t| t.chars()).filter(|&c| is_cjk(c)).collect();
+        let mut query_chars: Vec<char> = query_terms
+            .iter()
+            .flat_map(|t| t.chars())
+            .filter(|&c| is_cjk(c))
+            .collect();
         query_chars.sort_unstable();
         query_chars.dedup();
         let language = detect_language(query);
         // Embed before taking the lock: it is the slow part.
         let query_vector = match (&self.embedder, self.config.dense) {
-            (Some(embedder), true) => embedder.embed(&[query]).context("embedding the query")?.pop(),
+            (Some(embedder), true) => embedder
+                .embed(&[query])
+                .context("embedding the query")?
+                .pop(),
             _ => None,
         };
-        let state = self.state.read().map_err(|_| anyhow!("index state lock poisoned"))?;
+        let state = self
+            .state
+            .read()
+            .map_err(|_| anyhow!("index state lock poisoned"))?;
         if state.entries.is_empty() {
             return Ok(Vec::new());
         }
-        let lexical = if self.config.lexical { self.lexical_ranking(&query_terms)? } else { Vec::new() };
+        let lexical = if self.config.lexical {
+            self.lexical_ranking(&query_terms)?
+        } else {
+            Vec::new()
+        };
         let cosines: HashMap<u64, f32> = match &query_vector {
             Some(q) if !state.dense_keys.is_empty() => {
                 let dim = q.len();
-                state.dense_keys.iter().zip(state.dense.chunks_exact(dim)).map(|(&key, v)| (key, dot(q, v))).collect()
+                state
+                    .dense_keys
+                    .iter()
+                    .zip(state.dense.chunks_exact(dim))
+                    .map(|(&key, v)| (key, dot(q, v)))
+                    .collect()
             }
             _ => HashMap::new(),
         };
@@ -432,10 +546,17 @@ impl SearchIndex {
                 }
             }
         }
-        let mut ranked: Vec<(u64, f32)> = fused.into_iter().filter(|(key, _)| state.entries.contains_key(key)).collect();
+        let mut ranked: Vec<(u64, f32)> = fused
+            .into_iter()
+            .filter(|(key, _)| state.entries.contains_key(key))
+            .collect();
         // ties (chunks found by only one ranking with weight 0) go by cosine
         let cosine_of = |key: &u64| cosines.get(key).copied().unwrap_or(f32::NEG_INFINITY);
-        ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(cosine_of(&b.0).total_cmp(&cosine_of(&a.0))).then(a.0.cmp(&b.0)));
+        ranked.sort_by(|a, b| {
+            b.1.total_cmp(&a.1)
+                .then(cosine_of(&b.0).total_cmp(&cosine_of(&a.0)))
+                .then(a.0.cmp(&b.0))
+        });
         let mut seen_docs: HashSet<&str> = HashSet::new();
         let mut out = Vec::with_capacity(k);
         for (key, score) in ranked {
@@ -445,8 +566,16 @@ impl SearchIndex {
             }
             let evidence = Evidence {
                 cosine: cosines.get(&key).copied(),
-                coverage: weighted_share(&query_terms, |t| entry.terms.contains(t), |t| state.idf(state.df.get(t).copied().unwrap_or(0))),
-                char_coverage: weighted_share(&query_chars, |c| entry.chars.contains(c), |c| state.idf(state.char_df.get(c).copied().unwrap_or(0))),
+                coverage: weighted_share(
+                    &query_terms,
+                    |t| entry.terms.contains(t),
+                    |t| state.idf(state.df.get(t).copied().unwrap_or(0)),
+                ),
+                char_coverage: weighted_share(
+                    &query_chars,
+                    |c| entry.chars.contains(c),
+                    |c| state.idf(state.char_df.get(c).copied().unwrap_or(0)),
+                ),
                 chinese: language == Language::Zh,
             };
             let passage = Passage {
@@ -480,21 +609,32 @@ impl SearchIndex {
                 if boost <= 0.0 {
                     continue;
                 }
-                let q: Box<dyn Query> = Box::new(TermQuery::new(Term::from_field_text(field, t), IndexRecordOption::WithFreqs));
-                let q = if boost == 1.0 { q } else { Box::new(BoostQuery::new(q, boost)) };
+                let q: Box<dyn Query> = Box::new(TermQuery::new(
+                    Term::from_field_text(field, t),
+                    IndexRecordOption::WithFreqs,
+                ));
+                let q = if boost == 1.0 {
+                    q
+                } else {
+                    Box::new(BoostQuery::new(q, boost))
+                };
                 clauses.push((Occur::Should, q));
             }
         }
         let searcher = self.reader.searcher();
-        let top = searcher.search(&BooleanQuery::new(clauses), &TopDocs::with_limit(self.config.candidates))?;
+        let top = searcher.search(
+            &BooleanQuery::new(clauses),
+            &TopDocs::with_limit(self.config.candidates),
+        )?;
+        let columns = searcher
+            .segment_readers()
+            .iter()
+            .map(|r| r.fast_fields().u64("key"))
+            .collect::<tantivy::Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(top.len());
-        let mut columns = HashMap::new();
         for (score, address) in top {
-            if !columns.contains_key(&address.segment_ord) {
-                let column = searcher.segment_reader(address.segment_ord).fast_fields().u64("key")?;
-                columns.insert(address.segment_ord, column);
-            }
-            if let Some(key) = columns[&address.segment_ord].first(address.doc_id) {
+            let column = &columns[address.segment_ord as usize];
+            if let Some(key) = column.first(address.doc_id) {
                 out.push((key, score));
             }
         }
@@ -518,5 +658,80 @@ fn weighted_share<T>(units: &[T], found: impl Fn(&T) -> bool, idf: impl Fn(&T) -
         hit / total
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(doc_id: &str, n: usize, vector: Option<Vec<f32>>) -> Entry {
+        Entry {
+            chunk: Chunk {
+                id: format!("{doc_id}#{n}"),
+                doc_id: doc_id.into(),
+                title: String::new(),
+                heading: String::new(),
+                text: String::new(),
+                vector,
+            },
+            terms: [format!("t{n}"), "shared".to_string()]
+                .into_iter()
+                .collect(),
+            chars: HashSet::new(),
+        }
+    }
+
+    #[test]
+    fn removing_a_document_keeps_vectors_and_counts_consistent() {
+        let mut state = State::default();
+        state.insert(0, entry("a", 0, Some(vec![1.0, 0.0])));
+        state.insert(1, entry("b", 1, Some(vec![0.0, 1.0])));
+        state.insert(2, entry("b", 2, None));
+        state.insert(3, entry("c", 3, Some(vec![0.5, 0.5])));
+        assert_eq!(state.dim(), Some(2));
+        assert_eq!(state.df["shared"], 4);
+        assert!(state.remove_doc("b"));
+        assert!(!state.remove_doc("b"));
+        assert_eq!(state.df["shared"], 2);
+        assert!(!state.df.contains_key("t1"));
+        assert_eq!(state.dense_keys.len(), 2);
+        for (row, key) in state.dense_keys.iter().enumerate() {
+            assert_eq!(state.dense_rows[key], row);
+            let stored = state.entries[key]
+                .chunk
+                .vector
+                .as_deref()
+                .unwrap_or_default();
+            assert_eq!(&state.dense[row * 2..row * 2 + 2], stored);
+        }
+        state.remove_doc("a");
+        state.remove_doc("c");
+        assert!(state.dense.is_empty() && state.dense_rows.is_empty() && state.df.is_empty());
+        assert_eq!(state.dim(), None);
+    }
+
+    #[test]
+    fn the_index_is_shareable_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<SearchIndex>();
+    }
+
+    #[test]
+    fn vectors_of_another_dimension_are_refused() {
+        let index = SearchIndex::new(None).expect("index");
+        let chunk = |id: &str, v: Vec<f32>| Chunk {
+            id: format!("{id}#0"),
+            doc_id: id.into(),
+            title: "T".into(),
+            heading: String::new(),
+            text: "some text".into(),
+            vector: Some(v),
+        };
+        index
+            .add_chunks(vec![chunk("a", vec![1.0, 0.0, 0.0])])
+            .expect("first vector sets the dimension");
+        assert!(index.add_chunks(vec![chunk("b", vec![1.0, 0.0])]).is_err());
+        assert_eq!(index.document_count(), 1);
     }
 }

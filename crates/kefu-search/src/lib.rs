@@ -54,7 +54,11 @@ impl Document {
             .map(|t| t.trim().trim_end_matches('#').trim().to_string())
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| id.to_string());
-        Self { id: id.to_string(), title, text: text.to_string() }
+        Self {
+            id: id.to_string(),
+            title,
+            text: text.to_string(),
+        }
     }
 }
 

@@ -34,13 +34,14 @@ fn is_cjk_or_punct(c: char) -> bool {
 /// Whether two pieces of text are joined without a space: Chinese text (and its
 /// punctuation) on both sides of the join.
 pub(crate) fn joins_without_space(before: &str, after: &str) -> bool {
-    before.chars().last().is_some_and(is_cjk_or_punct) && after.chars().next().is_some_and(is_cjk_or_punct)
+    before.chars().last().is_some_and(is_cjk_or_punct)
+        && after.chars().next().is_some_and(is_cjk_or_punct)
 }
 
 /// Abbreviations after which a period does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
-    "e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "st", "no", "approx", "incl", "min",
-    "max", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+    "e.g", "i.e", "etc", "vs", "mr", "mrs", "ms", "dr", "st", "no", "approx", "incl", "min", "max",
+    "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
 ];
 
 fn ends_with_abbreviation(before: &str) -> bool {
@@ -50,7 +51,8 @@ fn ends_with_abbreviation(before: &str) -> bool {
         .unwrap_or("")
         .trim_end_matches('.')
         .to_lowercase();
-    ABBREVIATIONS.contains(&last.as_str()) || (last.chars().count() == 1 && last.chars().all(|c| c.is_alphabetic()))
+    ABBREVIATIONS.contains(&last.as_str())
+        || (last.chars().count() == 1 && last.chars().all(|c| c.is_alphabetic()))
 }
 
 /// Splits text into sentences. Line breaks always end a sentence (list items, table
@@ -59,7 +61,10 @@ fn ends_with_abbreviation(before: &str) -> bool {
 /// stay with their sentence. Returned sentences are trimmed, non-empty substrings
 /// of the input.
 pub(crate) fn split_sentences(text: &str) -> Vec<&str> {
-    split_sentences_by_line(text).into_iter().map(|(_, s)| s).collect()
+    split_sentences_by_line(text)
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect()
 }
 
 /// Like [`split_sentences`], with the index of the line each sentence is on.
@@ -96,7 +101,10 @@ fn split_line<'a>(line: &'a str, out: &mut Vec<&'a str>) {
         if boundary {
             // keep following terminators and closing quotes/brackets with this sentence
             let mut j = i + 1;
-            while j < chars.len() && (is_closing(chars[j].1) || matches!(chars[j].1, '。' | '！' | '？' | '!' | '?' | '.')) {
+            while j < chars.len()
+                && (is_closing(chars[j].1)
+                    || matches!(chars[j].1, '。' | '！' | '？' | '!' | '?' | '.'))
+            {
                 j += 1;
             }
             let end = chars.get(j).map_or(line.len(), |&(p, _)| p);
@@ -111,7 +119,10 @@ fn split_line<'a>(line: &'a str, out: &mut Vec<&'a str>) {
 }
 
 fn is_closing(c: char) -> bool {
-    matches!(c, '"' | '\'' | ')' | ']' | '”' | '’' | '）' | '」' | '』' | '》' | '】')
+    matches!(
+        c,
+        '"' | '\'' | ')' | ']' | '”' | '’' | '）' | '」' | '』' | '》' | '】'
+    )
 }
 
 fn push_trimmed<'a>(s: &'a str, out: &mut Vec<&'a str>) {
@@ -134,11 +145,30 @@ mod tests {
 
     #[test]
     fn splits_english_and_chinese() {
-        let s = split_sentences("The Pro plan costs $29.50 per month. E.g. billed yearly it is cheaper! Ask us.");
-        assert_eq!(s, vec!["The Pro plan costs $29.50 per month.", "E.g. billed yearly it is cheaper!", "Ask us."]);
+        let s = split_sentences(
+            "The Pro plan costs $29.50 per month. E.g. billed yearly it is cheaper! Ask us.",
+        );
+        assert_eq!(
+            s,
+            vec![
+                "The Pro plan costs $29.50 per month.",
+                "E.g. billed yearly it is cheaper!",
+                "Ask us."
+            ]
+        );
         let z = split_sentences("退款将在3个工作日内到账。如有问题，请联系客服！谢谢");
-        assert_eq!(z, vec!["退款将在3个工作日内到账。", "如有问题，请联系客服！", "谢谢"]);
+        assert_eq!(
+            z,
+            vec![
+                "退款将在3个工作日内到账。",
+                "如有问题，请联系客服！",
+                "谢谢"
+            ]
+        );
         let l = split_sentences("Steps:\n1. Open Settings\n2. Click \"Billing\".");
-        assert_eq!(l, vec!["Steps:", "1. Open Settings", "2. Click \"Billing\"."]);
+        assert_eq!(
+            l,
+            vec!["Steps:", "1. Open Settings", "2. Click \"Billing\"."]
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::sync::{Arc, OnceLock};
 
 use kefu_nlp::embed::Embedder;
 use kefu_search::eval::{evaluate, ingest, load_documents, load_markdown_dir, load_queries};
-use kefu_search::{chunk_document, compose_answer, Document, SearchConfig, SearchIndex, CONFIDENCE_THRESHOLD};
+use kefu_search::{
+    chunk_document, compose_answer, Document, SearchConfig, SearchIndex, CONFIDENCE_THRESHOLD,
+};
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -18,18 +20,31 @@ fn embedder() -> Option<Arc<Embedder>> {
     static EMBEDDER: OnceLock<Option<Arc<Embedder>>> = OnceLock::new();
     EMBEDDER
         .get_or_init(|| {
-            let dir = std::env::var_os("KEFU_MODELS_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("models"));
-            if !dir.join("all-MiniLM-L6-v2/model.safetensors").is_file() && std::env::var_os("CI").is_none() {
-                eprintln!("skipping: no model in {} (run `make models`)", dir.display());
+            let dir = std::env::var_os("KEFU_MODELS_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| workspace().join("models"));
+            if !dir.join("all-MiniLM-L6-v2/model.safetensors").is_file()
+                && std::env::var_os("CI").is_none()
+            {
+                eprintln!(
+                    "skipping: no model in {} (run `make models`)",
+                    dir.display()
+                );
                 return None;
             }
-            Some(Arc::new(Embedder::from_models_dir(&dir).expect("loading the embedding model")))
+            Some(Arc::new(
+                Embedder::from_models_dir(&dir).expect("loading the embedding model"),
+            ))
         })
         .clone()
 }
 
 fn doc(id: &str, title: &str, text: &str) -> Document {
-    Document { id: id.into(), title: title.into(), text: text.into() }
+    Document {
+        id: id.into(),
+        title: title.into(),
+        text: text.into(),
+    }
 }
 
 fn fixtures() -> Vec<Document> {
@@ -74,9 +89,17 @@ fn lexical_index(docs: &[Document]) -> SearchIndex {
 #[test]
 fn bm25_finds_the_chinese_document_for_a_chinese_query() {
     let index = lexical_index(&fixtures());
-    for (query, expected) in [("退款多久能到账", "refunds.zh"), ("快递几天能送到", "shipping.zh"), ("信用卡退款要几天", "refunds.zh")] {
+    for (query, expected) in [
+        ("退款多久能到账", "refunds.zh"),
+        ("快递几天能送到", "shipping.zh"),
+        ("信用卡退款要几天", "refunds.zh"),
+    ] {
         let found = index.search(query, 3).expect("search");
-        assert_eq!(found.first().map(|p| p.doc_id.as_str()), Some(expected), "{query}: {found:?}");
+        assert_eq!(
+            found.first().map(|p| p.doc_id.as_str()),
+            Some(expected),
+            "{query}: {found:?}"
+        );
     }
     // the best chunk of the document is the one about the question
     let found = index.search("退款多久能到账", 1).expect("search");
@@ -86,15 +109,25 @@ fn bm25_finds_the_chinese_document_for_a_chinese_query() {
 #[test]
 fn results_are_one_per_document_unless_chunks_are_asked_for() {
     let index = lexical_index(&fixtures());
-    let docs = index.search("refund refunded business days", 10).expect("search");
+    let docs = index
+        .search("refund refunded business days", 10)
+        .expect("search");
     let mut ids: Vec<&str> = docs.iter().map(|p| p.doc_id.as_str()).collect();
     let n = ids.len();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), n, "one passage per document");
-    let chunks = index.search_chunks("refund refunded business days", 10).expect("search");
-    assert!(chunks.iter().filter(|p| p.doc_id == "refunds.en").count() >= 2, "{chunks:?}");
-    assert!(chunks.windows(2).all(|w| w[0].score >= w[1].score), "sorted by score");
+    let chunks = index
+        .search_chunks("refund refunded business days", 10)
+        .expect("search");
+    assert!(
+        chunks.iter().filter(|p| p.doc_id == "refunds.en").count() >= 2,
+        "{chunks:?}"
+    );
+    assert!(
+        chunks.windows(2).all(|w| w[0].score >= w[1].score),
+        "sorted by score"
+    );
 }
 
 #[test]
@@ -103,29 +136,52 @@ fn delete_and_replace_documents() {
     let index = lexical_index(&docs);
     let chunks_before = index.chunk_count();
     assert_eq!(index.document_count(), 5);
-    assert_eq!(chunks_before, docs.iter().map(|d| chunk_document(d).len()).sum::<usize>());
+    assert_eq!(
+        chunks_before,
+        docs.iter().map(|d| chunk_document(d).len()).sum::<usize>()
+    );
 
     // replace: the new text is found, the old text is gone, nothing is duplicated
-    let new = doc("password.en", "Passwords", "Passwords are reset from the account page by the team administrator.");
+    let new = doc(
+        "password.en",
+        "Passwords",
+        "Passwords are reset from the account page by the team administrator.",
+    );
     index.add_chunks(chunk_document(&new)).expect("replace");
     assert_eq!(index.document_count(), 5);
     assert_eq!(index.chunk_count(), chunks_before);
     let found = index.search_chunks("administrator", 10).expect("search");
-    assert_eq!(found.iter().map(|p| p.doc_id.as_str()).collect::<Vec<_>>(), vec!["password.en"]);
-    assert!(index.search("spam folder", 10).expect("search").iter().all(|p| p.doc_id != "password.en"));
+    assert_eq!(
+        found.iter().map(|p| p.doc_id.as_str()).collect::<Vec<_>>(),
+        vec!["password.en"]
+    );
+    assert!(index
+        .search("spam folder", 10)
+        .expect("search")
+        .iter()
+        .all(|p| p.doc_id != "password.en"));
 
     // delete
     assert!(index.delete_document("shipping.en").expect("delete"));
     assert!(!index.delete_document("shipping.en").expect("delete twice"));
     assert_eq!(index.document_count(), 4);
-    assert!(index.search("express delivery warehouse", 10).expect("search").iter().all(|p| p.doc_id != "shipping.en"));
+    assert!(index
+        .search("express delivery warehouse", 10)
+        .expect("search")
+        .iter()
+        .all(|p| p.doc_id != "shipping.en"));
 
     index.clear().expect("clear");
     assert_eq!((index.document_count(), index.chunk_count()), (0, 0));
     assert!(index.search("refund", 5).expect("search").is_empty());
     // usable after clearing
-    index.add_chunks(chunk_document(&docs[0])).expect("add after clear");
-    assert_eq!(index.search("refund", 5).expect("search")[0].doc_id, "refunds.en");
+    index
+        .add_chunks(chunk_document(&docs[0]))
+        .expect("add after clear");
+    assert_eq!(
+        index.search("refund", 5).expect("search")[0].doc_id,
+        "refunds.en"
+    );
 }
 
 #[test]
@@ -142,32 +198,50 @@ fn hybrid_ranks_the_relevant_document_first_for_a_paraphrase() {
     // no shared content word with the password article: only the embeddings connect them
     let query = "I can't remember how to get into my profile";
     let lexical = lexical_index(&fixtures());
-    assert!(lexical.search(query, 3).expect("search").iter().all(|p| p.doc_id != "password.en"));
+    assert!(lexical
+        .search(query, 3)
+        .expect("search")
+        .iter()
+        .all(|p| p.doc_id != "password.en"));
 
     let index = SearchIndex::new(Some(embedder)).expect("index");
     let mut chunks: Vec<_> = fixtures().iter().flat_map(chunk_document).collect();
     index.embed_chunks(&mut chunks).expect("embed");
-    assert!(chunks.iter().all(|c| c.vector.as_ref().is_some_and(|v| v.len() == 384)));
+    assert!(chunks
+        .iter()
+        .all(|c| c.vector.as_ref().is_some_and(|v| v.len() == 384)));
     index.add_chunks(chunks).expect("add");
     let found = index.search(query, 3).expect("search");
     assert_eq!(found[0].doc_id, "password.en", "{found:?}");
-    let found = index.search("when will my money be back on my card", 3).expect("search");
+    let found = index
+        .search("when will my money be back on my card", 3)
+        .expect("search");
     assert_eq!(found[0].doc_id, "refunds.en", "{found:?}");
 }
 
 fn demo_index(embedder: Arc<Embedder>) -> SearchIndex {
     let index = SearchIndex::new(Some(embedder)).expect("index");
-    ingest(&index, &load_markdown_dir(&workspace().join("tenants/demo/docs")).expect("demo docs")).expect("ingest");
+    ingest(
+        &index,
+        &load_markdown_dir(&workspace().join("tenants/demo/docs")).expect("demo docs"),
+    )
+    .expect("ingest");
     index
 }
 
 /// Every sentence of the answer is quoted from one of its sources.
 fn assert_grounded(answer: &kefu_search::Answer) {
     assert!(!answer.text.is_empty());
-    for piece in answer.text.split_inclusive(['.', '。', '!', '?', '！', '？']) {
+    for piece in answer
+        .text
+        .split_inclusive(['.', '。', '!', '?', '！', '？'])
+    {
         let piece = piece.trim();
         if !piece.is_empty() {
-            assert!(answer.sources.iter().any(|s| s.text.contains(piece)), "{piece:?} is in no source");
+            assert!(
+                answer.sources.iter().any(|s| s.text.contains(piece)),
+                "{piece:?} is in no source"
+            );
         }
     }
 }
@@ -181,7 +255,11 @@ fn answers_are_grounded_and_confident_only_when_relevant() {
     let answer = compose_answer("how much is the Pro plan", &passages).expect("an answer");
     assert!(answer.confident, "{passages:?}");
     assert_eq!(answer.sources[0].doc_id, "plans-and-pricing.en");
-    assert!(answer.text.contains("Pro") && answer.text.contains("$18"), "{}", answer.text);
+    assert!(
+        answer.text.contains("Pro") && answer.text.contains("$18"),
+        "{}",
+        answer.text
+    );
     assert_grounded(&answer);
 
     let passages = index.search("专业版一个月多少钱", 3).expect("search");
@@ -190,9 +268,17 @@ fn answers_are_grounded_and_confident_only_when_relevant() {
     assert!(answer.text.contains("专业版"), "{}", answer.text);
     assert_grounded(&answer);
 
-    for off_topic in ["what's the weather on Mars", "今天股票怎么样", "who won the football match last night", "红烧肉怎么做"] {
+    for off_topic in [
+        "what's the weather on Mars",
+        "今天股票怎么样",
+        "who won the football match last night",
+        "红烧肉怎么做",
+    ] {
         let passages = index.search(off_topic, 3).expect("search");
-        assert!(passages.iter().all(|p| p.confidence < CONFIDENCE_THRESHOLD), "{off_topic}: {passages:?}");
+        assert!(
+            passages.iter().all(|p| p.confidence < CONFIDENCE_THRESHOLD),
+            "{off_topic}: {passages:?}"
+        );
         if let Some(answer) = compose_answer(off_topic, &passages) {
             assert!(!answer.confident, "{off_topic}");
         }
@@ -204,13 +290,31 @@ fn hybrid_retrieval_meets_the_target_on_the_evaluation_set() {
     let Some(embedder) = embedder() else { return };
     let dir = workspace().join("eval/retrieval");
     let index = SearchIndex::new(Some(embedder.clone())).expect("index");
-    ingest(&index, &load_documents(&dir.join("docs.jsonl")).expect("docs")).expect("ingest");
+    ingest(
+        &index,
+        &load_documents(&dir.join("docs.jsonl")).expect("docs"),
+    )
+    .expect("ingest");
     let queries = load_queries(&dir.join("queries.csv")).expect("queries");
     let hybrid = evaluate(&index, &queries).expect("evaluate");
     assert!(hybrid.mrr_at_10 >= 0.85, "{hybrid}");
 
-    let lexical = SearchIndex::with_config(None, SearchConfig { dense: false, ..SearchConfig::default() }).expect("index");
-    ingest(&lexical, &load_documents(&dir.join("docs.jsonl")).expect("docs")).expect("ingest");
+    let lexical = SearchIndex::with_config(
+        None,
+        SearchConfig {
+            dense: false,
+            ..SearchConfig::default()
+        },
+    )
+    .expect("index");
+    ingest(
+        &lexical,
+        &load_documents(&dir.join("docs.jsonl")).expect("docs"),
+    )
+    .expect("ingest");
     let bm25 = evaluate(&lexical, &queries).expect("evaluate");
-    assert!(hybrid.mrr_at_10 > bm25.mrr_at_10 + 0.05, "hybrid {hybrid} vs BM25 {bm25}");
+    assert!(
+        hybrid.mrr_at_10 > bm25.mrr_at_10 + 0.05,
+        "hybrid {hybrid} vs BM25 {bm25}"
+    );
 }
