@@ -16,9 +16,10 @@ use sha2::{Digest, Sha256};
 use crate::embed::{dot, Embedder};
 use crate::features::{FeatureConfig, SparseRow, Vectorizer};
 use crate::linear::{self, softmax, Data, Linear, TrainOptions};
+use crate::text::{detect_language, Language};
 
 /// Changes whenever training or the stored format changes, so cached models are rebuilt.
-pub const MODEL_VERSION: &str = "kefu-intent-3";
+pub const MODEL_VERSION: &str = "kefu-intent-4";
 
 /// Hyper-parameters of [`IntentModel::train_with_config`]. The defaults were chosen on a
 /// held-out validation split of Banking77 (see `eval/split.py`).
@@ -35,6 +36,9 @@ pub struct TrainConfig {
     pub word_weight: f32,
     pub char_weight: f32,
     pub dense_weight: f32,
+    /// Factor on the embedding weight for Chinese messages (the encoder is English-only,
+    /// so its view of Chinese text is mostly noise).
+    pub zh_dense_factor: f32,
     /// Inverse regularisation strength (as `C` of scikit-learn's LogisticRegression).
     pub c: f32,
     pub max_iter: usize,
@@ -54,6 +58,7 @@ impl Default for TrainConfig {
             word_weight: 1.0,
             char_weight: 1.0,
             dense_weight: 1.5,
+            zh_dense_factor: 0.3,
             c: 20.0,
             max_iter: 50,
             holdout: 0.2,
@@ -84,6 +89,7 @@ pub struct IntentModel {
     linear: Linear,
     /// Weight applied to the embedding before the linear layer; 0 when trained without.
     dense_weight: f32,
+    zh_dense_factor: f32,
     temperature: f32,
     min_confidence: f32,
     /// Cosine similarity to the nearest training example below which a message is out of scope.
@@ -177,8 +183,15 @@ impl IntentModel {
             texts.par_iter().map(|t| vectorizer.transform(t)).collect()
         };
         let dense_weight = if embeddings.is_some() { config.dense_weight } else { 0.0 };
-        let dense: Option<Vec<Vec<f32>>> = embeddings
-            .map(|e| e.iter().map(|v| v.iter().map(|x| x * dense_weight).collect()).collect());
+        let dense: Option<Vec<Vec<f32>>> = embeddings.map(|e| {
+            e.iter()
+                .zip(&texts)
+                .map(|(v, t)| {
+                    let w = dense_weight * language_factor(t, config.zh_dense_factor);
+                    v.iter().map(|x| x * w).collect()
+                })
+                .collect()
+        });
         tracing::info!(
             examples = n,
             intents = labels.len(),
@@ -284,6 +297,7 @@ impl IntentModel {
             vectorizer,
             linear,
             dense_weight,
+            zh_dense_factor: config.zh_dense_factor,
             temperature,
             min_confidence: config.min_confidence,
             min_similarity,
@@ -316,12 +330,13 @@ impl IntentModel {
     /// Calibrated probabilities of every intent, in the order of [`IntentModel::intents`],
     /// from a precomputed embedding (None for models trained without embeddings).
     pub fn distribution(&self, text: &str, embedding: Option<&[f32]>) -> Vec<f32> {
-        self.distribution_of_row(&self.vectorizer.transform(text), embedding)
+        self.distribution_of_row(text, &self.vectorizer.transform(text), embedding)
     }
 
-    fn distribution_of_row(&self, row: &[(u32, f32)], embedding: Option<&[f32]>) -> Vec<f32> {
+    fn distribution_of_row(&self, text: &str, row: &[(u32, f32)], embedding: Option<&[f32]>) -> Vec<f32> {
+        let w = self.dense_weight * language_factor(text, self.zh_dense_factor);
         let dense: Option<Vec<f32>> = match (embedding, self.uses_embeddings()) {
-            (Some(e), true) => Some(e.iter().map(|x| x * self.dense_weight).collect()),
+            (Some(e), true) => Some(e.iter().map(|x| x * w).collect()),
             _ => None,
         };
         let mut z = self.linear.logits(row, dense.as_deref());
@@ -335,7 +350,7 @@ impl IntentModel {
     /// Classifies with a precomputed embedding (None for models trained without embeddings).
     pub fn classify_with_embedding(&self, text: &str, embedding: Option<&[f32]>) -> IntentPrediction {
         let row = self.vectorizer.transform(text);
-        let z = self.distribution_of_row(&row, embedding);
+        let z = self.distribution_of_row(text, &row, embedding);
         let mut order: Vec<usize> = (0..z.len()).collect();
         order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
         let best = order[0];
@@ -398,6 +413,13 @@ impl IntentModel {
 }
 
 const MAGIC: &[u8] = b"KEFUINT1";
+
+fn language_factor(text: &str, zh_factor: f32) -> f32 {
+    match detect_language(text) {
+        Language::Zh => zh_factor,
+        Language::En => 1.0,
+    }
+}
 
 fn argmax(z: &[f32]) -> usize {
     (0..z.len()).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap_or(0)
