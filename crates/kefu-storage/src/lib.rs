@@ -7,6 +7,7 @@ pub mod cache;
 mod content;
 mod db;
 pub mod sessions;
+pub mod testing;
 pub mod tickets;
 
 pub use cache::{fingerprint, Cache, Redis, RedisProbe};

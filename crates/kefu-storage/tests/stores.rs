@@ -2,55 +2,12 @@
 //! at 127.0.0.1:5432 (KEFU_TEST_POSTGRES_URL overrides), each test in its own database.
 use std::sync::Arc;
 
+use kefu_storage::testing::TestDb;
 use kefu_storage::*;
 
-const ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const OPEN: i32 = 1;
 const IN_PROGRESS: i32 = 2;
 const PENDING: i32 = 3;
-
-/// A fresh database, removed again when dropped.
-enum TestDb {
-    Sqlite(tempfile::TempDir),
-    Postgres { admin: String, name: String },
-}
-
-impl TestDb {
-    async fn sqlite() -> (Self, Database) {
-        let dir = tempfile::tempdir().unwrap();
-        let db = Database::connect(&format!("sqlite://{}/kefu.db?mode=rwc", dir.path().display())).await.unwrap();
-        (Self::Sqlite(dir), db)
-    }
-
-    async fn postgres() -> (Self, String) {
-        let admin = std::env::var("KEFU_TEST_POSTGRES_URL").unwrap_or_else(|_| ADMIN_URL.to_owned());
-        let name = format!("kefu_test_{}", uuid::Uuid::new_v4().simple());
-        let server = Database::connect_without_migrating(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL must be running for these tests ({admin}): {e:#}"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(server.pool()).await.unwrap();
-        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        (Self::Postgres { admin, name }, url)
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Self::Postgres { admin, name } = self {
-            let (admin, name) = (admin.clone(), name.clone());
-            std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                runtime.block_on(async {
-                    if let Ok(server) = Database::connect_without_migrating(&admin).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(server.pool()).await;
-                    }
-                });
-            })
-            .join()
-            .unwrap();
-        }
-    }
-}
 
 async fn backends() -> Vec<(TestDb, Database)> {
     let sqlite = TestDb::sqlite().await;
