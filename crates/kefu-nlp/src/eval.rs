@@ -162,11 +162,13 @@ pub struct SentimentConfig {
     pub char_max: usize,
     pub cjk_min: usize,
     pub cjk_max: usize,
+    /// Mark the words after an English negation.
+    pub negation: bool,
 }
 
 impl Default for SentimentConfig {
     fn default() -> Self {
-        Self { c: 4.0, terms: 60_000, seed_weight: 5.0, char_min: 2, char_max: 5, cjk_min: 1, cjk_max: 3 }
+        Self { c: 4.0, terms: 60_000, seed_weight: 5.0, char_min: 2, char_max: 5, cjk_min: 1, cjk_max: 3, negation: true }
     }
 }
 
@@ -207,6 +209,7 @@ pub fn train_sentiment_model(rows: &[(String, String)], config: &SentimentConfig
         word_weight: 1.0,
         char_weight: 1.0,
         min_df: 2,
+        negation: config.negation,
     };
     let mut vectorizer = Vectorizer::fit(&texts, features);
     let full_terms = vectorizer.len();

@@ -27,7 +27,19 @@ pub(crate) struct FeatureConfig {
     pub char_weight: f32,
     /// Terms seen in fewer training texts are dropped.
     pub min_df: u32,
+    /// Also emit negated copies ("not" + word) of the three words after a negation.
+    #[serde(default)]
+    pub negation: bool,
 }
+
+/// English negations that flip the polarity of the words after them.
+fn is_negation(w: &str) -> bool {
+    w.ends_with("n't")
+        || matches!(w, "not" | "no" | "never" | "nothing" | "nobody" | "none" | "nor" | "cannot" | "without" | "hardly")
+}
+
+/// ASCII emoticons, matched in the raw text.
+const EMOTICONS: &[&str] = &[":)", ":-)", ":(", ":-(", ":d", ";)", ";-)", ":/", ":p", ":'(", "<3", ":o", "xd"];
 
 const WORD: u8 = 0;
 const CHAR: u8 = 1;
@@ -54,8 +66,18 @@ fn fnv(seed: u8, parts: &[&[u8]]) -> u64 {
 pub(crate) fn terms(text: &str, cfg: &FeatureConfig) -> Vec<(u64, u8)> {
     let mut out = Vec::new();
     let ws = words(text);
+    let mut negated = 0;
     for (i, w) in ws.iter().enumerate() {
         out.push((fnv(b'w', &[w.as_bytes()]), WORD));
+        if cfg.negation {
+            if negated > 0 {
+                out.push((fnv(b'n', &[w.as_bytes()]), WORD));
+                negated -= 1;
+            }
+            if is_negation(w) {
+                negated = 3;
+            }
+        }
         if cfg.word_ngrams >= 2 {
             if let Some(next) = ws.get(i + 1) {
                 out.push((fnv(b'b', &[w.as_bytes(), next.as_bytes()]), WORD));
@@ -63,6 +85,11 @@ pub(crate) fn terms(text: &str, cfg: &FeatureConfig) -> Vec<(u64, u8)> {
         }
     }
     let norm = normalize(text);
+    for e in EMOTICONS {
+        if norm.contains(e) {
+            out.push((fnv(b'e', &[e.as_bytes()]), WORD));
+        }
+    }
     let mut buf = [0u8; 4];
     for c in norm.chars() {
         if c == '!' || c == '?' || (!c.is_ascii() && !c.is_alphanumeric() && !c.is_whitespace() && is_symbol(c)) {
@@ -223,6 +250,7 @@ mod tests {
             word_weight: 1.0,
             char_weight: 1.0,
             min_df: 1,
+            negation: true,
         }
     }
 
@@ -239,5 +267,9 @@ mod tests {
         assert!(v.transform("zzz qqq").is_empty());
         let zh = v.transform("银行卡丢了");
         assert!(zh.len() >= 5, "{zh:?}");
+        // negation marks the words after it; emoticons are terms
+        let neg = terms("not good :)", &cfg());
+        assert!(neg.contains(&(fnv(b'n', &[b"good"]), WORD)) && neg.contains(&(fnv(b'e', &[b":)"]), WORD)));
+        assert!(!terms("good", &cfg()).contains(&(fnv(b'n', &[b"good"]), WORD)));
     }
 }

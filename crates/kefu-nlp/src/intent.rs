@@ -176,6 +176,7 @@ impl IntentModel {
             word_weight: config.word_weight,
             char_weight: config.char_weight,
             min_df: if n >= 2000 { 2 } else { 1 },
+            negation: false,
         };
         let vectorizer = Vectorizer::fit(&texts, fcfg);
         let rows: Vec<SparseRow> = {

@@ -18,7 +18,7 @@ use crate::linear::{softmax, Linear};
 use crate::text::{detect_language, normalize, Language};
 
 /// Changes whenever the features or the artefact format change.
-pub const SENTIMENT_VERSION: &str = "kefu-sentiment-1";
+pub const SENTIMENT_VERSION: &str = "kefu-sentiment-2";
 const MAGIC: &[u8] = b"KEFUSNT1";
 static BUNDLED: &[u8] = include_bytes!("../assets/sentiment.bin");
 
@@ -101,7 +101,7 @@ pub struct SentimentModel {
 }
 
 /// Probability of the winning polar class from which a message is "very" negative/positive.
-const VERY: f32 = 0.9;
+const VERY: f32 = 0.95;
 
 impl SentimentModel {
     pub(crate) fn new(vectorizer: Vectorizer, linear: Linear) -> Self {
