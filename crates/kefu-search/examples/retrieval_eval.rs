@@ -2,7 +2,7 @@
 //!
 //! cargo run --release -p kefu-search --example retrieval_eval -- \
 //!     [--docs eval/retrieval/docs.jsonl | tenants/demo/docs] [--queries eval/retrieval/queries.csv] [--models models] \
-//!     [--mode hybrid|bm25|dense] [--fusion rrf:60|score] [--dense-en 0.5] [--dense-zh 0.5] [--candidates 50] [--no-stem] [--bigrams] \
+//!     [--mode hybrid|bm25|dense] [--fusion rrf:60|score] [--dense-en 0.5] [--dense-zh 0.5] [--candidates 50] [--no-stem] [--no-bigrams] \
 //!     [--title-boost 1.0] [--heading-boost 1.0] [--misses]
 
 use std::path::PathBuf;
@@ -40,7 +40,7 @@ fn main() -> Result<()> {
             "--dense-zh" => config.dense_weight_zh = value()?.parse()?,
             "--candidates" => config.candidates = value()?.parse()?,
             "--no-stem" => config.stem = false,
-            "--bigrams" => config.cjk_bigrams = true,
+            "--no-bigrams" => config.cjk_bigrams = false,
             "--title-boost" => config.title_boost = value()?.parse()?,
             "--heading-boost" => config.heading_boost = value()?.parse()?,
             "--misses" => misses = true,

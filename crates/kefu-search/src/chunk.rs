@@ -550,6 +550,50 @@ mod tests {
     }
 
     #[test]
+    fn odd_markdown_never_panics_and_loses_no_words() {
+        let odd = [
+            "[",
+            "![",
+            "[a](",
+            "<",
+            "<br",
+            "```",
+            "```\nunclosed",
+            "|",
+            "| a |",
+            "|---|",
+            "#",
+            "##",
+            "####### seven",
+            "1.",
+            "1. ",
+            "- ",
+            "**",
+            "*",
+            "\\",
+            "> ",
+            "———",
+            "---",
+            "* * *",
+            "！？。",
+            "¥",
+            "é́",
+            "👍🏽 ok",
+            "a\u{0}b",
+            "\r\n\r\n",
+            "# T\n## H\n### I\n",
+        ];
+        for text in odd {
+            for c in chunk_document(&doc("odd", "Odd", text)) {
+                assert!(!c.text.trim().is_empty(), "{text:?} gave an empty chunk");
+            }
+        }
+        let text = "Hello [link](http://x) and <b>bold</b> and `code` end.";
+        let chunks = chunk_document(&doc("x", "X", text));
+        assert_eq!(chunks[0].text, "Hello link and bold and code end.");
+    }
+
+    #[test]
     fn code_fences_are_kept_verbatim() {
         let text = "## API\n\nCall it like this:\n\n```\n## not a heading\ncurl -X POST\n```\n";
         let chunks = chunk_document(&doc("api", "API", text));

@@ -190,6 +190,22 @@ fn empty_and_symbol_queries_return_nothing() {
     assert!(index.search("", 5).expect("search").is_empty());
     assert!(index.search("?!", 5).expect("search").is_empty());
     assert!(index.search("refund", 0).expect("search").is_empty());
+    // query syntax means nothing: these are words, never errors
+    for q in [
+        "refund AND (\"card",
+        "title:refund",
+        "*",
+        "refund~2",
+        "-refund",
+        "退款)",
+    ] {
+        index.search(q, 5).expect("search");
+    }
+    let long = "refund card days ".repeat(500);
+    assert_eq!(
+        index.search(&long, 1).expect("search")[0].doc_id,
+        "refunds.en"
+    );
 }
 
 #[test]
