@@ -3,9 +3,11 @@
 //! Customer messages are short (10-40 tokens), and a general GEMM spends most of its time
 //! re-packing the weight matrices for such thin inputs. Here every linear layer is a
 //! register-blocked product against the weights in their stored (out x in) layout, which
-//! needs no packing; each sequence is encoded on its own (no padding), and batches run
-//! sequences in parallel. Weights come from the safetensors file through candle; the
-//! result matches candle-transformers' `BertModel` (checked in the embedding tests).
+//! needs no packing; the weights are kept in half precision (converted to f32 in
+//! registers, F16C), which halves the memory traffic that dominates short inputs; each
+//! sequence is encoded on its own (no padding), and batches run sequences in parallel.
+//! Weights come from the safetensors file through candle; the result matches
+//! candle-transformers' `BertModel` in f32 (cosine > 0.9999, checked in the embedding tests).
 
 use std::path::Path;
 
@@ -14,8 +16,9 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::bert::{Config, HiddenAct};
 
 struct Dense {
-    /// (out x in), row-major
-    w: Vec<f32>,
+    /// (out x in), row-major, as IEEE half-precision bits: half the memory traffic, and the
+    /// whole model fits in a typical L3 cache
+    w: Vec<u16>,
     b: Vec<f32>,
     n_in: usize,
     n_out: usize,
@@ -68,7 +71,7 @@ impl Bert {
         let h = config.hidden_size;
         let i = config.intermediate_size;
         let dense = |name: &str, n_in: usize, n_out: usize| -> Result<Dense> {
-            Ok(Dense { w: get(&format!("{name}.weight"), &[n_out, n_in])?, b: get(&format!("{name}.bias"), &[n_out])?, n_in, n_out })
+            Ok(Dense { w: to_f16(&get(&format!("{name}.weight"), &[n_out, n_in])?), b: get(&format!("{name}.bias"), &[n_out])?, n_in, n_out })
         };
         let norm = |name: &str| -> Result<Norm> {
             Ok(Norm { g: get(&format!("{name}.weight"), &[h])?, b: get(&format!("{name}.bias"), &[h])? })
@@ -187,6 +190,10 @@ impl Bert {
     }
 }
 
+fn to_f16(v: &[f32]) -> Vec<u16> {
+    v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect()
+}
+
 fn layer_norm(x: &mut [f32], norm: &Norm, eps: f32) {
     let h = norm.g.len();
     for row in x.chunks_exact_mut(h) {
@@ -215,8 +222,12 @@ fn gelu(x: f32) -> f32 {
 fn linear(x: &[f32], m: usize, d: &Dense, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if d.n_in % 8 == 0 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // The CPU supports AVX2 and FMA (checked just above), as the kernel requires.
+        if d.n_in % 8 == 0
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            // The CPU supports AVX2, FMA and F16C (checked just above), as the kernel requires.
             linear_tiles(x, m, d, out, avx2::dot4x2);
             return;
         }
@@ -227,7 +238,7 @@ fn linear(x: &[f32], m: usize, d: &Dense, out: &mut [f32]) {
 /// Output features per tile: a tile of weights stays in L2 while all rows pass over it.
 const TILE: usize = 64;
 
-type Kernel = unsafe fn(&[&[f32]; 4], &[f32], &[f32]) -> [f32; 8];
+type Kernel = unsafe fn(&[&[f32]; 4], &[u16], &[u16]) -> [f32; 8];
 
 /// Walks the output in tiles of weight rows, four input rows by two weight rows at a time.
 #[inline(always)]
@@ -264,11 +275,12 @@ fn linear_tiles(x: &[f32], m: usize, d: &Dense, out: &mut [f32], kernel: Kernel)
     }
 }
 
-unsafe fn dot4x2_scalar(x: &[&[f32]; 4], w0: &[f32], w1: &[f32]) -> [f32; 8] {
+unsafe fn dot4x2_scalar(x: &[&[f32]; 4], w0: &[u16], w1: &[u16]) -> [f32; 8] {
+    let f = |w: u16| half::f16::from_bits(w).to_f32();
     let mut s = [0f32; 8];
     for r in 0..4 {
-        s[r] = x[r].iter().zip(w0).map(|(a, b)| a * b).sum();
-        s[4 + r] = x[r].iter().zip(w1).map(|(a, b)| a * b).sum();
+        s[r] = x[r].iter().zip(w0).map(|(a, &b)| a * f(b)).sum();
+        s[4 + r] = x[r].iter().zip(w1).map(|(a, &b)| a * f(b)).sum();
     }
     s
 }
@@ -287,18 +299,18 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// Dot products of four rows with two weight rows; all slices have the same length,
-    /// a multiple of 8.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot4x2(x: &[&[f32]; 4], w0: &[f32], w1: &[f32]) -> [f32; 8] {
+    /// Dot products of four rows with two half-precision weight rows; all slices have the
+    /// same length, a multiple of 8.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot4x2(x: &[&[f32]; 4], w0: &[u16], w1: &[u16]) -> [f32; 8] {
         let k = w0.len();
         let (p0, p1, p2, p3) = (x[0].as_ptr(), x[1].as_ptr(), x[2].as_ptr(), x[3].as_ptr());
         let (q0, q1) = (w0.as_ptr(), w1.as_ptr());
         let mut a = [_mm256_setzero_ps(); 8];
         let mut c = 0;
         while c < k {
-            let v0 = _mm256_loadu_ps(q0.add(c));
-            let v1 = _mm256_loadu_ps(q1.add(c));
+            let v0 = _mm256_cvtph_ps(_mm_loadu_si128(q0.add(c) as *const __m128i));
+            let v1 = _mm256_cvtph_ps(_mm_loadu_si128(q1.add(c) as *const __m128i));
             let x0 = _mm256_loadu_ps(p0.add(c));
             let x1 = _mm256_loadu_ps(p1.add(c));
             let x2 = _mm256_loadu_ps(p2.add(c));
@@ -354,7 +366,9 @@ mod tests {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1).collect();
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.2).collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32).collect();
-        let d = Dense { w: w.clone(), b: b.clone(), n_in: k, n_out: n };
+        let d = Dense { w: to_f16(&w), b: b.clone(), n_in: k, n_out: n };
+        // the weights are stored in half precision
+        let w: Vec<f32> = d.w.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
         let mut out = vec![0f32; m * n];
         linear(&x, m, &d, &mut out);
         for i in 0..m {
