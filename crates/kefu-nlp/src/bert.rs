@@ -121,7 +121,9 @@ impl Bert {
     }
 
     /// Encodes one sequence of token ids; returns the last hidden states (len x hidden).
-    pub fn forward(&self, ids: &[u32]) -> Vec<f32> {
+    /// With `split`, large matrix products are shared out over the rayon pool (for a
+    /// single message; a batch already runs one sequence per thread).
+    pub fn forward(&self, ids: &[u32], split: bool) -> Vec<f32> {
         let h = self.hidden;
         let n = ids.len().min(self.max_positions);
         let mut x = vec![0f32; n * h];
@@ -142,7 +144,7 @@ impl Bert {
         let dh = h / self.heads;
         let scale = 1.0 / (dh as f32).sqrt();
         for layer in &self.layers {
-            linear(&x, n, &layer.qkv, &mut qkv);
+            linear_split(&x, n, &layer.qkv, &mut qkv, split);
             for head in 0..self.heads {
                 let off = head * dh;
                 for i in 0..n {
@@ -150,7 +152,7 @@ impl Bert {
                     let mut max = f32::NEG_INFINITY;
                     for (j, s) in scores.iter_mut().enumerate() {
                         let k = &qkv[j * 3 * h + h + off..j * 3 * h + h + off + dh];
-                        *s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                        *s = dot_lanes(q, k) * scale;
                         max = max.max(*s);
                     }
                     let mut sum = 0.0;
@@ -169,17 +171,17 @@ impl Bert {
                     }
                 }
             }
-            linear(&ctx, n, &layer.attn_out, &mut tmp);
+            linear_split(&ctx, n, &layer.attn_out, &mut tmp, split);
             for (t, xv) in tmp.iter_mut().zip(&x) {
                 *t += xv;
             }
             layer_norm(&mut tmp, &layer.ln1, self.eps);
             std::mem::swap(&mut x, &mut tmp); // x = attention output
-            linear(&x, n, &layer.inter, &mut inter);
+            linear_split(&x, n, &layer.inter, &mut inter, split);
             for v in inter.iter_mut() {
                 *v = gelu(*v);
             }
-            linear(&inter, n, &layer.out, &mut tmp);
+            linear_split(&inter, n, &layer.out, &mut tmp, split);
             for (t, xv) in tmp.iter_mut().zip(&x) {
                 *t += xv;
             }
@@ -188,6 +190,20 @@ impl Bert {
         }
         x
     }
+}
+
+/// Dot product in eight independent lanes, so that the compiler can vectorise it.
+#[inline(always)]
+fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 fn to_f16(v: &[f32]) -> Vec<u16> {
@@ -218,6 +234,23 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf)
 }
 
+/// Multiply-adds from which a product is worth splitting over threads.
+const SPLIT_WORK: usize = 1 << 21;
+
+/// [`linear`], with the rows shared out over the rayon pool when `split` and large enough.
+fn linear_split(x: &[f32], m: usize, d: &Dense, out: &mut [f32], split: bool) {
+    let threads = rayon::current_num_threads();
+    if !split || threads < 2 || m < 8 || m * d.n_in * d.n_out < SPLIT_WORK {
+        return linear(x, m, d, out);
+    }
+    use rayon::prelude::*;
+    let rows = m.div_ceil(threads).div_ceil(4) * 4;
+    out[..m * d.n_out]
+        .par_chunks_mut(rows * d.n_out)
+        .zip(x[..m * d.n_in].par_chunks(rows * d.n_in))
+        .for_each(|(o, xs)| linear(xs, xs.len() / d.n_in, d, o));
+}
+
 /// out (m x n_out) = x (m x n_in) · Wᵀ + b
 fn linear(x: &[f32], m: usize, d: &Dense, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -228,19 +261,22 @@ fn linear(x: &[f32], m: usize, d: &Dense, out: &mut [f32]) {
             && is_x86_feature_detected!("f16c")
         {
             // The CPU supports AVX2, FMA and F16C (checked just above), as the kernel requires.
-            linear_tiles(x, m, d, out, avx2::dot4x2);
+            linear_tiles(x, m, d, out, avx2::dot);
             return;
         }
     }
-    linear_tiles(x, m, d, out, dot4x2_scalar)
+    linear_tiles(x, m, d, out, dot_scalar)
 }
 
 /// Output features per tile: a tile of weights stays in L2 while all rows pass over it.
 const TILE: usize = 64;
 
-type Kernel = unsafe fn(&[&[f32]; 4], &[u16], &[u16]) -> [f32; 8];
+/// Weight rows handled together by a kernel call.
+const COLS: usize = 3;
 
-/// Walks the output in tiles of weight rows, four input rows by two weight rows at a time.
+type Kernel = unsafe fn(&[&[f32]; 4], &[&[u16]; COLS]) -> [[f32; 4]; COLS];
+
+/// Walks the output in tiles of weight rows, four input rows by three weight rows at a time.
 #[inline(always)]
 fn linear_tiles(x: &[f32], m: usize, d: &Dense, out: &mut [f32], kernel: Kernel) {
     let (k, n) = (d.n_in, d.n_out);
@@ -256,16 +292,17 @@ fn linear_tiles(x: &[f32], m: usize, d: &Dense, out: &mut [f32], kernel: Kernel)
             });
             let mut j = tile;
             while j < tile_end {
-                let cols = (tile_end - j).min(2);
-                let w0 = &d.w[j * k..(j + 1) * k];
-                let w1 = &d.w[(j + cols - 1) * k..(j + cols) * k];
+                let cols = (tile_end - j).min(COLS);
+                let wr: [&[u16]; COLS] = std::array::from_fn(|c| {
+                    let cj = j + c.min(cols - 1);
+                    &d.w[cj * k..(cj + 1) * k]
+                });
                 // SAFETY: every slice has length k; the AVX2 kernel is only passed in when
                 // the CPU supports it, and it reads k elements (k % 8 == 0) of each slice.
-                let s = unsafe { kernel(&xr, w0, w1) };
-                for r in 0..rows {
-                    out[(i + r) * n + j] = s[r] + d.b[j];
-                    if cols == 2 {
-                        out[(i + r) * n + j + 1] = s[4 + r] + d.b[j + 1];
+                let s = unsafe { kernel(&xr, &wr) };
+                for (c, sc) in s.iter().enumerate().take(cols) {
+                    for (r, v) in sc.iter().enumerate().take(rows) {
+                        out[(i + r) * n + j + c] = v + d.b[j + c];
                     }
                 }
                 j += cols;
@@ -275,18 +312,14 @@ fn linear_tiles(x: &[f32], m: usize, d: &Dense, out: &mut [f32], kernel: Kernel)
     }
 }
 
-unsafe fn dot4x2_scalar(x: &[&[f32]; 4], w0: &[u16], w1: &[u16]) -> [f32; 8] {
+unsafe fn dot_scalar(x: &[&[f32]; 4], w: &[&[u16]; COLS]) -> [[f32; 4]; COLS] {
     let f = |w: u16| half::f16::from_bits(w).to_f32();
-    let mut s = [0f32; 8];
-    for r in 0..4 {
-        s[r] = x[r].iter().zip(w0).map(|(a, &b)| a * f(b)).sum();
-        s[4 + r] = x[r].iter().zip(w1).map(|(a, &b)| a * f(b)).sum();
-    }
-    s
+    std::array::from_fn(|c| std::array::from_fn(|r| x[r].iter().zip(w[c]).map(|(a, &b)| a * f(b)).sum()))
 }
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
+    use super::COLS;
     use std::arch::x86_64::*;
 
     #[target_feature(enable = "avx2,fma")]
@@ -299,35 +332,34 @@ mod avx2 {
         _mm_cvtss_f32(s)
     }
 
-    /// Dot products of four rows with two half-precision weight rows; all slices have the
-    /// same length, a multiple of 8.
+    /// Dot products of four rows with three half-precision weight rows; all slices have
+    /// the same length, a multiple of 8.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot4x2(x: &[&[f32]; 4], w0: &[u16], w1: &[u16]) -> [f32; 8] {
-        let k = w0.len();
-        let (p0, p1, p2, p3) = (x[0].as_ptr(), x[1].as_ptr(), x[2].as_ptr(), x[3].as_ptr());
-        let (q0, q1) = (w0.as_ptr(), w1.as_ptr());
-        let mut a = [_mm256_setzero_ps(); 8];
+    pub(super) unsafe fn dot(x: &[&[f32]; 4], w: &[&[u16]; COLS]) -> [[f32; 4]; COLS] {
+        let k = w[0].len();
+        let p = [x[0].as_ptr(), x[1].as_ptr(), x[2].as_ptr(), x[3].as_ptr()];
+        let q = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr()];
+        let mut a = [[_mm256_setzero_ps(); 4]; COLS];
         let mut c = 0;
         while c < k {
-            let v0 = _mm256_cvtph_ps(_mm_loadu_si128(q0.add(c) as *const __m128i));
-            let v1 = _mm256_cvtph_ps(_mm_loadu_si128(q1.add(c) as *const __m128i));
-            let x0 = _mm256_loadu_ps(p0.add(c));
-            let x1 = _mm256_loadu_ps(p1.add(c));
-            let x2 = _mm256_loadu_ps(p2.add(c));
-            let x3 = _mm256_loadu_ps(p3.add(c));
-            a[0] = _mm256_fmadd_ps(x0, v0, a[0]);
-            a[1] = _mm256_fmadd_ps(x1, v0, a[1]);
-            a[2] = _mm256_fmadd_ps(x2, v0, a[2]);
-            a[3] = _mm256_fmadd_ps(x3, v0, a[3]);
-            a[4] = _mm256_fmadd_ps(x0, v1, a[4]);
-            a[5] = _mm256_fmadd_ps(x1, v1, a[5]);
-            a[6] = _mm256_fmadd_ps(x2, v1, a[6]);
-            a[7] = _mm256_fmadd_ps(x3, v1, a[7]);
+            let v = [
+                _mm256_cvtph_ps(_mm_loadu_si128(q[0].add(c) as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(q[1].add(c) as *const __m128i)),
+                _mm256_cvtph_ps(_mm_loadu_si128(q[2].add(c) as *const __m128i)),
+            ];
+            for r in 0..4 {
+                let xr = _mm256_loadu_ps(p[r].add(c));
+                a[0][r] = _mm256_fmadd_ps(xr, v[0], a[0][r]);
+                a[1][r] = _mm256_fmadd_ps(xr, v[1], a[1][r]);
+                a[2][r] = _mm256_fmadd_ps(xr, v[2], a[2][r]);
+            }
             c += 8;
         }
-        let mut out = [0f32; 8];
-        for (o, v) in out.iter_mut().zip(a) {
-            *o = hsum(v);
+        let mut out = [[0f32; 4]; COLS];
+        for (o, acc) in out.iter_mut().zip(a) {
+            for (v, s) in o.iter_mut().zip(acc) {
+                *v = hsum(s);
+            }
         }
         out
     }

@@ -64,18 +64,18 @@ impl Embedder {
 
     /// Embeds texts: one L2-normalised vector per text, in input order. Every text gets a
     /// vector (an empty text is embedded as "[CLS] [SEP]"). Texts of a batch are encoded in
-    /// parallel; a single text runs on the calling thread.
+    /// parallel; a single text shares its larger matrix products over the thread pool.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         match texts {
             [] => Ok(Vec::new()),
-            [one] => Ok(vec![self.embed_one(one)?]),
-            _ => texts.par_iter().map(|t| self.embed_one(t)).collect(),
+            [one] => Ok(vec![self.embed_one(one, true)?]),
+            _ => texts.par_iter().map(|t| self.embed_one(t, false)).collect(),
         }
     }
 
-    fn embed_one(&self, text: &str) -> Result<Vec<f32>> {
+    fn embed_one(&self, text: &str, split: bool) -> Result<Vec<f32>> {
         let encoding = self.tokenizer.encode(text, true).map_err(|e| anyhow!("tokenizing: {e}"))?;
-        let hidden = self.model.forward(encoding.get_ids());
+        let hidden = self.model.forward(encoding.get_ids(), split);
         let mut v = mean_pool(&hidden, self.dim());
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         for x in v.iter_mut() {
