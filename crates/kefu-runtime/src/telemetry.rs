@@ -10,8 +10,8 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 use serde_json::{Map, Value};
-use tracing::field::{Field, Visit};
 use tracing::dispatcher::WeakDispatch;
+use tracing::field::{Field, Visit};
 use tracing::{Dispatch, Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
@@ -52,7 +52,9 @@ impl Drop for TelemetryGuard {
         let provider = self.provider.clone();
         let shutdown = move || provider.shutdown();
         let result = match tokio::runtime::Handle::try_current() {
-            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(shutdown),
+            Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(shutdown)
+            }
             _ => shutdown(),
         };
         if let Err(error) = result {
@@ -67,7 +69,10 @@ impl Drop for TelemetryGuard {
 /// queue drops spans rather than wait), and a background thread sends the batches over
 /// the tonic channel, so a slow or missing collector never holds up a request. The
 /// channel is built here and driven by the Tokio runtime: call this inside one.
-pub fn tracer_provider(service_name: &str, endpoint: Option<&str>) -> anyhow::Result<SdkTracerProvider> {
+pub fn tracer_provider(
+    service_name: &str,
+    endpoint: Option<&str>,
+) -> anyhow::Result<SdkTracerProvider> {
     let resource = Resource::builder()
         .with_service_name(service_name.to_owned())
         .with_attributes([
@@ -99,8 +104,15 @@ pub fn init(service_name: &str, args: &TelemetryArgs) -> anyhow::Result<Telemetr
     let provider = tracer_provider(service_name, args.otlp_endpoint.as_deref())?;
     let tracer = provider.tracer(service_name.to_owned());
     opentelemetry::global::set_tracer_provider(provider.clone());
-    let format = args.log_format.unwrap_or(if std::io::stdout().is_terminal() { LogFormat::Pretty } else { LogFormat::Json });
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,tantivy=warn"));
+    let format = args
+        .log_format
+        .unwrap_or(if std::io::stdout().is_terminal() {
+            LogFormat::Pretty
+        } else {
+            LogFormat::Json
+        });
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,h2=warn,tower=warn,hyper=warn,tantivy=warn"));
     tracing_subscriber::registry()
         .with(filter)
         .with(log_layer(format, std::io::stdout))
@@ -121,12 +133,17 @@ where
             let dispatch = Arc::new(OnceLock::new());
             tracing_subscriber::fmt::layer()
                 .fmt_fields(JsonFields::new())
-                .event_format(JsonLine { dispatch: dispatch.clone() })
+                .event_format(JsonLine {
+                    dispatch: dispatch.clone(),
+                })
                 .with_writer(writer)
                 .and_then(DispatchSlot(dispatch))
                 .boxed()
         }
-        LogFormat::Pretty => tracing_subscriber::fmt::layer().compact().with_writer(writer).boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_writer(writer)
+            .boxed(),
     }
 }
 
@@ -155,7 +172,12 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
     N: for<'w> FormatFields<'w> + 'static,
 {
-    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
         let mut line = Map::new();
         event.record(&mut JsonVisitor(&mut line));
         let metadata = event.metadata();
@@ -168,7 +190,9 @@ where
             let mut fields = span
                 .extensions()
                 .get::<FormattedFields<N>>()
-                .and_then(|formatted| serde_json::from_str::<Map<String, Value>>(&formatted.fields).ok())
+                .and_then(|formatted| {
+                    serde_json::from_str::<Map<String, Value>>(&formatted.fields).ok()
+                })
                 .unwrap_or_default();
             fields.insert("name".into(), span.name().into());
             line.insert("span".into(), fields.into());
@@ -176,8 +200,13 @@ where
             // data; looking that data up again from here would wait on that very lock.
             if !metadata.target().starts_with("opentelemetry") {
                 let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
-                if let Some(span_context) = dispatch.and_then(|dispatch| otel_span_context(&span.id(), &dispatch)) {
-                    line.insert("trace_id".into(), span_context.trace_id().to_string().into());
+                if let Some(span_context) =
+                    dispatch.and_then(|dispatch| otel_span_context(&span.id(), &dispatch))
+                {
+                    line.insert(
+                        "trace_id".into(),
+                        span_context.trace_id().to_string().into(),
+                    );
                     line.insert("span_id".into(), span_context.span_id().to_string().into());
                 }
             }
@@ -187,7 +216,10 @@ where
 }
 
 /// The OpenTelemetry span context of a tracing span, if it has a valid one.
-fn otel_span_context(id: &tracing::span::Id, dispatch: &Dispatch) -> Option<opentelemetry::trace::SpanContext> {
+fn otel_span_context(
+    id: &tracing::span::Id,
+    dispatch: &Dispatch,
+) -> Option<opentelemetry::trace::SpanContext> {
     let context = tracing_opentelemetry::get_otel_context(id, dispatch)?;
     let span_context = context.span().span_context().clone();
     span_context.is_valid().then_some(span_context)
@@ -222,7 +254,8 @@ impl Visit for JsonVisitor<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.0.insert(field.name().into(), format!("{value:?}").into());
+        self.0
+            .insert(field.name().into(), format!("{value:?}").into());
     }
 }
 
@@ -265,11 +298,18 @@ mod tests {
     impl Captured {
         fn lines(&self) -> Vec<Value> {
             let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
-            text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"))).collect()
+            text.lines()
+                .map(|line| {
+                    serde_json::from_str(line).unwrap_or_else(|error| panic!("{error}: {line}"))
+                })
+                .collect()
         }
 
         fn line(&self, message: &str) -> Value {
-            self.lines().into_iter().find(|line| line["message"] == message).unwrap_or_else(|| panic!("no log line {message:?}"))
+            self.lines()
+                .into_iter()
+                .find(|line| line["message"] == message)
+                .unwrap_or_else(|| panic!("no log line {message:?}"))
         }
     }
 
@@ -287,7 +327,8 @@ mod tests {
     impl Exported {
         fn named(&self, kind: SpanKind) -> SpanData {
             let spans = self.0.lock().unwrap();
-            let found: Vec<&SpanData> = spans.iter().filter(|span| span.span_kind == kind).collect();
+            let found: Vec<&SpanData> =
+                spans.iter().filter(|span| span.span_kind == kind).collect();
             assert_eq!(found.len(), 1, "one {kind:?} span expected in {spans:#?}");
             found[0].clone()
         }
@@ -296,7 +337,9 @@ mod tests {
     /// The subscriber of a service, logging JSON into memory and exporting spans into memory.
     fn subscriber(logs: &Captured, spans: &Exported) -> impl Subscriber + Send + Sync {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        let provider = SdkTracerProvider::builder().with_simple_exporter(spans.clone()).build();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
         tracing_subscriber::registry()
             .with(log_layer(LogFormat::Json, logs.clone()))
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("kefu-test")))
@@ -309,10 +352,12 @@ mod tests {
     async fn json_log_lines_inside_a_server_span_carry_its_trace_and_span_ids() {
         let (logs, spans) = (Captured::default(), Exported::default());
         let _default = tracing::subscriber::set_default(subscriber(&logs, &spans));
-        let service = ServerTelemetryLayer::new("kefu-test").layer(tower::service_fn(|_request: http::Request<()>| async {
-            tracing::info!(ticket_id = "T-1", attempt = 2u64, "handling");
-            Ok::<_, std::convert::Infallible>(http::Response::new(()))
-        }));
+        let service = ServerTelemetryLayer::new("kefu-test").layer(tower::service_fn(
+            |_request: http::Request<()>| async {
+                tracing::info!(ticket_id = "T-1", attempt = 2u64, "handling");
+                Ok::<_, std::convert::Infallible>(http::Response::new(()))
+            },
+        ));
         let request = http::Request::builder()
             .uri("/kefu.v1.TicketService/CreateTicket")
             .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))
@@ -322,22 +367,36 @@ mod tests {
         tracing::info!("outside any request");
 
         let server = spans.named(SpanKind::Server);
-        assert_eq!(server.span_context.trace_id().to_string(), CALLER_TRACE, "the caller's trace continues");
+        assert_eq!(
+            server.span_context.trace_id().to_string(),
+            CALLER_TRACE,
+            "the caller's trace continues"
+        );
         assert_eq!(server.parent_span_id.to_string(), CALLER_SPAN);
         assert_eq!(response.headers()[TRACE_ID_HEADER], CALLER_TRACE);
 
         let line = logs.line("handling");
         assert_eq!(line["trace_id"], CALLER_TRACE, "{line}");
-        assert_eq!(line["span_id"], server.span_context.span_id().to_string(), "{line}");
+        assert_eq!(
+            line["span_id"],
+            server.span_context.span_id().to_string(),
+            "{line}"
+        );
         assert_eq!(line["level"], "INFO");
         assert_eq!(line["ticket_id"], "T-1");
         assert_eq!(line["attempt"], 2);
         assert_eq!(line["span"]["name"], "grpc.server");
         assert_eq!(line["span"]["rpc.method"], "CreateTicket");
-        assert!(line["timestamp"].as_str().is_some_and(|t| t.len() >= 20), "{line}");
+        assert!(
+            line["timestamp"].as_str().is_some_and(|t| t.len() >= 20),
+            "{line}"
+        );
 
         let outside = logs.line("outside any request");
-        assert!(outside.get("trace_id").is_none() && outside.get("span").is_none(), "{outside}");
+        assert!(
+            outside.get("trace_id").is_none() && outside.get("span").is_none(),
+            "{outside}"
+        );
     }
 
     #[tokio::test]
@@ -345,22 +404,49 @@ mod tests {
         let (logs, spans) = (Captured::default(), Exported::default());
         let _default = tracing::subscriber::set_default(subscriber(&logs, &spans));
         let handler = tower::service_fn(|request: http::Request<()>| async move {
-            assert_eq!(request.headers()["grpc-timeout"], "1500m", "the deadline travels with the call");
+            assert_eq!(
+                request.headers()["grpc-timeout"],
+                "1500m",
+                "the deadline travels with the call"
+            );
             Ok::<_, std::convert::Infallible>(http::Response::new(()))
         });
         // The client layer of the calling service in front of the server layer of the callee.
         let server = ServerTelemetryLayer::new("kefu-router").layer(handler);
-        let client = ClientTelemetryLayer::new("kefu-orchestrator", "kefu-router", Duration::from_millis(1500)).layer(server);
-        let request = http::Request::builder().uri("/kefu.v1.RouterService/Classify").body(()).unwrap();
+        let client = ClientTelemetryLayer::new(
+            "kefu-orchestrator",
+            "kefu-router",
+            Duration::from_millis(1500),
+        )
+        .layer(server);
+        let request = http::Request::builder()
+            .uri("/kefu.v1.RouterService/Classify")
+            .body(())
+            .unwrap();
         let response = client.oneshot(request).await.unwrap();
 
-        let (client_span, server_span) = (spans.named(SpanKind::Client), spans.named(SpanKind::Server));
-        assert_eq!(client_span.parent_span_id, SpanId::INVALID, "the call starts a trace");
+        let (client_span, server_span) =
+            (spans.named(SpanKind::Client), spans.named(SpanKind::Server));
+        assert_eq!(
+            client_span.parent_span_id,
+            SpanId::INVALID,
+            "the call starts a trace"
+        );
         assert_ne!(client_span.span_context.trace_id(), TraceId::INVALID);
-        assert_eq!(server_span.span_context.trace_id(), client_span.span_context.trace_id());
-        assert_eq!(server_span.parent_span_id, client_span.span_context.span_id(), "the server span hangs under the client span");
+        assert_eq!(
+            server_span.span_context.trace_id(),
+            client_span.span_context.trace_id()
+        );
+        assert_eq!(
+            server_span.parent_span_id,
+            client_span.span_context.span_id(),
+            "the server span hangs under the client span"
+        );
         assert!(server_span.parent_span_is_remote);
-        assert_eq!(response.headers()[TRACE_ID_HEADER], client_span.span_context.trace_id().to_string().as_str());
+        assert_eq!(
+            response.headers()[TRACE_ID_HEADER],
+            client_span.span_context.trace_id().to_string().as_str()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +455,8 @@ mod tests {
         let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let endpoint = format!("http://{}", collector.local_addr().unwrap());
         let provider = tracer_provider("kefu-test", Some(&endpoint)).unwrap();
-        let subscriber = tracing_subscriber::registry().with(tracing_opentelemetry::layer().with_tracer(provider.tracer("kefu-test")));
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("kefu-test")));
         let started = Instant::now();
         tracing::subscriber::with_default(subscriber, || {
             // More spans than the export queue holds.
@@ -379,11 +466,19 @@ mod tests {
             }
         });
         let elapsed = started.elapsed();
-        assert!(elapsed < Duration::from_secs(3), "ending 5000 spans took {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "ending 5000 spans took {elapsed:?}"
+        );
 
         let started = Instant::now();
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await.unwrap();
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown())
+            .await
+            .unwrap();
         let elapsed = started.elapsed();
-        assert!(elapsed < Duration::from_secs(8), "shutdown with an unresponsive collector took {elapsed:?}");
+        assert!(
+            elapsed < Duration::from_secs(8),
+            "shutdown with an unresponsive collector took {elapsed:?}"
+        );
     }
 }
