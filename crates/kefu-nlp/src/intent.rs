@@ -285,12 +285,7 @@ impl IntentModel {
             weights: None,
             n_classes: k,
         };
-        // warm-started from the fold model, the final fit needs fewer iterations
-        let final_opts = match warm {
-            Some(_) => TrainOptions { max_iter: config.max_iter.div_ceil(2), ..opts(n) },
-            None => opts(n),
-        };
-        let linear = linear::train(&data, final_opts, warm.as_ref());
+        let linear = linear::train(&data, opts(n), warm.as_ref());
         let example_embeddings: Vec<i8> =
             embeddings.map(|e| e.iter().flat_map(|v| quantize(v)).collect()).unwrap_or_default();
         tracing::info!(
