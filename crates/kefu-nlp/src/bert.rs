@@ -54,11 +54,18 @@ pub(crate) struct Bert {
 impl Bert {
     pub fn load(weights: &Path, config: &Config) -> Result<Self> {
         if !matches!(config.hidden_act, HiddenAct::Gelu) {
-            bail!("unsupported activation {:?} (expected gelu)", config.hidden_act);
+            bail!(
+                "unsupported activation {:?} (expected gelu)",
+                config.hidden_act
+            );
         }
         let tensors = candle_core::safetensors::load(weights, &Device::Cpu)
             .with_context(|| format!("reading {}", weights.display()))?;
-        let prefix = if tensors.contains_key("embeddings.word_embeddings.weight") { "" } else { "bert." };
+        let prefix = if tensors.contains_key("embeddings.word_embeddings.weight") {
+            ""
+        } else {
+            "bert."
+        };
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
             let t: &Tensor = tensors
                 .get(&format!("{prefix}{name}"))
@@ -66,15 +73,25 @@ impl Bert {
             if t.dims() != shape {
                 bail!("tensor {name} has shape {:?}, expected {shape:?}", t.dims());
             }
-            Ok(t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+            Ok(t.to_dtype(candle_core::DType::F32)?
+                .flatten_all()?
+                .to_vec1::<f32>()?)
         };
         let h = config.hidden_size;
         let i = config.intermediate_size;
         let dense = |name: &str, n_in: usize, n_out: usize| -> Result<Dense> {
-            Ok(Dense { w: to_f16(&get(&format!("{name}.weight"), &[n_out, n_in])?), b: get(&format!("{name}.bias"), &[n_out])?, n_in, n_out })
+            Ok(Dense {
+                w: to_f16(&get(&format!("{name}.weight"), &[n_out, n_in])?),
+                b: get(&format!("{name}.bias"), &[n_out])?,
+                n_in,
+                n_out,
+            })
         };
         let norm = |name: &str| -> Result<Norm> {
-            Ok(Norm { g: get(&format!("{name}.weight"), &[h])?, b: get(&format!("{name}.bias"), &[h])? })
+            Ok(Norm {
+                g: get(&format!("{name}.weight"), &[h])?,
+                b: get(&format!("{name}.bias"), &[h])?,
+            })
         };
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for l in 0..config.num_hidden_layers {
@@ -99,8 +116,11 @@ impl Bert {
                 ln2: norm(&format!("{p}.output.LayerNorm"))?,
             });
         }
-        if h % config.num_attention_heads != 0 {
-            bail!("hidden size {h} is not divisible by {} heads", config.num_attention_heads);
+        if !h.is_multiple_of(config.num_attention_heads) {
+            bail!(
+                "hidden size {h} is not divisible by {} heads",
+                config.num_attention_heads
+            );
         }
         Ok(Self {
             hidden: h,
@@ -109,8 +129,15 @@ impl Bert {
             max_positions: config.max_position_embeddings,
             word: get("embeddings.word_embeddings.weight", &[config.vocab_size, h])?,
             vocab: config.vocab_size,
-            position: get("embeddings.position_embeddings.weight", &[config.max_position_embeddings, h])?,
-            token_type0: get("embeddings.token_type_embeddings.weight", &[config.type_vocab_size, h])?[..h].to_vec(),
+            position: get(
+                "embeddings.position_embeddings.weight",
+                &[config.max_position_embeddings, h],
+            )?,
+            token_type0: get(
+                "embeddings.token_type_embeddings.weight",
+                &[config.type_vocab_size, h],
+            )?[..h]
+                .to_vec(),
             emb_ln: norm("embeddings.LayerNorm")?,
             layers,
         })
@@ -130,7 +157,10 @@ impl Bert {
         for (t, &id) in ids.iter().take(n).enumerate() {
             let id = (id as usize).min(self.vocab - 1);
             let row = &mut x[t * h..(t + 1) * h];
-            let (w, p) = (&self.word[id * h..(id + 1) * h], &self.position[t * h..(t + 1) * h]);
+            let (w, p) = (
+                &self.word[id * h..(id + 1) * h],
+                &self.position[t * h..(t + 1) * h],
+            );
             for j in 0..h {
                 row[j] = w[j] + p[j] + self.token_type0[j];
             }
@@ -197,7 +227,12 @@ impl Bert {
 fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ca.zip(cb) {
         for l in 0..8 {
             acc[l] += x[l] * y[l];
@@ -207,7 +242,9 @@ fn dot_lanes(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn to_f16(v: &[f32]) -> Vec<u16> {
-    v.iter().map(|&x| half::f16::from_f32(x).to_bits()).collect()
+    v.iter()
+        .map(|&x| half::f16::from_f32(x).to_bits())
+        .collect()
 }
 
 fn layer_norm(x: &mut [f32], norm: &Norm, eps: f32) {
@@ -228,7 +265,9 @@ fn gelu(x: f32) -> f32 {
     let z = x * std::f32::consts::FRAC_1_SQRT_2;
     let a = z.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
-    let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
+    let poly = t
+        * (0.254_829_6
+            + t * (-0.284_496_74 + t * (1.421_413_7 + t * (-1.453_152_1 + t * 1.061_405_4))));
     let erf_abs = 1.0 - poly * (-a * a).exp();
     let erf = if z < 0.0 { -erf_abs } else { erf_abs };
     0.5 * x * (1.0 + erf)
@@ -255,7 +294,7 @@ fn linear_split(x: &[f32], m: usize, d: &Dense, out: &mut [f32], split: bool) {
 fn linear(x: &[f32], m: usize, d: &Dense, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
-        if d.n_in % 8 == 0
+        if d.n_in.is_multiple_of(8)
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c")
@@ -314,7 +353,9 @@ fn linear_tiles(x: &[f32], m: usize, d: &Dense, out: &mut [f32], kernel: Kernel)
 
 unsafe fn dot_scalar(x: &[&[f32]; 4], w: &[&[u16]; COLS]) -> [[f32; 4]; COLS] {
     let f = |w: u16| half::f16::from_bits(w).to_f32();
-    std::array::from_fn(|c| std::array::from_fn(|r| x[r].iter().zip(w[c]).map(|(a, &b)| a * f(b)).sum()))
+    std::array::from_fn(|c| {
+        std::array::from_fn(|r| x[r].iter().zip(w[c]).map(|(a, &b)| a * f(b)).sum())
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -387,26 +428,52 @@ mod tests {
     #[test]
     fn gelu_matches_erf_form() {
         // reference values of x·Φ(x)
-        for (x, want) in [(0.0f32, 0.0f32), (1.0, 0.841_344_7), (-1.0, -0.158_655_26), (2.5, 2.484_474), (-3.0, -0.004_049_696)] {
-            assert!((gelu(x) - want).abs() < 1e-5, "gelu({x}) = {} want {want}", gelu(x));
+        for (x, want) in [
+            (0.0f32, 0.0f32),
+            (1.0, 0.841_344_7),
+            (-1.0, -0.158_655_26),
+            (2.5, 2.484_474),
+            (-3.0, -0.004_049_696),
+        ] {
+            assert!(
+                (gelu(x) - want).abs() < 1e-5,
+                "gelu({x}) = {} want {want}",
+                gelu(x)
+            );
         }
     }
 
     #[test]
     fn linear_matches_naive_product() {
         let (m, k, n) = (7, 32, 5);
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1).collect();
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.2).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 37 % 11) as f32 - 5.0) * 0.1)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.2)
+            .collect();
         let b: Vec<f32> = (0..n).map(|i| i as f32).collect();
-        let d = Dense { w: to_f16(&w), b: b.clone(), n_in: k, n_out: n };
+        let d = Dense {
+            w: to_f16(&w),
+            b: b.clone(),
+            n_in: k,
+            n_out: n,
+        };
         // the weights are stored in half precision
-        let w: Vec<f32> = d.w.iter().map(|&h| half::f16::from_bits(h).to_f32()).collect();
+        let w: Vec<f32> =
+            d.w.iter()
+                .map(|&h| half::f16::from_bits(h).to_f32())
+                .collect();
         let mut out = vec![0f32; m * n];
         linear(&x, m, &d, &mut out);
         for i in 0..m {
             for j in 0..n {
                 let want: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>() + b[j];
-                assert!((out[i * n + j] - want).abs() < 1e-4, "({i},{j}) {} vs {want}", out[i * n + j]);
+                assert!(
+                    (out[i * n + j] - want).abs() < 1e-4,
+                    "({i},{j}) {} vs {want}",
+                    out[i * n + j]
+                );
             }
         }
     }

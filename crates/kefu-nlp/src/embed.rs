@@ -39,7 +39,10 @@ impl Embedder {
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| anyhow!("loading {}: {e}", tokenizer_path.display()))?;
         tokenizer
-            .with_truncation(Some(TruncationParams { max_length: MAX_TOKENS, ..Default::default() }))
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_TOKENS,
+                ..Default::default()
+            }))
             .map_err(|e| anyhow!("configuring truncation: {e}"))?;
         tokenizer.with_padding(None);
 
@@ -74,7 +77,10 @@ impl Embedder {
     }
 
     fn embed_one(&self, text: &str, split: bool) -> Result<Vec<f32>> {
-        let encoding = self.tokenizer.encode(text, true).map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
         let hidden = self.model.forward(encoding.get_ids(), split);
         let mut v = mean_pool(&hidden, self.dim());
         let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
@@ -119,7 +125,10 @@ pub(crate) mod tests {
         let dir = models_dir();
         let present = dir.join(MODEL_NAME).join("model.safetensors").is_file();
         if !present && std::env::var_os("CI").is_none() {
-            eprintln!("skipping: no model at {} (run `make models`)", dir.display());
+            eprintln!(
+                "skipping: no model at {} (run `make models`)",
+                dir.display()
+            );
             return None;
         }
         Some(Embedder::from_models_dir(&dir).expect("loading the embedding model"))
@@ -160,19 +169,37 @@ pub(crate) mod tests {
         let Some(e) = test_embedder() else { return };
         let dir = models_dir().join(MODEL_NAME);
         let config: Config =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
         // SAFETY: read-only mapping of a file nobody writes during the test.
         let vb = unsafe {
-            VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)
+            VarBuilder::from_mmaped_safetensors(
+                &[dir.join("model.safetensors")],
+                DType::F32,
+                &Device::Cpu,
+            )
         }
         .unwrap();
         let reference = BertModel::load(vb, &config).unwrap();
-        for text in ["I am still waiting on my card?", "我的银行卡丢了怎么办", "hi", &"long text ".repeat(80)] {
+        for text in [
+            "I am still waiting on my card?",
+            "我的银行卡丢了怎么办",
+            "hi",
+            &"long text ".repeat(80),
+        ] {
             let ids = e.tokenizer.encode(text, true).unwrap().get_ids().to_vec();
             let n = ids.len();
             let ids_t = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
-            let hidden = reference.forward(&ids_t, &ids_t.zeros_like().unwrap(), None).unwrap();
-            let want: Vec<f32> = hidden.mean(1).unwrap().squeeze(0).unwrap().to_vec1().unwrap();
+            let hidden = reference
+                .forward(&ids_t, &ids_t.zeros_like().unwrap(), None)
+                .unwrap();
+            let want: Vec<f32> = hidden
+                .mean(1)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
             let norm = dot(&want, &want).sqrt();
             let want: Vec<f32> = want.iter().map(|x| x / norm).collect();
             let got = e.embed(&[text]).unwrap().remove(0);

@@ -23,7 +23,11 @@ pub fn read_labelled_csv(path: &Path) -> Result<Vec<(String, String)>> {
     for (i, rec) in rdr.records().enumerate() {
         let rec = rec.with_context(|| format!("{}: row {}", path.display(), i + 2))?;
         if rec.len() < 2 {
-            bail!("{}: row {} has fewer than two columns", path.display(), i + 2);
+            bail!(
+                "{}: row {} has fewer than two columns",
+                path.display(),
+                i + 2
+            );
         }
         let (text, label) = (rec[0].trim(), rec[1].trim());
         if !text.is_empty() && !label.is_empty() {
@@ -56,9 +60,18 @@ pub fn scores(gold: &[&str], predicted: &[&str]) -> (f64, f64) {
     }
     let f1s: Vec<f64> = stats
         .values()
-        .map(|&(tp, fp, fneg)| if tp == 0.0 { 0.0 } else { 2.0 * tp / (2.0 * tp + fp + fneg) })
+        .map(|&(tp, fp, fneg)| {
+            if tp == 0.0 {
+                0.0
+            } else {
+                2.0 * tp / (2.0 * tp + fp + fneg)
+            }
+        })
         .collect();
-    (correct / n, f1s.iter().sum::<f64>() / f1s.len().max(1) as f64)
+    (
+        correct / n,
+        f1s.iter().sum::<f64>() / f1s.len().max(1) as f64,
+    )
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -85,13 +98,24 @@ fn summary(gold: &[&str], predicted: &[&str], mut latencies_ms: Vec<f64>) -> Str
 pub fn intents(train_csv: &Path, test_csv: &Path, models_dir: &Path) -> Result<String> {
     let train = read_labelled_csv(train_csv)?;
     let test = read_labelled_csv(test_csv)?;
-    let embedder = Embedder::from_models_dir(models_dir)
-        .with_context(|| format!("loading the embedding model from {} (run `make models`)", models_dir.display()))?;
-    eprintln!("intents: training on {} examples from {}", train.len(), train_csv.display());
+    let embedder = Embedder::from_models_dir(models_dir).with_context(|| {
+        format!(
+            "loading the embedding model from {} (run `make models`)",
+            models_dir.display()
+        )
+    })?;
+    eprintln!(
+        "intents: training on {} examples from {}",
+        train.len(),
+        train_csv.display()
+    );
     let start = Instant::now();
     let model = IntentModel::train(&train, Some(&embedder))?;
     let train_s = start.elapsed().as_secs_f64();
-    eprintln!("intents: trained {} intents in {train_s:.1}s", model.intents().len());
+    eprintln!(
+        "intents: trained {} intents in {train_s:.1}s",
+        model.intents().len()
+    );
     let mut predicted = Vec::with_capacity(test.len());
     let mut latencies = Vec::with_capacity(test.len());
     let mut out_of_scope = 0;
@@ -105,7 +129,10 @@ pub fn intents(train_csv: &Path, test_csv: &Path, models_dir: &Path) -> Result<S
             eprintln!("intents: classified {}/{}", i + 1, test.len());
         }
     }
-    eprintln!("intents: {out_of_scope} of {} flagged out of scope (scored by their best intent)", test.len());
+    eprintln!(
+        "intents: {out_of_scope} of {} flagged out of scope (scored by their best intent)",
+        test.len()
+    );
     let gold: Vec<&str> = test.iter().map(|(_, l)| l.as_str()).collect();
     let pred: Vec<&str> = predicted.iter().map(String::as_str).collect();
     let line = summary(&gold, &pred, latencies);
@@ -168,7 +195,16 @@ pub struct SentimentConfig {
 
 impl Default for SentimentConfig {
     fn default() -> Self {
-        Self { c: 4.0, terms: 60_000, seed_weight: 5.0, char_min: 2, char_max: 5, cjk_min: 1, cjk_max: 3, negation: true }
+        Self {
+            c: 4.0,
+            terms: 60_000,
+            seed_weight: 5.0,
+            char_min: 2,
+            char_max: 5,
+            cjk_min: 1,
+            cjk_max: 3,
+            negation: true,
+        }
     }
 }
 
@@ -177,7 +213,10 @@ static NEUTRAL_SEED: &str = include_str!("../assets/neutral_seed.txt");
 
 /// Trains the sentiment model from labelled rows (labels negative / neutral / positive)
 /// plus the neutral seed set.
-pub fn train_sentiment_model(rows: &[(String, String)], config: &SentimentConfig) -> Result<SentimentModel> {
+pub fn train_sentiment_model(
+    rows: &[(String, String)],
+    config: &SentimentConfig,
+) -> Result<SentimentModel> {
     let start = Instant::now();
     let seeds: Vec<(String, String)> = NEUTRAL_SEED
         .lines()
@@ -218,9 +257,20 @@ pub fn train_sentiment_model(rows: &[(String, String)], config: &SentimentConfig
         texts.par_iter().map(|t| v.transform(t)).collect()
     };
     let total: f32 = weights.iter().sum();
-    let opts = TrainOptions { l2: 1.0 / (config.c * total), max_iter: 300, tol: 1e-6 };
+    let opts = TrainOptions {
+        l2: 1.0 / (config.c * total),
+        max_iter: 300,
+        tol: 1e-6,
+    };
     let fit = |v: &Vectorizer, rows: &[SparseRow]| {
-        let data = Data { sparse: rows, dense: None, n_sparse: v.len(), labels: &labels, weights: Some(&weights), n_classes: 3 };
+        let data = Data {
+            sparse: rows,
+            dense: None,
+            n_sparse: v.len(),
+            labels: &labels,
+            weights: Some(&weights),
+            n_classes: 3,
+        };
         linear::train(&data, opts, None)
     };
     let mut linear = fit(&vectorizer, &transform(&vectorizer));
@@ -231,7 +281,10 @@ pub fn train_sentiment_model(rows: &[(String, String)], config: &SentimentConfig
             .map(|c| {
                 let w = &linear.w[c * 3..c * 3 + 3];
                 let mean = (w[0] + w[1] + w[2]) / 3.0;
-                (w.iter().map(|x| (x - mean).abs()).fold(0.0, f32::max), c as u32)
+                (
+                    w.iter().map(|x| (x - mean).abs()).fold(0.0, f32::max),
+                    c as u32,
+                )
             })
             .collect();
         importance.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -256,7 +309,10 @@ pub fn train_sentiment(airline_csv: &Path, waimai_csv: &Path, out: &Path) -> Res
     let mut rows = read_labelled_csv(airline_csv)?;
     let n_airline = rows.len();
     rows.extend(read_labelled_csv(waimai_csv)?);
-    eprintln!("sentiment: {n_airline} airline rows, {} waimai rows", rows.len() - n_airline);
+    eprintln!(
+        "sentiment: {n_airline} airline rows, {} waimai rows",
+        rows.len() - n_airline
+    );
     let model = train_sentiment_model(&rows, &SentimentConfig::default())?;
     let bytes = model.to_bytes();
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -300,11 +356,18 @@ mod tests {
         };
         let mut en = Vec::new();
         for _ in 0..3 {
-            en.extend([("great flight, thanks", "positive"), ("awful delay, terrible", "negative"), ("what time is the flight", "neutral")]);
+            en.extend([
+                ("great flight, thanks", "positive"),
+                ("awful delay, terrible", "negative"),
+                ("what time is the flight", "neutral"),
+            ]);
         }
         let mut zh = Vec::new();
         for _ in 0..3 {
-            zh.extend([("很好吃，很满意", "positive"), ("太难吃了，很差", "negative")]);
+            zh.extend([
+                ("很好吃，很满意", "positive"),
+                ("太难吃了，很差", "negative"),
+            ]);
         }
         let air = write("air.csv", &en);
         let wm = write("wm.csv", &zh);
@@ -314,6 +377,9 @@ mod tests {
         assert!(line.contains("terms="), "{line}");
         let model = SentimentModel::from_bytes(&std::fs::read(&out).unwrap()).unwrap();
         let line = sentiment_with(&model, &wm).unwrap();
-        assert!(line.starts_with("accuracy=1.0000 macro_f1=1.0000 n=6 "), "{line}");
+        assert!(
+            line.starts_with("accuracy=1.0000 macro_f1=1.0000 n=6 "),
+            "{line}"
+        );
     }
 }

@@ -35,11 +35,25 @@ pub(crate) struct FeatureConfig {
 /// English negations that flip the polarity of the words after them.
 fn is_negation(w: &str) -> bool {
     w.ends_with("n't")
-        || matches!(w, "not" | "no" | "never" | "nothing" | "nobody" | "none" | "nor" | "cannot" | "without" | "hardly")
+        || matches!(
+            w,
+            "not"
+                | "no"
+                | "never"
+                | "nothing"
+                | "nobody"
+                | "none"
+                | "nor"
+                | "cannot"
+                | "without"
+                | "hardly"
+        )
 }
 
 /// ASCII emoticons, matched in the raw text.
-const EMOTICONS: &[&str] = &[":)", ":-)", ":(", ":-(", ":d", ";)", ";-)", ":/", ":p", ":'(", "<3", ":o", "xd"];
+const EMOTICONS: &[&str] = &[
+    ":)", ":-)", ":(", ":-(", ":d", ";)", ";-)", ":/", ":p", ":'(", "<3", ":o", "xd",
+];
 
 const WORD: u8 = 0;
 const CHAR: u8 = 1;
@@ -92,7 +106,10 @@ pub(crate) fn terms(text: &str, cfg: &FeatureConfig) -> Vec<(u64, u8)> {
     }
     let mut buf = [0u8; 4];
     for c in norm.chars() {
-        if c == '!' || c == '?' || (!c.is_ascii() && !c.is_alphanumeric() && !c.is_whitespace() && is_symbol(c)) {
+        if c == '!'
+            || c == '?'
+            || (!c.is_ascii() && !c.is_alphanumeric() && !c.is_whitespace() && is_symbol(c))
+        {
             out.push((fnv(b's', &[c.encode_utf8(&mut buf).as_bytes()]), WORD));
         }
     }
@@ -176,8 +193,10 @@ impl Vectorizer {
             }
         }
         let n = texts.len() as f32;
-        let mut kept: Vec<((u64, u8), u32)> =
-            df.into_iter().filter(|&(_, d)| d >= config.min_df).collect();
+        let mut kept: Vec<((u64, u8), u32)> = df
+            .into_iter()
+            .filter(|&(_, d)| d >= config.min_df)
+            .collect();
         kept.sort_unstable();
         let mut vocab = HashMap::with_capacity(kept.len());
         let mut idf = Vec::with_capacity(kept.len());
@@ -187,7 +206,12 @@ impl Vectorizer {
             idf.push(((1.0 + n) / (1.0 + d as f32)).ln() + 1.0);
             group.push(g);
         }
-        Self { config, vocab, idf, group }
+        Self {
+            config,
+            vocab,
+            idf,
+            group,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -212,8 +236,16 @@ impl Vectorizer {
             norms[self.group[c as usize] as usize] += v * v;
         }
         let scale = [
-            if norms[0] > 0.0 { self.config.word_weight / norms[0].sqrt() } else { 0.0 },
-            if norms[1] > 0.0 { self.config.char_weight / norms[1].sqrt() } else { 0.0 },
+            if norms[0] > 0.0 {
+                self.config.word_weight / norms[0].sqrt()
+            } else {
+                0.0
+            },
+            if norms[1] > 0.0 {
+                self.config.char_weight / norms[1].sqrt()
+            } else {
+                0.0
+            },
         ];
         for (c, v) in row.iter_mut() {
             *v *= scale[self.group[*c as usize] as usize];
@@ -263,13 +295,19 @@ mod tests {
         for &(c, x) in &row {
             norms[v.group[c as usize] as usize] += x * x;
         }
-        assert!((norms[0] - 1.0).abs() < 1e-4 && (norms[1] - 1.0).abs() < 1e-4, "{norms:?}");
+        assert!(
+            (norms[0] - 1.0).abs() < 1e-4 && (norms[1] - 1.0).abs() < 1e-4,
+            "{norms:?}"
+        );
         assert!(v.transform("zzz qqq").is_empty());
         let zh = v.transform("银行卡丢了");
         assert!(zh.len() >= 5, "{zh:?}");
         // negation marks the words after it; emoticons are terms
         let neg = terms("not good :)", &cfg());
-        assert!(neg.contains(&(fnv(b'n', &[b"good"]), WORD)) && neg.contains(&(fnv(b'e', &[b":)"]), WORD)));
+        assert!(
+            neg.contains(&(fnv(b'n', &[b"good"]), WORD))
+                && neg.contains(&(fnv(b'e', &[b":)"]), WORD))
+        );
         assert!(!terms("good", &cfg()).contains(&(fnv(b'n', &[b"good"]), WORD)));
     }
 }

@@ -99,7 +99,8 @@ pub struct IntentModel {
 }
 
 fn quantize(v: &[f32]) -> impl Iterator<Item = i8> + '_ {
-    v.iter().map(|x| (x * 127.0).round().clamp(-127.0, 127.0) as i8)
+    v.iter()
+        .map(|x| (x * 127.0).round().clamp(-127.0, 127.0) as i8)
 }
 
 impl IntentModel {
@@ -158,7 +159,10 @@ impl IntentModel {
         labels.sort();
         labels.dedup();
         if labels.len() < 2 {
-            bail!("need examples of at least two intents, got {}", labels.len());
+            bail!(
+                "need examples of at least two intents, got {}",
+                labels.len()
+            );
         }
         let y: Vec<u32> = examples
             .iter()
@@ -183,7 +187,11 @@ impl IntentModel {
             use rayon::prelude::*;
             texts.par_iter().map(|t| vectorizer.transform(t)).collect()
         };
-        let dense_weight = if embeddings.is_some() { config.dense_weight } else { 0.0 };
+        let dense_weight = if embeddings.is_some() {
+            config.dense_weight
+        } else {
+            0.0
+        };
         let dense: Option<Vec<Vec<f32>>> = embeddings.map(|e| {
             e.iter()
                 .zip(&texts)
@@ -218,15 +226,20 @@ impl IntentModel {
                 }
             }
         }
-        let opts = |m: usize| TrainOptions { l2: 1.0 / (config.c * m as f32), max_iter: config.max_iter, tol: 1e-5 };
+        let opts = |m: usize| TrainOptions {
+            l2: 1.0 / (config.c * m as f32),
+            max_iter: config.max_iter,
+            tol: 1e-5,
+        };
         let k = labels.len();
         let fit_idx: Vec<usize> = (0..n).filter(|&i| !held[i]).collect();
         let held_idx: Vec<usize> = (0..n).filter(|&i| held[i]).collect();
 
         let (temperature, min_similarity, warm) = if held_idx.len() >= 2 {
             let sub_rows: Vec<SparseRow> = fit_idx.iter().map(|&i| rows[i].clone()).collect();
-            let sub_dense: Option<Vec<Vec<f32>>> =
-                dense.as_ref().map(|d| fit_idx.iter().map(|&i| d[i].clone()).collect());
+            let sub_dense: Option<Vec<Vec<f32>>> = dense
+                .as_ref()
+                .map(|d| fit_idx.iter().map(|&i| d[i].clone()).collect());
             let sub_y: Vec<u32> = fit_idx.iter().map(|&i| y[i]).collect();
             let data = Data {
                 sparse: &sub_rows,
@@ -255,7 +268,10 @@ impl IntentModel {
                     let mut sims: Vec<f32> = held_idx
                         .iter()
                         .map(|&i| {
-                            fit_idx.iter().map(|&j| dot(&e[i], &e[j])).fold(f32::MIN, f32::max)
+                            fit_idx
+                                .iter()
+                                .map(|&j| dot(&e[i], &e[j]))
+                                .fold(f32::MIN, f32::max)
                         })
                         .collect();
                     sims.sort_by(|a, b| a.total_cmp(b));
@@ -286,8 +302,9 @@ impl IntentModel {
             n_classes: k,
         };
         let linear = linear::train(&data, opts(n), warm.as_ref());
-        let example_embeddings: Vec<i8> =
-            embeddings.map(|e| e.iter().flat_map(|v| quantize(v)).collect()).unwrap_or_default();
+        let example_embeddings: Vec<i8> = embeddings
+            .map(|e| e.iter().flat_map(|v| quantize(v)).collect())
+            .unwrap_or_default();
         tracing::info!(
             elapsed_ms = start.elapsed().as_millis() as u64,
             "intent training: done"
@@ -317,9 +334,16 @@ impl IntentModel {
             let e = embedder.ok_or_else(|| {
                 anyhow!("this intent model was trained with sentence embeddings: an embedder is required")
             })?;
-            let v = e.embed(&[text])?.pop().ok_or_else(|| anyhow!("no embedding"))?;
+            let v = e
+                .embed(&[text])?
+                .pop()
+                .ok_or_else(|| anyhow!("no embedding"))?;
             if v.len() != self.linear.dense_dim {
-                bail!("embedding size {} does not match the model's {}", v.len(), self.linear.dense_dim);
+                bail!(
+                    "embedding size {} does not match the model's {}",
+                    v.len(),
+                    self.linear.dense_dim
+                );
             }
             Some(v)
         } else {
@@ -334,7 +358,12 @@ impl IntentModel {
         self.distribution_of_row(text, &self.vectorizer.transform(text), embedding)
     }
 
-    fn distribution_of_row(&self, text: &str, row: &[(u32, f32)], embedding: Option<&[f32]>) -> Vec<f32> {
+    fn distribution_of_row(
+        &self,
+        text: &str,
+        row: &[(u32, f32)],
+        embedding: Option<&[f32]>,
+    ) -> Vec<f32> {
         let w = self.dense_weight * language_factor(text, self.zh_dense_factor);
         let dense: Option<Vec<f32>> = match (embedding, self.uses_embeddings()) {
             (Some(e), true) => Some(e.iter().map(|x| x * w).collect()),
@@ -349,7 +378,11 @@ impl IntentModel {
     }
 
     /// Classifies with a precomputed embedding (None for models trained without embeddings).
-    pub fn classify_with_embedding(&self, text: &str, embedding: Option<&[f32]>) -> IntentPrediction {
+    pub fn classify_with_embedding(
+        &self,
+        text: &str,
+        embedding: Option<&[f32]>,
+    ) -> IntentPrediction {
         let row = self.vectorizer.transform(text);
         let z = self.distribution_of_row(text, &row, embedding);
         let mut order: Vec<usize> = (0..z.len()).collect();
@@ -365,7 +398,11 @@ impl IntentModel {
         IntentPrediction {
             intent: self.labels[best].clone(),
             confidence: z[best],
-            alternatives: order[1..].iter().take(2).map(|&i| (self.labels[i].clone(), z[i])).collect(),
+            alternatives: order[1..]
+                .iter()
+                .take(2)
+                .map(|&i| (self.labels[i].clone(), z[i]))
+                .collect(),
             out_of_scope,
         }
     }
@@ -379,7 +416,12 @@ impl IntentModel {
         let best = self
             .example_embeddings
             .chunks_exact(d)
-            .map(|row| row.iter().zip(&q).map(|(&a, &b)| i32::from(i16::from(a) * b)).sum::<i32>())
+            .map(|row| {
+                row.iter()
+                    .zip(&q)
+                    .map(|(&a, &b)| i32::from(i16::from(a) * b))
+                    .sum::<i32>()
+            })
             .max()
             .unwrap_or(0);
         best as f32 / (127.0 * 127.0)
@@ -400,10 +442,15 @@ impl IntentModel {
 
     /// Restores a model written by [`IntentModel::to_bytes`] of the same model version.
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
-        let body = b.strip_prefix(MAGIC).ok_or_else(|| anyhow!("not an intent model"))?;
+        let body = b
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| anyhow!("not an intent model"))?;
         let m: Self = postcard::from_bytes(body).context("decoding the intent model")?;
         if m.version != MODEL_VERSION {
-            bail!("intent model version {} (expected {MODEL_VERSION})", m.version);
+            bail!(
+                "intent model version {} (expected {MODEL_VERSION})",
+                m.version
+            );
         }
         let cols = m.vectorizer.len() + m.linear.dense_dim;
         if m.linear.w.len() != cols * m.labels.len() || m.linear.b.len() != m.labels.len() {
@@ -423,7 +470,9 @@ fn language_factor(text: &str, zh_factor: f32) -> f32 {
 }
 
 fn argmax(z: &[f32]) -> usize {
-    (0..z.len()).max_by(|&a, &b| z[a].total_cmp(&z[b])).unwrap_or(0)
+    (0..z.len())
+        .max_by(|&a, &b| z[a].total_cmp(&z[b]))
+        .unwrap_or(0)
 }
 
 /// Temperature minimising the negative log-likelihood of held-out logits
@@ -462,25 +511,64 @@ mod tests {
 
     fn toy() -> Vec<(String, String)> {
         let data: &[(&str, &[&str])] = &[
-            ("order_status", &[
-                "Where is my order?", "My package has not arrived yet", "When will my order be delivered?",
-                "Track my shipment please", "my parcel is late", "How long until my delivery arrives?",
-                "我的订单到哪里了？", "快递怎么还没到", "我的包裹什么时候送到", "查一下我的物流",
-                "订单一直没有发货", "where is my 快递",
-            ]),
-            ("refund", &[
-                "I want my money back", "How do I get a refund?", "Please refund my purchase",
-                "Can I return this and get reimbursed?", "refund the charge on my card", "I'd like to cancel and be refunded",
-                "我要退款", "怎么申请退款", "请把钱退给我", "退货退款流程是什么", "这个东西我不要了，退钱",
-                "我想要refund",
-            ]),
-            ("greeting", &[
-                "Hello", "Hi there", "Good morning", "Hey, anyone there?", "Hello, I need help", "Hi, good afternoon",
-                "你好", "您好", "早上好", "在吗", "哈喽", "hi 你好",
-            ]),
+            (
+                "order_status",
+                &[
+                    "Where is my order?",
+                    "My package has not arrived yet",
+                    "When will my order be delivered?",
+                    "Track my shipment please",
+                    "my parcel is late",
+                    "How long until my delivery arrives?",
+                    "我的订单到哪里了？",
+                    "快递怎么还没到",
+                    "我的包裹什么时候送到",
+                    "查一下我的物流",
+                    "订单一直没有发货",
+                    "where is my 快递",
+                ],
+            ),
+            (
+                "refund",
+                &[
+                    "I want my money back",
+                    "How do I get a refund?",
+                    "Please refund my purchase",
+                    "Can I return this and get reimbursed?",
+                    "refund the charge on my card",
+                    "I'd like to cancel and be refunded",
+                    "我要退款",
+                    "怎么申请退款",
+                    "请把钱退给我",
+                    "退货退款流程是什么",
+                    "这个东西我不要了，退钱",
+                    "我想要refund",
+                ],
+            ),
+            (
+                "greeting",
+                &[
+                    "Hello",
+                    "Hi there",
+                    "Good morning",
+                    "Hey, anyone there?",
+                    "Hello, I need help",
+                    "Hi, good afternoon",
+                    "你好",
+                    "您好",
+                    "早上好",
+                    "在吗",
+                    "哈喽",
+                    "hi 你好",
+                ],
+            ),
         ];
         data.iter()
-            .flat_map(|(intent, texts)| texts.iter().map(move |t| (t.to_string(), intent.to_string())))
+            .flat_map(|(intent, texts)| {
+                texts
+                    .iter()
+                    .map(move |t| (t.to_string(), intent.to_string()))
+            })
             .collect()
     }
 
@@ -512,7 +600,10 @@ mod tests {
         assert!(p.out_of_scope, "{p:?}");
         let restored = IntentModel::from_bytes(&model.to_bytes()).unwrap();
         for text in ["where is my refund", "你好", "随便说点什么"] {
-            assert_eq!(model.classify(text, None).unwrap(), restored.classify(text, None).unwrap());
+            assert_eq!(
+                model.classify(text, None).unwrap(),
+                restored.classify(text, None).unwrap()
+            );
         }
         assert!(IntentModel::from_bytes(b"garbage").is_err());
     }
@@ -523,7 +614,11 @@ mod tests {
         let model = IntentModel::train(&toy(), Some(&e)).unwrap();
         assert!(model.uses_embeddings());
         check(&model, Some(&e));
-        for text in ["What is the capital of France?", "Write me a poem about the sea", "The quarterly earnings of semiconductor firms rose"] {
+        for text in [
+            "What is the capital of France?",
+            "Write me a poem about the sea",
+            "The quarterly earnings of semiconductor firms rose",
+        ] {
             let p = model.classify(text, Some(&e)).unwrap();
             assert!(p.out_of_scope, "{text}: {p:?}");
         }

@@ -5,6 +5,10 @@
 //! - [`intent`]: intent classification from a tenant's examples, calibrated, with out-of-scope
 //! - [`sentiment`]: five-level sentiment and escalation signals (bundled sparse model)
 //! - [`eval`]: training and evaluation entry points used by `kefu eval`
+//!
+//! Validation: `python3 eval/split.py` writes stratified splits to `data/eval/`; then e.g.
+//! `cargo run --release -p kefu-nlp --example nlp_eval -- intents data/eval/banking77_train.csv
+//! data/eval/banking77_val.csv models`.
 
 mod bert;
 pub mod embed;

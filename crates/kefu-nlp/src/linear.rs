@@ -183,7 +183,10 @@ fn objective(data: &Data, x: &[f32], l2: f32, grad: &mut [f32]) -> f64 {
 }
 
 fn dotf(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum()
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum()
 }
 
 /// Trains from `init` (warm start) or from zeros.
@@ -191,7 +194,9 @@ pub(crate) fn train(data: &Data, opts: TrainOptions, init: Option<&Linear>) -> L
     let k = data.n_classes;
     let dense_dim = data.dense_dim();
     let mut model = match init {
-        Some(m) if m.n_sparse == data.n_sparse && m.dense_dim == dense_dim && m.n_classes == k => m.clone(),
+        Some(m) if m.n_sparse == data.n_sparse && m.dense_dim == dense_dim && m.n_classes == k => {
+            m.clone()
+        }
         _ => Linear::zeros(data.n_sparse, dense_dim, k),
     };
     let nw = model.w.len();
@@ -301,8 +306,23 @@ mod tests {
         let sparse: Vec<SparseRow> = (0..30).map(|i| vec![((i % 3) as u32, 1.0)]).collect();
         let dense: Vec<Vec<f32>> = (0..30).map(|i| vec![(i % 3) as f32 * 0.1]).collect();
         let labels: Vec<u32> = (0..30).map(|i| (i % 3) as u32).collect();
-        let data = Data { sparse: &sparse, dense: Some(&dense), n_sparse: 3, labels: &labels, weights: None, n_classes: 3 };
-        let m = train(&data, TrainOptions { l2: 1e-3, max_iter: 200, tol: 1e-6 }, None);
+        let data = Data {
+            sparse: &sparse,
+            dense: Some(&dense),
+            n_sparse: 3,
+            labels: &labels,
+            weights: None,
+            n_classes: 3,
+        };
+        let m = train(
+            &data,
+            TrainOptions {
+                l2: 1e-3,
+                max_iter: 200,
+                tol: 1e-6,
+            },
+            None,
+        );
         for c in 0..3u32 {
             let mut z = m.logits(&[(c, 1.0)], Some(&[c as f32 * 0.1]));
             softmax(&mut z);

@@ -7,6 +7,14 @@
 //! service requests, then pruned to the most useful terms and bundled into the binary
 //! (`assets/sentiment.bin`). Escalation signals come from a small cue lexicon, because
 //! they are about what the customer says they will do, not about polarity.
+//!
+//! Reproduce the artefact (about 20 s):
+//!
+//! ```text
+//! cargo run --release -p kefu-nlp --example nlp_eval -- train-sentiment \
+//!     ../shared/datasets/airline_sentiment/train.csv ../shared/datasets/waimai_sentiment/train.csv \
+//!     crates/kefu-nlp/assets/sentiment.bin
+//! ```
 
 use std::sync::OnceLock;
 
@@ -105,15 +113,20 @@ const VERY: f32 = 0.95;
 
 impl SentimentModel {
     pub(crate) fn new(vectorizer: Vectorizer, linear: Linear) -> Self {
-        Self { version: SENTIMENT_VERSION.to_string(), vectorizer, linear }
+        Self {
+            version: SENTIMENT_VERSION.to_string(),
+            vectorizer,
+            linear,
+        }
     }
 
     /// The trained model compiled into the binary (`assets/sentiment.bin`).
     pub fn bundled() -> &'static SentimentModel {
         static MODEL: OnceLock<SentimentModel> = OnceLock::new();
         MODEL.get_or_init(|| {
-            SentimentModel::from_bytes(BUNDLED)
-                .expect("assets/sentiment.bin is a valid sentiment model (checked by the crate's tests)")
+            SentimentModel::from_bytes(BUNDLED).expect(
+                "assets/sentiment.bin is a valid sentiment model (checked by the crate's tests)",
+            )
         })
     }
 
@@ -153,13 +166,22 @@ impl SentimentModel {
             level = SentimentLevel::VeryNegative;
             score = score.min(-0.8);
         } else if !signals.is_empty() {
-            if matches!(level, SentimentLevel::Neutral | SentimentLevel::Positive | SentimentLevel::VeryPositive) {
+            if matches!(
+                level,
+                SentimentLevel::Neutral | SentimentLevel::Positive | SentimentLevel::VeryPositive
+            ) {
                 level = SentimentLevel::Negative;
             }
             score = score.min(-0.4);
         }
         let escalate = !signals.is_empty() || level == SentimentLevel::VeryNegative;
-        SentimentAnalysis { level, score, language, signals, escalate }
+        SentimentAnalysis {
+            level,
+            score,
+            language,
+            signals,
+            escalate,
+        }
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -169,10 +191,15 @@ impl SentimentModel {
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
-        let body = b.strip_prefix(MAGIC).ok_or_else(|| anyhow!("not a sentiment model"))?;
+        let body = b
+            .strip_prefix(MAGIC)
+            .ok_or_else(|| anyhow!("not a sentiment model"))?;
         let m: Self = postcard::from_bytes(body).context("decoding the sentiment model")?;
         if m.version != SENTIMENT_VERSION {
-            bail!("sentiment model version {} (expected {SENTIMENT_VERSION})", m.version);
+            bail!(
+                "sentiment model version {} (expected {SENTIMENT_VERSION})",
+                m.version
+            );
         }
         if m.linear.n_classes != 3
             || m.linear.n_sparse != m.vectorizer.len()
@@ -192,44 +219,156 @@ impl SentimentModel {
 // Escalation cues. English cues match at the start of a word (so "complain" also matches
 // "complaints"); Chinese cues match anywhere.
 const ANGER_EN: &[&str] = &[
-    "angry", "furious", "outraged", "livid", "pissed", "fed up", "sick of", "sick and tired",
-    "ridiculous", "unacceptable", "disgusting", "disgrace", "pathetic", "wtf", "what the hell",
-    "what the fuck", "bullshit", "screw you", "hate you", "incompetent", "scam", "rip off",
-    "ripoff", "shame on you", "fuck", "damn you", "idiots", "useless service", "enraged",
+    "angry",
+    "furious",
+    "outraged",
+    "livid",
+    "pissed",
+    "fed up",
+    "sick of",
+    "sick and tired",
+    "ridiculous",
+    "unacceptable",
+    "disgusting",
+    "disgrace",
+    "pathetic",
+    "wtf",
+    "what the hell",
+    "what the fuck",
+    "bullshit",
+    "screw you",
+    "hate you",
+    "incompetent",
+    "scam",
+    "rip off",
+    "ripoff",
+    "shame on you",
+    "fuck",
+    "damn you",
+    "idiots",
+    "useless service",
+    "enraged",
 ];
 const ANGER_ZH: &[&str] = &[
-    "生气", "气死", "愤怒", "恼火", "火大", "垃圾", "坑人", "骗子", "恶心", "破玩意", "忍无可忍",
-    "受够", "滚", "妈的", "他妈", "太过分", "岂有此理", "坑爹", "什么玩意", "无耻", "混蛋",
+    "生气",
+    "气死",
+    "愤怒",
+    "恼火",
+    "火大",
+    "垃圾",
+    "坑人",
+    "骗子",
+    "恶心",
+    "破玩意",
+    "忍无可忍",
+    "受够",
+    "滚",
+    "妈的",
+    "他妈",
+    "太过分",
+    "岂有此理",
+    "坑爹",
+    "什么玩意",
+    "无耻",
+    "混蛋",
 ];
 const CHURN_EN: &[&str] = &[
-    "cancel my account", "close my account", "closing my account", "cancel my subscription",
-    "cancel my membership", "cancel my contract", "terminate my contract", "end my contract",
-    "delete my account", "switch to another", "switching to another", "switch providers",
-    "switch banks", "switching banks", "take my business elsewhere", "taking my business elsewhere",
-    "find another bank", "find another provider", "go to a competitor", "going to a competitor",
-    "never fly with you again", "never use you again", "never buy from you again", "i'm leaving you",
-    "i am leaving you", "done with you", "last time i use", "last time i fly",
+    "cancel my account",
+    "close my account",
+    "closing my account",
+    "cancel my subscription",
+    "cancel my membership",
+    "cancel my contract",
+    "terminate my contract",
+    "end my contract",
+    "delete my account",
+    "switch to another",
+    "switching to another",
+    "switch providers",
+    "switch banks",
+    "switching banks",
+    "take my business elsewhere",
+    "taking my business elsewhere",
+    "find another bank",
+    "find another provider",
+    "go to a competitor",
+    "going to a competitor",
+    "never fly with you again",
+    "never use you again",
+    "never buy from you again",
+    "i'm leaving you",
+    "i am leaving you",
+    "done with you",
+    "last time i use",
+    "last time i fly",
 ];
 const CHURN_ZH: &[&str] = &[
-    "销户", "注销账户", "注销账号", "注销我的", "解约", "不用你们", "再也不用", "再也不买", "再也不来",
-    "再也不会", "换一家", "换别家", "换别的", "转网", "取消会员", "取消订阅", "退会员", "不再使用",
-    "以后不会再", "卸载",
+    "销户",
+    "注销账户",
+    "注销账号",
+    "注销我的",
+    "解约",
+    "不用你们",
+    "再也不用",
+    "再也不买",
+    "再也不来",
+    "再也不会",
+    "换一家",
+    "换别家",
+    "换别的",
+    "转网",
+    "取消会员",
+    "取消订阅",
+    "退会员",
+    "不再使用",
+    "以后不会再",
+    "卸载",
 ];
 const COMPLAINT_EN: &[&str] = &[
-    "complain", "file a complaint", "report you", "reporting you", "speak to a manager",
-    "talk to a manager", "speak to your manager", "speak to a supervisor", "talk to a supervisor",
-    "better business bureau", "ombudsman", "lawyer", "sue you", "suing you", "legal action",
-    "consumer protection", "regulator",
+    "complain",
+    "file a complaint",
+    "report you",
+    "reporting you",
+    "speak to a manager",
+    "talk to a manager",
+    "speak to your manager",
+    "speak to a supervisor",
+    "talk to a supervisor",
+    "better business bureau",
+    "ombudsman",
+    "lawyer",
+    "sue you",
+    "suing you",
+    "legal action",
+    "consumer protection",
+    "regulator",
 ];
 const COMPLAINT_ZH: &[&str] = &[
-    "投诉", "举报", "曝光", "12315", "消协", "消费者协会", "找你们领导", "找你们经理", "叫你们经理",
-    "叫你们领导", "维权", "起诉", "律师", "工信部", "银保监", "差评",
+    "投诉",
+    "举报",
+    "曝光",
+    "12315",
+    "消协",
+    "消费者协会",
+    "找你们领导",
+    "找你们经理",
+    "叫你们经理",
+    "叫你们领导",
+    "维权",
+    "起诉",
+    "律师",
+    "工信部",
+    "银保监",
+    "差评",
 ];
 
 fn has_cue_en(norm: &str, cues: &[&str]) -> bool {
     cues.iter().any(|cue| {
         norm.match_indices(cue).any(|(i, _)| {
-            norm[..i].chars().next_back().is_none_or(|c| !c.is_alphanumeric())
+            norm[..i]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !c.is_alphanumeric())
         })
     })
 }
@@ -244,7 +383,8 @@ fn shouting(text: &str) -> bool {
         return true;
     }
     let letters: Vec<char> = text.chars().filter(|c| c.is_ascii_alphabetic()).collect();
-    letters.len() >= 15 && letters.iter().filter(|c| c.is_ascii_uppercase()).count() * 10 >= letters.len() * 8
+    letters.len() >= 15
+        && letters.iter().filter(|c| c.is_ascii_uppercase()).count() * 10 >= letters.len() * 8
 }
 
 /// The escalation signals in a message, in a fixed order (anger, churn, complaint).
@@ -278,7 +418,10 @@ mod tests {
         assert!(m.vocabulary_size() > 1000);
         assert!(BUNDLED.len() < 4 * 1024 * 1024);
         let again = SentimentModel::from_bytes(&m.to_bytes()).unwrap();
-        assert_eq!(again.probabilities("great service"), m.probabilities("great service"));
+        assert_eq!(
+            again.probabilities("great service"),
+            m.probabilities("great service")
+        );
         assert!(SentimentModel::from_bytes(b"KEFUSNT1 junk").is_err());
     }
 
@@ -287,7 +430,10 @@ mod tests {
         let m = SentimentModel::bundled();
         let a = m.analyze("Your service is terrible, I want to complain");
         assert!(negative(a.level), "{a:?}");
-        assert!(a.signals.contains(&EscalationSignal::Complaint) && a.escalate, "{a:?}");
+        assert!(
+            a.signals.contains(&EscalationSignal::Complaint) && a.escalate,
+            "{a:?}"
+        );
         assert_eq!(a.language, Language::En);
         let a = m.analyze("Hello, I need help");
         assert_eq!(a.level, Neutral, "{a:?}");
@@ -299,7 +445,10 @@ mod tests {
         assert!(negative(a.level) && a.score < -0.3, "{a:?}");
         let a = m.analyze("This is ridiculous, I'm going to cancel my account and switch banks");
         assert_eq!(a.level, VeryNegative, "{a:?}");
-        assert!(a.signals.contains(&EscalationSignal::Anger) && a.signals.contains(&EscalationSignal::ChurnThreat));
+        assert!(
+            a.signals.contains(&EscalationSignal::Anger)
+                && a.signals.contains(&EscalationSignal::ChurnThreat)
+        );
     }
 
     #[test]
@@ -308,7 +457,10 @@ mod tests {
         let a = m.analyze("你们的服务太差了，我要投诉");
         assert!(negative(a.level), "{a:?}");
         assert_eq!(a.language, Language::Zh);
-        assert!(a.signals.contains(&EscalationSignal::Complaint) && a.escalate, "{a:?}");
+        assert!(
+            a.signals.contains(&EscalationSignal::Complaint) && a.escalate,
+            "{a:?}"
+        );
         let a = m.analyze("东西很好，物流也快，非常满意");
         assert!(matches!(a.level, Positive | VeryPositive), "{a:?}");
         let a = m.analyze("质量太差了，用了两天就坏了，非常失望");
@@ -321,7 +473,15 @@ mod tests {
     #[test]
     fn any_input_is_safe() {
         let m = SentimentModel::bundled();
-        for t in ["", "   ", "!!!", "🙂", "\u{0}\u{FFFF}", &"a".repeat(100_000), "ＡＢＣ，。！"] {
+        for t in [
+            "",
+            "   ",
+            "!!!",
+            "🙂",
+            "\u{0}\u{FFFF}",
+            &"a".repeat(100_000),
+            "ＡＢＣ，。！",
+        ] {
             let a = m.analyze(t);
             assert!((-1.0..=1.0).contains(&a.score), "{t:?}: {a:?}");
         }
@@ -331,7 +491,13 @@ mod tests {
     #[test]
     fn cues_respect_word_starts() {
         assert!(escalation_signals("I have an issue with my card").is_empty());
-        assert_eq!(escalation_signals("I'll file complaints"), vec![EscalationSignal::Complaint]);
-        assert_eq!(escalation_signals("WHY IS MY CARD STILL BLOCKED"), vec![EscalationSignal::Anger]);
+        assert_eq!(
+            escalation_signals("I'll file complaints"),
+            vec![EscalationSignal::Complaint]
+        );
+        assert_eq!(
+            escalation_signals("WHY IS MY CARD STILL BLOCKED"),
+            vec![EscalationSignal::Anger]
+        );
     }
 }

@@ -142,10 +142,16 @@ mod tests {
 
     #[test]
     fn detects_language() {
-        assert_eq!(detect_language("Hello, I need help with my card"), Language::En);
+        assert_eq!(
+            detect_language("Hello, I need help with my card"),
+            Language::En
+        );
         assert_eq!(detect_language("你们的服务太差了，我要投诉"), Language::Zh);
         assert_eq!(detect_language("我的card丢了怎么办"), Language::Zh);
-        assert_eq!(detect_language("I want to complain about the 投诉 process"), Language::En);
+        assert_eq!(
+            detect_language("I want to complain about the 投诉 process"),
+            Language::En
+        );
         assert_eq!(detect_language(""), Language::En);
         assert_eq!(detect_language("12345 !!!"), Language::En);
     }
@@ -159,12 +165,21 @@ mod tests {
 
     #[test]
     fn segments_english_and_chinese() {
-        assert_eq!(words("I don't have my CARD, help!"), vec!["i", "don't", "have", "my", "card", "help"]);
+        assert_eq!(
+            words("I don't have my CARD, help!"),
+            vec!["i", "don't", "have", "my", "card", "help"]
+        );
         let zh = words("我的银行卡丢了");
         assert!(zh.contains(&"银行卡".to_string()), "{zh:?}");
-        assert!(zh.contains(&"丢".to_string()) || zh.contains(&"丢了".to_string()), "{zh:?}");
+        assert!(
+            zh.contains(&"丢".to_string()) || zh.contains(&"丢了".to_string()),
+            "{zh:?}"
+        );
         let mixed = words("我的Visa card被冻结了");
-        assert!(mixed.contains(&"visa".to_string()) && mixed.contains(&"card".to_string()), "{mixed:?}");
+        assert!(
+            mixed.contains(&"visa".to_string()) && mixed.contains(&"card".to_string()),
+            "{mixed:?}"
+        );
         assert!(mixed.contains(&"冻结".to_string()), "{mixed:?}");
         assert!(words("!!! ...").is_empty());
     }
