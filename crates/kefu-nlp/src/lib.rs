@@ -18,3 +18,16 @@ pub mod intent;
 mod linear;
 pub mod sentiment;
 pub mod text;
+
+#[cfg(test)]
+mod tests {
+    fn shareable<T: Send + Sync>() {}
+
+    /// Services share one model between request handlers.
+    #[test]
+    fn models_are_send_and_sync() {
+        shareable::<crate::embed::Embedder>();
+        shareable::<crate::intent::IntentModel>();
+        shareable::<crate::sentiment::SentimentModel>();
+    }
+}
