@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p kefu-nlp --example nlp_eval -- intents TRAIN.csv TEST.csv MODELS_DIR
-//! cargo run --release -p kefu-nlp --example nlp_eval -- sentiment TEST.csv
+//! cargo run --release -p kefu-nlp --example nlp_eval -- sentiment TEST.csv [MODEL.bin]
 //! cargo run --release -p kefu-nlp --example nlp_eval -- train-sentiment AIRLINE.csv WAIMAI.csv OUT.bin
 //! ```
 
@@ -16,10 +16,14 @@ fn main() -> Result<()> {
     let line = match (args.first().map(String::as_str), a.as_slice()) {
         (Some("intents"), [train, test, models]) => kefu_nlp::eval::intents(train, test, models)?,
         (Some("sentiment"), [test]) => kefu_nlp::eval::sentiment(test)?,
+        (Some("sentiment"), [test, model]) => {
+            let model = kefu_nlp::sentiment::SentimentModel::from_bytes(&std::fs::read(model)?)?;
+            kefu_nlp::eval::sentiment_with(&model, test)?
+        }
         (Some("train-sentiment"), [airline, waimai, out]) => {
             kefu_nlp::eval::train_sentiment(airline, waimai, out)?
         }
-        _ => bail!("usage: nlp_eval intents TRAIN TEST MODELS_DIR | sentiment TEST | train-sentiment AIRLINE WAIMAI OUT"),
+        _ => bail!("usage: nlp_eval intents TRAIN TEST MODELS_DIR | sentiment TEST [MODEL] | train-sentiment AIRLINE WAIMAI OUT"),
     };
     println!("{line}");
     Ok(())
