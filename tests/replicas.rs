@@ -13,8 +13,10 @@ use kefu_storage::testing::TestDb;
 use tonic::transport::Channel;
 use tonic::Code;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+/// Distinct free ports: all listeners are held until every port is chosen.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<_> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 fn local(port: u16) -> ServerArgs {
@@ -106,7 +108,7 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
         models_dir: std::env::var("KEFU_MODELS_DIR").map(Into::into).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models")),
     };
     let shutdown = Shutdown::new();
-    let [ticket, sentiment, router, knowledge_a, knowledge_b, orchestrator_a, orchestrator_b] = std::array::from_fn(|_| free_port());
+    let [ticket, sentiment, router, knowledge_a, knowledge_b, orchestrator_a, orchestrator_b] = free_ports();
     kefu_ticket::start(kefu_ticket::Config { server: local(ticket), data: data.clone() }, shutdown.clone()).await.unwrap();
     kefu_sentiment::start(kefu_sentiment::Config { server: local(sentiment) }, shutdown.clone()).await.unwrap();
     kefu_router::start(kefu_router::Config { server: local(router), content: content.clone(), data: data.clone() }, shutdown.clone()).await.unwrap();
@@ -213,7 +215,8 @@ impl Drop for OwnRedis {
 async fn readiness_follows_redis_and_recovers_without_a_restart() {
     let (_db, database_url) = TestDb::postgres().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut redis = OwnRedis { port: free_port(), child: None };
+    let [redis_port, port] = free_ports();
+    let mut redis = OwnRedis { port: redis_port, child: None };
     let data = DataArgs {
         data_dir: dir.path().join("data"),
         database_url: Some(database_url),
@@ -223,7 +226,6 @@ async fn readiness_follows_redis_and_recovers_without_a_restart() {
     // Lexical retrieval only (no model directory): this test is about readiness.
     let content = ContentArgs { tenants_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants"), models_dir: dir.path().join("no-models") };
     let shutdown = Shutdown::new();
-    let port = free_port();
     kefu_knowledge::start(kefu_knowledge::Config { server: local(port), content, data }, shutdown.clone()).await.unwrap();
 
     tokio::time::sleep(Duration::from_secs(3)).await;

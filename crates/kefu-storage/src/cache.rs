@@ -85,9 +85,34 @@ impl Redis {
         Ok(())
     }
 
+    /// Announces a change to the other replicas. A failure is only logged: the change
+    /// itself is stored, and replicas that miss it catch up at their next start.
+    pub async fn announce(&self, topic: &str, tenant_id: &str) {
+        if let Err(error) = self.publish(topic, tenant_id).await {
+            tracing::warn!(%error, topic, "could not notify the other replicas");
+        }
+    }
+
+    /// Runs `reload` for every tenant announced on `topic`, logging what it reports.
+    pub fn on_change<F, Fut>(&self, topic: &'static str, reload: F)
+    where
+        F: Fn(String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<String>> + Send,
+    {
+        let mut changes = self.subscribe(topic);
+        tokio::spawn(async move {
+            while let Some(tenant_id) = changes.recv().await {
+                match reload(tenant_id.clone()).await {
+                    Ok(summary) => tracing::info!(tenant = %tenant_id, topic, %summary, "reloaded after a change"),
+                    Err(error) => tracing::error!(tenant = %tenant_id, topic, error = %format!("{error:#}"), "reloading after a change failed"),
+                }
+            }
+        });
+    }
+
     /// Tenant ids announced on `topic`, from now on. Reconnects by itself; while
     /// disconnected nothing arrives, and the health probe reports the outage.
-    pub fn subscribe(&self, topic: &str) -> mpsc::Receiver<String> {
+    fn subscribe(&self, topic: &str) -> mpsc::Receiver<String> {
         let (sender, receiver) = mpsc::channel(64);
         let client = self.client.clone();
         let channel = self.key(&["events", topic]);

@@ -160,9 +160,7 @@ impl Knowledge {
     async fn changed(&self, tenant_id: &str) -> Result<(usize, usize), Status> {
         let counts = self.load(tenant_id).await?;
         if let Some(redis) = &self.redis {
-            if let Err(error) = redis.publish(DOCUMENTS_TOPIC, tenant_id).await {
-                tracing::warn!(%error, "could not notify the other replicas");
-            }
+            redis.announce(DOCUMENTS_TOPIC, tenant_id).await;
         }
         Ok(counts)
     }
@@ -295,16 +293,15 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .probe(Arc::new(db.probe()));
     if let Some(redis) = &redis {
         server = server.probe(Arc::new(redis.probe()));
-        let mut changes = redis.subscribe(DOCUMENTS_TOPIC);
         let listener = knowledge.clone();
-        tokio::spawn(async move {
-            while let Some(tenant_id) = changes.recv().await {
-                if listener.known_tenants.get(&tenant_id).is_some() {
-                    match listener.load(&tenant_id).await {
-                        Ok((documents, chunks)) => tracing::info!(tenant = %tenant_id, documents, chunks, "knowledge reloaded after a change"),
-                        Err(error) => tracing::error!(tenant = %tenant_id, error = %error.message(), "reloading knowledge failed"),
-                    }
+        redis.on_change(DOCUMENTS_TOPIC, move |tenant_id| {
+            let knowledge = listener.clone();
+            async move {
+                if knowledge.known_tenants.get(&tenant_id).is_none() {
+                    return Ok("not a tenant of this deployment".to_owned());
                 }
+                let (documents, chunks) = knowledge.load(&tenant_id).await.map_err(|status| anyhow::anyhow!(status.message().to_owned()))?;
+                Ok(format!("{documents} documents, {chunks} chunks"))
             }
         });
     }

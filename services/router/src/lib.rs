@@ -229,9 +229,7 @@ impl RouterService for RouterHandle {
         self.0.definitions.put_definition(&tenant.id, &tenant.source).await?;
         let (intents, examples) = self.0.train_stored(&tenant_id).await.map_err(|error| Status::internal(format!("{error:#}")))?;
         if let Some(redis) = &self.0.redis {
-            if let Err(error) = redis.publish(INTENTS_TOPIC, &tenant_id).await {
-                tracing::warn!(%error, "could not notify the other replicas");
-            }
+            redis.announce(INTENTS_TOPIC, &tenant_id).await;
         }
         Ok(Response::new(ReloadTenantResponse { intents: intents as i32, examples: examples as i32 }))
     }
@@ -259,14 +257,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .probe(Arc::new(db.probe()));
     if let Some(redis) = &redis {
         server = server.probe(Arc::new(redis.probe()));
-        let mut changes = redis.subscribe(INTENTS_TOPIC);
         let listener = router.clone();
-        tokio::spawn(async move {
-            while let Some(tenant_id) = changes.recv().await {
-                match listener.train_stored(&tenant_id).await {
-                    Ok((intents, examples)) => tracing::info!(tenant = %tenant_id, intents, examples, "intents reloaded after a change"),
-                    Err(error) => tracing::error!(tenant = %tenant_id, error = %format!("{error:#}"), "reloading intents failed"),
-                }
+        redis.on_change(INTENTS_TOPIC, move |tenant_id| {
+            let router = listener.clone();
+            async move {
+                let (intents, examples) = router.train_stored(&tenant_id).await?;
+                Ok(format!("{intents} intents, {examples} examples"))
             }
         });
     }
