@@ -1,5 +1,8 @@
 //! Production backends: replicas on one PostgreSQL database and one Redis. Any replica
 //! serves any request, tenants never see each other's data, and readiness follows Redis.
+mod common;
+
+use common::ServingStatus;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -10,7 +13,6 @@ use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
 use kefu_runtime::{ClientArgs, ContentArgs, DataArgs, ServerArgs, Shutdown};
 use kefu_storage::testing::TestDb;
-use tonic::transport::Channel;
 use tonic::Code;
 
 /// Distinct free ports: all listeners are held until every port is chosen.
@@ -58,34 +60,24 @@ fn two_tenants(dir: &Path) -> std::path::PathBuf {
     tenants
 }
 
-async fn serving(port: u16, within: Duration) -> bool {
+/// Waits up to `within` for the server on `port` to report `wanted`.
+async fn reaches(port: u16, wanted: ServingStatus, within: Duration) -> bool {
     let started = Instant::now();
     while started.elapsed() < within {
-        if let Ok(channel) = Channel::from_shared(url(port)).unwrap().connect().await {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            if let Ok(reply) = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await {
-                if reply.into_inner().status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32 {
-                    return true;
-                }
-            }
+        if common::health_status(&url(port)).await == Some(wanted) {
+            return true;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     false
 }
 
+async fn serving(port: u16, within: Duration) -> bool {
+    reaches(port, ServingStatus::Serving, within).await
+}
+
 async fn not_serving(port: u16, within: Duration) -> bool {
-    let started = Instant::now();
-    while started.elapsed() < within {
-        let channel = Channel::from_shared(url(port)).unwrap().connect().await.unwrap();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-        let status = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.unwrap().into_inner().status;
-        if status == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
+    reaches(port, ServingStatus::NotServing, within).await
 }
 
 fn message(tenant: &str, customer: &str, session: &str, text: &str) -> SendMessageRequest {

@@ -7,6 +7,8 @@
 //!
 //! `cargo test --release -p kefu --test trace -- --nocapture` prints the span tree.
 
+mod common;
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -405,24 +407,8 @@ async fn wait_until_serving(processes: &mut Processes, gateway: &str) {
     let started = Instant::now();
     loop {
         processes.assert_running();
-        if let Ok(channel) = tonic::transport::Endpoint::from_shared(gateway.to_owned())
-            .unwrap()
-            .connect()
-            .await
-        {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            if let Ok(response) = health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-            {
-                if response.into_inner().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-                {
-                    return;
-                }
-            }
+        if common::health_status(gateway).await == Some(common::ServingStatus::Serving) {
+            return;
         }
         if started.elapsed() > STARTUP_LIMIT {
             let logs: String = SERVICES

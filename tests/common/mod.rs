@@ -12,6 +12,7 @@ use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::{Channel as MessageChannel, SendMessageRequest, SendMessageResponse};
 use tonic::transport::Channel;
+pub use tonic_health::pb::health_check_response::ServingStatus;
 
 pub struct Stack {
     pub gateway: String,
@@ -108,28 +109,17 @@ const STARTUP_LIMIT: Duration = Duration::from_secs(300);
 
 /// Polls the gateway's health until it (and so everything behind it) is SERVING.
 async fn wait_until_serving(url: &str) {
-    loop {
-        if let Ok(channel) = Channel::from_shared(url.to_owned())
-            .unwrap()
-            .connect()
-            .await
-        {
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            if let Ok(response) = health
-                .check(tonic_health::pb::HealthCheckRequest {
-                    service: String::new(),
-                })
-                .await
-            {
-                if response.into_inner().status
-                    == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
-                {
-                    return;
-                }
-            }
-        }
+    while health_status(url).await != Some(ServingStatus::Serving) {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// The overall gRPC health status of the server at `url`; None when it cannot be reached.
+pub async fn health_status(url: &str) -> Option<ServingStatus> {
+    let channel = Channel::from_shared(url.to_owned()).ok()?.connect().await.ok()?;
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let response = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.ok()?;
+    ServingStatus::try_from(response.into_inner().status).ok()
 }
 
 pub async fn conversations() -> ConversationServiceClient<Channel> {
