@@ -37,6 +37,14 @@ fn grpc_code(headers: &HeaderMap) -> tonic::Code {
         .unwrap_or(tonic::Code::Ok)
 }
 
+/// Puts a call's gRPC status on its span; anything but OK marks the span as an error.
+fn record_status(span: &tracing::Span, code: tonic::Code) {
+    span.record("rpc.grpc.status_code", code as i32);
+    if code != tonic::Code::Ok {
+        span.record("otel.status_code", "ERROR");
+    }
+}
+
 fn code_label(code: tonic::Code) -> String {
     format!("{code:?}")
 }
@@ -136,10 +144,7 @@ where
                 Ok(response) => grpc_code(response.headers()),
                 Err(_) => tonic::Code::Unknown,
             };
-            span.record("rpc.grpc.status_code", code as i32);
-            if code != tonic::Code::Ok {
-                span.record("otel.status_code", "ERROR");
-            }
+            record_status(&span, code);
             metrics::counter!(
                 "kefu_grpc_server_requests_total",
                 "service" => service.to_string(),
@@ -242,10 +247,7 @@ where
                 Ok(response) => grpc_code(response.headers()),
                 Err(_) => tonic::Code::Unavailable,
             };
-            span.record("rpc.grpc.status_code", code as i32);
-            if code != tonic::Code::Ok {
-                span.record("otel.status_code", "ERROR");
-            }
+            record_status(&span, code);
             metrics::counter!(
                 "kefu_grpc_client_requests_total",
                 "service" => layer.service.to_string(),

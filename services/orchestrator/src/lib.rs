@@ -68,7 +68,7 @@ fn is_transient(status: &Status) -> bool {
 }
 
 fn channel_name(channel: i32) -> String {
-    Channel::try_from(channel).unwrap_or_default().as_str_name().trim_start_matches("CHANNEL_").to_ascii_lowercase()
+    kefu_proto::enum_label(Channel::try_from(channel).unwrap_or_default().as_str_name(), "CHANNEL_")
 }
 
 fn turn_of(record: TurnRecord) -> Turn {
@@ -81,7 +81,7 @@ fn turn_of(record: TurnRecord) -> Turn {
         sentiment: record.sentiment,
         escalated: record.escalated,
         ticket_id: record.ticket_id,
-        created_at: Some(kefu_proto::Timestamp { seconds: record.created_at.div_euclid(1000), nanos: (record.created_at.rem_euclid(1000) * 1_000_000) as i32 }),
+        created_at: Some(kefu_proto::timestamp_from_millis(record.created_at)),
     }
 }
 

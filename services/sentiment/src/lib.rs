@@ -79,7 +79,7 @@ impl SentimentService for Analyzer {
         }
         let analysis = self.model.analyze(truncate_at_char_boundary(&text, MAX_TEXT_BYTES));
         let label = label_of(analysis.level);
-        metrics::counter!("kefu_sentiment_labels_total", "service" => SERVICE, "label" => label.as_str_name().trim_start_matches("SENTIMENT_LABEL_").to_ascii_lowercase()).increment(1);
+        metrics::counter!("kefu_sentiment_labels_total", "service" => SERVICE, "label" => kefu_proto::enum_label(label.as_str_name(), "SENTIMENT_LABEL_")).increment(1);
         Ok(Response::new(AnalyzeResponse {
             sentiment: Some(Sentiment { label: label as i32, score: analysis.score.clamp(-1.0, 1.0) }),
             language: language_of(analysis.language) as i32,

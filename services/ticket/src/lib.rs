@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use kefu_proto::v1::ticket_service_server::{TicketService, TicketServiceServer};
 use kefu_proto::v1::*;
-use kefu_proto::Timestamp;
+use kefu_proto::{enum_label as label, timestamp_from_millis as timestamp};
 use kefu_runtime::{DataArgs, RunningServer, ServerArgs, ServiceSpec, Shutdown};
 use kefu_storage::{
     now_millis, AuditRecord, CustomerRecord, Database, SqlTicketStore, TicketChange, TicketRecord, TicketStore, UpdateOutcome,
@@ -58,13 +58,6 @@ fn status_name(status: i32) -> &'static str {
     TicketStatus::try_from(status).map(|s| s.as_str_name()).unwrap_or("UNKNOWN")
 }
 
-fn label(name: &str, prefix: &str) -> String {
-    name.trim_start_matches(prefix).to_ascii_lowercase()
-}
-
-fn timestamp(millis: i64) -> Timestamp {
-    Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
-}
 
 fn to_proto(record: TicketRecord, audit: Vec<AuditRecord>, now: i64) -> Ticket {
     let open = !matches!(TicketStatus::try_from(record.status), Ok(TicketStatus::Resolved | TicketStatus::Closed));
@@ -388,11 +381,5 @@ mod tests {
         assert!(sla(Priority::Urgent) < sla(Priority::High));
         assert!(sla(Priority::High) < sla(Priority::Medium));
         assert!(sla(Priority::Medium) < sla(Priority::Low));
-    }
-
-    #[test]
-    fn timestamps_keep_milliseconds() {
-        let ts = timestamp(1_700_000_000_123);
-        assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
     }
 }
