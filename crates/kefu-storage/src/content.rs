@@ -91,11 +91,8 @@ impl ContentStore for SqlContentStore {
 
     async fn put_document(&self, tenant_id: &str, document: &StoredDocument, chunks: &[StoredChunk]) -> StoreResult<()> {
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query("DELETE FROM document_chunks WHERE tenant_id = $1 AND document_id = $2")
-            .bind(tenant_id)
-            .bind(document.document_id.as_str())
-            .execute(&mut *tx)
-            .await?;
+        // The document row first: its lock serializes replicas writing the same document
+        // (e.g. seeding at the same start), so their chunk rows never collide.
         sqlx::query(
             "INSERT INTO documents (tenant_id, document_id, title, body, updated_at) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (tenant_id, document_id) DO UPDATE SET title = excluded.title, body = excluded.body, updated_at = excluded.updated_at",
@@ -107,6 +104,11 @@ impl ContentStore for SqlContentStore {
         .bind(now_millis())
         .execute(&mut *tx)
         .await?;
+        sqlx::query("DELETE FROM document_chunks WHERE tenant_id = $1 AND document_id = $2")
+            .bind(tenant_id)
+            .bind(document.document_id.as_str())
+            .execute(&mut *tx)
+            .await?;
         for (seq, chunk) in chunks.iter().enumerate() {
             sqlx::query("INSERT INTO document_chunks (tenant_id, document_id, seq, chunk_id, heading, body, vector) VALUES ($1, $2, $3, $4, $5, $6, $7)")
                 .bind(tenant_id)

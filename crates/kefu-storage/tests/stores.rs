@@ -185,6 +185,31 @@ async fn documents_keep_their_chunks_and_vectors() {
 }
 
 #[tokio::test]
+async fn replicas_writing_the_same_document_at_once_all_succeed() {
+    for (_guard, db) in backends().await {
+        let store = Arc::new(SqlContentStore::new(db));
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let document = StoredDocument { document_id: "shipping.en".into(), title: "Shipping".into(), text: "Ships in a day.".into() };
+                    let chunks: Vec<StoredChunk> = (0..3)
+                        .map(|n| StoredChunk { chunk_id: format!("shipping.en#{n}"), heading: String::new(), text: format!("part {n}"), vector: vec![n as f32] })
+                        .collect();
+                    store.put_document("t1", &document, &chunks).await
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap().expect("concurrent seeding of one document succeeds");
+        }
+        let stored = store.chunks("t1").await.unwrap();
+        assert_eq!(stored.len(), 1);
+        assert_eq!(stored[0].1.len(), 3);
+    }
+}
+
+#[tokio::test]
 async fn replicas_starting_together_migrate_once() {
     let (_guard, url) = TestDb::postgres().await;
     let starts: Vec<_> = (0..4).map(|_| {
