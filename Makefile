@@ -79,6 +79,8 @@ eval: models build ## Measure intents, sentiment and retrieval on validation dat
 	$(KEFU) eval intents --train data/eval/banking77_train.csv --test data/eval/banking77_val.csv
 	$(KEFU) eval sentiment --test data/eval/airline_val.csv
 	$(KEFU) eval sentiment --test data/eval/waimai_val.csv
+	$(KEFU) eval sentiment --test eval/sentiment/other_domains_en.csv
+	$(KEFU) eval sentiment --test eval/sentiment/other_domains_zh.csv
 	$(KEFU) eval retrieval --docs eval/retrieval/docs.jsonl --queries eval/retrieval/queries.csv
 
 bench: models tools ## Load benchmark: 100 concurrent customers through the gateway

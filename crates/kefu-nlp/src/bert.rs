@@ -294,6 +294,14 @@ fn linear_split(x: &[f32], m: usize, d: &Dense, out: &mut [f32], split: bool) {
 fn linear(x: &[f32], m: usize, d: &Dense, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {
+        if d.n_in.is_multiple_of(16)
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+        {
+            // The CPU supports AVX-512F and VL (checked just above), as the kernel requires.
+            linear_tiles(x, m, d, out, avx512::dot);
+            return;
+        }
         if d.n_in.is_multiple_of(8)
             && is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
@@ -304,20 +312,24 @@ fn linear(x: &[f32], m: usize, d: &Dense, out: &mut [f32]) {
             return;
         }
     }
-    linear_tiles(x, m, d, out, dot_scalar)
+    linear_tiles(x, m, d, out, dot_scalar::<3>)
 }
 
 /// Output features per tile: a tile of weights stays in L2 while all rows pass over it.
 const TILE: usize = 64;
 
-/// Weight rows handled together by a kernel call.
-const COLS: usize = 3;
+/// A kernel: dot products of four input rows with `COLS` weight rows.
+type Kernel<const COLS: usize> = unsafe fn(&[&[f32]; 4], &[&[u16]; COLS]) -> [[f32; 4]; COLS];
 
-type Kernel = unsafe fn(&[&[f32]; 4], &[&[u16]; COLS]) -> [[f32; 4]; COLS];
-
-/// Walks the output in tiles of weight rows, four input rows by three weight rows at a time.
+/// Walks the output in tiles of weight rows, four input rows by `COLS` weight rows at a time.
 #[inline(always)]
-fn linear_tiles(x: &[f32], m: usize, d: &Dense, out: &mut [f32], kernel: Kernel) {
+fn linear_tiles<const COLS: usize>(
+    x: &[f32],
+    m: usize,
+    d: &Dense,
+    out: &mut [f32],
+    kernel: Kernel<COLS>,
+) {
     let (k, n) = (d.n_in, d.n_out);
     assert!(x.len() >= m * k && out.len() >= m * n && d.w.len() == n * k);
     for tile in (0..n).step_by(TILE) {
@@ -336,8 +348,8 @@ fn linear_tiles(x: &[f32], m: usize, d: &Dense, out: &mut [f32], kernel: Kernel)
                     let cj = j + c.min(cols - 1);
                     &d.w[cj * k..(cj + 1) * k]
                 });
-                // SAFETY: every slice has length k; the AVX2 kernel is only passed in when
-                // the CPU supports it, and it reads k elements (k % 8 == 0) of each slice.
+                // SAFETY: every slice has length k; a SIMD kernel is only passed in when
+                // the CPU supports it and k is a multiple of its width.
                 let s = unsafe { kernel(&xr, &wr) };
                 for (c, sc) in s.iter().enumerate().take(cols) {
                     for (r, v) in sc.iter().enumerate().take(rows) {
@@ -351,7 +363,7 @@ fn linear_tiles(x: &[f32], m: usize, d: &Dense, out: &mut [f32], kernel: Kernel)
     }
 }
 
-unsafe fn dot_scalar(x: &[&[f32]; 4], w: &[&[u16]; COLS]) -> [[f32; 4]; COLS] {
+unsafe fn dot_scalar<const COLS: usize>(x: &[&[f32]; 4], w: &[&[u16]; COLS]) -> [[f32; 4]; COLS] {
     let f = |w: u16| half::f16::from_bits(w).to_f32();
     std::array::from_fn(|c| {
         std::array::from_fn(|r| x[r].iter().zip(w[c]).map(|(a, &b)| a * f(b)).sum())
@@ -360,8 +372,9 @@ unsafe fn dot_scalar(x: &[&[f32]; 4], w: &[&[u16]; COLS]) -> [[f32; 4]; COLS] {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::COLS;
     use std::arch::x86_64::*;
+
+    const COLS: usize = 3;
 
     #[target_feature(enable = "avx2,fma")]
     unsafe fn hsum(v: __m256) -> f32 {
@@ -403,6 +416,63 @@ mod avx2 {
             }
         }
         out
+    }
+}
+
+/// AVX-512: 16 lanes and 32 registers, so four rows by four weight rows at a time.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    const COLS: usize = 4;
+
+    /// Dot products of four rows with four half-precision weight rows; all slices have
+    /// the same length, a multiple of 16. The sixteen accumulators are named one by one:
+    /// held in an array, they were spilled to the stack on every step.
+    #[target_feature(enable = "avx512f,avx512vl,f16c")]
+    pub(super) unsafe fn dot(x: &[&[f32]; 4], w: &[&[u16]; COLS]) -> [[f32; 4]; COLS] {
+        let k = w[0].len();
+        let [p0, p1, p2, p3] = [x[0].as_ptr(), x[1].as_ptr(), x[2].as_ptr(), x[3].as_ptr()];
+        let [q0, q1, q2, q3] = [w[0].as_ptr(), w[1].as_ptr(), w[2].as_ptr(), w[3].as_ptr()];
+        let z = _mm512_setzero_ps();
+        let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
+        let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
+        let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
+        let (mut a30, mut a31, mut a32, mut a33) = (z, z, z, z);
+        let mut c = 0;
+        while c < k {
+            let half =
+                |q: *const u16| _mm512_cvtph_ps(_mm256_loadu_si256(q.add(c) as *const __m256i));
+            let (v0, v1, v2, v3) = (half(q0), half(q1), half(q2), half(q3));
+            let x0 = _mm512_loadu_ps(p0.add(c));
+            a00 = _mm512_fmadd_ps(x0, v0, a00);
+            a10 = _mm512_fmadd_ps(x0, v1, a10);
+            a20 = _mm512_fmadd_ps(x0, v2, a20);
+            a30 = _mm512_fmadd_ps(x0, v3, a30);
+            let x1 = _mm512_loadu_ps(p1.add(c));
+            a01 = _mm512_fmadd_ps(x1, v0, a01);
+            a11 = _mm512_fmadd_ps(x1, v1, a11);
+            a21 = _mm512_fmadd_ps(x1, v2, a21);
+            a31 = _mm512_fmadd_ps(x1, v3, a31);
+            let x2 = _mm512_loadu_ps(p2.add(c));
+            a02 = _mm512_fmadd_ps(x2, v0, a02);
+            a12 = _mm512_fmadd_ps(x2, v1, a12);
+            a22 = _mm512_fmadd_ps(x2, v2, a22);
+            a32 = _mm512_fmadd_ps(x2, v3, a32);
+            let x3 = _mm512_loadu_ps(p3.add(c));
+            a03 = _mm512_fmadd_ps(x3, v0, a03);
+            a13 = _mm512_fmadd_ps(x3, v1, a13);
+            a23 = _mm512_fmadd_ps(x3, v2, a23);
+            a33 = _mm512_fmadd_ps(x3, v3, a33);
+            c += 16;
+        }
+        let sum = |v: __m512| _mm512_reduce_add_ps(v);
+        [
+            [sum(a00), sum(a01), sum(a02), sum(a03)],
+            [sum(a10), sum(a11), sum(a12), sum(a13)],
+            [sum(a20), sum(a21), sum(a22), sum(a23)],
+            [sum(a30), sum(a31), sum(a32), sum(a33)],
+        ]
     }
 }
 
@@ -464,16 +534,32 @@ mod tests {
             d.w.iter()
                 .map(|&h| half::f16::from_bits(h).to_f32())
                 .collect();
+        let check = |name: &str, out: &[f32]| {
+            for i in 0..m {
+                for j in 0..n {
+                    let want: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>() + b[j];
+                    assert!(
+                        (out[i * n + j] - want).abs() < 1e-4,
+                        "{name} ({i},{j}) {} vs {want}",
+                        out[i * n + j]
+                    );
+                }
+            }
+        };
         let mut out = vec![0f32; m * n];
-        linear(&x, m, &d, &mut out);
-        for i in 0..m {
-            for j in 0..n {
-                let want: f32 = (0..k).map(|t| x[i * k + t] * w[j * k + t]).sum::<f32>() + b[j];
-                assert!(
-                    (out[i * n + j] - want).abs() < 1e-4,
-                    "({i},{j}) {} vs {want}",
-                    out[i * n + j]
-                );
+        linear_tiles(&x, m, &d, &mut out, dot_scalar::<3>);
+        check("scalar", &out);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+                out.fill(0.0);
+                linear_tiles(&x, m, &d, &mut out, avx2::dot);
+                check("avx2", &out);
+            }
+            if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl") {
+                out.fill(0.0);
+                linear_tiles(&x, m, &d, &mut out, avx512::dot);
+                check("avx512", &out);
             }
         }
     }
