@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 
 use clap::Parser;
-use kefu_runtime::{ClientArgs, ContentArgs, DataArgs, ServerArgs, ServiceSpec, Shutdown, TelemetryArgs};
+use kefu_runtime::{
+    ClientArgs, ContentArgs, DataArgs, ServerArgs, ServiceSpec, Shutdown, TelemetryArgs,
+};
 
 #[derive(Parser, Clone, Debug)]
 #[command(name = "kefu up")]
@@ -46,21 +48,36 @@ impl UpArgs {
         ServerArgs {
             bind_host: self.bind_host,
             grpc_port: Some(port),
-            metrics_port: Some(if self.metrics_base_port == 0 { 0 } else { self.metrics_base_port + metrics_offset }),
+            metrics_port: Some(if self.metrics_base_port == 0 {
+                0
+            } else {
+                self.metrics_base_port + metrics_offset
+            }),
             request_timeout_ms: self.request_timeout_ms,
             max_concurrency: 256,
         }
     }
 
     fn url(&self, port: u16) -> String {
-        let host = if self.bind_host.is_unspecified() { "127.0.0.1".to_owned() } else { self.bind_host.to_string() };
-        let host = if host.contains(':') { format!("[{host}]") } else { host };
+        let host = if self.bind_host.is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            self.bind_host.to_string()
+        };
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
         format!("http://{host}:{port}")
     }
 }
 
 /// Starts the six services; returns once all listen.
-pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<Vec<kefu_runtime::RunningServer>> {
+pub async fn up(
+    args: UpArgs,
+    shutdown: Shutdown,
+) -> anyhow::Result<Vec<kefu_runtime::RunningServer>> {
     let peers = kefu_orchestrator::Config {
         server: args.server(args.orchestrator_port, 1),
         clients: args.clients.clone(),
@@ -73,15 +90,37 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<Vec<kefu_run
         },
     };
     let servers = vec![
-        kefu_ticket::start(kefu_ticket::Config { server: args.server(args.ticket_port, 4), data: args.data.clone() }, shutdown.clone()).await?,
-        kefu_sentiment::start(kefu_sentiment::Config { server: args.server(args.sentiment_port, 5) }, shutdown.clone()).await?,
+        kefu_ticket::start(
+            kefu_ticket::Config {
+                server: args.server(args.ticket_port, 4),
+                data: args.data.clone(),
+            },
+            shutdown.clone(),
+        )
+        .await?,
+        kefu_sentiment::start(
+            kefu_sentiment::Config {
+                server: args.server(args.sentiment_port, 5),
+                models: args.content.models.clone(),
+            },
+            shutdown.clone(),
+        )
+        .await?,
         kefu_router::start(
-            kefu_router::Config { server: args.server(args.router_port, 2), content: args.content.clone(), data: args.data.clone() },
+            kefu_router::Config {
+                server: args.server(args.router_port, 2),
+                content: args.content.clone(),
+                data: args.data.clone(),
+            },
             shutdown.clone(),
         )
         .await?,
         kefu_knowledge::start(
-            kefu_knowledge::Config { server: args.server(args.knowledge_port, 3), content: args.content.clone(), data: args.data.clone() },
+            kefu_knowledge::Config {
+                server: args.server(args.knowledge_port, 3),
+                content: args.content.clone(),
+                data: args.data.clone(),
+            },
             shutdown.clone(),
         )
         .await?,
@@ -101,4 +140,3 @@ pub async fn up(args: UpArgs, shutdown: Shutdown) -> anyhow::Result<Vec<kefu_run
     ];
     Ok(servers)
 }
-

@@ -5,10 +5,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use kefu::UpArgs;
-use kefu_runtime::{DataArgs, Shutdown};
+use kefu_runtime::{DataArgs, ModelArgs, Shutdown};
 
 #[derive(Parser)]
-#[command(name = "kefu", version, about = "kefu: multi-agent customer service over gRPC")]
+#[command(
+    name = "kefu",
+    version,
+    about = "kefu: multi-agent customer service over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -39,13 +43,15 @@ enum EvalCommand {
         train: PathBuf,
         #[arg(long)]
         test: PathBuf,
-        #[arg(long, env = "KEFU_MODELS_DIR", default_value = "./models")]
-        models_dir: PathBuf,
+        #[command(flatten)]
+        models: ModelArgs,
     },
-    /// Run the bundled sentiment model on TEST.csv (text,sentiment).
+    /// Run the bundled sentiment model on TEST.csv (text,sentiment), embedding included.
     Sentiment {
         #[arg(long)]
         test: PathBuf,
+        #[command(flatten)]
+        models: ModelArgs,
     },
     /// Ingest DOCS.jsonl as a tenant's documents, run QUERIES.csv (text,doc_id) through search.
     Retrieval {
@@ -53,8 +59,8 @@ enum EvalCommand {
         docs: PathBuf,
         #[arg(long)]
         queries: PathBuf,
-        #[arg(long, env = "KEFU_MODELS_DIR", default_value = "./models")]
-        models_dir: PathBuf,
+        #[command(flatten)]
+        models: ModelArgs,
     },
 }
 
@@ -68,6 +74,8 @@ enum TrainCommand {
         waimai: PathBuf,
         #[arg(long, default_value = "crates/kefu-nlp/assets/sentiment.bin")]
         out: PathBuf,
+        #[command(flatten)]
+        models: ModelArgs,
     },
 }
 
@@ -82,9 +90,14 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
         }
     };
     let gateway = servers.last().map(|s| s.grpc_addr).expect("six servers");
-    eprintln!("kefu is starting; the models load in the background (health turns SERVING when ready):");
+    eprintln!(
+        "kefu is starting; the models load in the background (health turns SERVING when ready):"
+    );
     for server in &servers {
-        eprintln!("  {:<13} grpc {}  metrics http://{}/metrics", server.spec.name, server.grpc_addr, server.metrics_addr);
+        eprintln!(
+            "  {:<13} grpc {}  metrics http://{}/metrics",
+            server.spec.name, server.grpc_addr, server.metrics_addr
+        );
     }
     eprintln!(
         "try: grpcurl -plaintext -d '{{\"tenant_id\":\"demo\",\"customer_id\":\"c1\",\"text\":\"How much is the Pro plan?\"}}' {gateway} kefu.v1.ConversationService/SendMessage"
@@ -112,10 +125,34 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Command::Eval(EvalCommand::Intents { train, test, models_dir }) => print_line(kefu_nlp::eval::intents(&train, &test, &models_dir)),
-        Command::Eval(EvalCommand::Sentiment { test }) => print_line(kefu_nlp::eval::sentiment(&test)),
-        Command::Eval(EvalCommand::Retrieval { docs, queries, models_dir }) => print_line(kefu_search::eval::retrieval(&docs, &queries, &models_dir)),
-        Command::Train(TrainCommand::Sentiment { airline, waimai, out }) => print_line(kefu_nlp::eval::train_sentiment(&airline, &waimai, &out)),
+        Command::Eval(EvalCommand::Intents {
+            train,
+            test,
+            models,
+        }) => print_line(kefu_nlp::eval::intents(&train, &test, &models.models_dir)),
+        Command::Eval(EvalCommand::Sentiment { test, models }) => {
+            print_line(kefu_nlp::eval::sentiment(&test, &models.models_dir))
+        }
+        Command::Eval(EvalCommand::Retrieval {
+            docs,
+            queries,
+            models,
+        }) => print_line(kefu_search::eval::retrieval(
+            &docs,
+            &queries,
+            &models.models_dir,
+        )),
+        Command::Train(TrainCommand::Sentiment {
+            airline,
+            waimai,
+            out,
+            models,
+        }) => print_line(kefu_nlp::eval::train_sentiment(
+            &airline,
+            &waimai,
+            &models.models_dir,
+            &out,
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -127,5 +164,7 @@ fn main() -> ExitCode {
 }
 
 fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

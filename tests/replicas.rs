@@ -11,13 +11,15 @@ use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use kefu_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
-use kefu_runtime::{ClientArgs, ContentArgs, DataArgs, ServerArgs, Shutdown};
+use kefu_runtime::{ClientArgs, ContentArgs, DataArgs, ModelArgs, ServerArgs, Shutdown};
 use kefu_storage::testing::TestDb;
 use tonic::Code;
 
 /// Distinct free ports: all listeners are held until every port is chosen.
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<_> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
+    let listeners: Vec<_> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
     std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
@@ -41,7 +43,10 @@ impl RedisPrefix {
 impl Drop for RedisPrefix {
     fn drop(&mut self) {
         let pattern = format!("{}*", self.0);
-        if let Ok(keys) = Command::new("redis-cli").args(["--scan", "--pattern", &pattern]).output() {
+        if let Ok(keys) = Command::new("redis-cli")
+            .args(["--scan", "--pattern", &pattern])
+            .output()
+        {
             for key in String::from_utf8_lossy(&keys.stdout).lines() {
                 let _ = Command::new("redis-cli").args(["del", key]).output();
             }
@@ -55,7 +60,11 @@ fn two_tenants(dir: &Path) -> std::path::PathBuf {
     let tenants = dir.join("tenants");
     std::fs::create_dir_all(tenants.join("acme")).unwrap();
     let demo = std::fs::read_to_string(root.join("demo/tenant.toml")).unwrap();
-    std::fs::write(tenants.join("acme/tenant.toml"), demo.replacen("id = \"demo\"", "id = \"acme\"", 1)).unwrap();
+    std::fs::write(
+        tenants.join("acme/tenant.toml"),
+        demo.replacen("id = \"demo\"", "id = \"acme\"", 1),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(root.join("demo"), tenants.join("demo")).unwrap();
     tenants
 }
@@ -81,7 +90,14 @@ async fn not_serving(port: u16, within: Duration) -> bool {
 }
 
 fn message(tenant: &str, customer: &str, session: &str, text: &str) -> SendMessageRequest {
-    SendMessageRequest { tenant_id: tenant.into(), customer_id: customer.into(), session_id: session.into(), channel: kefu_proto::v1::Channel::Web as i32, text: text.into(), message_id: String::new() }
+    SendMessageRequest {
+        tenant_id: tenant.into(),
+        customer_id: customer.into(),
+        session_id: session.into(),
+        channel: kefu_proto::v1::Channel::Web as i32,
+        text: text.into(),
+        message_id: String::new(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -97,77 +113,273 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
     };
     let content = ContentArgs {
         tenants_dir: two_tenants(dir.path()),
-        models_dir: std::env::var("KEFU_MODELS_DIR").map(Into::into).unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models")),
+        models: ModelArgs {
+            models_dir: std::env::var("KEFU_MODELS_DIR")
+                .map(Into::into)
+                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models")),
+        },
     };
     let shutdown = Shutdown::new();
-    let [ticket, sentiment, router, knowledge_a, knowledge_b, orchestrator_a, orchestrator_b] = free_ports();
-    kefu_ticket::start(kefu_ticket::Config { server: local(ticket), data: data.clone() }, shutdown.clone()).await.unwrap();
-    kefu_sentiment::start(kefu_sentiment::Config { server: local(sentiment) }, shutdown.clone()).await.unwrap();
-    kefu_router::start(kefu_router::Config { server: local(router), content: content.clone(), data: data.clone() }, shutdown.clone()).await.unwrap();
+    let [ticket, sentiment, router, knowledge_a, knowledge_b, orchestrator_a, orchestrator_b] =
+        free_ports();
+    kefu_ticket::start(
+        kefu_ticket::Config {
+            server: local(ticket),
+            data: data.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    kefu_sentiment::start(
+        kefu_sentiment::Config {
+            server: local(sentiment),
+            models: content.models.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    kefu_router::start(
+        kefu_router::Config {
+            server: local(router),
+            content: content.clone(),
+            data: data.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
     for port in [knowledge_a, knowledge_b] {
-        kefu_knowledge::start(kefu_knowledge::Config { server: local(port), content: content.clone(), data: data.clone() }, shutdown.clone()).await.unwrap();
+        kefu_knowledge::start(
+            kefu_knowledge::Config {
+                server: local(port),
+                content: content.clone(),
+                data: data.clone(),
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
     }
     for (port, knowledge) in [(orchestrator_a, knowledge_a), (orchestrator_b, knowledge_b)] {
-        let peers = kefu_orchestrator::Peers { router_url: url(router), sentiment_url: url(sentiment), knowledge_url: url(knowledge), ticket_url: url(ticket) };
-        kefu_orchestrator::start(kefu_orchestrator::Config { server: local(port), clients: ClientArgs::default(), data: data.clone(), peers }, shutdown.clone()).await.unwrap();
+        let peers = kefu_orchestrator::Peers {
+            router_url: url(router),
+            sentiment_url: url(sentiment),
+            knowledge_url: url(knowledge),
+            ticket_url: url(ticket),
+        };
+        kefu_orchestrator::start(
+            kefu_orchestrator::Config {
+                server: local(port),
+                clients: ClientArgs::default(),
+                data: data.clone(),
+                peers,
+            },
+            shutdown.clone(),
+        )
+        .await
+        .unwrap();
     }
     for port in [orchestrator_a, orchestrator_b] {
-        assert!(serving(port, Duration::from_secs(300)).await, "orchestrator on {port} not serving");
+        assert!(
+            serving(port, Duration::from_secs(300)).await,
+            "orchestrator on {port} not serving"
+        );
     }
-    let mut a = OrchestratorServiceClient::connect(url(orchestrator_a)).await.unwrap();
-    let mut b = OrchestratorServiceClient::connect(url(orchestrator_b)).await.unwrap();
+    let mut a = OrchestratorServiceClient::connect(url(orchestrator_a))
+        .await
+        .unwrap();
+    let mut b = OrchestratorServiceClient::connect(url(orchestrator_b))
+        .await
+        .unwrap();
 
     // A session started on one replica continues on the other.
-    let first = a.handle_message(message("demo", "c-1", "", "How much does the Pro plan cost?")).await.unwrap().into_inner();
-    let second = b.handle_message(message("demo", "c-1", &first.session_id, "and the Business plan?")).await.unwrap().into_inner();
+    let first = a
+        .handle_message(message(
+            "demo",
+            "c-1",
+            "",
+            "How much does the Pro plan cost?",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let second = b
+        .handle_message(message(
+            "demo",
+            "c-1",
+            &first.session_id,
+            "and the Business plan?",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(second.session_id, first.session_id);
-    assert_eq!(second.intent, "product_inquiry", "replica B saw the earlier turn");
+    assert_eq!(
+        second.intent, "product_inquiry",
+        "replica B saw the earlier turn"
+    );
     for replica in [&mut a, &mut b] {
-        let session = replica.get_session(GetSessionRequest { tenant_id: "demo".into(), session_id: first.session_id.clone() }).await.unwrap().into_inner();
+        let session = replica
+            .get_session(GetSessionRequest {
+                tenant_id: "demo".into(),
+                session_id: first.session_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(session.turns.len(), 2);
     }
 
     // A document ingested through one knowledge replica is found through the other.
-    let mut knowledge_one = KnowledgeServiceClient::connect(url(knowledge_a)).await.unwrap();
-    let mut knowledge_two = KnowledgeServiceClient::connect(url(knowledge_b)).await.unwrap();
+    let mut knowledge_one = KnowledgeServiceClient::connect(url(knowledge_a))
+        .await
+        .unwrap();
+    let mut knowledge_two = KnowledgeServiceClient::connect(url(knowledge_b))
+        .await
+        .unwrap();
     let document = Document {
         document_id: "extended-warranty.en".into(),
         title: "Extended warranty".into(),
         text: "# Extended warranty\n\nThe extended warranty adds two more years of cover for any Cloud Cam for $29, bought within 60 days of delivery.".into(),
     };
-    knowledge_one.ingest_documents(IngestDocumentsRequest { tenant_id: "demo".into(), documents: vec![document] }).await.unwrap();
-    let query = |tenant: &str| SearchRequest { tenant_id: tenant.into(), query: "how much is the extended warranty for the camera".into(), top_k: 3 };
+    knowledge_one
+        .ingest_documents(IngestDocumentsRequest {
+            tenant_id: "demo".into(),
+            documents: vec![document],
+        })
+        .await
+        .unwrap();
+    let query = |tenant: &str| SearchRequest {
+        tenant_id: tenant.into(),
+        query: "how much is the extended warranty for the camera".into(),
+        top_k: 3,
+    };
     let started = Instant::now();
     loop {
-        let found = knowledge_two.search(query("demo")).await.unwrap().into_inner();
-        if found.sources.first().is_some_and(|s| s.document_id == "extended-warranty.en") {
+        let found = knowledge_two
+            .search(query("demo"))
+            .await
+            .unwrap()
+            .into_inner();
+        if found
+            .sources
+            .first()
+            .is_some_and(|s| s.document_id == "extended-warranty.en")
+        {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "replica B did not pick up the new document");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "replica B did not pick up the new document"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
     // Tenants never see each other's tickets, sessions or documents.
-    let complaint = a.handle_message(message("demo", "c-2", "", "Your service is terrible, I want to complain")).await.unwrap().into_inner();
+    let complaint = a
+        .handle_message(message(
+            "demo",
+            "c-2",
+            "",
+            "Your service is terrible, I want to complain",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!complaint.ticket_id.is_empty());
     let mut tickets = TicketServiceClient::connect(url(ticket)).await.unwrap();
-    let foreign = tickets.get_ticket(GetTicketRequest { tenant_id: "acme".into(), ticket_id: complaint.ticket_id.clone() }).await.unwrap_err();
+    let foreign = tickets
+        .get_ticket(GetTicketRequest {
+            tenant_id: "acme".into(),
+            ticket_id: complaint.ticket_id.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(foreign.code(), Code::NotFound);
-    let listed = tickets.list_tickets(ListTicketsRequest { tenant_id: "acme".into(), ..Default::default() }).await.unwrap().into_inner();
+    let listed = tickets
+        .list_tickets(ListTicketsRequest {
+            tenant_id: "acme".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(listed.tickets.is_empty());
-    let queue = tickets.next_in_queue(NextInQueueRequest { tenant_id: "acme".into(), assignee: String::new() }).await.unwrap().into_inner();
+    let queue = tickets
+        .next_in_queue(NextInQueueRequest {
+            tenant_id: "acme".into(),
+            assignee: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(queue.ticket.is_none());
-    let transition = TransitionTicketRequest { tenant_id: "acme".into(), ticket_id: complaint.ticket_id.clone(), to_status: TicketStatus::Closed as i32, actor: "intruder".into(), comment: String::new() };
-    assert_eq!(tickets.transition_ticket(transition).await.unwrap_err().code(), Code::NotFound);
-    let session = b.get_session(GetSessionRequest { tenant_id: "acme".into(), session_id: first.session_id.clone() }).await.unwrap_err();
+    let transition = TransitionTicketRequest {
+        tenant_id: "acme".into(),
+        ticket_id: complaint.ticket_id.clone(),
+        to_status: TicketStatus::Closed as i32,
+        actor: "intruder".into(),
+        comment: String::new(),
+    };
+    assert_eq!(
+        tickets
+            .transition_ticket(transition)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    let session = b
+        .get_session(GetSessionRequest {
+            tenant_id: "acme".into(),
+            session_id: first.session_id.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(session.code(), Code::NotFound);
-    let continued = b.handle_message(message("acme", "c-1", &first.session_id, "and the Business plan?")).await.unwrap().into_inner();
+    let continued = b
+        .handle_message(message(
+            "acme",
+            "c-1",
+            &first.session_id,
+            "and the Business plan?",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
     assert_ne!(continued.intent, "out_of_scope");
-    let acme_session = b.get_session(GetSessionRequest { tenant_id: "acme".into(), session_id: first.session_id.clone() }).await.unwrap().into_inner();
-    assert_eq!(acme_session.turns.len(), 1, "the same session id in another tenant is another session");
-    let acme_search = knowledge_two.search(query("acme")).await.unwrap().into_inner();
-    assert!(acme_search.sources.iter().all(|s| s.document_id != "extended-warranty.en"));
-    let acme_delete = knowledge_two.delete_document(DeleteDocumentRequest { tenant_id: "acme".into(), document_id: "extended-warranty.en".into() }).await.unwrap().into_inner();
+    let acme_session = b
+        .get_session(GetSessionRequest {
+            tenant_id: "acme".into(),
+            session_id: first.session_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        acme_session.turns.len(),
+        1,
+        "the same session id in another tenant is another session"
+    );
+    let acme_search = knowledge_two
+        .search(query("acme"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(acme_search
+        .sources
+        .iter()
+        .all(|s| s.document_id != "extended-warranty.en"));
+    let acme_delete = knowledge_two
+        .delete_document(DeleteDocumentRequest {
+            tenant_id: "acme".into(),
+            document_id: "extended-warranty.en".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(!acme_delete.deleted);
 
     shutdown.trigger();
@@ -182,7 +394,16 @@ struct OwnRedis {
 impl OwnRedis {
     fn start(&mut self) {
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed");
@@ -208,7 +429,10 @@ async fn readiness_follows_redis_and_recovers_without_a_restart() {
     let (_db, database_url) = TestDb::postgres().await;
     let dir = tempfile::tempdir().unwrap();
     let [redis_port, port] = free_ports();
-    let mut redis = OwnRedis { port: redis_port, child: None };
+    let mut redis = OwnRedis {
+        port: redis_port,
+        child: None,
+    };
     let data = DataArgs {
         data_dir: dir.path().join("data"),
         database_url: Some(database_url),
@@ -216,17 +440,43 @@ async fn readiness_follows_redis_and_recovers_without_a_restart() {
         redis_prefix: "kefu:".into(),
     };
     // Lexical retrieval only (no model directory): this test is about readiness.
-    let content = ContentArgs { tenants_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants"), models_dir: dir.path().join("no-models") };
+    let content = ContentArgs {
+        tenants_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants"),
+        models: ModelArgs {
+            models_dir: dir.path().join("no-models"),
+        },
+    };
     let shutdown = Shutdown::new();
-    kefu_knowledge::start(kefu_knowledge::Config { server: local(port), content, data }, shutdown.clone()).await.unwrap();
+    kefu_knowledge::start(
+        kefu_knowledge::Config {
+            server: local(port),
+            content,
+            data,
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
 
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(not_serving(port, Duration::from_secs(1)).await, "NOT_SERVING while Redis is unreachable");
+    assert!(
+        not_serving(port, Duration::from_secs(1)).await,
+        "NOT_SERVING while Redis is unreachable"
+    );
     redis.start();
-    assert!(serving(port, Duration::from_secs(15)).await, "SERVING once Redis is up, without a restart");
+    assert!(
+        serving(port, Duration::from_secs(15)).await,
+        "SERVING once Redis is up, without a restart"
+    );
     redis.stop();
-    assert!(not_serving(port, Duration::from_secs(15)).await, "NOT_SERVING again when Redis goes away");
+    assert!(
+        not_serving(port, Duration::from_secs(15)).await,
+        "NOT_SERVING again when Redis goes away"
+    );
     redis.start();
-    assert!(serving(port, Duration::from_secs(15)).await, "and SERVING again when it returns");
+    assert!(
+        serving(port, Duration::from_secs(15)).await,
+        "and SERVING again when it returns"
+    );
     shutdown.trigger();
 }

@@ -37,7 +37,7 @@ CALLS = {
 }
 NEEDS_DATABASE = {"orchestrator", "ticket", "router", "knowledge"}
 NEEDS_REDIS = {"orchestrator", "router", "knowledge"}
-NEEDS_MODELS = {"router", "knowledge"}
+NEEDS_MODELS = {"router", "knowledge", "sentiment"}
 NEEDS_TENANTS = {"gateway", "router", "knowledge", "orchestrator"}
 
 

@@ -2,8 +2,8 @@
 //!
 //! ```text
 //! cargo run --release -p kefu-nlp --example nlp_eval -- intents TRAIN.csv TEST.csv MODELS_DIR
-//! cargo run --release -p kefu-nlp --example nlp_eval -- sentiment TEST.csv [MODEL.bin]
-//! cargo run --release -p kefu-nlp --example nlp_eval -- train-sentiment AIRLINE.csv WAIMAI.csv OUT.bin
+//! cargo run --release -p kefu-nlp --example nlp_eval -- sentiment TEST.csv MODELS_DIR [MODEL.bin]
+//! cargo run --release -p kefu-nlp --example nlp_eval -- train-sentiment AIRLINE.csv WAIMAI.csv MODELS_DIR OUT.bin
 //! ```
 
 use std::path::Path;
@@ -15,15 +15,16 @@ fn main() -> Result<()> {
     let a: Vec<&Path> = args.iter().skip(1).map(Path::new).collect();
     let line = match (args.first().map(String::as_str), a.as_slice()) {
         (Some("intents"), [train, test, models]) => kefu_nlp::eval::intents(train, test, models)?,
-        (Some("sentiment"), [test]) => kefu_nlp::eval::sentiment(test)?,
-        (Some("sentiment"), [test, model]) => {
+        (Some("sentiment"), [test, models]) => kefu_nlp::eval::sentiment(test, models)?,
+        (Some("sentiment"), [test, models, model]) => {
             let model = kefu_nlp::sentiment::SentimentModel::from_bytes(&std::fs::read(model)?)?;
-            kefu_nlp::eval::sentiment_with(&model, test)?
+            let embedder = kefu_nlp::embed::Embedder::from_models_dir(models)?;
+            kefu_nlp::eval::sentiment_with(&model, Some(&embedder), test)?
         }
-        (Some("train-sentiment"), [airline, waimai, out]) => {
-            kefu_nlp::eval::train_sentiment(airline, waimai, out)?
+        (Some("train-sentiment"), [airline, waimai, models, out]) => {
+            kefu_nlp::eval::train_sentiment(airline, waimai, models, out)?
         }
-        _ => bail!("usage: nlp_eval intents TRAIN TEST MODELS_DIR | sentiment TEST [MODEL] | train-sentiment AIRLINE WAIMAI OUT"),
+        _ => bail!("usage: nlp_eval intents TRAIN TEST MODELS_DIR | sentiment TEST MODELS_DIR [MODEL] | train-sentiment AIRLINE WAIMAI MODELS_DIR OUT"),
     };
     println!("{line}");
     Ok(())

@@ -3,7 +3,7 @@
 //! - [`text`]: language detection, normalisation, word segmentation (jieba for Chinese)
 //! - [`embed`]: sentence embeddings with all-MiniLM-L6-v2 on the CPU (candle)
 //! - [`intent`]: intent classification from a tenant's examples, calibrated, with out-of-scope
-//! - [`sentiment`]: five-level sentiment and escalation signals (bundled sparse model)
+//! - [`sentiment`]: five-level sentiment and escalation signals (bundled model: sparse terms and the embedding)
 //! - [`eval`]: training and evaluation entry points used by `kefu eval`
 //!
 //! Validation: `python3 eval/split.py` writes stratified splits to `data/eval/`; then e.g.

@@ -12,12 +12,36 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    pub const GATEWAY: Self = Self { name: "gateway", grpc_port: 50051, metrics_port: 9101 };
-    pub const ORCHESTRATOR: Self = Self { name: "orchestrator", grpc_port: 50052, metrics_port: 9102 };
-    pub const ROUTER: Self = Self { name: "router", grpc_port: 50053, metrics_port: 9103 };
-    pub const KNOWLEDGE: Self = Self { name: "knowledge", grpc_port: 50054, metrics_port: 9104 };
-    pub const TICKET: Self = Self { name: "ticket", grpc_port: 50055, metrics_port: 9105 };
-    pub const SENTIMENT: Self = Self { name: "sentiment", grpc_port: 50056, metrics_port: 9106 };
+    pub const GATEWAY: Self = Self {
+        name: "gateway",
+        grpc_port: 50051,
+        metrics_port: 9101,
+    };
+    pub const ORCHESTRATOR: Self = Self {
+        name: "orchestrator",
+        grpc_port: 50052,
+        metrics_port: 9102,
+    };
+    pub const ROUTER: Self = Self {
+        name: "router",
+        grpc_port: 50053,
+        metrics_port: 9103,
+    };
+    pub const KNOWLEDGE: Self = Self {
+        name: "knowledge",
+        grpc_port: 50054,
+        metrics_port: 9104,
+    };
+    pub const TICKET: Self = Self {
+        name: "ticket",
+        grpc_port: 50055,
+        metrics_port: 9105,
+    };
+    pub const SENTIMENT: Self = Self {
+        name: "sentiment",
+        grpc_port: 50056,
+        metrics_port: 9106,
+    };
 
     /// `kefu-<name>`: the binary, the OpenTelemetry service.name and the metrics label.
     pub fn full_name(&self) -> String {
@@ -55,7 +79,10 @@ impl ServerArgs {
     }
 
     pub fn metrics_addr(&self, spec: ServiceSpec) -> SocketAddr {
-        SocketAddr::new(self.bind_host, self.metrics_port.unwrap_or(spec.metrics_port))
+        SocketAddr::new(
+            self.bind_host,
+            self.metrics_port.unwrap_or(spec.metrics_port),
+        )
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -90,7 +117,9 @@ impl ClientArgs {
 
 impl Default for ClientArgs {
     fn default() -> Self {
-        Self { call_timeout_ms: 5_000 }
+        Self {
+            call_timeout_ms: 5_000,
+        }
     }
 }
 
@@ -127,6 +156,13 @@ pub struct ContentArgs {
     /// Directory of tenant definitions (<id>/tenant.toml and <id>/docs/).
     #[arg(long, env = "KEFU_TENANTS_DIR", default_value = "./tenants")]
     pub tenants_dir: std::path::PathBuf,
+    #[command(flatten)]
+    pub models: ModelArgs,
+}
+
+/// Where model files are read from.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
     /// Directory of model files (all-MiniLM-L6-v2/ …), filled by `make models`.
     #[arg(long, env = "KEFU_MODELS_DIR", default_value = "./models")]
     pub models_dir: std::path::PathBuf,

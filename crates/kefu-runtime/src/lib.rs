@@ -13,14 +13,18 @@ pub mod shutdown;
 pub mod telemetry;
 
 pub use client::{channel, with_retry, GrpcChannel};
-pub use config::{ClientArgs, ContentArgs, DataArgs, ServerArgs, ServiceSpec};
-pub use telemetry::TelemetryArgs;
+pub use config::{ClientArgs, ContentArgs, DataArgs, ModelArgs, ServerArgs, ServiceSpec};
 pub use health::{Probe, ReadyFlag};
 pub use server::{RunningServer, Server};
 pub use shutdown::Shutdown;
+pub use telemetry::TelemetryArgs;
 
 /// The `main` of every per-service binary: telemetry, start, serve until SIGTERM, drain.
-pub async fn run_service<F, Fut>(spec: ServiceSpec, telemetry: &TelemetryArgs, start: F) -> std::process::ExitCode
+pub async fn run_service<F, Fut>(
+    spec: ServiceSpec,
+    telemetry: &TelemetryArgs,
+    start: F,
+) -> std::process::ExitCode
 where
     F: FnOnce(Shutdown) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<RunningServer>>,

@@ -9,12 +9,16 @@ use std::time::Duration;
 use kefu_nlp::embed::Embedder;
 use kefu_proto::v1::knowledge_service_server::{KnowledgeService, KnowledgeServiceServer};
 use kefu_proto::v1::{
-    DeleteDocumentRequest, DeleteDocumentResponse, IngestDocumentsRequest, IngestDocumentsResponse, ReindexRequest,
-    ReindexResponse, SearchRequest, SearchResponse, Source,
+    DeleteDocumentRequest, DeleteDocumentResponse, IngestDocumentsRequest, IngestDocumentsResponse,
+    ReindexRequest, ReindexResponse, SearchRequest, SearchResponse, Source,
 };
-use kefu_runtime::{ContentArgs, DataArgs, ReadyFlag, RunningServer, ServerArgs, ServiceSpec, Shutdown};
+use kefu_runtime::{
+    ContentArgs, DataArgs, ReadyFlag, RunningServer, ServerArgs, ServiceSpec, Shutdown,
+};
 use kefu_search::{chunk_document, compose_answer, Chunk, Document, SearchIndex};
-use kefu_storage::{fingerprint, Cache, ContentStore, Database, Redis, SqlContentStore, StoredChunk, StoredDocument};
+use kefu_storage::{
+    fingerprint, Cache, ContentStore, Database, Redis, SqlContentStore, StoredChunk, StoredDocument,
+};
 use kefu_tenant::Tenants;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
@@ -71,11 +75,19 @@ impl Knowledge {
         if self.known_tenants.get(tenant_id).is_none() {
             return Err(Status::not_found(format!("unknown tenant {tenant_id:?}")));
         }
-        self.indexes.read().expect("index map lock").get(tenant_id).cloned().ok_or_else(|| Status::unavailable("the tenant's index is still being built"))
+        self.indexes
+            .read()
+            .expect("index map lock")
+            .get(tenant_id)
+            .cloned()
+            .ok_or_else(|| Status::unavailable("the tenant's index is still being built"))
     }
 
     /// Chunks and embeds documents (CPU work, off the async threads).
-    async fn prepare(&self, documents: Vec<Document>) -> Result<Vec<(Document, Vec<Chunk>)>, Status> {
+    async fn prepare(
+        &self,
+        documents: Vec<Document>,
+    ) -> Result<Vec<(Document, Vec<Chunk>)>, Status> {
         let embedder = self.embedder.clone();
         tokio::task::spawn_blocking(move || {
             let scratch = SearchIndex::new(embedder)?;
@@ -94,14 +106,27 @@ impl Knowledge {
     }
 
     /// Stores documents with their chunks (replacing earlier versions by id).
-    async fn store_documents(&self, tenant_id: &str, documents: Vec<Document>) -> Result<usize, Status> {
+    async fn store_documents(
+        &self,
+        tenant_id: &str,
+        documents: Vec<Document>,
+    ) -> Result<usize, Status> {
         let mut total = 0;
         for (document, chunks) in self.prepare(documents).await? {
             total += chunks.len();
-            let stored = StoredDocument { document_id: document.id.clone(), title: document.title.clone(), text: document.text.clone() };
+            let stored = StoredDocument {
+                document_id: document.id.clone(),
+                title: document.title.clone(),
+                text: document.text.clone(),
+            };
             let chunks: Vec<StoredChunk> = chunks
                 .into_iter()
-                .map(|c| StoredChunk { chunk_id: c.id, heading: c.heading, text: c.text, vector: c.vector.unwrap_or_default() })
+                .map(|c| StoredChunk {
+                    chunk_id: c.id,
+                    heading: c.heading,
+                    text: c.text,
+                    vector: c.vector.unwrap_or_default(),
+                })
                 .collect();
             self.store.put_document(tenant_id, &stored, &chunks).await?;
         }
@@ -137,7 +162,10 @@ impl Knowledge {
         .await
         .map_err(internal)?
         .map_err(|error| internal(format!("{error:#}")))?;
-        self.indexes.write().expect("index map lock").insert(tenant_id.to_owned(), Arc::new(TenantIndex { index, generation }));
+        self.indexes.write().expect("index map lock").insert(
+            tenant_id.to_owned(),
+            Arc::new(TenantIndex { index, generation }),
+        );
         self.cache.forget_tenant(tenant_id);
         Ok(counts)
     }
@@ -147,8 +175,13 @@ impl Knowledge {
         let mut changed = Vec::new();
         for article in &tenant.articles {
             let stored = self.store.document(&tenant.id, &article.id).await?;
-            if stored.as_ref().map(|d| (&d.title, &d.text)) != Some((&article.title, &article.text)) {
-                changed.push(Document { id: article.id.clone(), title: article.title.clone(), text: article.text.clone() });
+            if stored.as_ref().map(|d| (&d.title, &d.text)) != Some((&article.title, &article.text))
+            {
+                changed.push(Document {
+                    id: article.id.clone(),
+                    title: article.title.clone(),
+                    text: article.text.clone(),
+                });
             }
         }
         if !changed.is_empty() {
@@ -180,7 +213,10 @@ pub struct KnowledgeHandle(Arc<Knowledge>);
 
 #[tonic::async_trait]
 impl KnowledgeService for KnowledgeHandle {
-    async fn search(&self, request: Request<SearchRequest>) -> Result<Response<SearchResponse>, Status> {
+    async fn search(
+        &self,
+        request: Request<SearchRequest>,
+    ) -> Result<Response<SearchResponse>, Status> {
         let request = request.into_inner();
         if request.query.trim().is_empty() {
             return Err(Status::invalid_argument("query must not be empty"));
@@ -188,10 +224,20 @@ impl KnowledgeService for KnowledgeHandle {
         if request.top_k < 0 {
             return Err(Status::invalid_argument("top_k must not be negative"));
         }
-        let top_k = if request.top_k == 0 { DEFAULT_TOP_K } else { (request.top_k as usize).min(MAX_TOP_K) };
+        let top_k = if request.top_k == 0 {
+            DEFAULT_TOP_K
+        } else {
+            (request.top_k as usize).min(MAX_TOP_K)
+        };
         let tenant = self.0.index(&request.tenant_id)?;
         let key = fingerprint(&[&tenant.generation, &top_k.to_string(), &request.query]);
-        let response = match self.0.cache.get(&request.tenant_id, &key).await.and_then(|bytes| SearchResponse::decode(bytes.as_slice()).ok()) {
+        let response = match self
+            .0
+            .cache
+            .get(&request.tenant_id, &key)
+            .await
+            .and_then(|bytes| SearchResponse::decode(bytes.as_slice()).ok())
+        {
             Some(cached) => cached,
             None => {
                 let query = request.query.clone();
@@ -210,10 +256,18 @@ impl KnowledgeService for KnowledgeHandle {
                     confident,
                     sources: passages
                         .iter()
-                        .map(|p| Source { document_id: p.doc_id.clone(), title: p.title.clone(), snippet: snippet(&p.text), score: p.confidence })
+                        .map(|p| Source {
+                            document_id: p.doc_id.clone(),
+                            title: p.title.clone(),
+                            snippet: snippet(&p.text),
+                            score: p.confidence,
+                        })
                         .collect(),
                 };
-                self.0.cache.put(&request.tenant_id, &key, response.encode_to_vec()).await;
+                self.0
+                    .cache
+                    .put(&request.tenant_id, &key, response.encode_to_vec())
+                    .await;
                 response
             }
         };
@@ -221,42 +275,74 @@ impl KnowledgeService for KnowledgeHandle {
         Ok(Response::new(response))
     }
 
-    async fn ingest_documents(&self, request: Request<IngestDocumentsRequest>) -> Result<Response<IngestDocumentsResponse>, Status> {
+    async fn ingest_documents(
+        &self,
+        request: Request<IngestDocumentsRequest>,
+    ) -> Result<Response<IngestDocumentsResponse>, Status> {
         let request = request.into_inner();
         if request.documents.is_empty() {
             return Err(Status::invalid_argument("no documents given"));
         }
         for document in &request.documents {
             if document.document_id.trim().is_empty() || document.text.trim().is_empty() {
-                return Err(Status::invalid_argument("every document needs a document_id and text"));
+                return Err(Status::invalid_argument(
+                    "every document needs a document_id and text",
+                ));
             }
             if document.text.len() > MAX_DOCUMENT_BYTES {
-                return Err(Status::invalid_argument(format!("document {:?} is larger than {MAX_DOCUMENT_BYTES} bytes", document.document_id)));
+                return Err(Status::invalid_argument(format!(
+                    "document {:?} is larger than {MAX_DOCUMENT_BYTES} bytes",
+                    document.document_id
+                )));
             }
         }
         self.0.index(&request.tenant_id)?;
         let documents: Vec<Document> = request
             .documents
             .into_iter()
-            .map(|d| Document { title: if d.title.is_empty() { d.document_id.clone() } else { d.title }, id: d.document_id, text: d.text })
+            .map(|d| Document {
+                title: if d.title.is_empty() {
+                    d.document_id.clone()
+                } else {
+                    d.title
+                },
+                id: d.document_id,
+                text: d.text,
+            })
             .collect();
         let count = documents.len();
-        let chunks = self.0.store_documents(&request.tenant_id, documents).await?;
+        let chunks = self
+            .0
+            .store_documents(&request.tenant_id, documents)
+            .await?;
         self.0.changed(&request.tenant_id).await?;
-        Ok(Response::new(IngestDocumentsResponse { documents: count as i32, chunks: chunks as i32 }))
+        Ok(Response::new(IngestDocumentsResponse {
+            documents: count as i32,
+            chunks: chunks as i32,
+        }))
     }
 
-    async fn delete_document(&self, request: Request<DeleteDocumentRequest>) -> Result<Response<DeleteDocumentResponse>, Status> {
+    async fn delete_document(
+        &self,
+        request: Request<DeleteDocumentRequest>,
+    ) -> Result<Response<DeleteDocumentResponse>, Status> {
         let request = request.into_inner();
         self.0.index(&request.tenant_id)?;
-        let deleted = self.0.store.delete_document(&request.tenant_id, &request.document_id).await?;
+        let deleted = self
+            .0
+            .store
+            .delete_document(&request.tenant_id, &request.document_id)
+            .await?;
         if deleted {
             self.0.changed(&request.tenant_id).await?;
         }
         Ok(Response::new(DeleteDocumentResponse { deleted }))
     }
 
-    async fn reindex(&self, request: Request<ReindexRequest>) -> Result<Response<ReindexResponse>, Status> {
+    async fn reindex(
+        &self,
+        request: Request<ReindexRequest>,
+    ) -> Result<Response<ReindexResponse>, Status> {
         let tenant_id = request.into_inner().tenant_id;
         self.0.index(&tenant_id)?;
         // Re-chunk and re-embed every stored document, e.g. after a model or chunking change.
@@ -266,11 +352,18 @@ impl KnowledgeService for KnowledgeHandle {
             .documents(&tenant_id)
             .await?
             .into_iter()
-            .map(|d| Document { id: d.document_id, title: d.title, text: d.text })
+            .map(|d| Document {
+                id: d.document_id,
+                title: d.title,
+                text: d.text,
+            })
             .collect();
         self.0.store_documents(&tenant_id, documents).await?;
         let (documents, chunks) = self.0.changed(&tenant_id).await?;
-        Ok(Response::new(ReindexResponse { documents: documents as i32, chunks: chunks as i32 }))
+        Ok(Response::new(ReindexResponse {
+            documents: documents as i32,
+            chunks: chunks as i32,
+        }))
     }
 }
 
@@ -279,7 +372,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let db = Database::connect(&config.data.database_url()).await?;
     let redis = Redis::from_args(&config.data)?;
     let knowledge = Arc::new(Knowledge {
-        embedder: kefu_nlp::embed::load_optional(&config.content.models_dir),
+        embedder: kefu_nlp::embed::load_optional(&config.content.models.models_dir),
         store: Arc::new(SqlContentStore::new(db.clone())),
         known_tenants,
         indexes: RwLock::new(HashMap::new()),
@@ -288,7 +381,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     });
     let ready = ReadyFlag::new("knowledge index");
     let mut server = kefu_runtime::Server::new(SPEC, config.server)
-        .add_service(KnowledgeServiceServer::new(KnowledgeHandle(knowledge.clone())))
+        .add_service(KnowledgeServiceServer::new(KnowledgeHandle(
+            knowledge.clone(),
+        )))
         .probe(Arc::new(ready.clone()))
         .probe(Arc::new(db.probe()));
     if let Some(redis) = &redis {
@@ -300,7 +395,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
                 if knowledge.known_tenants.get(&tenant_id).is_none() {
                     return Ok("not a tenant of this deployment".to_owned());
                 }
-                let (documents, chunks) = knowledge.load(&tenant_id).await.map_err(|status| anyhow::anyhow!(status.message().to_owned()))?;
+                let (documents, chunks) = knowledge
+                    .load(&tenant_id)
+                    .await
+                    .map_err(|status| anyhow::anyhow!(status.message().to_owned()))?;
                 Ok(format!("{documents} documents, {chunks} chunks"))
             }
         });
@@ -309,7 +407,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     tokio::spawn(async move {
         match knowledge.start_up().await {
             Ok(()) => ready.set(true),
-            Err(error) => tracing::error!(error = %error.message(), "building the knowledge indexes failed"),
+            Err(error) => {
+                tracing::error!(error = %error.message(), "building the knowledge indexes failed")
+            }
         }
     });
     Ok(server)

@@ -12,8 +12,13 @@ use kefu_nlp::embed::Embedder;
 use kefu_nlp::intent::IntentModel;
 use kefu_nlp::text::{detect_language, Language as Lang};
 use kefu_proto::v1::router_service_server::{RouterService, RouterServiceServer};
-use kefu_proto::v1::{ClassifyRequest, ClassifyResponse, IntentScore, Language, Priority, ReloadTenantRequest, ReloadTenantResponse, Route};
-use kefu_runtime::{ContentArgs, DataArgs, ReadyFlag, RunningServer, ServerArgs, ServiceSpec, Shutdown};
+use kefu_proto::v1::{
+    ClassifyRequest, ClassifyResponse, IntentScore, Language, Priority, ReloadTenantRequest,
+    ReloadTenantResponse, Route,
+};
+use kefu_runtime::{
+    ContentArgs, DataArgs, ReadyFlag, RunningServer, ServerArgs, ServiceSpec, Shutdown,
+};
 use kefu_storage::{fingerprint, Cache, ContentStore, Database, Redis, SqlContentStore};
 use kefu_tenant::{Tenant, Tenants, Urgency};
 use prost::Message as _;
@@ -81,10 +86,18 @@ impl Router {
     /// Learns a tenant's intents, or loads what was learned from the same examples before.
     fn train(&self, tenant: Arc<Tenant>) -> anyhow::Result<(usize, usize)> {
         let examples = tenant.training_examples();
-        let variant = if self.embedder.is_some() { "dense" } else { "sparse" };
+        let variant = if self.embedder.is_some() {
+            "dense"
+        } else {
+            "sparse"
+        };
         let fingerprint = format!("{}-{variant}", IntentModel::fingerprint(&examples));
-        let cache_file = self.cache_dir.join(format!("{}-{fingerprint}.bin", tenant.id));
-        let cached = std::fs::read(&cache_file).ok().and_then(|bytes| IntentModel::from_bytes(&bytes).ok());
+        let cache_file = self
+            .cache_dir
+            .join(format!("{}-{fingerprint}.bin", tenant.id));
+        let cached = std::fs::read(&cache_file)
+            .ok()
+            .and_then(|bytes| IntentModel::from_bytes(&bytes).ok());
         let model = match cached {
             Some(model) => {
                 tracing::info!(tenant = %tenant.id, "intent model loaded from cache");
@@ -101,13 +114,24 @@ impl Router {
             }
         };
         let counts = (tenant.intents.len(), examples.len());
-        self.models.write().expect("model map lock").insert(tenant.id.clone(), Arc::new(TenantModel { tenant, model, fingerprint }));
+        self.models.write().expect("model map lock").insert(
+            tenant.id.clone(),
+            Arc::new(TenantModel {
+                tenant,
+                model,
+                fingerprint,
+            }),
+        );
         Ok(counts)
     }
 
     /// Learns a tenant from its stored definition.
     async fn train_stored(self: &Arc<Self>, tenant_id: &str) -> anyhow::Result<(usize, usize)> {
-        let source = self.definitions.definition(tenant_id).await?.ok_or_else(|| anyhow::anyhow!("no definition stored for tenant {tenant_id:?}"))?;
+        let source = self
+            .definitions
+            .definition(tenant_id)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no definition stored for tenant {tenant_id:?}"))?;
         let tenant = Arc::new(Tenant::parse(&source)?);
         let router = self.clone();
         let counts = tokio::task::spawn_blocking(move || router.train(tenant)).await??;
@@ -119,7 +143,9 @@ impl Router {
     async fn start_up(self: &Arc<Self>) -> anyhow::Result<()> {
         let tenants = Tenants::load_dir(&self.tenants_dir)?;
         for tenant in tenants.iter() {
-            self.definitions.put_definition(&tenant.id, &tenant.source).await?;
+            self.definitions
+                .put_definition(&tenant.id, &tenant.source)
+                .await?;
             self.train_stored(&tenant.id).await?;
         }
         Ok(())
@@ -134,7 +160,12 @@ impl Router {
             .ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))
     }
 
-    fn classify(&self, tenant_model: &TenantModel, text: &str, previous_intents: &[String]) -> Result<ClassifyResponse, Status> {
+    fn classify(
+        &self,
+        tenant_model: &TenantModel,
+        text: &str,
+        previous_intents: &[String],
+    ) -> Result<ClassifyResponse, Status> {
         let prediction = tenant_model
             .model
             .classify(text, self.embedder.as_deref())
@@ -144,20 +175,29 @@ impl Router {
         let mut confidence = prediction.confidence;
         let mut out_of_scope = prediction.out_of_scope;
         if out_of_scope && short_follow_up(text) {
-            if let Some(previous) = previous_intents.last().filter(|p| tenant_model.tenant.intent(p).is_some()) {
+            if let Some(previous) = previous_intents
+                .last()
+                .filter(|p| tenant_model.tenant.intent(p).is_some())
+            {
                 intent = previous.clone();
                 out_of_scope = false;
                 confidence = prediction.confidence.max(0.5);
             }
         }
-        let definition = (!out_of_scope).then(|| tenant_model.tenant.intent(&intent)).flatten();
+        let definition = (!out_of_scope)
+            .then(|| tenant_model.tenant.intent(&intent))
+            .flatten();
         let (route, urgency, fixed_reply) = match definition {
             Some(definition) => {
                 let reply = definition.reply.as_ref().and_then(|r| match language {
                     Lang::Zh => r.zh.clone().or_else(|| r.en.clone()),
                     Lang::En => r.en.clone().or_else(|| r.zh.clone()),
                 });
-                (route_of(definition.route), urgency_priority(definition.urgency), reply.unwrap_or_default())
+                (
+                    route_of(definition.route),
+                    urgency_priority(definition.urgency),
+                    reply.unwrap_or_default(),
+                )
             }
             None => {
                 intent = OUT_OF_SCOPE.to_owned();
@@ -170,7 +210,10 @@ impl Router {
             alternatives: prediction
                 .alternatives
                 .iter()
-                .map(|(intent, confidence)| IntentScore { intent: intent.clone(), confidence: *confidence })
+                .map(|(intent, confidence)| IntentScore {
+                    intent: intent.clone(),
+                    confidence: *confidence,
+                })
                 .collect(),
             out_of_scope,
             route: route as i32,
@@ -198,23 +241,42 @@ pub struct RouterHandle(Arc<Router>);
 
 #[tonic::async_trait]
 impl RouterService for RouterHandle {
-    async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
+    async fn classify(
+        &self,
+        request: Request<ClassifyRequest>,
+    ) -> Result<Response<ClassifyResponse>, Status> {
         let request = request.into_inner();
         if request.text.trim().is_empty() {
             return Err(Status::invalid_argument("text must not be empty"));
         }
         let tenant_model = self.0.model(&request.tenant_id)?;
-        let key = fingerprint(&[&tenant_model.fingerprint, &request.previous_intents.join(","), &request.text]);
-        let cached = self.0.cache.get(&request.tenant_id, &key).await.and_then(|bytes| ClassifyResponse::decode(bytes.as_slice()).ok());
+        let key = fingerprint(&[
+            &tenant_model.fingerprint,
+            &request.previous_intents.join(","),
+            &request.text,
+        ]);
+        let cached = self
+            .0
+            .cache
+            .get(&request.tenant_id, &key)
+            .await
+            .and_then(|bytes| ClassifyResponse::decode(bytes.as_slice()).ok());
         let response = match cached {
             Some(response) => response,
             None => {
                 let router = self.0.clone();
                 let model = tenant_model.clone();
-                let response = tokio::task::spawn_blocking(move || router.classify(&model, &request.text, &request.previous_intents))
-                    .await
-                    .map_err(|error| Status::internal(format!("classification task failed: {error}")))??;
-                self.0.cache.put(&tenant_model.tenant.id, &key, response.encode_to_vec()).await;
+                let response = tokio::task::spawn_blocking(move || {
+                    router.classify(&model, &request.text, &request.previous_intents)
+                })
+                .await
+                .map_err(|error| {
+                    Status::internal(format!("classification task failed: {error}"))
+                })??;
+                self.0
+                    .cache
+                    .put(&tenant_model.tenant.id, &key, response.encode_to_vec())
+                    .await;
                 response
             }
         };
@@ -222,16 +284,32 @@ impl RouterService for RouterHandle {
         Ok(Response::new(response))
     }
 
-    async fn reload_tenant(&self, request: Request<ReloadTenantRequest>) -> Result<Response<ReloadTenantResponse>, Status> {
+    async fn reload_tenant(
+        &self,
+        request: Request<ReloadTenantRequest>,
+    ) -> Result<Response<ReloadTenantResponse>, Status> {
         let tenant_id = request.into_inner().tenant_id;
-        let tenants = Tenants::load_dir(&self.0.tenants_dir).map_err(|error| Status::failed_precondition(format!("{error:#}")))?;
-        let tenant = tenants.get(&tenant_id).ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))?;
-        self.0.definitions.put_definition(&tenant.id, &tenant.source).await?;
-        let (intents, examples) = self.0.train_stored(&tenant_id).await.map_err(|error| Status::internal(format!("{error:#}")))?;
+        let tenants = Tenants::load_dir(&self.0.tenants_dir)
+            .map_err(|error| Status::failed_precondition(format!("{error:#}")))?;
+        let tenant = tenants
+            .get(&tenant_id)
+            .ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))?;
+        self.0
+            .definitions
+            .put_definition(&tenant.id, &tenant.source)
+            .await?;
+        let (intents, examples) = self
+            .0
+            .train_stored(&tenant_id)
+            .await
+            .map_err(|error| Status::internal(format!("{error:#}")))?;
         if let Some(redis) = &self.0.redis {
             redis.announce(INTENTS_TOPIC, &tenant_id).await;
         }
-        Ok(Response::new(ReloadTenantResponse { intents: intents as i32, examples: examples as i32 }))
+        Ok(Response::new(ReloadTenantResponse {
+            intents: intents as i32,
+            examples: examples as i32,
+        }))
     }
 }
 
@@ -244,10 +322,15 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let router = Arc::new(Router {
         tenants_dir: config.content.tenants_dir.clone(),
         cache_dir: config.data.data_dir.join("router"),
-        embedder: kefu_nlp::embed::load_optional(&config.content.models_dir),
+        embedder: kefu_nlp::embed::load_optional(&config.content.models.models_dir),
         models: RwLock::new(HashMap::new()),
         definitions: Arc::new(SqlContentStore::new(db.clone())),
-        cache: Cache::new("classification", SERVICE, CLASSIFICATION_CACHE_TTL, redis.clone()),
+        cache: Cache::new(
+            "classification",
+            SERVICE,
+            CLASSIFICATION_CACHE_TTL,
+            redis.clone(),
+        ),
         redis: redis.clone(),
     });
     let ready = ReadyFlag::new("intent models");
@@ -270,7 +353,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     tokio::spawn(async move {
         match router.start_up().await {
             Ok(()) => ready.set(true),
-            Err(error) => tracing::error!(error = %format!("{error:#}"), "training the intent models failed"),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "training the intent models failed")
+            }
         }
     });
     Ok(server)

@@ -1,10 +1,17 @@
 //! Sentiment service: five-level label, polarity score and escalation signals of a
 //! message, English and Chinese, from the bundled trained model.
-use kefu_nlp::sentiment::{EscalationSignal as Signal, SentimentLevel, SentimentModel};
+use std::sync::Arc;
+
+use kefu_nlp::embed::Embedder;
+use kefu_nlp::sentiment::{
+    EscalationSignal as Signal, SentimentAnalysis, SentimentLevel, SentimentModel,
+};
 use kefu_nlp::text::Language as Lang;
 use kefu_proto::v1::sentiment_service_server::{SentimentService, SentimentServiceServer};
-use kefu_proto::v1::{AnalyzeRequest, AnalyzeResponse, EscalationSignal, Language, Sentiment, SentimentLabel};
-use kefu_runtime::{RunningServer, ServerArgs, ServiceSpec, Shutdown};
+use kefu_proto::v1::{
+    AnalyzeRequest, AnalyzeResponse, EscalationSignal, Language, Sentiment, SentimentLabel,
+};
+use kefu_runtime::{ModelArgs, RunningServer, ServerArgs, ServiceSpec, Shutdown};
 use tonic::{Request, Response, Status};
 
 pub const SPEC: ServiceSpec = ServiceSpec::SENTIMENT;
@@ -16,21 +23,36 @@ const MAX_TEXT_BYTES: usize = 16 * 1024;
 pub struct Config {
     #[command(flatten)]
     pub server: ServerArgs,
+    #[command(flatten)]
+    pub models: ModelArgs,
 }
 
+/// The bundled model, with the sentence encoder when it is installed (without it the
+/// model's lexical half answers alone, which generalises less well across domains).
+#[derive(Clone)]
 pub struct Analyzer {
     model: &'static SentimentModel,
+    embedder: Option<Arc<Embedder>>,
 }
 
 impl Analyzer {
-    pub fn new() -> Self {
-        Self { model: SentimentModel::bundled() }
+    pub fn new(embedder: Option<Arc<Embedder>>) -> Self {
+        Self {
+            model: SentimentModel::bundled(),
+            embedder,
+        }
     }
-}
 
-impl Default for Analyzer {
-    fn default() -> Self {
-        Self::new()
+    /// CPU-bound: call from a blocking thread.
+    fn analyze_text(&self, text: &str) -> SentimentAnalysis {
+        let embedding = self.embedder.as_ref().and_then(|e| match e.embed(&[text]) {
+            Ok(mut v) => v.pop(),
+            Err(error) => {
+                tracing::warn!(error = %format!("{error:#}"), "embedding failed; lexical sentiment only");
+                None
+            }
+        });
+        self.model.analyze(text, embedding.as_deref())
     }
 }
 
@@ -72,18 +94,33 @@ fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
 
 #[tonic::async_trait]
 impl SentimentService for Analyzer {
-    async fn analyze(&self, request: Request<AnalyzeRequest>) -> Result<Response<AnalyzeResponse>, Status> {
+    async fn analyze(
+        &self,
+        request: Request<AnalyzeRequest>,
+    ) -> Result<Response<AnalyzeResponse>, Status> {
         let text = request.into_inner().text;
         if text.trim().is_empty() {
             return Err(Status::invalid_argument("text must not be empty"));
         }
-        let analysis = self.model.analyze(truncate_at_char_boundary(&text, MAX_TEXT_BYTES));
+        let analyzer = self.clone();
+        let analysis = tokio::task::spawn_blocking(move || {
+            analyzer.analyze_text(truncate_at_char_boundary(&text, MAX_TEXT_BYTES))
+        })
+        .await
+        .map_err(|error| Status::internal(format!("sentiment analysis failed: {error}")))?;
         let label = label_of(analysis.level);
         metrics::counter!("kefu_sentiment_labels_total", "service" => SERVICE, "label" => kefu_proto::enum_label(label.as_str_name(), "SENTIMENT_LABEL_")).increment(1);
         Ok(Response::new(AnalyzeResponse {
-            sentiment: Some(Sentiment { label: label as i32, score: analysis.score.clamp(-1.0, 1.0) }),
+            sentiment: Some(Sentiment {
+                label: label as i32,
+                score: analysis.score.clamp(-1.0, 1.0),
+            }),
             language: language_of(analysis.language) as i32,
-            signals: analysis.signals.iter().map(|s| signal_of(s) as i32).collect(),
+            signals: analysis
+                .signals
+                .iter()
+                .map(|s| signal_of(s) as i32)
+                .collect(),
             escalate: analysis.escalate,
         }))
     }
@@ -91,7 +128,9 @@ impl SentimentService for Analyzer {
 
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
     kefu_runtime::Server::new(SPEC, config.server)
-        .add_service(SentimentServiceServer::new(Analyzer::new()))
+        .add_service(SentimentServiceServer::new(Analyzer::new(
+            kefu_nlp::embed::load_optional(&config.models.models_dir),
+        )))
         .start(shutdown)
         .await
 }
@@ -109,16 +148,29 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_blank_text_and_labels_clear_cases() {
-        let analyzer = Analyzer::new();
-        let error = analyzer.analyze(Request::new(AnalyzeRequest { text: "  ".into() })).await.unwrap_err();
+        let models_dir = std::env::var_os("KEFU_MODELS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
+            });
+        let analyzer = Analyzer::new(kefu_nlp::embed::load_optional(&models_dir));
+        let error = analyzer
+            .analyze(Request::new(AnalyzeRequest { text: "  ".into() }))
+            .await
+            .unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
         let reply = analyzer
-            .analyze(Request::new(AnalyzeRequest { text: "你们的服务太差了，我要投诉".into() }))
+            .analyze(Request::new(AnalyzeRequest {
+                text: "你们的服务太差了，我要投诉".into(),
+            }))
             .await
             .unwrap()
             .into_inner();
         let sentiment = reply.sentiment.unwrap();
-        assert!(sentiment.label == SentimentLabel::Negative as i32 || sentiment.label == SentimentLabel::VeryNegative as i32);
+        assert!(
+            sentiment.label == SentimentLabel::Negative as i32
+                || sentiment.label == SentimentLabel::VeryNegative as i32
+        );
         assert!(sentiment.score < 0.0);
         assert_eq!(reply.language, Language::Zh as i32);
     }
