@@ -15,30 +15,49 @@ fn assert_negative(response: &SendMessageResponse) {
 }
 
 fn has_price(reply: &str) -> bool {
-    (reply.contains('$') || reply.contains('¥') || reply.contains('元')) && reply.chars().any(|c| c.is_ascii_digit())
+    (reply.contains('$') || reply.contains('¥') || reply.contains('元'))
+        && reply.chars().any(|c| c.is_ascii_digit())
 }
 
 #[tokio::test]
 async fn chinese_price_question_is_answered_from_knowledge() {
-    let response = send(message("zh-price", "我想了解你们的产品价格")).await.unwrap();
+    let response = send(message("zh-price", "我想了解你们的产品价格"))
+        .await
+        .unwrap();
     assert_eq!(response.intent, "product_inquiry");
     assert!(!response.escalated, "reply: {}", response.reply);
-    assert!(has_price(&response.reply), "no price in the reply: {}", response.reply);
+    assert!(
+        has_price(&response.reply),
+        "no price in the reply: {}",
+        response.reply
+    );
     assert!(!response.sources.is_empty());
     assert!(response.ticket_id.is_empty());
 }
 
 #[tokio::test]
 async fn english_price_question_is_answered_from_knowledge() {
-    let response = send(message("en-price", "I'd like to know the prices of your products")).await.unwrap();
+    let response = send(message(
+        "en-price",
+        "I'd like to know the prices of your products",
+    ))
+    .await
+    .unwrap();
     assert_eq!(response.intent, "product_inquiry");
     assert!(!response.escalated, "reply: {}", response.reply);
-    assert!(has_price(&response.reply), "no price in the reply: {}", response.reply);
+    assert!(
+        has_price(&response.reply),
+        "no price in the reply: {}",
+        response.reply
+    );
 }
 
 #[tokio::test]
 async fn login_trouble_is_technical_support_and_answered() {
-    for (customer, text) in [("zh-login", "我的账号登录不了"), ("en-login", "I can't log into my account")] {
+    for (customer, text) in [
+        ("zh-login", "我的账号登录不了"),
+        ("en-login", "I can't log into my account"),
+    ] {
         let response = send(message(customer, text)).await.unwrap();
         assert_eq!(response.intent, "technical_support", "for {text:?}");
         assert!(!response.escalated, "for {text:?}: {}", response.reply);
@@ -48,15 +67,27 @@ async fn login_trouble_is_technical_support_and_answered() {
 
 #[tokio::test]
 async fn complaints_are_escalated_with_a_high_priority_ticket() {
-    for (customer, text) in [("zh-complaint", "你们的服务太差了，我要投诉"), ("en-complaint", "Your service is awful, I want to file a complaint")] {
+    for (customer, text) in [
+        ("zh-complaint", "你们的服务太差了，我要投诉"),
+        (
+            "en-complaint",
+            "Your service is awful, I want to file a complaint",
+        ),
+    ] {
         let response = send(message(customer, text)).await.unwrap();
         assert_negative(&response);
         assert!(response.escalated, "for {text:?}");
         assert!(!response.ticket_id.is_empty());
-        assert!(response.priority == Priority::High as i32 || response.priority == Priority::Urgent as i32);
+        assert!(
+            response.priority == Priority::High as i32
+                || response.priority == Priority::Urgent as i32
+        );
         let ticket = tickets()
             .await
-            .get_ticket(GetTicketRequest { tenant_id: "demo".into(), ticket_id: response.ticket_id.clone() })
+            .get_ticket(GetTicketRequest {
+                tenant_id: "demo".into(),
+                ticket_id: response.ticket_id.clone(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -64,7 +95,9 @@ async fn complaints_are_escalated_with_a_high_priority_ticket() {
             .unwrap();
         assert_eq!(ticket.customer_id, customer);
         assert_eq!(ticket.status, TicketStatus::Open as i32);
-        assert!(ticket.priority == Priority::High as i32 || ticket.priority == Priority::Urgent as i32);
+        assert!(
+            ticket.priority == Priority::High as i32 || ticket.priority == Priority::Urgent as i32
+        );
         assert_eq!(ticket.audit.len(), 1, "the creation is audited");
         assert!(ticket.sla_due_at.unwrap().seconds > ticket.created_at.unwrap().seconds);
     }
@@ -72,30 +105,48 @@ async fn complaints_are_escalated_with_a_high_priority_ticket() {
 
 #[tokio::test]
 async fn a_session_keeps_its_turns_across_messages() {
-    let first = send(message("session-1", "How much does the Pro plan cost?")).await.unwrap();
+    let first = send(message("session-1", "How much does the Pro plan cost?"))
+        .await
+        .unwrap();
     assert!(!first.session_id.is_empty());
     let mut follow_up = message("session-1", "and the Business plan?");
     follow_up.session_id = first.session_id.clone();
     let second = send(follow_up).await.unwrap();
     assert_eq!(second.session_id, first.session_id);
-    assert_eq!(second.intent, "product_inquiry", "a short follow-up continues the topic");
+    assert_eq!(
+        second.intent, "product_inquiry",
+        "a short follow-up continues the topic"
+    );
     let mut third = message("session-1", "thanks, bye");
     third.session_id = first.session_id.clone();
     send(third).await.unwrap();
 
     let session = common::conversations()
         .await
-        .get_session(GetSessionRequest { tenant_id: "demo".into(), session_id: first.session_id.clone() })
+        .get_session(GetSessionRequest {
+            tenant_id: "demo".into(),
+            session_id: first.session_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
     let texts: Vec<_> = session.turns.iter().map(|t| t.text.as_str()).collect();
-    assert_eq!(texts, ["How much does the Pro plan cost?", "and the Business plan?", "thanks, bye"]);
+    assert_eq!(
+        texts,
+        [
+            "How much does the Pro plan cost?",
+            "and the Business plan?",
+            "thanks, bye"
+        ]
+    );
 
     // Another customer cannot continue (or read into) this session.
     let mut intruder = message("someone-else", "hello");
     intruder.session_id = first.session_id;
-    assert_eq!(send(intruder).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        send(intruder).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
 }
 
 #[tokio::test]
@@ -109,7 +160,11 @@ async fn a_retried_message_is_answered_once_and_opens_one_ticket() {
     assert_eq!(first.reply, second.reply);
     let listed = tickets()
         .await
-        .list_tickets(ListTicketsRequest { tenant_id: "demo".into(), customer_id: "retry-1".into(), ..Default::default() })
+        .list_tickets(ListTicketsRequest {
+            tenant_id: "demo".into(),
+            customer_id: "retry-1".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -122,17 +177,34 @@ async fn a_ticket_lives_through_the_gateway() {
     let mut client = tickets().await;
     client
         .upsert_customer(UpsertCustomerRequest {
-            customer: Some(Customer { tenant_id: "demo".into(), customer_id: "vip-1".into(), display_name: String::new(), vip_tier: VipTier::Platinum as i32 }),
+            customer: Some(Customer {
+                tenant_id: "demo".into(),
+                customer_id: "vip-1".into(),
+                display_name: String::new(),
+                vip_tier: VipTier::Platinum as i32,
+            }),
         })
         .await
         .unwrap();
-    let response = send(message("vip-1", "This is unacceptable, I want to complain about your support")).await.unwrap();
+    let response = send(message(
+        "vip-1",
+        "This is unacceptable, I want to complain about your support",
+    ))
+    .await
+    .unwrap();
     assert!(response.escalated);
-    assert_eq!(response.priority, Priority::Urgent as i32, "a platinum customer's complaint is urgent");
+    assert_eq!(
+        response.priority,
+        Priority::Urgent as i32,
+        "a platinum customer's complaint is urgent"
+    );
 
     // The platinum customer's ticket is first in the queue; taking it assigns it.
     let taken = client
-        .next_in_queue(NextInQueueRequest { tenant_id: "demo".into(), assignee: "agent-7".into() })
+        .next_in_queue(NextInQueueRequest {
+            tenant_id: "demo".into(),
+            assignee: "agent-7".into(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -148,21 +220,49 @@ async fn a_ticket_lives_through_the_gateway() {
         actor: "agent-7".into(),
         comment: "checked".into(),
     };
-    client.transition_ticket(transition(TicketStatus::Pending)).await.unwrap();
-    let resolved = client.transition_ticket(transition(TicketStatus::Resolved)).await.unwrap().into_inner().ticket.unwrap();
+    client
+        .transition_ticket(transition(TicketStatus::Pending))
+        .await
+        .unwrap();
+    let resolved = client
+        .transition_ticket(transition(TicketStatus::Resolved))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
     assert!(resolved.resolved_at.is_some());
-    let invalid = client.transition_ticket(transition(TicketStatus::Pending)).await.unwrap_err();
+    let invalid = client
+        .transition_ticket(transition(TicketStatus::Pending))
+        .await
+        .unwrap_err();
     assert_eq!(invalid.code(), Code::FailedPrecondition);
-    client.transition_ticket(transition(TicketStatus::Closed)).await.unwrap();
-    let reopened = client.transition_ticket(transition(TicketStatus::Open)).await.unwrap().into_inner().ticket.unwrap();
+    client
+        .transition_ticket(transition(TicketStatus::Closed))
+        .await
+        .unwrap();
+    let reopened = client
+        .transition_ticket(transition(TicketStatus::Open))
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap();
     assert_eq!(reopened.status, TicketStatus::Open as i32);
-    let moves: Vec<(i32, i32)> = reopened.audit.iter().map(|a| (a.from_status, a.to_status)).collect();
+    let moves: Vec<(i32, i32)> = reopened
+        .audit
+        .iter()
+        .map(|a| (a.from_status, a.to_status))
+        .collect();
     assert_eq!(
         moves,
         [
             (0, TicketStatus::Open as i32),
             (TicketStatus::Open as i32, TicketStatus::InProgress as i32),
-            (TicketStatus::InProgress as i32, TicketStatus::Pending as i32),
+            (
+                TicketStatus::InProgress as i32,
+                TicketStatus::Pending as i32
+            ),
             (TicketStatus::Pending as i32, TicketStatus::Resolved as i32),
             (TicketStatus::Resolved as i32, TicketStatus::Closed as i32),
             (TicketStatus::Closed as i32, TicketStatus::Open as i32),
@@ -178,23 +278,59 @@ async fn bad_input_gets_a_clear_status() {
         (message("bad", "   \n\t "), Code::InvalidArgument),
         (message("bad", &"a".repeat(4097)), Code::InvalidArgument),
         (message("", "hello"), Code::InvalidArgument),
-        (SendMessageRequest { tenant_id: "no-such-tenant".into(), ..message("bad", "hello") }, Code::NotFound),
-        (SendMessageRequest { tenant_id: String::new(), ..message("bad", "hello") }, Code::InvalidArgument),
-        (SendMessageRequest { channel: 99, ..message("bad", "hello") }, Code::InvalidArgument),
+        (
+            SendMessageRequest {
+                tenant_id: "no-such-tenant".into(),
+                ..message("bad", "hello")
+            },
+            Code::NotFound,
+        ),
+        (
+            SendMessageRequest {
+                tenant_id: String::new(),
+                ..message("bad", "hello")
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            SendMessageRequest {
+                channel: 99,
+                ..message("bad", "hello")
+            },
+            Code::InvalidArgument,
+        ),
     ];
     for (request, code) in cases {
         let status = send(request.clone()).await.unwrap_err();
-        assert_eq!(status.code(), code, "for {:?}: {}", &request.text.chars().take(20).collect::<String>(), status.message());
+        assert_eq!(
+            status.code(),
+            code,
+            "for {:?}: {}",
+            &request.text.chars().take(20).collect::<String>(),
+            status.message()
+        );
         assert!(!status.message().is_empty());
     }
     // Exactly at the limit is fine (multi-byte characters count in bytes).
     assert!(send(message("bad", &"好".repeat(1365))).await.is_ok());
 
     let mut client = tickets().await;
-    let unknown = client.get_ticket(GetTicketRequest { tenant_id: "demo".into(), ticket_id: "does-not-exist".into() }).await.unwrap_err();
+    let unknown = client
+        .get_ticket(GetTicketRequest {
+            tenant_id: "demo".into(),
+            ticket_id: "does-not-exist".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
     let no_target = client
-        .transition_ticket(TransitionTicketRequest { tenant_id: "demo".into(), ticket_id: "x".into(), to_status: 0, actor: "a".into(), comment: String::new() })
+        .transition_ticket(TransitionTicketRequest {
+            tenant_id: "demo".into(),
+            ticket_id: "x".into(),
+            to_status: 0,
+            actor: "a".into(),
+            comment: String::new(),
+        })
         .await
         .unwrap_err();
     assert_eq!(no_target.code(), Code::InvalidArgument);
@@ -204,7 +340,11 @@ async fn bad_input_gets_a_clear_status() {
 async fn a_hundred_concurrent_customers_all_get_answers() {
     common::stack();
     let tasks: Vec<_> = (0..100)
-        .map(|i| tokio::spawn(async move { send(message(&format!("crowd-{i}"), "Hello, I need help")).await }))
+        .map(|i| {
+            tokio::spawn(
+                async move { send(message(&format!("crowd-{i}"), "Hello, I need help")).await },
+            )
+        })
         .collect();
     for task in tasks {
         let response = task.await.unwrap().expect("every customer gets a reply");

@@ -7,9 +7,15 @@ use std::process::Command;
 fn grpcurl(args: &[&str]) -> (bool, String) {
     let output = match Command::new("grpcurl").args(args).output() {
         Ok(output) => output,
-        Err(error) => panic!("grpcurl is not on PATH ({error}); `make tools` installs it into .venv/bin"),
+        Err(error) => {
+            panic!("grpcurl is not on PATH ({error}); `make tools` installs it into .venv/bin")
+        }
     };
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     (output.status.success(), text)
 }
 
@@ -20,16 +26,34 @@ fn grpcurl_lists_checks_health_and_sends_a_message() {
 
     let (ok, services) = grpcurl(&["-plaintext", &address, "list"]);
     assert!(ok, "{services}");
-    for service in ["kefu.v1.ConversationService", "kefu.v1.TicketService", "grpc.health.v1.Health"] {
-        assert!(services.lines().any(|line| line.trim() == service), "{service} missing from:\n{services}");
+    for service in [
+        "kefu.v1.ConversationService",
+        "kefu.v1.TicketService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            services.lines().any(|line| line.trim() == service),
+            "{service} missing from:\n{services}"
+        );
     }
 
-    let (ok, described) = grpcurl(&["-plaintext", &address, "describe", "kefu.v1.SendMessageRequest"]);
+    let (ok, described) = grpcurl(&[
+        "-plaintext",
+        &address,
+        "describe",
+        "kefu.v1.SendMessageRequest",
+    ]);
     assert!(ok && described.contains("message_id"), "{described}");
 
     for service in ["", "kefu.v1.ConversationService"] {
         let request = format!("{{\"service\":\"{service}\"}}");
-        let (ok, health) = grpcurl(&["-plaintext", "-d", &request, &address, "grpc.health.v1.Health/Check"]);
+        let (ok, health) = grpcurl(&[
+            "-plaintext",
+            "-d",
+            &request,
+            &address,
+            "grpc.health.v1.Health/Check",
+        ]);
         assert!(ok && health.contains("SERVING"), "{health}");
     }
 
@@ -41,11 +65,24 @@ fn grpcurl_lists_checks_health_and_sends_a_message() {
         "kefu.v1.ConversationService/SendMessage",
     ]);
     assert!(ok, "{reply}");
-    let json: serde_json::Value = serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"));
+    let json: serde_json::Value =
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("{e}: {reply}"));
     assert_eq!(json["intent"], "product_inquiry", "{reply}");
-    assert!(json["sessionId"].as_str().is_some_and(|s| !s.is_empty()), "{reply}");
-    assert!(json["reply"].as_str().is_some_and(|s| s.contains('$')), "{reply}");
+    assert!(
+        json["sessionId"].as_str().is_some_and(|s| !s.is_empty()),
+        "{reply}"
+    );
+    assert!(
+        json["reply"].as_str().is_some_and(|s| s.contains('$')),
+        "{reply}"
+    );
 
-    let (ok, error) = grpcurl(&["-plaintext", "-d", r#"{"tenant_id":"demo","customer_id":"c","text":""}"#, &address, "kefu.v1.ConversationService/SendMessage"]);
+    let (ok, error) = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"tenant_id":"demo","customer_id":"c","text":""}"#,
+        &address,
+        "kefu.v1.ConversationService/SendMessage",
+    ]);
     assert!(!ok && error.contains("InvalidArgument"), "{error}");
 }

@@ -116,9 +116,18 @@ async fn wait_until_serving(url: &str) {
 
 /// The overall gRPC health status of the server at `url`; None when it cannot be reached.
 pub async fn health_status(url: &str) -> Option<ServingStatus> {
-    let channel = Channel::from_shared(url.to_owned()).ok()?.connect().await.ok()?;
+    let channel = Channel::from_shared(url.to_owned())
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let response = health.check(tonic_health::pb::HealthCheckRequest { service: String::new() }).await.ok()?;
+    let response = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .ok()?;
     ServingStatus::try_from(response.into_inner().status).ok()
 }
 

@@ -4,14 +4,18 @@ pub mod v1 {
     tonic::include_proto!("kefu.v1");
 
     /// Encoded `FileDescriptorSet` of every kefu.v1 file, for gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/kefu_descriptor.bin"));
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/kefu_descriptor.bin"));
 }
 
 pub use prost_types::Timestamp;
 
 /// A protobuf timestamp from Unix milliseconds, the storage format of every table.
 pub fn timestamp_from_millis(millis: i64) -> Timestamp {
-    Timestamp { seconds: millis.div_euclid(1000), nanos: (millis.rem_euclid(1000) * 1_000_000) as i32 }
+    Timestamp {
+        seconds: millis.div_euclid(1000),
+        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 /// The short lower-case name of an enum value, for metric labels and summaries:
@@ -29,7 +33,10 @@ mod tests {
         let ts = timestamp_from_millis(1_700_000_000_123);
         assert_eq!((ts.seconds, ts.nanos), (1_700_000_000, 123_000_000));
         let before_epoch = timestamp_from_millis(-1);
-        assert_eq!((before_epoch.seconds, before_epoch.nanos), (-1, 999_000_000));
+        assert_eq!(
+            (before_epoch.seconds, before_epoch.nanos),
+            (-1, 999_000_000)
+        );
         assert_eq!(enum_label("PRIORITY_HIGH", "PRIORITY_"), "high");
     }
 }

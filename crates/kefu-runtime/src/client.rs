@@ -13,9 +13,16 @@ pub type GrpcChannel = ClientTelemetry<Channel>;
 
 /// A channel to `url` for `caller` (the calling service's full name, for metrics).
 /// It connects on first use and reconnects by itself, so services may start in any order.
-pub fn channel(caller: &str, target: &str, url: &str, deadline: Duration) -> anyhow::Result<GrpcChannel> {
+pub fn channel(
+    caller: &str,
+    target: &str,
+    url: &str,
+    deadline: Duration,
+) -> anyhow::Result<GrpcChannel> {
     let channel = raw_channel(url, deadline)?;
-    Ok(ServiceBuilder::new().layer(ClientTelemetryLayer::new(caller, target, deadline)).service(channel))
+    Ok(ServiceBuilder::new()
+        .layer(ClientTelemetryLayer::new(caller, target, deadline))
+        .service(channel))
 }
 
 /// A plain channel (no telemetry), e.g. for health probes of downstream services.
@@ -42,7 +49,9 @@ where
     let mut attempt = 0;
     loop {
         match call().await {
-            Err(status) if status.code() == tonic::Code::Unavailable && attempt < RETRY_BACKOFF.len() => {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && attempt < RETRY_BACKOFF.len() =>
+            {
                 tracing::debug!(attempt, error = %status.message(), "retrying unavailable peer");
                 tokio::time::sleep(RETRY_BACKOFF[attempt]).await;
                 attempt += 1;

@@ -25,7 +25,10 @@ pub struct ReadyFlag {
 
 impl ReadyFlag {
     pub fn new(name: &'static str) -> Self {
-        Self { name, ready: Arc::new(AtomicBool::new(false)) }
+        Self {
+            name,
+            ready: Arc::new(AtomicBool::new(false)),
+        }
     }
 
     pub fn set(&self, ready: bool) {
@@ -58,7 +61,10 @@ pub struct DownstreamProbe {
 
 impl DownstreamProbe {
     pub fn new(name: impl Into<String>, channel: tonic::transport::Channel) -> Self {
-        Self { name: name.into(), client: tonic_health::pb::health_client::HealthClient::new(channel) }
+        Self {
+            name: name.into(),
+            client: tonic_health::pb::health_client::HealthClient::new(channel),
+        }
     }
 }
 
@@ -69,9 +75,17 @@ impl Probe for DownstreamProbe {
 
     fn check(&self) -> BoxFuture<'_, anyhow::Result<()>> {
         Box::pin(async move {
-            let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest { service: String::new() });
+            let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            });
             request.set_timeout(Duration::from_secs(1));
-            let status = self.client.clone().check(request).await?.into_inner().status;
+            let status = self
+                .client
+                .clone()
+                .check(request)
+                .await?
+                .into_inner()
+                .status;
             anyhow::ensure!(
                 status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
                 "not serving"
@@ -108,12 +122,17 @@ pub(crate) async fn watch(
             } else {
                 tracing::warn!(service = %service_label, failing = ?failures, "not serving");
             }
-            let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+            let status = if serving {
+                ServingStatus::Serving
+            } else {
+                ServingStatus::NotServing
+            };
             reporter.set_service_status("", status).await;
             for name in &grpc_services {
                 reporter.set_service_status(*name, status).await;
             }
-            metrics::gauge!("kefu_health_status", "service" => service_label.clone()).set(if serving { 1.0 } else { 0.0 });
+            metrics::gauge!("kefu_health_status", "service" => service_label.clone())
+                .set(if serving { 1.0 } else { 0.0 });
             last = Some(serving);
         }
         if shutdown.is_triggered() {

@@ -23,7 +23,9 @@ fn is_kefu_rpc(path: &str) -> bool {
 
 /// "/kefu.v1.RouterService/Classify" -> ("kefu.v1.RouterService", "Classify").
 fn split_path(path: &str) -> (&str, &str) {
-    path.trim_start_matches('/').split_once('/').unwrap_or((path, ""))
+    path.trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or((path, ""))
 }
 
 /// The gRPC status of a unary response: in the headers for errors (trailers-only
@@ -65,7 +67,10 @@ struct HeaderInjector<'a>(&'a mut HeaderMap);
 
 impl Injector for HeaderInjector<'_> {
     fn set(&mut self, key: &str, value: String) {
-        if let (Ok(name), Ok(value)) = (http::HeaderName::from_bytes(key.as_bytes()), HeaderValue::from_str(&value)) {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(key.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
             self.0.insert(name, value);
         }
     }
@@ -78,7 +83,9 @@ pub(crate) struct ServerTelemetryLayer {
 
 impl ServerTelemetryLayer {
     pub(crate) fn new(service: &str) -> Self {
-        Self { service: service.into() }
+        Self {
+            service: service.into(),
+        }
     }
 }
 
@@ -86,7 +93,10 @@ impl<S> Layer<S> for ServerTelemetryLayer {
     type Service = ServerTelemetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ServerTelemetry { inner, service: self.service.clone() }
+        ServerTelemetry {
+            inner,
+            service: self.service.clone(),
+        }
     }
 }
 
@@ -180,7 +190,11 @@ pub(crate) struct ClientTelemetryLayer {
 
 impl ClientTelemetryLayer {
     pub(crate) fn new(service: &str, target: &str, deadline: Duration) -> Self {
-        Self { service: service.into(), target: target.into(), deadline }
+        Self {
+            service: service.into(),
+            target: target.into(),
+            deadline,
+        }
     }
 }
 
@@ -188,7 +202,10 @@ impl<S> Layer<S> for ClientTelemetryLayer {
     type Service = ClientTelemetry<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ClientTelemetry { inner, layer: self.clone() }
+        ClientTelemetry {
+            inner,
+            layer: self.clone(),
+        }
     }
 }
 
@@ -201,7 +218,8 @@ pub struct ClientTelemetry<S> {
 /// `grpc-timeout` header value: at most 8 digits, here in milliseconds.
 fn grpc_timeout_value(deadline: Duration) -> HeaderValue {
     let millis = deadline.as_millis().clamp(1, 99_999_999);
-    HeaderValue::from_str(&format!("{millis}m")).expect("digits and a unit are a valid header value")
+    HeaderValue::from_str(&format!("{millis}m"))
+        .expect("digits and a unit are a valid header value")
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ClientTelemetry<S>
@@ -239,7 +257,10 @@ where
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()))
         });
-        request.headers_mut().entry("grpc-timeout").or_insert_with(|| grpc_timeout_value(layer.deadline));
+        request
+            .headers_mut()
+            .entry("grpc-timeout")
+            .or_insert_with(|| grpc_timeout_value(layer.deadline));
         let method_label = format!("{rpc_service}/{rpc_method}");
         Box::pin(async move {
             let result = inner.call(request).instrument(span.clone()).await;
@@ -267,7 +288,10 @@ mod tests {
 
     #[test]
     fn splits_grpc_paths() {
-        assert_eq!(split_path("/kefu.v1.RouterService/Classify"), ("kefu.v1.RouterService", "Classify"));
+        assert_eq!(
+            split_path("/kefu.v1.RouterService/Classify"),
+            ("kefu.v1.RouterService", "Classify")
+        );
         assert!(is_kefu_rpc("/kefu.v1.TicketService/GetTicket"));
         assert!(!is_kefu_rpc("/grpc.health.v1.Health/Check"));
     }
@@ -283,6 +307,9 @@ mod tests {
     #[test]
     fn deadline_header_is_bounded() {
         assert_eq!(grpc_timeout_value(Duration::from_millis(250)), "250m");
-        assert_eq!(grpc_timeout_value(Duration::from_secs(10_000_000)), "99999999m");
+        assert_eq!(
+            grpc_timeout_value(Duration::from_secs(10_000_000)),
+            "99999999m"
+        );
     }
 }

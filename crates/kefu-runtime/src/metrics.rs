@@ -9,8 +9,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::shutdown::Shutdown;
 
-const LATENCY_BUCKETS: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-const RESOLUTION_BUCKETS: &[f64] = &[60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 28800.0, 86400.0, 259200.0];
+const LATENCY_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+const RESOLUTION_BUCKETS: &[f64] = &[
+    60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 28800.0, 86400.0, 259200.0,
+];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -18,8 +22,13 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn handle() -> &'static PrometheusHandle {
     HANDLE.get_or_init(|| {
         let handle = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full("kefu_ticket_resolution_seconds".into()), RESOLUTION_BUCKETS)
-            .and_then(|builder| builder.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS))
+            .set_buckets_for_metric(
+                Matcher::Full("kefu_ticket_resolution_seconds".into()),
+                RESOLUTION_BUCKETS,
+            )
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            })
             .expect("bucket lists are non-empty")
             .install_recorder()
             .expect("the metrics recorder is installed once per process");
@@ -62,7 +71,11 @@ fn filter_service(exposition: &str, service: &str) -> String {
 }
 
 /// Serves `GET /metrics` for `service` until shutdown; returns the bound address.
-pub async fn serve(addr: SocketAddr, service: String, shutdown: Shutdown) -> anyhow::Result<SocketAddr> {
+pub async fn serve(
+    addr: SocketAddr,
+    service: String,
+    shutdown: Shutdown,
+) -> anyhow::Result<SocketAddr> {
     handle();
     metrics::gauge!("kefu_build_info", "service" => service.clone(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     let listener = tokio::net::TcpListener::bind(addr)
@@ -74,12 +87,17 @@ pub async fn serve(addr: SocketAddr, service: String, shutdown: Shutdown) -> any
         axum::routing::get(move || {
             let service = service.clone();
             async move {
-                ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], render_for(&service))
+                (
+                    [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    render_for(&service),
+                )
             }
         }),
     );
     tokio::spawn(async move {
-        let result = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await;
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
         if let Err(error) = result {
             tracing::error!(%error, "metrics server failed");
         }

@@ -41,13 +41,24 @@ impl RunningServer {
 
 impl Server {
     pub fn new(spec: ServiceSpec, args: ServerArgs) -> Self {
-        Self { spec, args, routes: RoutesBuilder::default(), grpc_services: Vec::new(), probes: Vec::new() }
+        Self {
+            spec,
+            args,
+            routes: RoutesBuilder::default(),
+            grpc_services: Vec::new(),
+            probes: Vec::new(),
+        }
     }
 
     /// Adds a generated tonic service; its name is reported by the health service too.
     pub fn add_service<S>(mut self, service: S) -> Self
     where
-        S: Service<Request<Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
+        S: Service<Request<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
         S::Response: axum::response::IntoResponse,
         S::Future: Send + 'static,
     {
@@ -68,17 +79,34 @@ impl Server {
         let grpc_addr = self.args.grpc_addr(self.spec);
         let listener = tokio::net::TcpListener::bind(grpc_addr)
             .await
-            .map_err(|error| anyhow::anyhow!("cannot bind the gRPC port {grpc_addr} of {service_label}: {error}"))?;
+            .map_err(|error| {
+                anyhow::anyhow!("cannot bind the gRPC port {grpc_addr} of {service_label}: {error}")
+            })?;
         let bound = listener.local_addr()?;
-        let metrics_addr = crate::metrics::serve(self.args.metrics_addr(self.spec), service_label.clone(), shutdown.clone()).await?;
+        let metrics_addr = crate::metrics::serve(
+            self.args.metrics_addr(self.spec),
+            service_label.clone(),
+            shutdown.clone(),
+        )
+        .await?;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         // Not serving until the first probe round has passed.
-        reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         for name in &self.grpc_services {
-            reporter.set_service_status(*name, tonic_health::ServingStatus::NotServing).await;
+            reporter
+                .set_service_status(*name, tonic_health::ServingStatus::NotServing)
+                .await;
         }
-        tokio::spawn(health::watch(reporter, service_label.clone(), self.grpc_services.clone(), self.probes, shutdown.clone()));
+        tokio::spawn(health::watch(
+            reporter,
+            service_label.clone(),
+            self.grpc_services.clone(),
+            self.probes,
+            shutdown.clone(),
+        ));
 
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(kefu_proto::v1::FILE_DESCRIPTOR_SET)
@@ -89,7 +117,10 @@ impl Server {
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1alpha()?;
         let mut routes = self.routes;
-        routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+        routes
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let routes = routes.routes().prepare();
 
         let server = tonic::transport::Server::builder()
@@ -97,7 +128,8 @@ impl Server {
             .concurrency_limit_per_connection(self.args.max_concurrency)
             .layer(ServerTelemetryLayer::new(&service_label));
         // Without TCP_NODELAY small unary responses wait for delayed ACKs (~40 ms a call).
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tracing::info!(service = %service_label, grpc = %bound, metrics = %metrics_addr, "listening");
         let drain = shutdown.clone();
         let task = tokio::spawn(async move {
@@ -112,6 +144,11 @@ impl Server {
             tracing::info!(service = %service_label, "stopped");
             Ok(())
         });
-        Ok(RunningServer { spec: self.spec, grpc_addr: bound, metrics_addr, task })
+        Ok(RunningServer {
+            spec: self.spec,
+            grpc_addr: bound,
+            metrics_addr,
+            task,
+        })
     }
 }

@@ -23,14 +23,20 @@ pub struct Redis {
 impl Redis {
     /// The Redis of the configuration, if `REDIS_URL` is set.
     pub fn from_args(data: &kefu_runtime::DataArgs) -> anyhow::Result<Option<Self>> {
-        match data.redis_url.as_deref().map(str::trim).filter(|url| !url.is_empty()) {
+        match data
+            .redis_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+        {
             Some(url) => Ok(Some(Self::connect(url, &data.redis_prefix)?)),
             None => Ok(None),
         }
     }
 
     pub fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url).map_err(|error| anyhow::anyhow!("invalid REDIS_URL: {error}"))?;
+        let client = redis::Client::open(url)
+            .map_err(|error| anyhow::anyhow!("invalid REDIS_URL: {error}"))?;
         let mut config = deadpool_redis::Config::from_url(url);
         config.pool = Some(deadpool_redis::PoolConfig {
             max_size: 32,
@@ -44,7 +50,11 @@ impl Redis {
         let pool = config
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))
             .map_err(|error| anyhow::anyhow!("creating the Redis pool: {error}"))?;
-        Ok(Self { pool, client, prefix: prefix.to_owned() })
+        Ok(Self {
+            pool,
+            client,
+            prefix: prefix.to_owned(),
+        })
     }
 
     pub fn key(&self, parts: &[&str]) -> String {
@@ -81,7 +91,9 @@ impl Redis {
     /// Tells every replica that `topic` changed for `tenant_id`.
     pub async fn publish(&self, topic: &str, tenant_id: &str) -> anyhow::Result<()> {
         let mut connection = self.pool.get().await?;
-        let _: () = connection.publish(self.key(&["events", topic]), tenant_id).await?;
+        let _: () = connection
+            .publish(self.key(&["events", topic]), tenant_id)
+            .await?;
         Ok(())
     }
 
@@ -103,8 +115,12 @@ impl Redis {
         tokio::spawn(async move {
             while let Some(tenant_id) = changes.recv().await {
                 match reload(tenant_id.clone()).await {
-                    Ok(summary) => tracing::info!(tenant = %tenant_id, topic, %summary, "reloaded after a change"),
-                    Err(error) => tracing::error!(tenant = %tenant_id, topic, error = %format!("{error:#}"), "reloading after a change failed"),
+                    Ok(summary) => {
+                        tracing::info!(tenant = %tenant_id, topic, %summary, "reloaded after a change")
+                    }
+                    Err(error) => {
+                        tracing::error!(tenant = %tenant_id, topic, error = %format!("{error:#}"), "reloading after a change failed")
+                    }
                 }
             }
         });
@@ -131,7 +147,9 @@ impl Redis {
                             }
                         }
                     }
-                    Err(error) => tracing::debug!(%error, "change notifications: Redis unreachable"),
+                    Err(error) => {
+                        tracing::debug!(%error, "change notifications: Redis unreachable")
+                    }
                 }
                 if sender.is_closed() {
                     return;
@@ -179,8 +197,19 @@ pub fn fingerprint(parts: &[&str]) -> String {
 }
 
 impl Cache {
-    pub fn new(kind: &'static str, service: &'static str, ttl: Duration, redis: Option<Redis>) -> Self {
-        Self { kind, service, ttl, local: Mutex::new(HashMap::new()), redis }
+    pub fn new(
+        kind: &'static str,
+        service: &'static str,
+        ttl: Duration,
+        redis: Option<Redis>,
+    ) -> Self {
+        Self {
+            kind,
+            service,
+            ttl,
+            local: Mutex::new(HashMap::new()),
+            redis,
+        }
     }
 
     fn redis_key(redis: &Redis, kind: &str, tenant_id: &str, key: &str) -> String {
@@ -200,14 +229,19 @@ impl Cache {
             }
         }
         if let Some(redis) = &self.redis {
-            match redis.get(&Self::redis_key(redis, self.kind, tenant_id, key)).await {
+            match redis
+                .get(&Self::redis_key(redis, self.kind, tenant_id, key))
+                .await
+            {
                 Ok(Some(value)) => {
                     self.put_local(local_key, value.clone());
                     self.record(true);
                     return Some(value);
                 }
                 Ok(None) => {}
-                Err(error) => tracing::debug!(cache = self.kind, %error, "shared cache unavailable"),
+                Err(error) => {
+                    tracing::debug!(cache = self.kind, %error, "shared cache unavailable")
+                }
             }
         }
         self.record(false);
@@ -216,7 +250,14 @@ impl Cache {
 
     pub async fn put(&self, tenant_id: &str, key: &str, value: Vec<u8>) {
         if let Some(redis) = &self.redis {
-            if let Err(error) = redis.set(&Self::redis_key(redis, self.kind, tenant_id, key), &value, self.ttl).await {
+            if let Err(error) = redis
+                .set(
+                    &Self::redis_key(redis, self.kind, tenant_id, key),
+                    &value,
+                    self.ttl,
+                )
+                .await
+            {
                 tracing::debug!(cache = self.kind, %error, "shared cache unavailable");
             }
         }
@@ -224,9 +265,15 @@ impl Cache {
     }
 
     pub async fn remove(&self, tenant_id: &str, key: &str) {
-        self.local.lock().expect("cache lock").remove(&format!("{tenant_id}:{key}"));
+        self.local
+            .lock()
+            .expect("cache lock")
+            .remove(&format!("{tenant_id}:{key}"));
         if let Some(redis) = &self.redis {
-            if let Err(error) = redis.delete(&Self::redis_key(redis, self.kind, tenant_id, key)).await {
+            if let Err(error) = redis
+                .delete(&Self::redis_key(redis, self.kind, tenant_id, key))
+                .await
+            {
                 tracing::debug!(cache = self.kind, %error, "shared cache unavailable");
             }
         }
@@ -235,7 +282,10 @@ impl Cache {
     /// Drops this replica's first level for a tenant (after a change notification).
     pub fn forget_tenant(&self, tenant_id: &str) {
         let prefix = format!("{tenant_id}:");
-        self.local.lock().expect("cache lock").retain(|key, _| !key.starts_with(&prefix));
+        self.local
+            .lock()
+            .expect("cache lock")
+            .retain(|key, _| !key.starts_with(&prefix));
     }
 
     fn put_local(&self, key: String, value: Vec<u8>) {
@@ -243,7 +293,11 @@ impl Cache {
         if local.len() >= LOCAL_CAPACITY {
             local.retain(|_, (stored, _)| stored.elapsed() < self.ttl);
             if local.len() >= LOCAL_CAPACITY {
-                if let Some(oldest) = local.iter().min_by_key(|(_, (stored, _))| *stored).map(|(k, _)| k.clone()) {
+                if let Some(oldest) = local
+                    .iter()
+                    .min_by_key(|(_, (stored, _))| *stored)
+                    .map(|(k, _)| k.clone())
+                {
                     local.remove(&oldest);
                 }
             }

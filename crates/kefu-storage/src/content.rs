@@ -26,13 +26,23 @@ pub trait ContentStore: Send + Sync {
     async fn definition(&self, tenant_id: &str) -> StoreResult<Option<String>>;
     /// Stores a tenant's definition; returns whether it changed.
     async fn put_definition(&self, tenant_id: &str, source: &str) -> StoreResult<bool>;
-    async fn document(&self, tenant_id: &str, document_id: &str) -> StoreResult<Option<StoredDocument>>;
+    async fn document(
+        &self,
+        tenant_id: &str,
+        document_id: &str,
+    ) -> StoreResult<Option<StoredDocument>>;
     /// Replaces a document and all its chunks in one transaction.
-    async fn put_document(&self, tenant_id: &str, document: &StoredDocument, chunks: &[StoredChunk]) -> StoreResult<()>;
+    async fn put_document(
+        &self,
+        tenant_id: &str,
+        document: &StoredDocument,
+        chunks: &[StoredChunk],
+    ) -> StoreResult<()>;
     async fn delete_document(&self, tenant_id: &str, document_id: &str) -> StoreResult<bool>;
     async fn documents(&self, tenant_id: &str) -> StoreResult<Vec<StoredDocument>>;
     /// Every chunk of the tenant, grouped by document in id order.
-    async fn chunks(&self, tenant_id: &str) -> StoreResult<Vec<(StoredDocument, Vec<StoredChunk>)>>;
+    async fn chunks(&self, tenant_id: &str)
+        -> StoreResult<Vec<(StoredDocument, Vec<StoredChunk>)>>;
     /// Changes whenever the tenant's documents change (count and last update).
     async fn documents_generation(&self, tenant_id: &str) -> StoreResult<String>;
 }
@@ -52,13 +62,19 @@ fn vector_to_bytes(vector: &[f32]) -> Vec<u8> {
 }
 
 fn vector_from_bytes(bytes: &[u8]) -> Vec<f32> {
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
 }
 
 #[async_trait]
 impl ContentStore for SqlContentStore {
     async fn definition(&self, tenant_id: &str) -> StoreResult<Option<String>> {
-        let row = sqlx::query("SELECT source FROM tenant_definitions WHERE tenant_id = $1").bind(tenant_id).fetch_optional(self.db.pool()).await?;
+        let row = sqlx::query("SELECT source FROM tenant_definitions WHERE tenant_id = $1")
+            .bind(tenant_id)
+            .fetch_optional(self.db.pool())
+            .await?;
         Ok(row.map(|row| row.try_get("source")).transpose()?)
     }
 
@@ -78,18 +94,33 @@ impl ContentStore for SqlContentStore {
         Ok(true)
     }
 
-    async fn document(&self, tenant_id: &str, document_id: &str) -> StoreResult<Option<StoredDocument>> {
+    async fn document(
+        &self,
+        tenant_id: &str,
+        document_id: &str,
+    ) -> StoreResult<Option<StoredDocument>> {
         let row = sqlx::query("SELECT document_id, title, body FROM documents WHERE tenant_id = $1 AND document_id = $2")
             .bind(tenant_id)
             .bind(document_id)
             .fetch_optional(self.db.pool())
             .await?;
-        row.map(|row| Ok(StoredDocument { document_id: row.try_get("document_id")?, title: row.try_get("title")?, text: row.try_get("body")? }))
-            .transpose()
-            .map_err(|error: sqlx::Error| error.into())
+        row.map(|row| {
+            Ok(StoredDocument {
+                document_id: row.try_get("document_id")?,
+                title: row.try_get("title")?,
+                text: row.try_get("body")?,
+            })
+        })
+        .transpose()
+        .map_err(|error: sqlx::Error| error.into())
     }
 
-    async fn put_document(&self, tenant_id: &str, document: &StoredDocument, chunks: &[StoredChunk]) -> StoreResult<()> {
+    async fn put_document(
+        &self,
+        tenant_id: &str,
+        document: &StoredDocument,
+        chunks: &[StoredChunk],
+    ) -> StoreResult<()> {
         let mut tx = self.db.pool().begin().await?;
         // The document row first: its lock serializes replicas writing the same document
         // (e.g. seeding at the same start), so their chunk rows never collide.
@@ -127,8 +158,17 @@ impl ContentStore for SqlContentStore {
 
     async fn delete_document(&self, tenant_id: &str, document_id: &str) -> StoreResult<bool> {
         let mut tx = self.db.pool().begin().await?;
-        sqlx::query("DELETE FROM document_chunks WHERE tenant_id = $1 AND document_id = $2").bind(tenant_id).bind(document_id).execute(&mut *tx).await?;
-        let deleted = sqlx::query("DELETE FROM documents WHERE tenant_id = $1 AND document_id = $2").bind(tenant_id).bind(document_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM document_chunks WHERE tenant_id = $1 AND document_id = $2")
+            .bind(tenant_id)
+            .bind(document_id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted =
+            sqlx::query("DELETE FROM documents WHERE tenant_id = $1 AND document_id = $2")
+                .bind(tenant_id)
+                .bind(document_id)
+                .execute(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(deleted.rows_affected() > 0)
     }
@@ -136,13 +176,27 @@ impl ContentStore for SqlContentStore {
     async fn documents(&self, tenant_id: &str) -> StoreResult<Vec<StoredDocument>> {
         let rows = sqlx::query("SELECT document_id, title, body FROM documents WHERE tenant_id = $1 ORDER BY document_id").bind(tenant_id).fetch_all(self.db.pool()).await?;
         rows.iter()
-            .map(|row| Ok(StoredDocument { document_id: row.try_get("document_id")?, title: row.try_get("title")?, text: row.try_get("body")? }))
+            .map(|row| {
+                Ok(StoredDocument {
+                    document_id: row.try_get("document_id")?,
+                    title: row.try_get("title")?,
+                    text: row.try_get("body")?,
+                })
+            })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(Into::into)
     }
 
-    async fn chunks(&self, tenant_id: &str) -> StoreResult<Vec<(StoredDocument, Vec<StoredChunk>)>> {
-        let mut grouped: Vec<(StoredDocument, Vec<StoredChunk>)> = self.documents(tenant_id).await?.into_iter().map(|d| (d, Vec::new())).collect();
+    async fn chunks(
+        &self,
+        tenant_id: &str,
+    ) -> StoreResult<Vec<(StoredDocument, Vec<StoredChunk>)>> {
+        let mut grouped: Vec<(StoredDocument, Vec<StoredChunk>)> = self
+            .documents(tenant_id)
+            .await?
+            .into_iter()
+            .map(|d| (d, Vec::new()))
+            .collect();
         let rows = sqlx::query("SELECT document_id, chunk_id, heading, body, vector FROM document_chunks WHERE tenant_id = $1 ORDER BY document_id, seq")
             .bind(tenant_id)
             .fetch_all(self.db.pool())
@@ -150,8 +204,16 @@ impl ContentStore for SqlContentStore {
         for row in rows {
             let document_id: String = row.try_get("document_id")?;
             let vector: Vec<u8> = row.try_get("vector")?;
-            let chunk = StoredChunk { chunk_id: row.try_get("chunk_id")?, heading: row.try_get("heading")?, text: row.try_get("body")?, vector: vector_from_bytes(&vector) };
-            if let Some((_, chunks)) = grouped.iter_mut().find(|(d, _)| d.document_id == document_id) {
+            let chunk = StoredChunk {
+                chunk_id: row.try_get("chunk_id")?,
+                heading: row.try_get("heading")?,
+                text: row.try_get("body")?,
+                vector: vector_from_bytes(&vector),
+            };
+            if let Some((_, chunks)) = grouped
+                .iter_mut()
+                .find(|(d, _)| d.document_id == document_id)
+            {
                 chunks.push(chunk);
             }
         }

@@ -3,8 +3,8 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use sqlx::any::AnyPoolOptions;
-use sqlx::AnyPool;
 use sqlx::migrate::Migrator;
+use sqlx::AnyPool;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("../../migrations/postgres");
@@ -58,13 +58,20 @@ impl Database {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {
                     // WAL lets readers proceed during writes; writers wait instead of failing.
-                    sqlx::query("PRAGMA journal_mode=WAL").execute(&mut *conn).await?;
-                    sqlx::query("PRAGMA busy_timeout=5000").execute(&mut *conn).await?;
+                    sqlx::query("PRAGMA journal_mode=WAL")
+                        .execute(&mut *conn)
+                        .await?;
+                    sqlx::query("PRAGMA busy_timeout=5000")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
         }
-        let pool = options.connect(url).await.map_err(|error| anyhow::anyhow!("connecting to the database: {error}"))?;
+        let pool = options
+            .connect(url)
+            .await
+            .map_err(|error| anyhow::anyhow!("connecting to the database: {error}"))?;
         Ok(Self { pool, backend })
     }
 
@@ -73,7 +80,10 @@ impl Database {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        migrator.run(&self.pool).await.map_err(|error| anyhow::anyhow!("applying migrations: {error}"))?;
+        migrator
+            .run(&self.pool)
+            .await
+            .map_err(|error| anyhow::anyhow!("applying migrations: {error}"))?;
         Ok(())
     }
 
@@ -82,7 +92,10 @@ impl Database {
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.pool).await.map(|_| ())
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
     }
 
     /// Readiness probe for the gRPC health service.
@@ -92,13 +105,19 @@ impl Database {
 }
 
 fn create_sqlite_parent_dir(url: &str) -> anyhow::Result<()> {
-    let path = url.trim_start_matches("sqlite://").trim_start_matches("sqlite:");
+    let path = url
+        .trim_start_matches("sqlite://")
+        .trim_start_matches("sqlite:");
     let path = path.split('?').next().unwrap_or_default();
     if path.is_empty() || path == ":memory:" {
         return Ok(());
     }
-    if let Some(parent) = Path::new(path).parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(|error| anyhow::anyhow!("creating {}: {error}", parent.display()))?;
+    if let Some(parent) = Path::new(path)
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(parent)
+            .map_err(|error| anyhow::anyhow!("creating {}: {error}", parent.display()))?;
     }
     Ok(())
 }

@@ -15,8 +15,8 @@ pub use content::{ContentStore, SqlContentStore, StoredChunk, StoredDocument};
 pub use db::{now_millis, Database, DatabaseProbe};
 pub use sessions::{SessionStore, SqlSessionStore, TurnRecord};
 pub use tickets::{
-    AuditRecord, CustomerRecord, NewTicket, QueueStats, SqlTicketStore, TicketChange, TicketRecord, TicketStore,
-    UpdateOutcome,
+    AuditRecord, CustomerRecord, NewTicket, QueueStats, SqlTicketStore, TicketChange, TicketRecord,
+    TicketStore, UpdateOutcome,
 };
 
 /// Storage failures the services map to gRPC statuses.
@@ -31,9 +31,10 @@ pub enum StoreError {
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) | sqlx::Error::Tls(_) => {
-                Self::Unavailable(error)
-            }
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_) => Self::Unavailable(error),
             other => Self::Other(other),
         }
     }

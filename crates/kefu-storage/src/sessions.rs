@@ -28,8 +28,17 @@ pub struct TurnRecord {
 #[async_trait]
 pub trait SessionStore: Send + Sync {
     /// The last `limit` turns of a session, oldest first.
-    async fn recent_turns(&self, tenant_id: &str, session_id: &str, limit: i64) -> StoreResult<Vec<TurnRecord>>;
-    async fn find_by_message_id(&self, tenant_id: &str, message_id: &str) -> StoreResult<Option<TurnRecord>>;
+    async fn recent_turns(
+        &self,
+        tenant_id: &str,
+        session_id: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<TurnRecord>>;
+    async fn find_by_message_id(
+        &self,
+        tenant_id: &str,
+        message_id: &str,
+    ) -> StoreResult<Option<TurnRecord>>;
     /// Appends a turn at the end of its session; returns the stored turn, or the turn
     /// already stored under the same message id.
     async fn append(&self, turn: TurnRecord) -> StoreResult<TurnRecord>;
@@ -70,7 +79,12 @@ const APPEND_ATTEMPTS: usize = 5;
 
 #[async_trait]
 impl SessionStore for SqlSessionStore {
-    async fn recent_turns(&self, tenant_id: &str, session_id: &str, limit: i64) -> StoreResult<Vec<TurnRecord>> {
+    async fn recent_turns(
+        &self,
+        tenant_id: &str,
+        session_id: &str,
+        limit: i64,
+    ) -> StoreResult<Vec<TurnRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {TURN_COLUMNS} FROM session_turns WHERE tenant_id = $1 AND session_id = $2 ORDER BY seq DESC LIMIT $3"
         ))
@@ -79,17 +93,26 @@ impl SessionStore for SqlSessionStore {
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        let mut turns = rows.iter().map(turn_from_row).collect::<Result<Vec<_>, _>>()?;
+        let mut turns = rows
+            .iter()
+            .map(turn_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
         turns.reverse();
         Ok(turns)
     }
 
-    async fn find_by_message_id(&self, tenant_id: &str, message_id: &str) -> StoreResult<Option<TurnRecord>> {
-        let row = sqlx::query(&format!("SELECT {TURN_COLUMNS} FROM session_turns WHERE tenant_id = $1 AND message_id = $2"))
-            .bind(tenant_id)
-            .bind(message_id)
-            .fetch_optional(self.db.pool())
-            .await?;
+    async fn find_by_message_id(
+        &self,
+        tenant_id: &str,
+        message_id: &str,
+    ) -> StoreResult<Option<TurnRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TURN_COLUMNS} FROM session_turns WHERE tenant_id = $1 AND message_id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(message_id)
+        .fetch_optional(self.db.pool())
+        .await?;
         Ok(row.as_ref().map(turn_from_row).transpose()?)
     }
 
@@ -125,7 +148,10 @@ impl SessionStore for SqlSessionStore {
             match inserted {
                 Ok(_) => return Ok(turn),
                 Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
-                    if let Some(existing) = self.find_by_message_id(&turn.tenant_id, &turn.message_id).await? {
+                    if let Some(existing) = self
+                        .find_by_message_id(&turn.tenant_id, &turn.message_id)
+                        .await?
+                    {
                         return Ok(existing);
                     }
                     if attempt >= APPEND_ATTEMPTS {

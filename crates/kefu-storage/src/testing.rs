@@ -13,20 +13,34 @@ pub enum TestDb {
 impl TestDb {
     pub async fn sqlite() -> (Self, Database) {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let db = Database::connect(&format!("sqlite://{}/kefu.db?mode=rwc", dir.path().display())).await.expect("an SQLite database");
+        let db = Database::connect(&format!(
+            "sqlite://{}/kefu.db?mode=rwc",
+            dir.path().display()
+        ))
+        .await
+        .expect("an SQLite database");
         (Self::Sqlite(dir), db)
     }
 
     /// Creates an empty PostgreSQL database and returns its URL. A missing server fails
     /// the test: nothing here skips silently.
     pub async fn postgres() -> (Self, String) {
-        let admin = std::env::var("KEFU_TEST_POSTGRES_URL").unwrap_or_else(|_| ADMIN_URL.to_owned());
+        let admin =
+            std::env::var("KEFU_TEST_POSTGRES_URL").unwrap_or_else(|_| ADMIN_URL.to_owned());
         let name = format!("kefu_test_{}", uuid::Uuid::new_v4().simple());
         let server = Database::connect_without_migrating(&admin)
             .await
-            .unwrap_or_else(|e| panic!("PostgreSQL must be running for these tests ({admin}): {e:#}"));
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(server.pool()).await.expect("CREATE DATABASE");
-        let url = format!("{}/{name}", admin.rsplit_once('/').expect("a database URL").0);
+            .unwrap_or_else(|e| {
+                panic!("PostgreSQL must be running for these tests ({admin}): {e:#}")
+            });
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(server.pool())
+            .await
+            .expect("CREATE DATABASE");
+        let url = format!(
+            "{}/{name}",
+            admin.rsplit_once('/').expect("a database URL").0
+        );
         (Self::Postgres { admin, name }, url)
     }
 }
@@ -36,10 +50,16 @@ impl Drop for TestDb {
         if let Self::Postgres { admin, name } = self {
             let (admin, name) = (admin.clone(), name.clone());
             let dropped = std::thread::spawn(move || {
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime");
                 runtime.block_on(async {
                     if let Ok(server) = Database::connect_without_migrating(&admin).await {
-                        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(server.pool()).await;
+                        let _ =
+                            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                                .execute(server.pool())
+                                .await;
                     }
                 });
             });

@@ -78,18 +78,48 @@ pub struct CustomerRecord {
 pub trait TicketStore: Send + Sync {
     /// Inserts the ticket unless one with the same (tenant, idempotency key) exists;
     /// returns the stored ticket and whether this call created it.
-    async fn create(&self, ticket: NewTicket, audit: AuditRecord) -> StoreResult<(TicketRecord, bool)>;
+    async fn create(
+        &self,
+        ticket: NewTicket,
+        audit: AuditRecord,
+    ) -> StoreResult<(TicketRecord, bool)>;
     async fn get(&self, tenant_id: &str, ticket_id: &str) -> StoreResult<Option<TicketRecord>>;
     async fn audit_trail(&self, tenant_id: &str, ticket_id: &str) -> StoreResult<Vec<AuditRecord>>;
-    async fn list(&self, tenant_id: &str, customer_id: Option<&str>, status: Option<i32>, limit: i64) -> StoreResult<Vec<TicketRecord>>;
+    async fn list(
+        &self,
+        tenant_id: &str,
+        customer_id: Option<&str>,
+        status: Option<i32>,
+        limit: i64,
+    ) -> StoreResult<Vec<TicketRecord>>;
     /// Open, unassigned tickets: highest VIP tier, then priority, then the oldest.
-    async fn next_in_queue(&self, tenant_id: &str, open_status: i32) -> StoreResult<Option<TicketRecord>>;
-    async fn queue_stats(&self, tenant_id: &str, open_status: i32, now: i64) -> StoreResult<QueueStats>;
+    async fn next_in_queue(
+        &self,
+        tenant_id: &str,
+        open_status: i32,
+    ) -> StoreResult<Option<TicketRecord>>;
+    async fn queue_stats(
+        &self,
+        tenant_id: &str,
+        open_status: i32,
+        now: i64,
+    ) -> StoreResult<QueueStats>;
     /// Applies `change` if the ticket is still at `expected_version`, with its audit row,
     /// in one transaction.
-    async fn update(&self, tenant_id: &str, ticket_id: &str, expected_version: i64, change: TicketChange, audit: AuditRecord) -> StoreResult<UpdateOutcome>;
+    async fn update(
+        &self,
+        tenant_id: &str,
+        ticket_id: &str,
+        expected_version: i64,
+        change: TicketChange,
+        audit: AuditRecord,
+    ) -> StoreResult<UpdateOutcome>;
     async fn tenants_with_tickets(&self) -> StoreResult<Vec<String>>;
-    async fn get_customer(&self, tenant_id: &str, customer_id: &str) -> StoreResult<Option<CustomerRecord>>;
+    async fn get_customer(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+    ) -> StoreResult<Option<CustomerRecord>>;
     async fn upsert_customer(&self, customer: CustomerRecord) -> StoreResult<CustomerRecord>;
 }
 
@@ -131,7 +161,11 @@ fn ticket_from_row(row: &AnyRow) -> Result<TicketRecord, sqlx::Error> {
 
 const INSERT_AUDIT: &str = "INSERT INTO ticket_audit (tenant_id, ticket_id, actor, action, from_status, to_status, comment, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
-fn insert_audit<'q>(tenant_id: &'q str, ticket_id: &'q str, audit: &'q AuditRecord) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+fn insert_audit<'q>(
+    tenant_id: &'q str,
+    ticket_id: &'q str,
+    audit: &'q AuditRecord,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
     sqlx::query(INSERT_AUDIT)
         .bind(tenant_id)
         .bind(ticket_id)
@@ -149,7 +183,11 @@ fn is_unique_violation(error: &sqlx::Error) -> bool {
 
 #[async_trait]
 impl TicketStore for SqlTicketStore {
-    async fn create(&self, ticket: NewTicket, audit: AuditRecord) -> StoreResult<(TicketRecord, bool)> {
+    async fn create(
+        &self,
+        ticket: NewTicket,
+        audit: AuditRecord,
+    ) -> StoreResult<(TicketRecord, bool)> {
         if let Some(key) = &ticket.idempotency_key {
             if let Some(existing) = self.find_by_key(&ticket.tenant_id, key).await? {
                 return Ok((existing, false));
@@ -193,17 +231,21 @@ impl TicketStore for SqlTicketStore {
             }
             Err(error) => return Err(error.into()),
         }
-        insert_audit(&ticket.tenant_id, &ticket.ticket_id, &audit).execute(&mut *tx).await?;
+        insert_audit(&ticket.tenant_id, &ticket.ticket_id, &audit)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok((ticket, true))
     }
 
     async fn get(&self, tenant_id: &str, ticket_id: &str) -> StoreResult<Option<TicketRecord>> {
-        let row = sqlx::query(&format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND ticket_id = $2"))
-            .bind(tenant_id)
-            .bind(ticket_id)
-            .fetch_optional(self.db.pool())
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND ticket_id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(ticket_id)
+        .fetch_optional(self.db.pool())
+        .await?;
         Ok(row.as_ref().map(ticket_from_row).transpose()?)
     }
 
@@ -228,7 +270,13 @@ impl TicketStore for SqlTicketStore {
             .map_err(Into::into)
     }
 
-    async fn list(&self, tenant_id: &str, customer_id: Option<&str>, status: Option<i32>, limit: i64) -> StoreResult<Vec<TicketRecord>> {
+    async fn list(
+        &self,
+        tenant_id: &str,
+        customer_id: Option<&str>,
+        status: Option<i32>,
+        limit: i64,
+    ) -> StoreResult<Vec<TicketRecord>> {
         let rows = sqlx::query(&format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND ($2 = '' OR customer_id = $2) AND ($3 = 0 OR status = $3) ORDER BY created_at DESC, ticket_id DESC LIMIT $4"
         ))
@@ -238,10 +286,17 @@ impl TicketStore for SqlTicketStore {
         .bind(limit)
         .fetch_all(self.db.pool())
         .await?;
-        rows.iter().map(ticket_from_row).collect::<Result<_, _>>().map_err(Into::into)
+        rows.iter()
+            .map(ticket_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
     }
 
-    async fn next_in_queue(&self, tenant_id: &str, open_status: i32) -> StoreResult<Option<TicketRecord>> {
+    async fn next_in_queue(
+        &self,
+        tenant_id: &str,
+        open_status: i32,
+    ) -> StoreResult<Option<TicketRecord>> {
         let row = sqlx::query(&format!(
             "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND status = $2 AND assignee = '' ORDER BY vip_tier DESC, priority DESC, created_at ASC, ticket_id ASC LIMIT 1"
         ))
@@ -252,7 +307,12 @@ impl TicketStore for SqlTicketStore {
         Ok(row.as_ref().map(ticket_from_row).transpose()?)
     }
 
-    async fn queue_stats(&self, tenant_id: &str, open_status: i32, now: i64) -> StoreResult<QueueStats> {
+    async fn queue_stats(
+        &self,
+        tenant_id: &str,
+        open_status: i32,
+        now: i64,
+    ) -> StoreResult<QueueStats> {
         let row = sqlx::query(
             "SELECT COUNT(*) AS depth, MIN(created_at) AS oldest, COALESCE(SUM(CASE WHEN sla_due_at < $3 THEN 1 ELSE 0 END), 0) AS overdue FROM tickets WHERE tenant_id = $1 AND status = $2 AND assignee = ''",
         )
@@ -268,7 +328,14 @@ impl TicketStore for SqlTicketStore {
         })
     }
 
-    async fn update(&self, tenant_id: &str, ticket_id: &str, expected_version: i64, change: TicketChange, audit: AuditRecord) -> StoreResult<UpdateOutcome> {
+    async fn update(
+        &self,
+        tenant_id: &str,
+        ticket_id: &str,
+        expected_version: i64,
+        change: TicketChange,
+        audit: AuditRecord,
+    ) -> StoreResult<UpdateOutcome> {
         let mut tx = self.db.pool().begin().await?;
         let updated = sqlx::query(
             "UPDATE tickets SET status = $1, assignee = $2, updated_at = $3, resolved_at = $4, version = version + 1 WHERE tenant_id = $5 AND ticket_id = $6 AND version = $7",
@@ -285,23 +352,36 @@ impl TicketStore for SqlTicketStore {
         if updated.rows_affected() == 0 {
             return Ok(UpdateOutcome::Conflict);
         }
-        insert_audit(tenant_id, ticket_id, &audit).execute(&mut *tx).await?;
-        let row = sqlx::query(&format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND ticket_id = $2"))
-            .bind(tenant_id)
-            .bind(ticket_id)
-            .fetch_one(&mut *tx)
+        insert_audit(tenant_id, ticket_id, &audit)
+            .execute(&mut *tx)
             .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND ticket_id = $2"
+        ))
+        .bind(tenant_id)
+        .bind(ticket_id)
+        .fetch_one(&mut *tx)
+        .await?;
         let ticket = ticket_from_row(&row)?;
         tx.commit().await?;
         Ok(UpdateOutcome::Updated(ticket))
     }
 
     async fn tenants_with_tickets(&self) -> StoreResult<Vec<String>> {
-        let rows = sqlx::query("SELECT DISTINCT tenant_id FROM tickets").fetch_all(self.db.pool()).await?;
-        rows.iter().map(|row| row.try_get("tenant_id")).collect::<Result<_, _>>().map_err(Into::into)
+        let rows = sqlx::query("SELECT DISTINCT tenant_id FROM tickets")
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|row| row.try_get("tenant_id"))
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
     }
 
-    async fn get_customer(&self, tenant_id: &str, customer_id: &str) -> StoreResult<Option<CustomerRecord>> {
+    async fn get_customer(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+    ) -> StoreResult<Option<CustomerRecord>> {
         let row = sqlx::query("SELECT tenant_id, customer_id, display_name, vip_tier FROM customers WHERE tenant_id = $1 AND customer_id = $2")
             .bind(tenant_id)
             .bind(customer_id)
@@ -338,11 +418,13 @@ impl TicketStore for SqlTicketStore {
 
 impl SqlTicketStore {
     async fn find_by_key(&self, tenant_id: &str, key: &str) -> StoreResult<Option<TicketRecord>> {
-        let row = sqlx::query(&format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND idempotency_key = $2"))
-            .bind(tenant_id)
-            .bind(key)
-            .fetch_optional(self.db.pool())
-            .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND idempotency_key = $2"
+        ))
+        .bind(tenant_id)
+        .bind(key)
+        .fetch_optional(self.db.pool())
+        .await?;
         Ok(row.as_ref().map(ticket_from_row).transpose()?)
     }
 }

@@ -42,23 +42,41 @@ fn ticket(tenant: &str, customer: &str, key: Option<&str>) -> NewTicket {
 }
 
 fn audit(from: i32, to: i32) -> AuditRecord {
-    AuditRecord { actor: "tester".into(), action: "transition".into(), from_status: from, to_status: to, comment: String::new(), at: now_millis() }
+    AuditRecord {
+        actor: "tester".into(),
+        action: "transition".into(),
+        from_status: from,
+        to_status: to,
+        comment: String::new(),
+        at: now_millis(),
+    }
 }
 
 #[tokio::test]
 async fn ticket_creation_is_idempotent_even_under_concurrency() {
     for (_guard, db) in backends().await {
         let store = Arc::new(SqlTicketStore::new(db));
-        let (first, created) = store.create(ticket("t1", "c1", Some("msg-1")), audit(0, OPEN)).await.unwrap();
+        let (first, created) = store
+            .create(ticket("t1", "c1", Some("msg-1")), audit(0, OPEN))
+            .await
+            .unwrap();
         assert!(created);
-        let (again, created) = store.create(ticket("t1", "c1", Some("msg-1")), audit(0, OPEN)).await.unwrap();
+        let (again, created) = store
+            .create(ticket("t1", "c1", Some("msg-1")), audit(0, OPEN))
+            .await
+            .unwrap();
         assert!(!created);
         assert_eq!(again.ticket_id, first.ticket_id);
 
         let racers: Vec<_> = (0..8)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.create(ticket("t1", "c2", Some("msg-2")), audit(0, OPEN)).await.unwrap() })
+                tokio::spawn(async move {
+                    store
+                        .create(ticket("t1", "c2", Some("msg-2")), audit(0, OPEN))
+                        .await
+                        .unwrap()
+                })
             })
             .collect();
         let mut ids = Vec::new();
@@ -67,9 +85,15 @@ async fn ticket_creation_is_idempotent_even_under_concurrency() {
         }
         ids.dedup();
         assert_eq!(ids.len(), 1, "one ticket for one idempotency key");
-        assert_eq!(store.list("t1", Some("c2"), None, 50).await.unwrap().len(), 1);
+        assert_eq!(
+            store.list("t1", Some("c2"), None, 50).await.unwrap().len(),
+            1
+        );
         // The same key in another tenant is another ticket.
-        let (other, created) = store.create(ticket("t2", "c2", Some("msg-2")), audit(0, OPEN)).await.unwrap();
+        let (other, created) = store
+            .create(ticket("t2", "c2", Some("msg-2")), audit(0, OPEN))
+            .await
+            .unwrap();
         assert!(created);
         assert_ne!(other.ticket_id, ids[0]);
     }
@@ -79,7 +103,10 @@ async fn ticket_creation_is_idempotent_even_under_concurrency() {
 async fn parallel_transitions_are_serialized_without_lost_updates() {
     for (_guard, db) in backends().await {
         let store = Arc::new(SqlTicketStore::new(db));
-        let (created, _) = store.create(ticket("t1", "c1", None), audit(0, OPEN)).await.unwrap();
+        let (created, _) = store
+            .create(ticket("t1", "c1", None), audit(0, OPEN))
+            .await
+            .unwrap();
         let id = created.ticket_id.clone();
         let writers: Vec<_> = (0..12)
             .map(|_| {
@@ -88,9 +115,28 @@ async fn parallel_transitions_are_serialized_without_lost_updates() {
                     // Read-modify-write until this writer's move lands, as the service does.
                     loop {
                         let current = store.get("t1", &id).await.unwrap().unwrap();
-                        let to = if current.status == IN_PROGRESS { PENDING } else { IN_PROGRESS };
-                        let change = TicketChange { status: to, assignee: current.assignee.clone(), updated_at: now_millis(), resolved_at: None };
-                        match store.update("t1", &id, current.version, change, audit(current.status, to)).await.unwrap() {
+                        let to = if current.status == IN_PROGRESS {
+                            PENDING
+                        } else {
+                            IN_PROGRESS
+                        };
+                        let change = TicketChange {
+                            status: to,
+                            assignee: current.assignee.clone(),
+                            updated_at: now_millis(),
+                            resolved_at: None,
+                        };
+                        match store
+                            .update(
+                                "t1",
+                                &id,
+                                current.version,
+                                change,
+                                audit(current.status, to),
+                            )
+                            .await
+                            .unwrap()
+                        {
                             UpdateOutcome::Updated(_) => return,
                             UpdateOutcome::Conflict => continue,
                         }
@@ -102,7 +148,10 @@ async fn parallel_transitions_are_serialized_without_lost_updates() {
             writer.await.unwrap();
         }
         let final_state = store.get("t1", &id).await.unwrap().unwrap();
-        assert_eq!(final_state.version, 12, "every writer's update counted once");
+        assert_eq!(
+            final_state.version, 12,
+            "every writer's update counted once"
+        );
         let trail = store.audit_trail("t1", &id).await.unwrap();
         assert_eq!(trail.len(), 13, "creation plus one audit row per update");
         // Each move starts where the previous one ended: no update was based on stale state.
@@ -119,13 +168,31 @@ async fn the_queue_orders_by_vip_then_priority_then_age() {
         let mut old_low = ticket("t1", "a", None);
         old_low.priority = 1;
         old_low.created_at -= 10_000;
-        let urgent = TicketRecord { priority: 4, ..ticket("t1", "b", None) };
-        let vip_medium = TicketRecord { priority: 2, vip_tier: 4, ..ticket("t1", "c", None) };
+        let urgent = TicketRecord {
+            priority: 4,
+            ..ticket("t1", "b", None)
+        };
+        let vip_medium = TicketRecord {
+            priority: 2,
+            vip_tier: 4,
+            ..ticket("t1", "c", None)
+        };
         for t in [old_low.clone(), urgent.clone(), vip_medium.clone()] {
             store.create(t, audit(0, OPEN)).await.unwrap();
         }
-        assert_eq!(store.next_in_queue("t1", OPEN).await.unwrap().unwrap().ticket_id, vip_medium.ticket_id);
-        assert!(store.next_in_queue("t2", OPEN).await.unwrap().is_none(), "queues are per tenant");
+        assert_eq!(
+            store
+                .next_in_queue("t1", OPEN)
+                .await
+                .unwrap()
+                .unwrap()
+                .ticket_id,
+            vip_medium.ticket_id
+        );
+        assert!(
+            store.next_in_queue("t2", OPEN).await.unwrap().is_none(),
+            "queues are per tenant"
+        );
         let stats = store.queue_stats("t1", OPEN, now_millis()).await.unwrap();
         assert_eq!(stats.depth, 3);
         assert_eq!(stats.oldest_created_at, Some(old_low.created_at));
@@ -158,10 +225,28 @@ async fn sessions_keep_order_replay_by_message_id_and_stay_in_their_tenant() {
         let replayed = store.append(turn("t1", "m2")).await.unwrap();
         assert_eq!(replayed.seq, 2, "a retried message keeps its place");
         let recent = store.recent_turns("t1", "s1", 2).await.unwrap();
-        assert_eq!(recent.iter().map(|t| t.message_id.as_str()).collect::<Vec<_>>(), ["m2", "m3"]);
+        assert_eq!(
+            recent
+                .iter()
+                .map(|t| t.message_id.as_str())
+                .collect::<Vec<_>>(),
+            ["m2", "m3"]
+        );
         assert!(store.recent_turns("t2", "s1", 10).await.unwrap().is_empty());
-        assert!(store.find_by_message_id("t2", "m1").await.unwrap().is_none());
-        assert_eq!(store.find_by_message_id("t1", "m1").await.unwrap().unwrap().response, vec![1, 2, 3]);
+        assert!(store
+            .find_by_message_id("t2", "m1")
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            store
+                .find_by_message_id("t1", "m1")
+                .await
+                .unwrap()
+                .unwrap()
+                .response,
+            vec![1, 2, 3]
+        );
     }
 }
 
@@ -169,16 +254,31 @@ async fn sessions_keep_order_replay_by_message_id_and_stay_in_their_tenant() {
 async fn documents_keep_their_chunks_and_vectors() {
     for (_guard, db) in backends().await {
         let store = SqlContentStore::new(db);
-        let document = StoredDocument { document_id: "refunds.en".into(), title: "Refunds".into(), text: "# Refunds\n\n14 days.".into() };
-        let chunks = vec![StoredChunk { chunk_id: "refunds.en#0".into(), heading: String::new(), text: "14 days.".into(), vector: vec![0.5, -0.25] }];
+        let document = StoredDocument {
+            document_id: "refunds.en".into(),
+            title: "Refunds".into(),
+            text: "# Refunds\n\n14 days.".into(),
+        };
+        let chunks = vec![StoredChunk {
+            chunk_id: "refunds.en#0".into(),
+            heading: String::new(),
+            text: "14 days.".into(),
+            vector: vec![0.5, -0.25],
+        }];
         let before = store.documents_generation("t1").await.unwrap();
         store.put_document("t1", &document, &chunks).await.unwrap();
         assert_ne!(store.documents_generation("t1").await.unwrap(), before);
         let stored = store.chunks("t1").await.unwrap();
         assert_eq!(stored, vec![(document.clone(), chunks)]);
-        assert!(store.chunks("t2").await.unwrap().is_empty(), "documents are per tenant");
+        assert!(
+            store.chunks("t2").await.unwrap().is_empty(),
+            "documents are per tenant"
+        );
         assert!(store.put_definition("t1", "id = 't1'").await.unwrap());
-        assert!(!store.put_definition("t1", "id = 't1'").await.unwrap(), "unchanged definitions are not rewritten");
+        assert!(
+            !store.put_definition("t1", "id = 't1'").await.unwrap(),
+            "unchanged definitions are not rewritten"
+        );
         assert!(store.delete_document("t1", "refunds.en").await.unwrap());
         assert!(store.chunks("t1").await.unwrap().is_empty());
     }
@@ -192,16 +292,28 @@ async fn replicas_writing_the_same_document_at_once_all_succeed() {
             .map(|_| {
                 let store = store.clone();
                 tokio::spawn(async move {
-                    let document = StoredDocument { document_id: "shipping.en".into(), title: "Shipping".into(), text: "Ships in a day.".into() };
+                    let document = StoredDocument {
+                        document_id: "shipping.en".into(),
+                        title: "Shipping".into(),
+                        text: "Ships in a day.".into(),
+                    };
                     let chunks: Vec<StoredChunk> = (0..3)
-                        .map(|n| StoredChunk { chunk_id: format!("shipping.en#{n}"), heading: String::new(), text: format!("part {n}"), vector: vec![n as f32] })
+                        .map(|n| StoredChunk {
+                            chunk_id: format!("shipping.en#{n}"),
+                            heading: String::new(),
+                            text: format!("part {n}"),
+                            vector: vec![n as f32],
+                        })
                         .collect();
                     store.put_document("t1", &document, &chunks).await
                 })
             })
             .collect();
         for writer in writers {
-            writer.await.unwrap().expect("concurrent seeding of one document succeeds");
+            writer
+                .await
+                .unwrap()
+                .expect("concurrent seeding of one document succeeds");
         }
         let stored = store.chunks("t1").await.unwrap();
         assert_eq!(stored.len(), 1);
@@ -212,14 +324,23 @@ async fn replicas_writing_the_same_document_at_once_all_succeed() {
 #[tokio::test]
 async fn replicas_starting_together_migrate_once() {
     let (_guard, url) = TestDb::postgres().await;
-    let starts: Vec<_> = (0..4).map(|_| {
-        let url = url.clone();
-        tokio::spawn(async move { Database::connect(&url).await })
-    }).collect();
+    let starts: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { Database::connect(&url).await })
+        })
+        .collect();
     for start in starts {
         start.await.unwrap().expect("every replica starts");
     }
     let db = Database::connect(&url).await.unwrap();
-    let applied: i64 = sqlx::Row::try_get(&sqlx::query("SELECT COUNT(*) AS n FROM _sqlx_migrations").fetch_one(db.pool()).await.unwrap(), "n").unwrap();
+    let applied: i64 = sqlx::Row::try_get(
+        &sqlx::query("SELECT COUNT(*) AS n FROM _sqlx_migrations")
+            .fetch_one(db.pool())
+            .await
+            .unwrap(),
+        "n",
+    )
+    .unwrap();
     assert_eq!(applied, 2);
 }

@@ -95,7 +95,12 @@ impl Tenant {
     pub fn training_examples(&self) -> Vec<(String, String)> {
         self.intents
             .iter()
-            .flat_map(|intent| intent.examples.iter().map(|example| (example.clone(), intent.name.clone())))
+            .flat_map(|intent| {
+                intent
+                    .examples
+                    .iter()
+                    .map(|example| (example.clone(), intent.name.clone()))
+            })
             .collect()
     }
 
@@ -106,23 +111,47 @@ impl Tenant {
     /// Whether `key` is one of the tenant's API keys (compared by digest).
     pub fn accepts_key(&self, key: &str) -> bool {
         let digest = hex::encode(Sha256::digest(key.as_bytes()));
-        self.api_keys.iter().any(|accepted| accepted.eq_ignore_ascii_case(&digest))
+        self.api_keys
+            .iter()
+            .any(|accepted| accepted.eq_ignore_ascii_case(&digest))
     }
 
     fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(is_valid_id(&self.id), "tenant id {:?} must be 1-64 characters of [a-z0-9_-]", self.id);
-        anyhow::ensure!(!self.intents.is_empty(), "tenant {} defines no intents", self.id);
+        anyhow::ensure!(
+            is_valid_id(&self.id),
+            "tenant id {:?} must be 1-64 characters of [a-z0-9_-]",
+            self.id
+        );
+        anyhow::ensure!(
+            !self.intents.is_empty(),
+            "tenant {} defines no intents",
+            self.id
+        );
         let mut seen = std::collections::BTreeSet::new();
         for intent in &self.intents {
-            anyhow::ensure!(seen.insert(&intent.name), "tenant {}: intent {} defined twice", self.id, intent.name);
-            anyhow::ensure!(!intent.examples.is_empty(), "tenant {}: intent {} has no examples", self.id, intent.name);
+            anyhow::ensure!(
+                seen.insert(&intent.name),
+                "tenant {}: intent {} defined twice",
+                self.id,
+                intent.name
+            );
+            anyhow::ensure!(
+                !intent.examples.is_empty(),
+                "tenant {}: intent {} has no examples",
+                self.id,
+                intent.name
+            );
         }
         Ok(())
     }
 }
 
 pub fn is_valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 /// All tenants of a deployment, by id.
@@ -133,7 +162,8 @@ impl Tenants {
     /// Loads every `<dir>/<id>/tenant.toml` with its `docs/`.
     pub fn load_dir(dir: &Path) -> anyhow::Result<Self> {
         let mut tenants = BTreeMap::new();
-        let entries = std::fs::read_dir(dir).with_context(|| format!("reading the tenants directory {}", dir.display()))?;
+        let entries = std::fs::read_dir(dir)
+            .with_context(|| format!("reading the tenants directory {}", dir.display()))?;
         for entry in entries {
             let path = entry?.path();
             if path.join("tenant.toml").is_file() {
@@ -141,7 +171,11 @@ impl Tenants {
                 tenants.insert(tenant.id.clone(), Arc::new(tenant));
             }
         }
-        anyhow::ensure!(!tenants.is_empty(), "no tenant found in {} (expected <id>/tenant.toml)", dir.display());
+        anyhow::ensure!(
+            !tenants.is_empty(),
+            "no tenant found in {} (expected <id>/tenant.toml)",
+            dir.display()
+        );
         Ok(Self(tenants))
     }
 
@@ -164,15 +198,26 @@ impl Tenants {
 
 fn load_tenant(dir: &Path) -> anyhow::Result<Tenant> {
     let file = dir.join("tenant.toml");
-    let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+    let text =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
     let mut tenant = Tenant::parse(&text).with_context(|| format!("in {}", file.display()))?;
     let docs = dir.join("docs");
     if docs.is_dir() {
-        let mut paths: Vec<_> = std::fs::read_dir(&docs)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+        let mut paths: Vec<_> = std::fs::read_dir(&docs)?
+            .map(|e| e.map(|e| e.path()))
+            .collect::<Result<_, _>>()?;
         paths.sort();
-        for path in paths.into_iter().filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("md" | "txt"))) {
-            let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            let id = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_owned();
+        for path in paths
+            .into_iter()
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("md" | "txt")))
+        {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let id = path
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
             let title = text
                 .lines()
                 .find_map(|line| line.strip_prefix("# "))
@@ -211,7 +256,11 @@ examples = ["this is awful"]
         let acme = dir.path().join("acme");
         std::fs::create_dir_all(acme.join("docs")).unwrap();
         std::fs::write(acme.join("tenant.toml"), TENANT).unwrap();
-        std::fs::write(acme.join("docs/refunds.en.md"), "# Refunds\n\nWithin 14 days.").unwrap();
+        std::fs::write(
+            acme.join("docs/refunds.en.md"),
+            "# Refunds\n\nWithin 14 days.",
+        )
+        .unwrap();
         let tenants = Tenants::load_dir(dir.path()).unwrap();
         let tenant = tenants.get("acme").unwrap();
         assert_eq!(tenant.intents.len(), 2);
@@ -229,7 +278,11 @@ examples = ["this is awful"]
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad");
         std::fs::create_dir_all(&bad).unwrap();
-        std::fs::write(bad.join("tenant.toml"), TENANT.replace("\"acme\"", "\"Not Valid\"")).unwrap();
+        std::fs::write(
+            bad.join("tenant.toml"),
+            TENANT.replace("\"acme\"", "\"Not Valid\""),
+        )
+        .unwrap();
         let error = Tenants::load_dir(dir.path()).unwrap_err();
         assert!(format!("{error:#}").contains("tenant id"), "{error:#}");
     }
@@ -239,7 +292,16 @@ examples = ["this is awful"]
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tenants");
         let tenants = Tenants::load_dir(&dir).unwrap();
         let demo = tenants.get("demo").unwrap();
-        for intent in ["product_inquiry", "technical_support", "complaint", "billing", "order_status", "account", "human_agent", "greeting"] {
+        for intent in [
+            "product_inquiry",
+            "technical_support",
+            "complaint",
+            "billing",
+            "order_status",
+            "account",
+            "human_agent",
+            "greeting",
+        ] {
             assert!(demo.intent(intent).is_some(), "demo lacks {intent}");
         }
         assert!(demo.articles.len() >= 10);

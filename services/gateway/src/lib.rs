@@ -9,7 +9,10 @@ use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::ticket_service_server::{TicketService, TicketServiceServer};
 use kefu_proto::v1::*;
 use kefu_runtime::health::DownstreamProbe;
-use kefu_runtime::{with_retry, ClientArgs, ContentArgs, GrpcChannel, RunningServer, ServerArgs, ServiceSpec, Shutdown};
+use kefu_runtime::{
+    with_retry, ClientArgs, ContentArgs, GrpcChannel, RunningServer, ServerArgs, ServiceSpec,
+    Shutdown,
+};
 use kefu_tenant::Tenants;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -49,7 +52,10 @@ fn api_key(metadata: &MetadataMap) -> Option<&str> {
     metadata
         .get("authorization")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
         .map(str::trim)
 }
 
@@ -58,7 +64,9 @@ fn bounded_id(value: &str, field: &str, required: bool) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!("{field} is required")));
     }
     if value.chars().count() > MAX_ID_CHARS || value.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(format!("{field} must be at most {MAX_ID_CHARS} printable characters")));
+        return Err(Status::invalid_argument(format!(
+            "{field} must be at most {MAX_ID_CHARS} printable characters"
+        )));
     }
     Ok(())
 }
@@ -67,11 +75,20 @@ impl Gateway {
     /// Resolves the tenant of a request and checks the caller's API key against it.
     fn authorize(&self, tenant_id: &str, metadata: &MetadataMap) -> Result<(), Status> {
         bounded_id(tenant_id, "tenant_id", true)?;
-        let tenant = self.tenants.get(tenant_id).ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))?;
+        let tenant = self
+            .tenants
+            .get(tenant_id)
+            .ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))?;
         if tenant.requires_key() {
-            let key = api_key(metadata).ok_or_else(|| Status::unauthenticated("an API key is required (authorization: Bearer <key> or x-api-key)"))?;
+            let key = api_key(metadata).ok_or_else(|| {
+                Status::unauthenticated(
+                    "an API key is required (authorization: Bearer <key> or x-api-key)",
+                )
+            })?;
             if !tenant.accepts_key(key) {
-                return Err(Status::permission_denied(format!("the API key is not valid for tenant {tenant_id:?}")));
+                return Err(Status::permission_denied(format!(
+                    "the API key is not valid for tenant {tenant_id:?}"
+                )));
             }
         }
         Ok(())
@@ -82,7 +99,10 @@ impl Gateway {
         bounded_id(&message.session_id, "session_id", false)?;
         bounded_id(&message.message_id, "message_id", false)?;
         if Channel::try_from(message.channel).is_err() {
-            return Err(Status::invalid_argument(format!("unknown channel {}", message.channel)));
+            return Err(Status::invalid_argument(format!(
+                "unknown channel {}",
+                message.channel
+            )));
         }
         if message.text.trim().is_empty() {
             return Err(Status::invalid_argument("text must not be empty"));
@@ -117,14 +137,20 @@ macro_rules! forward {
 
 #[tonic::async_trait]
 impl ConversationService for GatewayHandle {
-    async fn send_message(&self, request: Request<SendMessageRequest>) -> Result<Response<SendMessageResponse>, Status> {
+    async fn send_message(
+        &self,
+        request: Request<SendMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.0.authorize(&message.tenant_id, &metadata)?;
         self.0.validate_message(&message)?;
         forward!(self.orchestrator.handle_message(message))
     }
 
-    async fn get_session(&self, request: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
+    async fn get_session(
+        &self,
+        request: Request<GetSessionRequest>,
+    ) -> Result<Response<GetSessionResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.0.authorize(&message.tenant_id, &metadata)?;
         bounded_id(&message.session_id, "session_id", true)?;
@@ -134,37 +160,55 @@ impl ConversationService for GatewayHandle {
 
 #[tonic::async_trait]
 impl TicketService for GatewayHandle {
-    async fn create_ticket(&self, request: Request<CreateTicketRequest>) -> Result<Response<CreateTicketResponse>, Status> {
+    async fn create_ticket(
+        &self,
+        request: Request<CreateTicketRequest>,
+    ) -> Result<Response<CreateTicketResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.0.authorize(&message.tenant_id, &metadata)?;
         if message.description.len() > self.0.max_message_bytes {
-            return Err(Status::invalid_argument(format!("description is longer than {} bytes", self.0.max_message_bytes)));
+            return Err(Status::invalid_argument(format!(
+                "description is longer than {} bytes",
+                self.0.max_message_bytes
+            )));
         }
         forward!(self.tickets.create_ticket(message))
     }
 
-    async fn get_ticket(&self, request: Request<GetTicketRequest>) -> Result<Response<GetTicketResponse>, Status> {
+    async fn get_ticket(
+        &self,
+        request: Request<GetTicketRequest>,
+    ) -> Result<Response<GetTicketResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.0.authorize(&message.tenant_id, &metadata)?;
         bounded_id(&message.ticket_id, "ticket_id", true)?;
         forward!(self.tickets.get_ticket(message))
     }
 
-    async fn list_tickets(&self, request: Request<ListTicketsRequest>) -> Result<Response<ListTicketsResponse>, Status> {
+    async fn list_tickets(
+        &self,
+        request: Request<ListTicketsRequest>,
+    ) -> Result<Response<ListTicketsResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.0.authorize(&message.tenant_id, &metadata)?;
         bounded_id(&message.customer_id, "customer_id", false)?;
         forward!(self.tickets.list_tickets(message))
     }
 
-    async fn next_in_queue(&self, request: Request<NextInQueueRequest>) -> Result<Response<NextInQueueResponse>, Status> {
+    async fn next_in_queue(
+        &self,
+        request: Request<NextInQueueRequest>,
+    ) -> Result<Response<NextInQueueResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.0.authorize(&message.tenant_id, &metadata)?;
         bounded_id(&message.assignee, "assignee", false)?;
         forward!(self.tickets.next_in_queue(message))
     }
 
-    async fn transition_ticket(&self, request: Request<TransitionTicketRequest>) -> Result<Response<TransitionTicketResponse>, Status> {
+    async fn transition_ticket(
+        &self,
+        request: Request<TransitionTicketRequest>,
+    ) -> Result<Response<TransitionTicketResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.0.authorize(&message.tenant_id, &metadata)?;
         bounded_id(&message.ticket_id, "ticket_id", true)?;
@@ -172,16 +216,25 @@ impl TicketService for GatewayHandle {
         forward!(self.tickets.transition_ticket(message))
     }
 
-    async fn get_customer(&self, request: Request<GetCustomerRequest>) -> Result<Response<GetCustomerResponse>, Status> {
+    async fn get_customer(
+        &self,
+        request: Request<GetCustomerRequest>,
+    ) -> Result<Response<GetCustomerResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
         self.0.authorize(&message.tenant_id, &metadata)?;
         bounded_id(&message.customer_id, "customer_id", true)?;
         forward!(self.tickets.get_customer(message))
     }
 
-    async fn upsert_customer(&self, request: Request<UpsertCustomerRequest>) -> Result<Response<UpsertCustomerResponse>, Status> {
+    async fn upsert_customer(
+        &self,
+        request: Request<UpsertCustomerRequest>,
+    ) -> Result<Response<UpsertCustomerResponse>, Status> {
         let (metadata, _, message) = request.into_parts();
-        let customer = message.customer.as_ref().ok_or_else(|| Status::invalid_argument("customer is required"))?;
+        let customer = message
+            .customer
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("customer is required"))?;
         self.0.authorize(&customer.tenant_id, &metadata)?;
         bounded_id(&customer.customer_id, "customer.customer_id", true)?;
         forward!(self.tickets.upsert_customer(message))
@@ -195,14 +248,30 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let gateway = GatewayHandle(Arc::new(Gateway {
         tenants,
         max_message_bytes: config.max_message_bytes,
-        orchestrator: OrchestratorServiceClient::new(kefu_runtime::channel(SERVICE, "kefu-orchestrator", &config.orchestrator_url, deadline)?),
-        tickets: TicketServiceClient::new(kefu_runtime::channel(SERVICE, "kefu-ticket", &config.ticket_url, deadline)?),
+        orchestrator: OrchestratorServiceClient::new(kefu_runtime::channel(
+            SERVICE,
+            "kefu-orchestrator",
+            &config.orchestrator_url,
+            deadline,
+        )?),
+        tickets: TicketServiceClient::new(kefu_runtime::channel(
+            SERVICE,
+            "kefu-ticket",
+            &config.ticket_url,
+            deadline,
+        )?),
     }));
     kefu_runtime::Server::new(SPEC, config.server)
         .add_service(ConversationServiceServer::new(gateway.clone()))
         .add_service(TicketServiceServer::new(gateway))
-        .probe(Arc::new(DownstreamProbe::new("orchestrator", kefu_runtime::client::raw_channel(&config.orchestrator_url, deadline)?)))
-        .probe(Arc::new(DownstreamProbe::new("ticket", kefu_runtime::client::raw_channel(&config.ticket_url, deadline)?)))
+        .probe(Arc::new(DownstreamProbe::new(
+            "orchestrator",
+            kefu_runtime::client::raw_channel(&config.orchestrator_url, deadline)?,
+        )))
+        .probe(Arc::new(DownstreamProbe::new(
+            "ticket",
+            kefu_runtime::client::raw_channel(&config.ticket_url, deadline)?,
+        )))
         .start(shutdown)
         .await
 }

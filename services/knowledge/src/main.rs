@@ -13,5 +13,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    kefu_runtime::run_service(kefu_knowledge::SPEC, &cli.telemetry, |shutdown| kefu_knowledge::start(cli.config, shutdown)).await
+    kefu_runtime::run_service(kefu_knowledge::SPEC, &cli.telemetry, |shutdown| {
+        kefu_knowledge::start(cli.config, shutdown)
+    })
+    .await
 }

@@ -1,6 +1,9 @@
 //! The decision of the workflow: answer, or hand off to a human (and why), whether to
 //! open a ticket, its priority, and the reply's wording. Pure, so it is tested alone.
-use kefu_proto::v1::{AnalyzeResponse, ClassifyResponse, EscalationSignal, Language, Priority, Route, SearchResponse, SentimentLabel, VipTier};
+use kefu_proto::v1::{
+    AnalyzeResponse, ClassifyResponse, EscalationSignal, Language, Priority, Route, SearchResponse,
+    SentimentLabel, VipTier,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EscalationReason {
@@ -36,11 +39,22 @@ pub struct Decision {
 const COMPLAINT_INTENT: &str = "complaint";
 const HUMAN_REQUEST_INTENT: &str = "human_agent";
 
-pub fn decide(classification: &ClassifyResponse, sentiment: &AnalyzeResponse, knowledge: Option<&SearchResponse>, vip_tier: i32) -> Decision {
-    let label = sentiment.sentiment.as_ref().map(|s| s.label).unwrap_or(SentimentLabel::Neutral as i32);
+pub fn decide(
+    classification: &ClassifyResponse,
+    sentiment: &AnalyzeResponse,
+    knowledge: Option<&SearchResponse>,
+    vip_tier: i32,
+) -> Decision {
+    let label = sentiment
+        .sentiment
+        .as_ref()
+        .map(|s| s.label)
+        .unwrap_or(SentimentLabel::Neutral as i32);
     let very_negative = label == SentimentLabel::VeryNegative as i32;
     let negative = very_negative || label == SentimentLabel::Negative as i32;
-    let complaint_signal = sentiment.signals.contains(&(EscalationSignal::Complaint as i32));
+    let complaint_signal = sentiment
+        .signals
+        .contains(&(EscalationSignal::Complaint as i32));
     let route = Route::try_from(classification.route).unwrap_or(Route::Answer);
     let fixed_reply = !classification.fixed_reply.is_empty();
     let confident_answer = knowledge.is_some_and(|k| k.confident && !k.answer.trim().is_empty());
@@ -65,13 +79,19 @@ pub fn decide(classification: &ClassifyResponse, sentiment: &AnalyzeResponse, kn
         Ok(Priority::Unspecified) | Err(_) => Priority::Low as i32,
         Ok(priority) => priority as i32,
     };
-    if very_negative || sentiment.escalate || sentiment.signals.contains(&(EscalationSignal::Anger as i32)) {
+    if very_negative
+        || sentiment.escalate
+        || sentiment
+            .signals
+            .contains(&(EscalationSignal::Anger as i32))
+    {
         level += 1;
     }
     if vip_tier >= VipTier::Gold as i32 {
         level += 1;
     }
-    let priority = Priority::try_from(level.min(Priority::Urgent as i32)).unwrap_or(Priority::Urgent);
+    let priority =
+        Priority::try_from(level.min(Priority::Urgent as i32)).unwrap_or(Priority::Urgent);
 
     Decision {
         reason,
@@ -86,7 +106,13 @@ impl Decision {
         self.reason.is_some()
     }
 
-    pub fn reply(&self, classification: &ClassifyResponse, knowledge: Option<&SearchResponse>, ticket_id: &str, language: Language) -> String {
+    pub fn reply(
+        &self,
+        classification: &ClassifyResponse,
+        knowledge: Option<&SearchResponse>,
+        ticket_id: &str,
+        language: Language,
+    ) -> String {
         let zh = language == Language::Zh;
         if let Some(reason) = self.reason {
             return match (reason, zh) {
@@ -109,7 +135,9 @@ impl Decision {
             reply.push_str(&if zh {
                 format!("\n\n我们也已为您创建工单（{ticket_id}），同事会跟进处理。")
             } else {
-                format!("\n\nWe have also opened ticket {ticket_id} so that a colleague can follow up.")
+                format!(
+                    "\n\nWe have also opened ticket {ticket_id} so that a colleague can follow up."
+                )
             });
         }
         reply
@@ -122,20 +150,41 @@ mod tests {
     use kefu_proto::v1::Sentiment;
 
     fn classified(intent: &str, route: Route, urgency: Priority) -> ClassifyResponse {
-        ClassifyResponse { intent: intent.into(), confidence: 0.9, route: route as i32, urgency: urgency as i32, ..Default::default() }
+        ClassifyResponse {
+            intent: intent.into(),
+            confidence: 0.9,
+            route: route as i32,
+            urgency: urgency as i32,
+            ..Default::default()
+        }
     }
 
     fn feeling(label: SentimentLabel) -> AnalyzeResponse {
-        AnalyzeResponse { sentiment: Some(Sentiment { label: label as i32, score: 0.0 }), ..Default::default() }
+        AnalyzeResponse {
+            sentiment: Some(Sentiment {
+                label: label as i32,
+                score: 0.0,
+            }),
+            ..Default::default()
+        }
     }
 
     fn answer(confident: bool) -> SearchResponse {
-        SearchResponse { answer: "The Pro plan costs $18 a month.".into(), confident, sources: Vec::new() }
+        SearchResponse {
+            answer: "The Pro plan costs $18 a month.".into(),
+            confident,
+            sources: Vec::new(),
+        }
     }
 
     #[test]
     fn answers_a_confident_product_question() {
-        let decision = decide(&classified("product_inquiry", Route::Answer, Priority::Low), &feeling(SentimentLabel::Neutral), Some(&answer(true)), VipTier::None as i32);
+        let decision = decide(
+            &classified("product_inquiry", Route::Answer, Priority::Low),
+            &feeling(SentimentLabel::Neutral),
+            Some(&answer(true)),
+            VipTier::None as i32,
+        );
         assert_eq!(decision.reason, None);
         assert!(!decision.open_ticket);
         assert!(decision.answered_from_knowledge);
@@ -144,7 +193,12 @@ mod tests {
 
     #[test]
     fn hands_off_complaints_with_high_priority() {
-        let decision = decide(&classified("complaint", Route::Human, Priority::High), &feeling(SentimentLabel::Negative), None, VipTier::None as i32);
+        let decision = decide(
+            &classified("complaint", Route::Human, Priority::High),
+            &feeling(SentimentLabel::Negative),
+            None,
+            VipTier::None as i32,
+        );
         assert_eq!(decision.reason, Some(EscalationReason::Complaint));
         assert!(decision.open_ticket);
         assert!(decision.priority as i32 >= Priority::High as i32);
@@ -152,20 +206,35 @@ mod tests {
 
     #[test]
     fn very_negative_sentiment_escalates_and_raises_priority() {
-        let decision = decide(&classified("billing", Route::Answer, Priority::Medium), &feeling(SentimentLabel::VeryNegative), Some(&answer(true)), VipTier::None as i32);
+        let decision = decide(
+            &classified("billing", Route::Answer, Priority::Medium),
+            &feeling(SentimentLabel::VeryNegative),
+            Some(&answer(true)),
+            VipTier::None as i32,
+        );
         assert_eq!(decision.reason, Some(EscalationReason::NegativeSentiment));
         assert_eq!(decision.priority, Priority::High);
     }
 
     #[test]
     fn no_confident_answer_goes_to_a_human() {
-        let decision = decide(&classified("out_of_scope", Route::Answer, Priority::Low), &feeling(SentimentLabel::Neutral), Some(&answer(false)), VipTier::None as i32);
+        let decision = decide(
+            &classified("out_of_scope", Route::Answer, Priority::Low),
+            &feeling(SentimentLabel::Neutral),
+            Some(&answer(false)),
+            VipTier::None as i32,
+        );
         assert_eq!(decision.reason, Some(EscalationReason::NoAnswer));
     }
 
     #[test]
     fn vip_customers_get_higher_priority_capped_at_urgent() {
-        let decision = decide(&classified("complaint", Route::Human, Priority::High), &feeling(SentimentLabel::VeryNegative), None, VipTier::Platinum as i32);
+        let decision = decide(
+            &classified("complaint", Route::Human, Priority::High),
+            &feeling(SentimentLabel::VeryNegative),
+            None,
+            VipTier::Platinum as i32,
+        );
         assert_eq!(decision.priority, Priority::Urgent);
     }
 
@@ -173,17 +242,35 @@ mod tests {
     fn fixed_replies_need_no_knowledge() {
         let mut greeting = classified("greeting", Route::Answer, Priority::Low);
         greeting.fixed_reply = "Hello! How can I help?".into();
-        let decision = decide(&greeting, &feeling(SentimentLabel::Neutral), None, VipTier::None as i32);
+        let decision = decide(
+            &greeting,
+            &feeling(SentimentLabel::Neutral),
+            None,
+            VipTier::None as i32,
+        );
         assert_eq!(decision.reason, None);
-        assert_eq!(decision.reply(&greeting, None, "", Language::En), "Hello! How can I help?");
+        assert_eq!(
+            decision.reply(&greeting, None, "", Language::En),
+            "Hello! How can I help?"
+        );
     }
 
     #[test]
     fn ticket_route_answers_and_opens_a_ticket() {
-        let decision = decide(&classified("refund", Route::Ticket, Priority::Medium), &feeling(SentimentLabel::Neutral), Some(&answer(true)), VipTier::None as i32);
+        let decision = decide(
+            &classified("refund", Route::Ticket, Priority::Medium),
+            &feeling(SentimentLabel::Neutral),
+            Some(&answer(true)),
+            VipTier::None as i32,
+        );
         assert_eq!(decision.reason, None);
         assert!(decision.open_ticket);
-        let reply = decision.reply(&classified("refund", Route::Ticket, Priority::Medium), Some(&answer(true)), "T-1", Language::En);
+        let reply = decision.reply(
+            &classified("refund", Route::Ticket, Priority::Medium),
+            Some(&answer(true)),
+            "T-1",
+            Language::En,
+        );
         assert!(reply.starts_with("The Pro plan costs"));
         assert!(reply.contains("T-1"));
     }

@@ -10,7 +10,9 @@ use kefu_proto::v1::sentiment_service_client::SentimentServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
 use kefu_runtime::health::DownstreamProbe;
-use kefu_runtime::{with_retry, ClientArgs, DataArgs, GrpcChannel, RunningServer, ServerArgs, ServiceSpec, Shutdown};
+use kefu_runtime::{
+    with_retry, ClientArgs, DataArgs, GrpcChannel, RunningServer, ServerArgs, ServiceSpec, Shutdown,
+};
 use kefu_storage::{now_millis, Cache, Database, Redis, SessionStore, SqlSessionStore, TurnRecord};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
@@ -64,11 +66,17 @@ pub struct Orchestrator {
 }
 
 fn is_transient(status: &Status) -> bool {
-    matches!(status.code(), tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted)
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted
+    )
 }
 
 fn channel_name(channel: i32) -> String {
-    kefu_proto::enum_label(Channel::try_from(channel).unwrap_or_default().as_str_name(), "CHANNEL_")
+    kefu_proto::enum_label(
+        Channel::try_from(channel).unwrap_or_default().as_str_name(),
+        "CHANNEL_",
+    )
 }
 
 fn turn_of(record: TurnRecord) -> Turn {
@@ -88,24 +96,42 @@ fn turn_of(record: TurnRecord) -> Turn {
 impl Orchestrator {
     /// The session's recent turns: from the shared cache, else from the database.
     async fn recent_turns(&self, tenant_id: &str, session_id: &str) -> Result<Vec<Turn>, Status> {
-        if let Some(cached) = self.context.get(tenant_id, session_id).await.and_then(|b| GetSessionResponse::decode(b.as_slice()).ok()) {
+        if let Some(cached) = self
+            .context
+            .get(tenant_id, session_id)
+            .await
+            .and_then(|b| GetSessionResponse::decode(b.as_slice()).ok())
+        {
             return Ok(cached.turns);
         }
-        let turns: Vec<Turn> = self.sessions.recent_turns(tenant_id, session_id, CONTEXT_TURNS).await?.into_iter().map(turn_of).collect();
+        let turns: Vec<Turn> = self
+            .sessions
+            .recent_turns(tenant_id, session_id, CONTEXT_TURNS)
+            .await?
+            .into_iter()
+            .map(turn_of)
+            .collect();
         self.remember(tenant_id, session_id, &turns).await;
         Ok(turns)
     }
 
     async fn remember(&self, tenant_id: &str, session_id: &str, turns: &[Turn]) {
         if !turns.is_empty() {
-            let context = GetSessionResponse { session_id: session_id.to_owned(), turns: turns.to_vec() };
-            self.context.put(tenant_id, session_id, context.encode_to_vec()).await;
+            let context = GetSessionResponse {
+                session_id: session_id.to_owned(),
+                turns: turns.to_vec(),
+            };
+            self.context
+                .put(tenant_id, session_id, context.encode_to_vec())
+                .await;
         }
     }
 
     async fn handle(&self, request: SendMessageRequest) -> Result<SendMessageResponse, Status> {
         if request.tenant_id.trim().is_empty() || request.customer_id.trim().is_empty() {
-            return Err(Status::invalid_argument("tenant_id and customer_id are required"));
+            return Err(Status::invalid_argument(
+                "tenant_id and customer_id are required",
+            ));
         }
         if request.text.trim().is_empty() {
             return Err(Status::invalid_argument("text must not be empty"));
@@ -114,25 +140,49 @@ impl Orchestrator {
 
         // A retried message gets the reply it got the first time; nothing runs twice.
         if !request.message_id.is_empty() {
-            if let Some(turn) = self.sessions.find_by_message_id(&tenant, &request.message_id).await? {
+            if let Some(turn) = self
+                .sessions
+                .find_by_message_id(&tenant, &request.message_id)
+                .await?
+            {
                 if turn.customer_id != request.customer_id {
-                    return Err(Status::already_exists("message_id was already used by another customer"));
+                    return Err(Status::already_exists(
+                        "message_id was already used by another customer",
+                    ));
                 }
                 tracing::info!("replaying the stored reply of a retried message");
-                return SendMessageResponse::decode(turn.response.as_slice()).map_err(|error| Status::internal(format!("stored reply unreadable: {error}")));
+                return SendMessageResponse::decode(turn.response.as_slice()).map_err(|error| {
+                    Status::internal(format!("stored reply unreadable: {error}"))
+                });
             }
         }
-        let message_id = if request.message_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { request.message_id.clone() };
-        let session_id = if request.session_id.is_empty() { uuid::Uuid::new_v4().to_string() } else { request.session_id.clone() };
+        let message_id = if request.message_id.is_empty() {
+            uuid::Uuid::now_v7().to_string()
+        } else {
+            request.message_id.clone()
+        };
+        let session_id = if request.session_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else {
+            request.session_id.clone()
+        };
 
         let (history, customer) = async {
             let history = self.recent_turns(&tenant, &session_id).await?;
-            if history.iter().any(|turn| turn.customer_id != request.customer_id) {
-                return Err(Status::permission_denied("the session belongs to another customer"));
+            if history
+                .iter()
+                .any(|turn| turn.customer_id != request.customer_id)
+            {
+                return Err(Status::permission_denied(
+                    "the session belongs to another customer",
+                ));
             }
             let customer = with_retry(|| {
                 let mut client = self.tickets.clone();
-                let request = GetCustomerRequest { tenant_id: tenant.clone(), customer_id: request.customer_id.clone() };
+                let request = GetCustomerRequest {
+                    tenant_id: tenant.clone(),
+                    customer_id: request.customer_id.clone(),
+                };
                 async move { client.get_customer(request).await }
             })
             .await?
@@ -144,7 +194,8 @@ impl Orchestrator {
         .instrument(tracing::info_span!("workflow.load_context", kefu.tenant = %tenant))
         .await?;
 
-        let previous_intents: Vec<String> = history.iter().map(|turn| turn.intent.clone()).collect();
+        let previous_intents: Vec<String> =
+            history.iter().map(|turn| turn.intent.clone()).collect();
         let understand_span = tracing::info_span!(
             "workflow.understand",
             kefu.tenant = %tenant,
@@ -177,26 +228,42 @@ impl Orchestrator {
         }
         .instrument(understand_span.clone())
         .await?;
-        let label = sentiment.sentiment.as_ref().map(|s| s.label).unwrap_or(SentimentLabel::Neutral as i32);
+        let label = sentiment
+            .sentiment
+            .as_ref()
+            .map(|s| s.label)
+            .unwrap_or(SentimentLabel::Neutral as i32);
         understand_span.record("kefu.intent", classification.intent.as_str());
         understand_span.record("kefu.intent_confidence", classification.confidence as f64);
-        understand_span.record("kefu.sentiment", SentimentLabel::try_from(label).unwrap_or_default().as_str_name());
+        understand_span.record(
+            "kefu.sentiment",
+            SentimentLabel::try_from(label)
+                .unwrap_or_default()
+                .as_str_name(),
+        );
 
-        let needs_knowledge = classification.fixed_reply.is_empty() && classification.route != Route::Human as i32;
+        let needs_knowledge =
+            classification.fixed_reply.is_empty() && classification.route != Route::Human as i32;
         let knowledge = if needs_knowledge {
             let query = match history.last() {
                 // A short follow-up is searched together with the question it follows.
-                Some(previous) if request.text.chars().count() <= 24 => format!("{} {}", previous.text, request.text),
+                Some(previous) if request.text.chars().count() <= 24 => {
+                    format!("{} {}", previous.text, request.text)
+                }
                 _ => request.text.clone(),
             };
             let span = tracing::info_span!("workflow.retrieve", kefu.tenant = %tenant, kefu.confident = tracing::field::Empty, kefu.sources = tracing::field::Empty);
             let result = with_retry(|| {
                 let mut client = self.knowledge.clone();
-                let request = SearchRequest { tenant_id: tenant.clone(), query: query.clone(), top_k: 3 };
+                let request = SearchRequest {
+                    tenant_id: tenant.clone(),
+                    query: query.clone(),
+                    top_k: 3,
+                };
                 async move { client.search(request).await }
             })
-                .instrument(span.clone())
-                .await;
+            .instrument(span.clone())
+            .await;
             match result {
                 Ok(response) => {
                     let response = response.into_inner();
@@ -225,9 +292,17 @@ impl Orchestrator {
                 kefu.priority = tracing::field::Empty,
             );
             let _entered = span.enter();
-            let decision = decide(&classification, &sentiment, knowledge.as_ref(), customer.vip_tier);
+            let decision = decide(
+                &classification,
+                &sentiment,
+                knowledge.as_ref(),
+                customer.vip_tier,
+            );
             span.record("kefu.escalated", decision.escalated());
-            span.record("kefu.escalation_reason", decision.reason.map(|r| r.as_str()).unwrap_or(""));
+            span.record(
+                "kefu.escalation_reason",
+                decision.reason.map(|r| r.as_str()).unwrap_or(""),
+            );
             span.record("kefu.priority", decision.priority.as_str_name());
             decision
         };
@@ -239,12 +314,19 @@ impl Orchestrator {
                 tenant_id: tenant.clone(),
                 customer_id: request.customer_id.clone(),
                 session_id: session_id.clone(),
-                subject: format!("{} ({})", classification.intent, channel_name(request.channel)),
+                subject: format!(
+                    "{} ({})",
+                    classification.intent,
+                    channel_name(request.channel)
+                ),
                 description: request.text.clone(),
                 priority: decision.priority as i32,
                 intent: classification.intent.clone(),
                 channel: request.channel,
-                escalation_reason: decision.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+                escalation_reason: decision
+                    .reason
+                    .map(|r| r.as_str().to_owned())
+                    .unwrap_or_default(),
                 idempotency_key: message_id.clone(),
                 actor: String::new(),
             };
@@ -252,7 +334,10 @@ impl Orchestrator {
                 let mut client = self.tickets.clone();
                 let request = create.clone();
                 async move { client.create_ticket(request).await }
-            }).instrument(span.clone()).await?.into_inner();
+            })
+            .instrument(span.clone())
+            .await?
+            .into_inner();
             span.record("kefu.ticket_created", response.created);
             ticket_id = response.ticket.map(|t| t.ticket_id).unwrap_or_default();
         }
@@ -268,8 +353,15 @@ impl Orchestrator {
             escalated: decision.escalated(),
             ticket_id: ticket_id.clone(),
             priority: decision.priority as i32,
-            sources: if decision.answered_from_knowledge { knowledge.map(|k| k.sources).unwrap_or_default() } else { Vec::new() },
-            escalation_reason: decision.reason.map(|r| r.as_str().to_owned()).unwrap_or_default(),
+            sources: if decision.answered_from_knowledge {
+                knowledge.map(|k| k.sources).unwrap_or_default()
+            } else {
+                Vec::new()
+            },
+            escalation_reason: decision
+                .reason
+                .map(|r| r.as_str().to_owned())
+                .unwrap_or_default(),
             message_id: message_id.clone(),
         };
 
@@ -289,12 +381,23 @@ impl Orchestrator {
             created_at: now_millis(),
         };
         let session_id = turn.session_id.clone();
-        let stored = self.sessions.append(turn).instrument(tracing::info_span!("workflow.store_turn", kefu.tenant = %tenant)).await?;
-        let recent: Vec<Turn> = self.sessions.recent_turns(&tenant, &session_id, CONTEXT_TURNS).await?.into_iter().map(turn_of).collect();
+        let stored = self
+            .sessions
+            .append(turn)
+            .instrument(tracing::info_span!("workflow.store_turn", kefu.tenant = %tenant))
+            .await?;
+        let recent: Vec<Turn> = self
+            .sessions
+            .recent_turns(&tenant, &session_id, CONTEXT_TURNS)
+            .await?
+            .into_iter()
+            .map(turn_of)
+            .collect();
         self.remember(&tenant, &session_id, &recent).await;
         if stored.response != response.encode_to_vec() {
             // The same message was handled concurrently and stored first: answer as it did.
-            return SendMessageResponse::decode(stored.response.as_slice()).map_err(|error| Status::internal(error.to_string()));
+            return SendMessageResponse::decode(stored.response.as_slice())
+                .map_err(|error| Status::internal(error.to_string()));
         }
 
         metrics::counter!("kefu_messages_total", "service" => SERVICE, "tenant" => tenant.clone(), "outcome" => if response.escalated { "escalated" } else { "answered" }).increment(1);
@@ -306,11 +409,19 @@ impl Orchestrator {
 
     async fn session(&self, request: GetSessionRequest) -> Result<GetSessionResponse, Status> {
         if request.tenant_id.trim().is_empty() || request.session_id.trim().is_empty() {
-            return Err(Status::invalid_argument("tenant_id and session_id are required"));
+            return Err(Status::invalid_argument(
+                "tenant_id and session_id are required",
+            ));
         }
-        let turns = self.sessions.recent_turns(&request.tenant_id, &request.session_id, MAX_SESSION_TURNS).await?;
+        let turns = self
+            .sessions
+            .recent_turns(&request.tenant_id, &request.session_id, MAX_SESSION_TURNS)
+            .await?;
         if turns.is_empty() {
-            return Err(Status::not_found(format!("session {:?} not found", request.session_id)));
+            return Err(Status::not_found(format!(
+                "session {:?} not found",
+                request.session_id
+            )));
         }
         Ok(GetSessionResponse {
             session_id: request.session_id,
@@ -324,12 +435,21 @@ pub struct OrchestratorHandle(Arc<Orchestrator>);
 
 #[tonic::async_trait]
 impl OrchestratorService for OrchestratorHandle {
-    async fn handle_message(&self, request: Request<SendMessageRequest>) -> Result<Response<SendMessageResponse>, Status> {
+    async fn handle_message(
+        &self,
+        request: Request<SendMessageRequest>,
+    ) -> Result<Response<SendMessageResponse>, Status> {
         self.0.handle(request.into_inner()).await.map(Response::new)
     }
 
-    async fn get_session(&self, request: Request<GetSessionRequest>) -> Result<Response<GetSessionResponse>, Status> {
-        self.0.session(request.into_inner()).await.map(Response::new)
+    async fn get_session(
+        &self,
+        request: Request<GetSessionRequest>,
+    ) -> Result<Response<GetSessionResponse>, Status> {
+        self.0
+            .session(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 
@@ -341,19 +461,49 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let orchestrator = Orchestrator {
         sessions: Arc::new(SqlSessionStore::new(db.clone())),
         context: Cache::new("session", SERVICE, SESSION_CONTEXT_TTL, redis.clone()),
-        router: RouterServiceClient::new(kefu_runtime::channel(SERVICE, "kefu-router", &peers.router_url, deadline)?),
-        sentiment: SentimentServiceClient::new(kefu_runtime::channel(SERVICE, "kefu-sentiment", &peers.sentiment_url, deadline)?),
-        knowledge: KnowledgeServiceClient::new(kefu_runtime::channel(SERVICE, "kefu-knowledge", &peers.knowledge_url, deadline)?),
-        tickets: TicketServiceClient::new(kefu_runtime::channel(SERVICE, "kefu-ticket", &peers.ticket_url, deadline)?),
+        router: RouterServiceClient::new(kefu_runtime::channel(
+            SERVICE,
+            "kefu-router",
+            &peers.router_url,
+            deadline,
+        )?),
+        sentiment: SentimentServiceClient::new(kefu_runtime::channel(
+            SERVICE,
+            "kefu-sentiment",
+            &peers.sentiment_url,
+            deadline,
+        )?),
+        knowledge: KnowledgeServiceClient::new(kefu_runtime::channel(
+            SERVICE,
+            "kefu-knowledge",
+            &peers.knowledge_url,
+            deadline,
+        )?),
+        tickets: TicketServiceClient::new(kefu_runtime::channel(
+            SERVICE,
+            "kefu-ticket",
+            &peers.ticket_url,
+            deadline,
+        )?),
     };
     let mut server = kefu_runtime::Server::new(SPEC, config.server)
-        .add_service(OrchestratorServiceServer::new(OrchestratorHandle(Arc::new(orchestrator))))
+        .add_service(OrchestratorServiceServer::new(OrchestratorHandle(
+            Arc::new(orchestrator),
+        )))
         .probe(Arc::new(db.probe()));
     if let Some(redis) = redis {
         server = server.probe(Arc::new(redis.probe()));
     }
-    for (name, url) in [("router", &peers.router_url), ("sentiment", &peers.sentiment_url), ("knowledge", &peers.knowledge_url), ("ticket", &peers.ticket_url)] {
-        server = server.probe(Arc::new(DownstreamProbe::new(name, kefu_runtime::client::raw_channel(url, deadline)?)));
+    for (name, url) in [
+        ("router", &peers.router_url),
+        ("sentiment", &peers.sentiment_url),
+        ("knowledge", &peers.knowledge_url),
+        ("ticket", &peers.ticket_url),
+    ] {
+        server = server.probe(Arc::new(DownstreamProbe::new(
+            name,
+            kefu_runtime::client::raw_channel(url, deadline)?,
+        )));
     }
     server.start(shutdown).await
 }

@@ -13,5 +13,8 @@ struct Cli {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    kefu_runtime::run_service(kefu_orchestrator::SPEC, &cli.telemetry, |shutdown| kefu_orchestrator::start(cli.config, shutdown)).await
+    kefu_runtime::run_service(kefu_orchestrator::SPEC, &cli.telemetry, |shutdown| {
+        kefu_orchestrator::start(cli.config, shutdown)
+    })
+    .await
 }
