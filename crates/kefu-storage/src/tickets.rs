@@ -54,7 +54,7 @@ pub struct TicketChange {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum UpdateOutcome {
-    Updated(TicketRecord),
+    Updated(Box<TicketRecord>),
     /// Someone else changed the ticket since it was read: re-read and decide again.
     Conflict,
 }
@@ -364,7 +364,7 @@ impl TicketStore for SqlTicketStore {
         .await?;
         let ticket = ticket_from_row(&row)?;
         tx.commit().await?;
-        Ok(UpdateOutcome::Updated(ticket))
+        Ok(UpdateOutcome::Updated(Box::new(ticket)))
     }
 
     async fn tenants_with_tickets(&self) -> StoreResult<Vec<String>> {

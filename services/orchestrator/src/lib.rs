@@ -349,7 +349,7 @@ impl Orchestrator {
             reply,
             intent: classification.intent.clone(),
             intent_confidence: classification.confidence,
-            sentiment: sentiment.sentiment.clone(),
+            sentiment: sentiment.sentiment,
             escalated: decision.escalated(),
             ticket_id: ticket_id.clone(),
             priority: decision.priority as i32,

@@ -205,7 +205,7 @@ impl Tickets {
                         )
                         .record((now - ticket.created_at).max(0) as f64 / 1000.0);
                     }
-                    return Ok(ticket);
+                    return Ok(*ticket);
                 }
                 UpdateOutcome::Conflict => continue,
             }
