@@ -97,10 +97,23 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// The encoder if its files are in `models_dir`; without them the callers fall back
-/// to lexical features and say so once, loudly. Used by the router and knowledge services.
+/// to lexical features and say so once, loudly. Used by the router, knowledge and
+/// sentiment services; services in one process (`kefu up`) share one loaded copy.
 pub fn load_optional(models_dir: &Path) -> Option<std::sync::Arc<Embedder>> {
+    static LOADED: std::sync::Mutex<Vec<(std::path::PathBuf, std::sync::Arc<Embedder>)>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut loaded = LOADED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((_, embedder)) = loaded.iter().find(|(dir, _)| dir == models_dir) {
+        return Some(embedder.clone());
+    }
     match Embedder::from_models_dir(models_dir) {
-        Ok(embedder) => Some(std::sync::Arc::new(embedder)),
+        Ok(embedder) => {
+            let embedder = std::sync::Arc::new(embedder);
+            loaded.push((models_dir.to_path_buf(), embedder.clone()));
+            Some(embedder)
+        }
         Err(error) => {
             tracing::warn!(error = %format!("{error:#}"), "sentence embeddings unavailable (run `make models`); using lexical features only");
             None
@@ -158,6 +171,17 @@ pub(crate) mod tests {
         // Batch results equal single results.
         let single = e.embed(&["What is the exchange rate for euros?"]).unwrap();
         assert!(dot(&single[0], &v[2]) > 0.9999);
+    }
+
+    #[test]
+    fn services_in_one_process_share_one_encoder() {
+        if test_embedder().is_none() {
+            return;
+        }
+        let a = load_optional(&models_dir()).expect("the model is installed");
+        let b = load_optional(&models_dir()).expect("the model is installed");
+        assert!(std::sync::Arc::ptr_eq(&a, &b));
+        assert!(load_optional(Path::new("/nonexistent/models")).is_none());
     }
 
     /// The fast forward pass agrees with candle-transformers' reference BERT.
