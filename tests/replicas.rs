@@ -2,7 +2,7 @@
 //! serves any request, tenants never see each other's data, and readiness follows Redis.
 mod common;
 
-use common::ServingStatus;
+use common::{free_ports, ServingStatus};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -14,14 +14,6 @@ use kefu_proto::v1::*;
 use kefu_runtime::{ClientArgs, ContentArgs, DataArgs, ModelArgs, ServerArgs, Shutdown};
 use kefu_storage::testing::TestDb;
 use tonic::Code;
-
-/// Distinct free ports: all listeners are held until every port is chosen.
-fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<_> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
-}
 
 fn local(port: u16) -> ServerArgs {
     ServerArgs::local(port, 0)

@@ -27,6 +27,8 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
+use common::{free_ports, repo_root};
+
 const SERVICES: [&str; 6] = [
     "gateway",
     "orchestrator",
@@ -45,20 +47,6 @@ const MESSAGE: &str =
 const STARTUP_LIMIT: Duration = Duration::from_secs(300);
 /// Spans are exported in batches (every 5 s by default).
 const EXPORT_LIMIT: Duration = Duration::from_secs(20);
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    listeners
-        .iter()
-        .map(|listener| listener.local_addr().unwrap().port())
-        .collect()
-}
 
 // ---------------------------------------------------------------- OTLP receiver
 
@@ -353,7 +341,7 @@ fn start_services(dir: &Path, data: &Path, otlp_port: u16) -> (Processes, String
         String::from_utf8_lossy(&migrate.stderr)
     );
 
-    let ports = free_ports(SERVICES.len() * 2);
+    let ports: [u16; SERVICES.len() * 2] = free_ports();
     let grpc_port = |service: &str| ports[SERVICES.iter().position(|s| *s == service).unwrap()];
     let url = |service: &str| format!("http://127.0.0.1:{}", grpc_port(service));
     let logs = data.join("logs");

@@ -26,21 +26,19 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn free_ports(n: usize) -> Vec<u16> {
-    let listeners: Vec<_> = (0..n)
+/// Distinct free ports: all listeners are held until every port is chosen.
+pub fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<_> = (0..N)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
         .collect();
-    listeners
-        .iter()
-        .map(|l| l.local_addr().unwrap().port())
-        .collect()
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
 /// The stack of this test binary, started on first use and ready (gateway SERVING).
 pub fn stack() -> &'static Stack {
     STACK.get_or_init(|| {
         let data = tempfile::tempdir().expect("a temporary data directory");
-        let ports = free_ports(6);
+        let ports: [u16; 6] = free_ports();
         let root = repo_root();
         let mut args: Vec<String> = vec!["kefu-up".into()];
         for (flag, port) in [
