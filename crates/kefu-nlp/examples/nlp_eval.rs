@@ -18,7 +18,7 @@ fn main() -> Result<()> {
         (Some("sentiment"), [test, models]) => kefu_nlp::eval::sentiment(test, models)?,
         (Some("sentiment"), [test, models, model]) => {
             let model = kefu_nlp::sentiment::SentimentModel::from_bytes(&std::fs::read(model)?)?;
-            let embedder = kefu_nlp::embed::Embedder::from_models_dir(models)?;
+            let embedder = kefu_nlp::eval::load_embedder(models)?;
             kefu_nlp::eval::sentiment_with(&model, Some(&embedder), test)?
         }
         (Some("train-sentiment"), [airline, waimai, models, out]) => {

@@ -97,12 +97,7 @@ fn summary(gold: &[&str], predicted: &[&str], mut latencies_ms: Vec<f64>) -> Str
 pub fn intents(train_csv: &Path, test_csv: &Path, models_dir: &Path) -> Result<String> {
     let train = read_labelled_csv(train_csv)?;
     let test = read_labelled_csv(test_csv)?;
-    let embedder = Embedder::from_models_dir(models_dir).with_context(|| {
-        format!(
-            "loading the embedding model from {} (run `make models`)",
-            models_dir.display()
-        )
-    })?;
+    let embedder = load_embedder(models_dir)?;
     eprintln!(
         "intents: training on {} examples from {}",
         train.len(),
@@ -148,7 +143,8 @@ pub fn sentiment(test_csv: &Path, models_dir: &Path) -> Result<String> {
     sentiment_with(SentimentModel::bundled(), Some(&embedder), test_csv)
 }
 
-fn load_embedder(models_dir: &Path) -> Result<Embedder> {
+/// The encoder for an evaluation, which needs it: an error names the folder and the fix.
+pub fn load_embedder(models_dir: &Path) -> Result<Embedder> {
     Embedder::from_models_dir(models_dir).with_context(|| {
         format!(
             "loading the embedding model from {} (run `make models`)",

@@ -174,7 +174,7 @@ pub fn run(
 /// all-MiniLM-L6-v2 model from `models_dir`. Returns
 /// `mrr@10=… recall@1=… recall@5=… n=… p50_ms=… p99_ms=…`.
 pub fn retrieval(docs_jsonl: &Path, queries_csv: &Path, models_dir: &Path) -> Result<String> {
-    let embedder = Embedder::from_models_dir(models_dir).context("loading the embedding model")?;
+    let embedder = kefu_nlp::eval::load_embedder(models_dir)?;
     let report = run(
         docs_jsonl,
         queries_csv,
