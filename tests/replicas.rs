@@ -247,6 +247,7 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
         tenant_id: tenant.into(),
         query: "how much is the extended warranty for the camera".into(),
         top_k: 3,
+        query_embedding: None,
     };
     let started = Instant::now();
     loop {

@@ -22,6 +22,8 @@ pub const MAX_TOKENS: usize = 128;
 pub struct Embedder {
     model: Bert,
     tokenizer: Tokenizer,
+    /// The model's folder name, e.g. "all-MiniLM-L6-v2".
+    model_id: String,
 }
 
 impl Embedder {
@@ -52,7 +54,16 @@ impl Embedder {
         }
         let model = Bert::load(&weights, &config)
             .with_context(|| format!("loading BERT weights from {}", weights.display()))?;
-        Ok(Self { model, tokenizer })
+        let model_id = model_dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or(MODEL_NAME)
+            .to_owned();
+        Ok(Self {
+            model,
+            tokenizer,
+            model_id,
+        })
     }
 
     /// Loads `models_dir/all-MiniLM-L6-v2`.
@@ -63,6 +74,20 @@ impl Embedder {
     /// Embedding size (384 for all-MiniLM-L6-v2).
     pub fn dim(&self) -> usize {
         self.model.hidden_size()
+    }
+
+    /// Names the encoder: its folder name ("all-MiniLM-L6-v2" for [`MODEL_NAME`]). Another
+    /// service's embedding can stand in for this encoder's when it names the same model.
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// True when an embedding computed elsewhere (e.g. by the router for the same text)
+    /// can stand in for this encoder's own: same model id, same dimension, unit length.
+    pub fn accepts(&self, model: &str, values: &[f32]) -> bool {
+        model == self.model_id
+            && values.len() == self.dim()
+            && (dot(values, values).sqrt() - 1.0).abs() < 1e-2
     }
 
     /// Embeds texts: one L2-normalised vector per text, in input order. Every text gets a
@@ -182,6 +207,18 @@ pub(crate) mod tests {
         let b = load_optional(&models_dir()).expect("the model is installed");
         assert!(std::sync::Arc::ptr_eq(&a, &b));
         assert!(load_optional(Path::new("/nonexistent/models")).is_none());
+    }
+
+    #[test]
+    fn accepts_only_embeddings_of_the_same_model() {
+        let Some(e) = test_embedder() else { return };
+        assert_eq!(e.model_id(), MODEL_NAME);
+        let v = e.embed(&["Where is my parcel?"]).unwrap().remove(0);
+        assert!(e.accepts(MODEL_NAME, &v));
+        assert!(!e.accepts("paraphrase-multilingual-MiniLM-L12-v2", &v));
+        assert!(!e.accepts(MODEL_NAME, &v[..128]));
+        assert!(!e.accepts(MODEL_NAME, &vec![0.0; 384]));
+        assert!(!e.accepts(MODEL_NAME, &vec![f32::NAN; 384]));
     }
 
     /// The fast forward pass agrees with candle-transformers' reference BERT.

@@ -330,6 +330,17 @@ impl IntentModel {
 
     /// Classifies one message.
     pub fn classify(&self, text: &str, embedder: Option<&Embedder>) -> Result<IntentPrediction> {
+        self.classify_and_embed(text, embedder)
+            .map(|(prediction, _)| prediction)
+    }
+
+    /// Classifies one message and returns the sentence embedding computed for it (None
+    /// when the model was trained without embeddings), for callers that pass it on.
+    pub fn classify_and_embed(
+        &self,
+        text: &str,
+        embedder: Option<&Embedder>,
+    ) -> Result<(IntentPrediction, Option<Vec<f32>>)> {
         let embedding = if self.uses_embeddings() {
             let e = embedder.ok_or_else(|| {
                 anyhow!("this intent model was trained with sentence embeddings: an embedder is required")
@@ -349,7 +360,8 @@ impl IntentModel {
         } else {
             None
         };
-        Ok(self.classify_with_embedding(text, embedding.as_deref()))
+        let prediction = self.classify_with_embedding(text, embedding.as_deref());
+        Ok((prediction, embedding))
     }
 
     /// Calibrated probabilities of every intent, in the order of [`IntentModel::intents`],
@@ -598,6 +610,8 @@ mod tests {
         check(&model, None);
         let p = model.classify("zzzz qqqq xxxx", None).unwrap();
         assert!(p.out_of_scope, "{p:?}");
+        let (q, embedding) = model.classify_and_embed("zzzz qqqq xxxx", None).unwrap();
+        assert_eq!((q, embedding), (p, None));
         let restored = IntentModel::from_bytes(&model.to_bytes()).unwrap();
         for text in ["where is my refund", "你好", "随便说点什么"] {
             assert_eq!(
@@ -627,6 +641,15 @@ mod tests {
         let a = model.classify("I want my money back", Some(&e)).unwrap();
         let b = restored.classify("I want my money back", Some(&e)).unwrap();
         assert_eq!(a, b);
+        // The embedding it classified with comes back, for the services after the router.
+        let (c, embedding) = model
+            .classify_and_embed("I want my money back", Some(&e))
+            .unwrap();
+        assert_eq!(a, c);
+        let embedding = embedding.expect("a model with embeddings returns the embedding");
+        let own = e.embed(&["I want my money back"]).unwrap().remove(0);
+        assert_eq!(embedding.len(), 384);
+        assert!(dot(&embedding, &own) > 0.9999);
     }
 
     #[test]

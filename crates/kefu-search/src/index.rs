@@ -1,6 +1,7 @@
 //! The hybrid index of one tenant: BM25 over an in-RAM tantivy index and cosine
 //! similarity over the chunks' embeddings, fused into one ranking.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -433,8 +434,21 @@ impl SearchIndex {
 
     /// The `k` best passages for a query, one (the best chunk) per document.
     pub fn search(&self, query: &str, k: usize) -> Result<Vec<Passage>> {
+        self.search_with_query_embedding(query, k, None)
+    }
+
+    /// Like [`search`](Self::search), with the query's sentence embedding when the caller
+    /// already has it, as `(model id, L2-normalised vector)`: it saves embedding the query
+    /// again when it comes from this index's encoder (same model id and dimension, see
+    /// [`Embedder::accepts`]); otherwise the query is embedded here as usual.
+    pub fn search_with_query_embedding(
+        &self,
+        query: &str,
+        k: usize,
+        query_embedding: Option<(&str, &[f32])>,
+    ) -> Result<Vec<Passage>> {
         Ok(self
-            .search_with(query, k, true)?
+            .search_with(query, k, true, query_embedding)?
             .into_iter()
             .map(|(p, _)| p)
             .collect())
@@ -442,16 +456,38 @@ impl SearchIndex {
 
     /// Like [`search`](Self::search), with the evidence behind each confidence.
     pub fn search_with_evidence(&self, query: &str, k: usize) -> Result<Vec<(Passage, Evidence)>> {
-        self.search_with(query, k, true)
+        self.search_with(query, k, true, None)
     }
 
     /// The `k` best chunks for a query, several per document allowed.
     pub fn search_chunks(&self, query: &str, k: usize) -> Result<Vec<Passage>> {
         Ok(self
-            .search_with(query, k, false)?
+            .search_with(query, k, false, None)?
             .into_iter()
             .map(|(p, _)| p)
             .collect())
+    }
+
+    /// The query's embedding for dense ranking: the supplied one when this index's encoder
+    /// accepts it, else computed here; None without dense ranking.
+    fn query_vector<'a>(
+        &self,
+        query: &str,
+        supplied: Option<(&str, &'a [f32])>,
+    ) -> Result<Option<Cow<'a, [f32]>>> {
+        let Some(embedder) = self.embedder.as_ref().filter(|_| self.config.dense) else {
+            return Ok(None);
+        };
+        match supplied {
+            Some((model, values)) if embedder.accepts(model, values) => {
+                Ok(Some(Cow::Borrowed(values)))
+            }
+            _ => Ok(embedder
+                .embed(&[query])
+                .context("embedding the query")?
+                .pop()
+                .map(Cow::Owned)),
+        }
     }
 
     fn search_with(
@@ -459,6 +495,7 @@ impl SearchIndex {
         query: &str,
         k: usize,
         per_document: bool,
+        query_embedding: Option<(&str, &[f32])>,
     ) -> Result<Vec<(Passage, Evidence)>> {
         if k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
@@ -474,13 +511,7 @@ impl SearchIndex {
         query_chars.dedup();
         let language = detect_language(query);
         // Embed before taking the lock: it is the slow part.
-        let query_vector = match (&self.embedder, self.config.dense) {
-            (Some(embedder), true) => embedder
-                .embed(&[query])
-                .context("embedding the query")?
-                .pop(),
-            _ => None,
-        };
+        let query_vector = self.query_vector(query, query_embedding)?;
         let state = self
             .state
             .read()

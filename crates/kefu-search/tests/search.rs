@@ -262,6 +262,55 @@ fn assert_grounded(answer: &kefu_search::Answer) {
     }
 }
 
+/// The knowledge service is handed the router's embedding of the message: with it the
+/// index ranks exactly as when it embeds the query itself, and it never trusts a vector
+/// from another encoder.
+#[test]
+fn a_supplied_query_embedding_ranks_as_the_indexs_own() {
+    let Some(embedder) = embedder() else { return };
+    let index = demo_index(embedder.clone());
+    let model = embedder.model_id();
+    let vector = |text: &str| embedder.embed(&[text]).expect("embed").remove(0);
+    let pricing = vector("How much does the Pro plan cost per month?");
+    for query in [
+        "I forgot my password and cannot sign in",
+        "when will my refund arrive",
+        "专业版一个月多少钱",
+        "the app keeps crashing when I open it",
+    ] {
+        let own = index.search(query, 5).expect("search");
+        assert!(!own.is_empty(), "{query}");
+        let supplied = index
+            .search_with_query_embedding(query, 5, Some((model, &vector(query)[..])))
+            .expect("search");
+        assert_eq!(supplied, own, "{query}");
+        // Another encoder's vector (here: of another text) is ignored, not used.
+        for (other_model, values) in [
+            ("paraphrase-multilingual-MiniLM-L12-v2", &pricing[..]),
+            (model, &pricing[..200]),
+        ] {
+            let foreign = index
+                .search_with_query_embedding(query, 5, Some((other_model, values)))
+                .expect("search");
+            assert_eq!(foreign, own, "{query} with a {other_model} vector");
+        }
+    }
+    // A vector from the same encoder is used as given: the embedding of a pricing question
+    // under a crash report pulls the pricing article up.
+    let query = "the app keeps crashing when I open it";
+    let position = |passages: &[kefu_search::Passage]| {
+        passages
+            .iter()
+            .position(|p| p.doc_id == "plans-and-pricing.en")
+            .unwrap_or(usize::MAX)
+    };
+    let own = index.search(query, 10).expect("search");
+    let steered = index
+        .search_with_query_embedding(query, 10, Some((model, &pricing[..])))
+        .expect("search");
+    assert!(position(&steered) < position(&own), "{steered:?}\n{own:?}");
+}
+
 #[test]
 fn answers_are_grounded_and_confident_only_when_relevant() {
     let Some(embedder) = embedder() else { return };

@@ -241,9 +241,17 @@ impl KnowledgeService for KnowledgeHandle {
             Some(cached) => cached,
             None => {
                 let query = request.query.clone();
+                // The caller's embedding of the query (the router's) saves a forward pass.
+                let query_embedding = request.query_embedding;
                 let searched = tenant.clone();
                 let (passages, answer) = tokio::task::spawn_blocking(move || {
-                    let passages = searched.index.search(&query, top_k)?;
+                    let passages = searched.index.search_with_query_embedding(
+                        &query,
+                        top_k,
+                        query_embedding
+                            .as_ref()
+                            .map(|e| (e.model.as_str(), e.values.as_slice())),
+                    )?;
                     let answer = compose_answer(&query, &passages);
                     Ok::<_, anyhow::Error>((passages, answer))
                 })

@@ -13,8 +13,8 @@ use kefu_nlp::intent::IntentModel;
 use kefu_nlp::text::{detect_language, Language as Lang};
 use kefu_proto::v1::router_service_server::{RouterService, RouterServiceServer};
 use kefu_proto::v1::{
-    ClassifyRequest, ClassifyResponse, IntentScore, Language, Priority, ReloadTenantRequest,
-    ReloadTenantResponse, Route,
+    ClassifyRequest, ClassifyResponse, Embedding, IntentScore, Language, Priority,
+    ReloadTenantRequest, ReloadTenantResponse, Route,
 };
 use kefu_runtime::{
     ContentArgs, DataArgs, ReadyFlag, RunningServer, ServerArgs, ServiceSpec, Shutdown,
@@ -160,16 +160,26 @@ impl Router {
             .ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))
     }
 
+    /// Classifies a message; with `include_embedding`, the response carries the sentence
+    /// embedding the model classified with, for the services after the router.
     fn classify(
         &self,
         tenant_model: &TenantModel,
         text: &str,
         previous_intents: &[String],
+        include_embedding: bool,
     ) -> Result<ClassifyResponse, Status> {
-        let prediction = tenant_model
+        let (prediction, embedding) = tenant_model
             .model
-            .classify(text, self.embedder.as_deref())
+            .classify_and_embed(text, self.embedder.as_deref())
             .map_err(|error| Status::internal(format!("classification failed: {error:#}")))?;
+        let embedding = match (embedding, &self.embedder) {
+            (Some(values), Some(embedder)) if include_embedding => Some(Embedding {
+                model: embedder.model_id().to_owned(),
+                values,
+            }),
+            _ => None,
+        };
         let language = detect_language(text);
         let mut intent = prediction.intent.clone();
         let mut confidence = prediction.confidence;
@@ -223,6 +233,7 @@ impl Router {
                 Lang::Zh => Language::Zh,
             } as i32,
             fixed_reply,
+            embedding,
         })
     }
 }
@@ -250,10 +261,17 @@ impl RouterService for RouterHandle {
             return Err(Status::invalid_argument("text must not be empty"));
         }
         let tenant_model = self.0.model(&request.tenant_id)?;
+        // Replies with and without the embedding are cached apart.
+        let variant = if request.include_embedding {
+            "embedding"
+        } else {
+            ""
+        };
         let key = fingerprint(&[
             &tenant_model.fingerprint,
             &request.previous_intents.join(","),
             &request.text,
+            variant,
         ]);
         let cached = self
             .0
@@ -267,7 +285,12 @@ impl RouterService for RouterHandle {
                 let router = self.0.clone();
                 let model = tenant_model.clone();
                 let response = tokio::task::spawn_blocking(move || {
-                    router.classify(&model, &request.text, &request.previous_intents)
+                    router.classify(
+                        &model,
+                        &request.text,
+                        &request.previous_intents,
+                        request.include_embedding,
+                    )
                 })
                 .await
                 .map_err(|error| {

@@ -9,7 +9,8 @@ use kefu_nlp::sentiment::{
 use kefu_nlp::text::Language as Lang;
 use kefu_proto::v1::sentiment_service_server::{SentimentService, SentimentServiceServer};
 use kefu_proto::v1::{
-    AnalyzeRequest, AnalyzeResponse, EscalationSignal, Language, Sentiment, SentimentLabel,
+    AnalyzeRequest, AnalyzeResponse, Embedding, EscalationSignal, Language, Sentiment,
+    SentimentLabel,
 };
 use kefu_runtime::{ModelArgs, RunningServer, ServerArgs, ServiceSpec, Shutdown};
 use tonic::{Request, Response, Status};
@@ -43,15 +44,27 @@ impl Analyzer {
         }
     }
 
-    /// CPU-bound: call from a blocking thread.
-    fn analyze_text(&self, text: &str) -> SentimentAnalysis {
-        let embedding = self.embedder.as_ref().and_then(|e| match e.embed(&[text]) {
+    /// CPU-bound: call from a blocking thread. A `supplied` embedding of the text (e.g.
+    /// the router's) is used when it comes from the same encoder; otherwise the text is
+    /// embedded here.
+    fn analyze_text(&self, text: &str, supplied: Option<&Embedding>) -> SentimentAnalysis {
+        let Some(embedder) = &self.embedder else {
+            return self.model.analyze(text, None);
+        };
+        if let Some(supplied) = supplied {
+            if embedder.accepts(&supplied.model, &supplied.values) {
+                tracing::debug!("using the supplied embedding");
+                return self.model.analyze(text, Some(&supplied.values));
+            }
+            tracing::debug!(model = %supplied.model, dim = supplied.values.len(), "supplied embedding is not this encoder's; embedding the text");
+        }
+        let embedding = match embedder.embed(&[text]) {
             Ok(mut v) => v.pop(),
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "embedding failed; lexical sentiment only");
                 None
             }
-        });
+        };
         self.model.analyze(text, embedding.as_deref())
     }
 }
@@ -98,13 +111,16 @@ impl SentimentService for Analyzer {
         &self,
         request: Request<AnalyzeRequest>,
     ) -> Result<Response<AnalyzeResponse>, Status> {
-        let text = request.into_inner().text;
+        let AnalyzeRequest { text, embedding } = request.into_inner();
         if text.trim().is_empty() {
             return Err(Status::invalid_argument("text must not be empty"));
         }
         let analyzer = self.clone();
         let analysis = tokio::task::spawn_blocking(move || {
-            analyzer.analyze_text(truncate_at_char_boundary(&text, MAX_TEXT_BYTES))
+            analyzer.analyze_text(
+                truncate_at_char_boundary(&text, MAX_TEXT_BYTES),
+                embedding.as_ref(),
+            )
         })
         .await
         .map_err(|error| Status::internal(format!("sentiment analysis failed: {error}")))?;
@@ -138,6 +154,45 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kefu_nlp::embed::MODEL_NAME;
+
+    fn models_dir() -> std::path::PathBuf {
+        std::env::var_os("KEFU_MODELS_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
+            })
+    }
+
+    /// The encoder; None (test skipped) only when it is missing and CI is unset.
+    fn test_embedder() -> Option<Arc<Embedder>> {
+        let dir = models_dir();
+        if !dir.join(MODEL_NAME).join("model.safetensors").is_file()
+            && std::env::var_os("CI").is_none()
+        {
+            eprintln!(
+                "skipping: no model in {} (run `make models`)",
+                dir.display()
+            );
+            return None;
+        }
+        Some(kefu_nlp::embed::load_optional(&dir).expect("loading the embedding model"))
+    }
+
+    async fn analyze(
+        analyzer: &Analyzer,
+        text: &str,
+        embedding: Option<Embedding>,
+    ) -> AnalyzeResponse {
+        analyzer
+            .analyze(Request::new(AnalyzeRequest {
+                text: text.into(),
+                embedding,
+            }))
+            .await
+            .unwrap()
+            .into_inner()
+    }
 
     #[test]
     fn truncates_on_a_character_boundary() {
@@ -148,24 +203,16 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_blank_text_and_labels_clear_cases() {
-        let models_dir = std::env::var_os("KEFU_MODELS_DIR")
-            .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| {
-                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
-            });
-        let analyzer = Analyzer::new(kefu_nlp::embed::load_optional(&models_dir));
+        let analyzer = Analyzer::new(kefu_nlp::embed::load_optional(&models_dir()));
         let error = analyzer
-            .analyze(Request::new(AnalyzeRequest { text: "  ".into() }))
+            .analyze(Request::new(AnalyzeRequest {
+                text: "  ".into(),
+                ..Default::default()
+            }))
             .await
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::InvalidArgument);
-        let reply = analyzer
-            .analyze(Request::new(AnalyzeRequest {
-                text: "你们的服务太差了，我要投诉".into(),
-            }))
-            .await
-            .unwrap()
-            .into_inner();
+        let reply = analyze(&analyzer, "你们的服务太差了，我要投诉", None).await;
         let sentiment = reply.sentiment.unwrap();
         assert!(
             sentiment.label == SentimentLabel::Negative as i32
@@ -173,5 +220,51 @@ mod tests {
         );
         assert!(sentiment.score < 0.0);
         assert_eq!(reply.language, Language::Zh as i32);
+    }
+
+    /// A supplied embedding stands in for the service's own only when it is from the same
+    /// encoder: the router's embedding saves a second forward pass, anything else is ignored.
+    #[tokio::test]
+    async fn uses_a_supplied_embedding_only_from_the_same_encoder() {
+        let Some(embedder) = test_embedder() else {
+            return;
+        };
+        let analyzer = Analyzer::new(Some(embedder.clone()));
+        let text = "My parcel arrived on Tuesday.";
+        let embedding_of = |text: &str, model: &str| Embedding {
+            model: model.into(),
+            values: embedder.embed(&[text]).unwrap().remove(0),
+        };
+        let own = analyze(&analyzer, text, None).await;
+        let own_score = own.sentiment.unwrap().score;
+
+        // The text's own embedding, supplied: the same answer as embedding it here.
+        let supplied = analyze(&analyzer, text, Some(embedding_of(text, MODEL_NAME))).await;
+        assert_eq!(supplied, own);
+
+        // A furious message's embedding under the text: a supplied embedding is used.
+        let furious = "This is the worst service I have ever had, I am disgusted and furious!";
+        let used = analyze(&analyzer, text, Some(embedding_of(furious, MODEL_NAME))).await;
+        let used_score = used.sentiment.unwrap().score;
+        assert!(
+            used_score < own_score - 0.1,
+            "with the furious embedding {used_score}, own {own_score}"
+        );
+
+        // The same vector said to come from another encoder, or cut to another size, or not
+        // normalised: ignored, the text is embedded here.
+        for foreign in [
+            embedding_of(furious, "paraphrase-multilingual-MiniLM-L12-v2"),
+            Embedding {
+                values: embedding_of(furious, MODEL_NAME).values[..256].to_vec(),
+                ..embedding_of(furious, MODEL_NAME)
+            },
+            Embedding {
+                values: vec![0.0; embedder.dim()],
+                ..embedding_of(furious, MODEL_NAME)
+            },
+        ] {
+            assert_eq!(analyze(&analyzer, text, Some(foreign)).await, own);
+        }
     }
 }
