@@ -54,6 +54,7 @@ impl Embedder {
         }
         let model = Bert::load(&weights, &config)
             .with_context(|| format!("loading BERT weights from {}", weights.display()))?;
+        tracing::info!(model = %model_dir.display(), precision = model.precision(), "sentence encoder loaded");
         let model_id = model_dir
             .file_name()
             .and_then(|name| name.to_str())
@@ -265,7 +266,15 @@ pub(crate) mod tests {
             let want: Vec<f32> = want.iter().map(|x| x / norm).collect();
             let got = e.embed(&[text]).unwrap().remove(0);
             let cos = dot(&want, &got);
-            assert!(cos > 0.9999, "{text:?}: cosine {cos}");
+            let min = match e.model.precision() {
+                "int8" => 0.99,
+                _ => 0.9999,
+            };
+            assert!(
+                cos > min,
+                "{text:?}: cosine {cos} ({})",
+                e.model.precision()
+            );
         }
     }
 }
