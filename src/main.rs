@@ -50,6 +50,10 @@ enum EvalCommand {
     Sentiment {
         #[arg(long)]
         test: PathBuf,
+        /// Evaluate this model file (from `kefu train sentiment`) instead of the bundled one,
+        /// e.g. one trained without the validation rows.
+        #[arg(long, value_name = "MODEL.bin")]
+        model: Option<PathBuf>,
         #[command(flatten)]
         models: ModelArgs,
     },
@@ -130,9 +134,15 @@ fn main() -> ExitCode {
             test,
             models,
         }) => print_line(kefu_nlp::eval::intents(&train, &test, &models.models_dir)),
-        Command::Eval(EvalCommand::Sentiment { test, models }) => {
-            print_line(kefu_nlp::eval::sentiment(&test, &models.models_dir))
-        }
+        Command::Eval(EvalCommand::Sentiment {
+            test,
+            model,
+            models,
+        }) => print_line(kefu_nlp::eval::sentiment(
+            &test,
+            model.as_deref(),
+            &models.models_dir,
+        )),
         Command::Eval(EvalCommand::Retrieval {
             docs,
             queries,

@@ -15,11 +15,9 @@ fn main() -> Result<()> {
     let a: Vec<&Path> = args.iter().skip(1).map(Path::new).collect();
     let line = match (args.first().map(String::as_str), a.as_slice()) {
         (Some("intents"), [train, test, models]) => kefu_nlp::eval::intents(train, test, models)?,
-        (Some("sentiment"), [test, models]) => kefu_nlp::eval::sentiment(test, models)?,
+        (Some("sentiment"), [test, models]) => kefu_nlp::eval::sentiment(test, None, models)?,
         (Some("sentiment"), [test, models, model]) => {
-            let model = kefu_nlp::sentiment::SentimentModel::from_bytes(&std::fs::read(model)?)?;
-            let embedder = kefu_nlp::eval::load_embedder(models)?;
-            kefu_nlp::eval::sentiment_with(&model, Some(&embedder), test)?
+            kefu_nlp::eval::sentiment(test, Some(model), models)?
         }
         (Some("train-sentiment"), [airline, waimai, models, out]) => {
             kefu_nlp::eval::train_sentiment(airline, waimai, models, out)?

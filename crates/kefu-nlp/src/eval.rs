@@ -134,13 +134,23 @@ pub fn intents(train_csv: &Path, test_csv: &Path, models_dir: &Path) -> Result<S
     Ok(line)
 }
 
-/// Scores the bundled sentiment model on `test_csv` (text,sentiment), with the sentence
+/// Scores the bundled sentiment model (or the one saved at `model`) on `test_csv`
+/// (text,sentiment), with the sentence
 /// embedding from `models_dir` as the service computes it. With labels
 /// negative/neutral/positive the five levels are merged into three; with only
 /// negative/positive the sign of the score decides.
-pub fn sentiment(test_csv: &Path, models_dir: &Path) -> Result<String> {
+pub fn sentiment(test_csv: &Path, model: Option<&Path>, models_dir: &Path) -> Result<String> {
     let embedder = load_embedder(models_dir)?;
-    sentiment_with(SentimentModel::bundled(), Some(&embedder), test_csv)
+    match model {
+        Some(path) => {
+            let bytes =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let model = SentimentModel::from_bytes(&bytes)
+                .with_context(|| format!("loading the sentiment model {}", path.display()))?;
+            sentiment_with(&model, Some(&embedder), test_csv)
+        }
+        None => sentiment_with(SentimentModel::bundled(), Some(&embedder), test_csv),
+    }
 }
 
 /// The encoder for an evaluation, which needs it: an error names the folder and the fix.
