@@ -86,7 +86,7 @@ eval: models build ## Measure intents, sentiment and retrieval on validation dat
 	$(KEFU) eval sentiment --test eval/sentiment/other_domains_zh.csv
 	$(KEFU) eval retrieval --docs eval/retrieval/docs.jsonl --queries eval/retrieval/queries.csv
 
-bench: models tools ## Load benchmark: 100 concurrent customers through the gateway
+bench: models tools ## Load benchmark: 100 concurrent customers, each with a different message, through the gateway
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" $(CARGO) test --release --test load -- --ignored --nocapture
 
 sentiment-model: models build ## Retrain the bundled sentiment model from ../shared/datasets (about 3 minutes)
