@@ -89,7 +89,7 @@ eval: models build ## Measure intents, sentiment and retrieval on validation dat
 bench: models tools ## Load benchmark: 100 concurrent customers, each with a different message, through the gateway
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" $(CARGO) test --release --test load -- --ignored --nocapture
 
-sentiment-model: models build ## Retrain the bundled sentiment model from ../shared/datasets (about 3 minutes)
+sentiment-model: models build ## Retrain the bundled sentiment model from ../shared/datasets (about a minute)
 	$(KEFU) train sentiment --airline $(DATASETS)/airline_sentiment/train.csv --waimai $(DATASETS)/waimai_sentiment/train.csv --models-dir $(MODELS_DIR) --out crates/kefu-nlp/assets/sentiment.bin
 
 lint: ## Formatting and clippy
