@@ -233,8 +233,10 @@ fn binaries_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the six service binaries with the profile of this test (a no-op when they are
-/// up to date), so the test never runs binaries older than the code under test.
+/// Builds the workspace's binaries with the profile of this test (a no-op when they are
+/// up to date), so the test never runs binaries older than the code under test. The whole
+/// workspace, not the six packages alone: with the same package selection as
+/// `cargo test --workspace`, dependencies keep their features and are not built again.
 fn build_service_binaries(dir: &Path) {
     let profile_dir = dir
         .file_name()
@@ -250,15 +252,19 @@ fn build_service_binaries(dir: &Path) {
     let mut command = Command::new(&cargo);
     command
         .current_dir(repo_root())
-        .args(["build", "--bins", "--profile", profile, "--target-dir"])
+        .args([
+            "build",
+            "--workspace",
+            "--bins",
+            "--profile",
+            profile,
+            "--target-dir",
+        ])
         .arg(target_dir);
-    for service in SERVICES {
-        command.args(["-p", &format!("kefu-{service}")]);
-    }
     let status = command.status().unwrap_or_else(|error| {
         panic!("cannot run {cargo} to build the service binaries: {error}")
     });
-    assert!(status.success(), "building the six service binaries failed ({status}); run `cargo build --release --workspace` to see why");
+    assert!(status.success(), "building the service binaries failed ({status}); run `cargo build --release --workspace` to see why");
     for service in SERVICES {
         let binary = dir.join(format!("kefu-{service}"));
         assert!(binary.is_file(), "{} is missing: the service binaries must be built next to the tests (`cargo build --release --workspace`)", binary.display());
