@@ -4,6 +4,7 @@
 //! The configuration and weights are read with candle (candle-transformers' BERT config,
 //! safetensors); the forward pass is [`crate::bert`], tuned for short texts.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use anyhow::{anyhow, Context, Result};
@@ -89,6 +90,32 @@ impl Embedder {
         model == self.model_id
             && values.len() == self.dim()
             && (dot(values, values).sqrt() - 1.0).abs() < 1e-2
+    }
+
+    /// The embedding of `text`: the `supplied` one, `(model id, vector)`, when it
+    /// [`accepts`](Self::accepts) it (e.g. the router's embedding of the same message),
+    /// otherwise computed here.
+    pub fn reuse_or_embed<'a>(
+        &self,
+        text: &str,
+        supplied: Option<(&str, &'a [f32])>,
+    ) -> Result<Cow<'a, [f32]>> {
+        match supplied {
+            Some((model, values)) if self.accepts(model, values) => {
+                tracing::debug!("using the supplied embedding");
+                Ok(Cow::Borrowed(values))
+            }
+            _ => {
+                if let Some((model, values)) = supplied {
+                    tracing::debug!(
+                        model,
+                        dim = values.len(),
+                        "supplied embedding is not this encoder's; embedding the text"
+                    );
+                }
+                Ok(Cow::Owned(self.embed_one(text, true)?))
+            }
+        }
     }
 
     /// Embeds texts: one L2-normalised vector per text, in input order. Every text gets a

@@ -468,25 +468,20 @@ impl SearchIndex {
             .collect())
     }
 
-    /// The query's embedding for dense ranking: the supplied one when this index's encoder
-    /// accepts it, else computed here; None without dense ranking.
+    /// The query's embedding for dense ranking (the supplied one when this index's encoder
+    /// accepts it); None without dense ranking.
     fn query_vector<'a>(
         &self,
         query: &str,
         supplied: Option<(&str, &'a [f32])>,
     ) -> Result<Option<Cow<'a, [f32]>>> {
-        let Some(embedder) = self.embedder.as_ref().filter(|_| self.config.dense) else {
-            return Ok(None);
-        };
-        match supplied {
-            Some((model, values)) if embedder.accepts(model, values) => {
-                Ok(Some(Cow::Borrowed(values)))
-            }
-            _ => Ok(embedder
-                .embed(&[query])
-                .context("embedding the query")?
-                .pop()
-                .map(Cow::Owned)),
+        match self.embedder.as_ref().filter(|_| self.config.dense) {
+            Some(embedder) => Ok(Some(
+                embedder
+                    .reuse_or_embed(query, supplied)
+                    .context("embedding the query")?,
+            )),
+            None => Ok(None),
         }
     }
 

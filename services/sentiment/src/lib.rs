@@ -51,21 +51,14 @@ impl Analyzer {
         let Some(embedder) = &self.embedder else {
             return self.model.analyze(text, None);
         };
-        if let Some(supplied) = supplied {
-            if embedder.accepts(&supplied.model, &supplied.values) {
-                tracing::debug!("using the supplied embedding");
-                return self.model.analyze(text, Some(&supplied.values));
-            }
-            tracing::debug!(model = %supplied.model, dim = supplied.values.len(), "supplied embedding is not this encoder's; embedding the text");
-        }
-        let embedding = match embedder.embed(&[text]) {
-            Ok(mut v) => v.pop(),
+        let supplied = supplied.map(|e| (e.model.as_str(), e.values.as_slice()));
+        match embedder.reuse_or_embed(text, supplied) {
+            Ok(embedding) => self.model.analyze(text, Some(&embedding)),
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "embedding failed; lexical sentiment only");
-                None
+                self.model.analyze(text, None)
             }
-        };
-        self.model.analyze(text, embedding.as_deref())
+        }
     }
 }
 
