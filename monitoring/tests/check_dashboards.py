@@ -39,6 +39,9 @@ COUNTERS = {
     "kefu_tickets_created_total",
     "kefu_knowledge_searches_total",
     "kefu_cache_requests_total",
+    "kefu_sla_priority_raises_total",
+    "kefu_auth_failures_total",
+    "kefu_conversation_events_delivered_total",
 }
 GAUGES = {
     "kefu_grpc_server_requests_in_flight",
@@ -51,6 +54,9 @@ GAUGES = {
 HISTOGRAMS = {
     "kefu_grpc_server_request_duration_seconds",
     "kefu_ticket_resolution_seconds",
+    "kefu_handoff_first_response_seconds",
+    "kefu_csat_score",
+    "kefu_event_delivery_seconds",
 }
 # Series Prometheus itself attaches to every target.
 SCRAPE_SERIES = {"up"}
