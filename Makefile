@@ -53,7 +53,9 @@ test: models tools monitoring-tools ## Run every test: unit, service, end-to-end
 test-rust:
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" $(CARGO) test --release --workspace
 
-helm-test: tools ## Render, lint and validate the Helm chart, the compose file and the Dockerfile
+# The rehearsal (deploy/tests/test_rehearsal.py) starts the release binaries as the chart
+# and the compose file would.
+helm-test: tools models build ## Check the Helm chart, the compose file and the Dockerfile, and rehearse each deployment
 	$(VENV)/bin/python -m pytest -p no:cacheprovider helm/tests deploy/tests -q
 
 helm-rules: ## Copy monitoring/rules into the chart after changing them

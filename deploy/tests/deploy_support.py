@@ -8,38 +8,20 @@ is split into stages and instructions.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+import yaml
+
+from stack import REPO
+
 DEPLOY = REPO / "deploy"
 COMPOSE_FILE = DEPLOY / "docker-compose.yml"
 ENV_FILE = DEPLOY / ".env"
 DOCKERFILE = DEPLOY / "Dockerfile"
 DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
-
-# The shared service table: default gRPC and metrics ports.
-SERVICES = {
-    "gateway": (50051, 9101),
-    "orchestrator": (50052, 9102),
-    "router": (50053, 9103),
-    "knowledge": (50054, 9104),
-    "ticket": (50055, 9105),
-    "sentiment": (50056, 9106),
-}
-CALLS = {
-    "gateway": {"orchestrator"},
-    "orchestrator": {"router", "sentiment", "knowledge", "ticket"},
-    "router": set(),
-    "knowledge": set(),
-    "ticket": set(),
-    "sentiment": set(),
-}
-NEEDS_DATABASE = {"orchestrator", "ticket", "router", "knowledge"}
-NEEDS_REDIS = {"orchestrator", "router", "knowledge"}
-NEEDS_MODELS = {"router", "knowledge", "sentiment"}
-NEEDS_TENANTS = {"gateway", "router", "knowledge", "orchestrator"}
-
 
 class InterpolationError(ValueError):
     pass
@@ -102,6 +84,16 @@ def read_env_file(path: Path = ENV_FILE) -> dict[str, str]:
     return env
 
 
+def interpolated_compose(env: dict[str, str]) -> str:
+    return interpolate(COMPOSE_FILE.read_text(encoding="utf-8"), env, where=str(COMPOSE_FILE))
+
+
+def load_compose() -> dict[str, Any]:
+    """The compose file as `docker compose` sees it with deploy/.env."""
+    # PyYAML's SafeLoader resolves the `<<` merge keys the file uses for shared settings
+    return yaml.safe_load(interpolated_compose(read_env_file()))
+
+
 # --------------------------------------------------------------------------- Dockerfile
 
 
@@ -150,6 +142,21 @@ class Dockerfile:
             assert id(parent) not in seen, "cycle in FROM"
             seen.add(id(parent))
             out.append(parent)
+
+    def image_chain(self, service: str) -> list[Stage]:
+        """The stages of the image built with SERVICE=service, final stage first."""
+        return self.chain(self.stages[-1], dict(self.global_args, SERVICE=service))
+
+    def image_env(self, service: str) -> dict[str, str]:
+        """The ENV the image of `service` carries (what a container starts with)."""
+        env: dict[str, str] = {}
+        for stage in reversed(self.image_chain(service)):
+            for instr in stage.all("ENV"):
+                for word in shlex.split(instr.args):
+                    key, sep, value = word.partition("=")
+                    assert sep, f"line {instr.line}: use ENV KEY=VALUE"
+                    env[key] = value
+        return env
 
 
 def parse_dockerfile(path: Path = DOCKERFILE) -> Dockerfile:

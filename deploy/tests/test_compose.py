@@ -14,18 +14,16 @@ import yaml
 from compose_spec import PyOptions
 
 from deploy_support import (
-    CALLS,
     COMPOSE_FILE,
     DEPLOY,
     ENV_FILE,
-    NEEDS_DATABASE,
-    NEEDS_REDIS,
-    REPO,
-    SERVICES,
     InterpolationError,
     interpolate,
+    interpolated_compose,
+    load_compose,
     read_env_file,
 )
+from stack import CALLS, NEEDS_DATABASE, NEEDS_REDIS, REPO, SERVICES
 
 KEFU = [f"kefu-{s}" for s in SERVICES]
 INFRA = ["postgres", "redis", "jaeger", "prometheus", "grafana"]
@@ -40,13 +38,12 @@ def env() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def interpolated(env: dict[str, str]) -> str:
-    return interpolate(COMPOSE_FILE.read_text(encoding="utf-8"), env, where=str(COMPOSE_FILE))
+    return interpolated_compose(env)
 
 
 @pytest.fixture(scope="module")
-def compose(interpolated: str) -> dict[str, Any]:
-    # PyYAML's SafeLoader resolves the `<<` merge keys the file uses for shared settings
-    return yaml.safe_load(interpolated)
+def compose() -> dict[str, Any]:
+    return load_compose()
 
 
 def test_compose_file_follows_the_compose_specification(interpolated: str) -> None:
@@ -113,14 +110,17 @@ def test_every_service_has_a_healthcheck(compose: dict[str, Any]) -> None:
 
 
 def test_kefu_healthchecks_probe_their_own_grpc_port(compose: dict[str, Any]) -> None:
-    for svc, (grpc, metrics) in SERVICES.items():
+    for svc, ports in SERVICES.items():
         spec = compose["services"][f"kefu-{svc}"]
         env = spec["environment"]
-        assert env["KEFU_GRPC_PORT"] == str(grpc)
-        assert env["KEFU_METRICS_PORT"] == str(metrics)
+        assert env["KEFU_GRPC_PORT"] == str(ports["grpc"])
+        assert env["KEFU_METRICS_PORT"] == str(ports["metrics"])
         test = spec["healthcheck"]["test"]
         assert test[:2] == ["CMD", "grpc_health_probe"]
-        assert f"-addr=127.0.0.1:{grpc}" in test
+        assert f"-addr=127.0.0.1:{ports['grpc']}" in test
+        # readiness (the overall status): it orders start-up through depends_on, and
+        # compose never restarts a container for being unhealthy
+        assert not any(arg.startswith("-service") for arg in test), svc
 
 
 def test_start_up_waits_for_healthy_dependencies(compose: dict[str, Any]) -> None:
@@ -188,7 +188,7 @@ def test_each_service_gets_the_settings_it_needs(compose: dict[str, Any], env: d
         for callee in CALLS[svc]:
             host = f"kefu-{callee}"
             assert host in services
-            assert urls[f"KEFU_{callee.upper()}_URL"] == f"http://{host}:{SERVICES[callee][0]}"
+            assert urls[f"KEFU_{callee.upper()}_URL"] == f"http://{host}:{SERVICES[callee]['grpc']}"
     postgres = services["postgres"]["environment"]
     assert (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], postgres["POSTGRES_DB"]) == (
         env["POSTGRES_USER"], env["POSTGRES_PASSWORD"], env["POSTGRES_DB"])
@@ -241,8 +241,8 @@ def test_prometheus_scrapes_every_service_where_compose_runs_it(compose: dict[st
     config = yaml.safe_load((REPO / "monitoring" / "prometheus.yml").read_text(encoding="utf-8"))
     targets = {t for job in config["scrape_configs"] for sc in job.get("static_configs", [])
                for t in sc["targets"]}
-    for svc, (_, metrics) in SERVICES.items():
-        assert f"kefu-{svc}:{metrics}" in targets
+    for svc, ports in SERVICES.items():
+        assert f"kefu-{svc}:{ports['metrics']}" in targets
         assert f"kefu-{svc}" in compose["services"]
     # the rule files are found where compose mounts them
     assert any(p.startswith("rules/") or p.startswith("/etc/prometheus/rules/") for p in config["rule_files"])

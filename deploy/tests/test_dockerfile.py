@@ -9,16 +9,8 @@ import tomllib
 
 import pytest
 
-from deploy_support import (
-    DOCKERIGNORE,
-    NEEDS_MODELS,
-    NEEDS_TENANTS,
-    REPO,
-    SERVICES,
-    Dockerfile,
-    Stage,
-    parse_dockerfile,
-)
+from deploy_support import DOCKERIGNORE, Dockerfile, parse_dockerfile
+from stack import LIVENESS_SERVICE, NEEDS_MODELS, NEEDS_TENANTS, REPO, SERVICES
 
 BUILD_TOOLS = re.compile(r"\b(cargo|rustc|rustup|gcc|g\+\+|clang|make|build-essential|pkg-config|pip)\b")
 RUST_IMAGE = re.compile(r"^rust(:|$)")
@@ -27,11 +19,6 @@ RUST_IMAGE = re.compile(r"^rust(:|$)")
 @pytest.fixture(scope="module")
 def dockerfile() -> Dockerfile:
     return parse_dockerfile()
-
-
-def final_chain(dockerfile: Dockerfile, service: str) -> list[Stage]:
-    args = dict(dockerfile.global_args, SERVICE=service)
-    return dockerfile.chain(dockerfile.stages[-1], args)
 
 
 def test_is_multi_stage_with_a_service_argument(dockerfile: Dockerfile) -> None:
@@ -44,7 +31,7 @@ def test_is_multi_stage_with_a_service_argument(dockerfile: Dockerfile) -> None:
 
 @pytest.mark.parametrize("service", list(SERVICES))
 def test_final_image_has_no_build_tools(dockerfile: Dockerfile, service: str) -> None:
-    chain = final_chain(dockerfile, service)
+    chain = dockerfile.image_chain(service)
     base = dockerfile.resolve(chain[-1].base, dockerfile.global_args)
     assert base.startswith("debian:") and base.endswith("-slim") or base.startswith("gcr.io/distroless/cc")
     assert not RUST_IMAGE.match(base)
@@ -61,7 +48,7 @@ def test_final_image_has_no_build_tools(dockerfile: Dockerfile, service: str) ->
 
 @pytest.mark.parametrize("service", list(SERVICES))
 def test_runs_as_non_root_uid_10001(dockerfile: Dockerfile, service: str) -> None:
-    chain = final_chain(dockerfile, service)
+    chain = dockerfile.image_chain(service)
     users = [i.args for stage in reversed(chain) for i in stage.all("USER")]
     assert users, "no USER: the container would run as root"
     assert users[-1] == "10001:10001"  # numeric, so Kubernetes can verify runAsNonRoot
@@ -72,7 +59,7 @@ def test_runs_as_non_root_uid_10001(dockerfile: Dockerfile, service: str) -> Non
 
 @pytest.mark.parametrize("service", list(SERVICES))
 def test_runtime_stage_of_each_service(dockerfile: Dockerfile, service: str) -> None:
-    grpc, metrics = SERVICES[service]
+    grpc, metrics = SERVICES[service]["grpc"], SERVICES[service]["metrics"]
     stage = dockerfile.stage(f"runtime-{service}")
     assert stage.base == "runtime"
     env = " ".join(i.args for i in stage.all("ENV"))
@@ -124,6 +111,7 @@ def test_health_probe_is_installed_for_the_healthchecks(dockerfile: Dockerfile) 
     assert any("/usr/local/bin/grpc_health_probe" in i.args for i in runtime.all("COPY"))
     (check,) = runtime.all("HEALTHCHECK")
     assert "grpc_health_probe" in check.args and "${KEFU_GRPC_PORT}" in check.args
+    assert f"-service={LIVENESS_SERVICE}" in check.args.split()
 
 
 def test_runtime_base_cleans_the_package_lists(dockerfile: Dockerfile) -> None:

@@ -1,4 +1,4 @@
-"""Rendering helpers and the service table for the kefu chart tests.
+"""Rendering helpers for the kefu chart tests (the services themselves: stack.py).
 
 The chart is rendered offline with the Helm v4 SDK that the helm-python-sdk wheel
 bundles (no helm binary, no cluster).
@@ -14,33 +14,12 @@ from typing import Any
 import helm_python as helm
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from stack import REPO
+
 CHART = REPO / "helm" / "kefu"
 PRODUCTION_VALUES = CHART / "values-production.yaml"
 RELEASE = "kefu"
 NAMESPACE = "kefu"
-
-# The service table every part of the project relies on.
-SERVICES = {
-    "gateway": {"grpc": 50051, "metrics": 9101, "health": "kefu.v1.ConversationService"},
-    "orchestrator": {"grpc": 50052, "metrics": 9102, "health": "kefu.v1.OrchestratorService"},
-    "router": {"grpc": 50053, "metrics": 9103, "health": "kefu.v1.RouterService"},
-    "knowledge": {"grpc": 50054, "metrics": 9104, "health": "kefu.v1.KnowledgeService"},
-    "ticket": {"grpc": 50055, "metrics": 9105, "health": "kefu.v1.TicketService"},
-    "sentiment": {"grpc": 50056, "metrics": 9106, "health": "kefu.v1.SentimentService"},
-}
-CALLS = {
-    "gateway": {"orchestrator"},
-    "orchestrator": {"router", "sentiment", "knowledge", "ticket"},
-    "router": set(),
-    "knowledge": set(),
-    "ticket": set(),
-    "sentiment": set(),
-}
-NEEDS_DATABASE = {"orchestrator", "ticket", "router", "knowledge"}
-NEEDS_REDIS = {"orchestrator", "router", "knowledge"}
-NEEDS_MODELS = {"router", "knowledge", "sentiment"}
-NEEDS_TENANTS = {"gateway", "router", "knowledge", "orchestrator"}
 
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
@@ -109,3 +88,17 @@ def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
 def pod_labels_by_component(r: Rendered) -> dict[str, dict[str, str]]:
     return {component_of(d): d["spec"]["template"]["metadata"]["labels"]
             for d in r.of_kind("Deployment")}
+
+
+def container_of(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def configmap_env(r: Rendered, deployment: dict[str, Any]) -> dict[str, str]:
+    """The variables a container gets through envFrom (later ConfigMaps win)."""
+    env: dict[str, str] = {}
+    for source in container_of(deployment).get("envFrom", []):
+        env.update(r.get("ConfigMap", source["configMapRef"]["name"])["data"])
+    return env

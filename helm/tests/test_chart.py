@@ -15,23 +15,28 @@ import pytest
 import yaml
 
 from chart_support import (
-    CALLS,
     CHART,
     NAMESPACE,
-    NEEDS_DATABASE,
-    NEEDS_MODELS,
-    NEEDS_REDIS,
-    NEEDS_TENANTS,
     PRODUCTION_VALUES,
-    REPO,
-    SERVICES,
     STANDARD_LABELS,
     Rendered,
     component_of,
+    configmap_env,
+    container_of,
     load_values_file,
     pod_labels_by_component,
     render,
     selector_matches,
+)
+from stack import (
+    CALLS,
+    LIVENESS_SERVICE,
+    NEEDS_DATABASE,
+    NEEDS_MODELS,
+    NEEDS_REDIS,
+    NEEDS_TENANTS,
+    REPO,
+    SERVICES,
 )
 
 KUBERNETES_VERSION = "1.29.0"
@@ -39,22 +44,9 @@ KUBERNETES_VERSION = "1.29.0"
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
 
 
-def container_of(deployment: dict[str, Any]) -> dict[str, Any]:
-    containers = deployment["spec"]["template"]["spec"]["containers"]
-    assert len(containers) == 1
-    return containers[0]
-
-
 def container_port(container: dict[str, Any], name: str) -> int:
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     return ports[name]
-
-
-def configmap_env(r: Rendered, deployment: dict[str, Any]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for source in container_of(deployment).get("envFrom", []):
-        env.update(r.get("ConfigMap", source["configMapRef"]["name"])["data"])
-    return env
 
 
 # --------------------------------------------------------------------------- lint, schemas
@@ -214,9 +206,11 @@ def test_grpc_liveness_readiness_and_startup_probes(rendered: Rendered) -> None:
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             assert container[probe]["grpc"]["port"] == grpc_port, (svc, probe)
             assert "httpGet" not in container[probe] and "exec" not in container[probe]
-        # readiness follows the service's own status, liveness the overall one
+        # readiness follows the service's dependencies; liveness and start-up only that
+        # the process runs, so an outage of a shared store restarts no pod
         assert container["readinessProbe"]["grpc"]["service"] == SERVICES[svc]["health"]
-        assert container["livenessProbe"]["grpc"].get("service", "") == ""
+        assert container["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE
+        assert container["startupProbe"]["grpc"]["service"] == LIVENESS_SERVICE
 
 
 def test_no_container_can_run_as_root(rendered: Rendered) -> None:
