@@ -41,6 +41,8 @@ pub struct UpArgs {
     pub content: ContentArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub sla: kefu_ticket::SlaArgs,
 }
 
 impl UpArgs {
@@ -94,6 +96,7 @@ pub async fn up(
             kefu_ticket::Config {
                 server: args.server(args.ticket_port, 4),
                 data: args.data.clone(),
+                sla: args.sla.clone(),
             },
             shutdown.clone(),
         )
@@ -133,6 +136,8 @@ pub async fn up(
                 max_message_bytes: args.max_message_bytes,
                 orchestrator_url: args.url(args.orchestrator_port),
                 ticket_url: args.url(args.ticket_port),
+                knowledge_url: args.url(args.knowledge_port),
+                router_url: args.url(args.router_port),
             },
             shutdown,
         )

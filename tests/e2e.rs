@@ -126,6 +126,7 @@ async fn a_session_keeps_its_turns_across_messages() {
         .get_session(GetSessionRequest {
             tenant_id: "demo".into(),
             session_id: first.session_id.clone(),
+            customer_id: "session-1".into(),
         })
         .await
         .unwrap()
@@ -175,7 +176,8 @@ async fn a_retried_message_is_answered_once_and_opens_one_ticket() {
 #[tokio::test]
 async fn a_ticket_lives_through_the_gateway() {
     let mut client = tickets().await;
-    client
+    common::admin_tickets()
+        .await
         .upsert_customer(UpsertCustomerRequest {
             customer: Some(Customer {
                 tenant_id: "demo".into(),
@@ -199,11 +201,13 @@ async fn a_ticket_lives_through_the_gateway() {
         "a platinum customer's complaint is urgent"
     );
 
-    // The platinum customer's ticket is first in the queue; taking it assigns it.
+    // The platinum customer's ticket is first in the queue; taking it assigns it to the
+    // agent whose key took it, whatever name the request gives.
     let taken = client
         .next_in_queue(NextInQueueRequest {
             tenant_id: "demo".into(),
             assignee: "agent-7".into(),
+            take: true,
         })
         .await
         .unwrap()
@@ -211,7 +215,7 @@ async fn a_ticket_lives_through_the_gateway() {
     let ticket = taken.ticket.unwrap();
     assert_eq!(ticket.ticket_id, response.ticket_id);
     assert_eq!(ticket.status, TicketStatus::InProgress as i32);
-    assert_eq!(ticket.assignee, "agent-7");
+    assert_eq!(ticket.assignee, "demo-agent");
 
     let transition = |to: TicketStatus| TransitionTicketRequest {
         tenant_id: "demo".into(),
@@ -268,7 +272,10 @@ async fn a_ticket_lives_through_the_gateway() {
             (TicketStatus::Closed as i32, TicketStatus::Open as i32),
         ]
     );
-    assert!(reopened.audit.iter().skip(1).all(|a| a.actor == "agent-7"));
+    assert!(
+        reopened.audit.iter().skip(1).all(|a| a.actor == "demo-agent"),
+        "the audit trail names the authenticated agent, not the request's actor field"
+    );
 }
 
 #[tokio::test]
@@ -283,7 +290,8 @@ async fn bad_input_gets_a_clear_status() {
                 tenant_id: "no-such-tenant".into(),
                 ..message("bad", "hello")
             },
-            Code::NotFound,
+            // The same answer as a bad key: callers cannot probe which tenants exist.
+            Code::Unauthenticated,
         ),
         (
             SendMessageRequest {

@@ -118,6 +118,7 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
         kefu_ticket::Config {
             server: local(ticket),
             data: data.clone(),
+            sla: Default::default(),
         },
         shutdown.clone(),
     )
@@ -216,6 +217,7 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
         let session = replica
             .get_session(GetSessionRequest {
                 tenant_id: "demo".into(),
+                customer_id: String::new(),
                 session_id: first.session_id.clone(),
             })
             .await
@@ -304,6 +306,7 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
         .next_in_queue(NextInQueueRequest {
             tenant_id: "acme".into(),
             assignee: String::new(),
+            take: false,
         })
         .await
         .unwrap()
@@ -327,6 +330,7 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
     let session = b
         .get_session(GetSessionRequest {
             tenant_id: "acme".into(),
+            customer_id: String::new(),
             session_id: first.session_id.clone(),
         })
         .await
@@ -346,6 +350,7 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
     let acme_session = b
         .get_session(GetSessionRequest {
             tenant_id: "acme".into(),
+            customer_id: String::new(),
             session_id: first.session_id.clone(),
         })
         .await

@@ -135,10 +135,40 @@ pub async fn conversations() -> ConversationServiceClient<Channel> {
         .expect("connect to the gateway")
 }
 
-pub async fn tickets() -> TicketServiceClient<Channel> {
-    TicketServiceClient::connect(stack().gateway.clone())
+/// The bundled demo tenant's published keys (README).
+pub const DEMO_AGENT_KEY: &str = "demo-agent-key";
+pub const DEMO_ADMIN_KEY: &str = "demo-admin-key";
+
+/// Adds `authorization: Bearer <key>` to every call, as an agent's or admin's tool does.
+#[derive(Clone)]
+pub struct ApiKey(pub &'static str);
+
+impl tonic::service::Interceptor for ApiKey {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        let value = format!("Bearer {}", self.0).parse().expect("an ASCII key");
+        request.metadata_mut().insert("authorization", value);
+        Ok(request)
+    }
+}
+
+pub type KeyedChannel = tonic::codegen::InterceptedService<Channel, ApiKey>;
+
+async fn gateway_channel() -> Channel {
+    Channel::from_shared(stack().gateway.clone())
+        .unwrap()
+        .connect()
         .await
         .expect("connect to the gateway")
+}
+
+/// The ticket API as the demo tenant's agent ("demo-agent") uses it.
+pub async fn tickets() -> TicketServiceClient<KeyedChannel> {
+    TicketServiceClient::with_interceptor(gateway_channel().await, ApiKey(DEMO_AGENT_KEY))
+}
+
+/// The ticket API with the demo tenant's admin key (VIP tiers).
+pub async fn admin_tickets() -> TicketServiceClient<KeyedChannel> {
+    TicketServiceClient::with_interceptor(gateway_channel().await, ApiKey(DEMO_ADMIN_KEY))
 }
 
 pub fn message(customer: &str, text: &str) -> SendMessageRequest {

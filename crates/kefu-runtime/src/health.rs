@@ -97,6 +97,12 @@ impl Probe for DownstreamProbe {
 
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The health service name that answers SERVING for as long as the process runs and
+/// is not shutting down, whatever its dependencies do: what a liveness probe checks,
+/// so that an outage of a shared dependency (Redis, the database) makes pods unready
+/// instead of restarting every one of them.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// Re-evaluates the probes until shutdown and publishes the result for the overall
 /// status ("") and every gRPC service name of the server. On shutdown everything turns
 /// NOT_SERVING first, so that load balancers stop sending before the listener closes.
@@ -107,6 +113,9 @@ pub(crate) async fn watch(
     probes: Vec<Arc<dyn Probe>>,
     shutdown: Shutdown,
 ) {
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
     let mut last: Option<bool> = None;
     loop {
         let mut failures = Vec::new();
@@ -136,6 +145,9 @@ pub(crate) async fn watch(
             last = Some(serving);
         }
         if shutdown.is_triggered() {
+            reporter
+                .set_service_status(LIVENESS_SERVICE, ServingStatus::NotServing)
+                .await;
             return;
         }
         tokio::select! {

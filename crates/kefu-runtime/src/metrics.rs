@@ -15,6 +15,12 @@ const LATENCY_BUCKETS: &[f64] = &[
 const RESOLUTION_BUCKETS: &[f64] = &[
     60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 28800.0, 86400.0, 259200.0,
 ];
+/// Hand-off to first agent reply: 30 s is the VIP target.
+const FIRST_RESPONSE_BUCKETS: &[f64] = &[
+    5.0, 10.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0,
+];
+/// Satisfaction ratings are the integers 1..=5.
+const CSAT_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0];
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -26,6 +32,15 @@ pub fn handle() -> &'static PrometheusHandle {
                 Matcher::Full("kefu_ticket_resolution_seconds".into()),
                 RESOLUTION_BUCKETS,
             )
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(
+                    Matcher::Full("kefu_handoff_first_response_seconds".into()),
+                    FIRST_RESPONSE_BUCKETS,
+                )
+            })
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Full("kefu_csat_score".into()), CSAT_BUCKETS)
+            })
             .and_then(|builder| {
                 builder.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
             })

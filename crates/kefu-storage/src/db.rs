@@ -28,6 +28,7 @@ enum Backend {
 pub struct Database {
     pool: AnyPool,
     backend: Backend,
+    url: std::sync::Arc<str>,
 }
 
 impl Database {
@@ -72,7 +73,11 @@ impl Database {
             .connect(url)
             .await
             .map_err(|error| anyhow::anyhow!("connecting to the database: {error}"))?;
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            url: url.into(),
+        })
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
@@ -89,6 +94,11 @@ impl Database {
 
     pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// The PostgreSQL URL when this is PostgreSQL (for LISTEN/NOTIFY), else None.
+    pub fn postgres_url(&self) -> Option<&str> {
+        (self.backend == Backend::Postgres).then_some(&*self.url)
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {

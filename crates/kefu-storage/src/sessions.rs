@@ -34,9 +34,11 @@ pub trait SessionStore: Send + Sync {
         session_id: &str,
         limit: i64,
     ) -> StoreResult<Vec<TurnRecord>>;
+    /// The turn a customer's message id was stored under (ids are the customer's own).
     async fn find_by_message_id(
         &self,
         tenant_id: &str,
+        customer_id: &str,
         message_id: &str,
     ) -> StoreResult<Option<TurnRecord>>;
     /// Appends a turn at the end of its session; returns the stored turn, or the turn
@@ -104,12 +106,14 @@ impl SessionStore for SqlSessionStore {
     async fn find_by_message_id(
         &self,
         tenant_id: &str,
+        customer_id: &str,
         message_id: &str,
     ) -> StoreResult<Option<TurnRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {TURN_COLUMNS} FROM session_turns WHERE tenant_id = $1 AND message_id = $2"
+            "SELECT {TURN_COLUMNS} FROM session_turns WHERE tenant_id = $1 AND customer_id = $2 AND message_id = $3"
         ))
         .bind(tenant_id)
+        .bind(customer_id)
         .bind(message_id)
         .fetch_optional(self.db.pool())
         .await?;
@@ -149,7 +153,7 @@ impl SessionStore for SqlSessionStore {
                 Ok(_) => return Ok(turn),
                 Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
                     if let Some(existing) = self
-                        .find_by_message_id(&turn.tenant_id, &turn.message_id)
+                        .find_by_message_id(&turn.tenant_id, &turn.customer_id, &turn.message_id)
                         .await?
                     {
                         return Ok(existing);

@@ -28,6 +28,10 @@ pub struct TicketRecord {
     pub resolved_at: Option<i64>,
     /// Optimistic-concurrency counter: every update must name the version it read.
     pub version: i64,
+    /// When an agent first wrote to the customer.
+    pub first_response_at: Option<i64>,
+    /// Whether the SLA policy has already raised its priority (it does so once).
+    pub sla_raised: bool,
 }
 
 /// A ticket to open; the store writes it and its "created" audit row together.
@@ -47,9 +51,25 @@ pub struct AuditRecord {
 #[derive(Clone, Debug)]
 pub struct TicketChange {
     pub status: i32,
+    pub priority: i32,
     pub assignee: String,
     pub updated_at: i64,
     pub resolved_at: Option<i64>,
+    pub sla_raised: bool,
+}
+
+impl TicketChange {
+    /// The ticket as it is, to be changed field by field.
+    pub fn from_current(ticket: &TicketRecord, now: i64) -> Self {
+        Self {
+            status: ticket.status,
+            priority: ticket.priority,
+            assignee: ticket.assignee.clone(),
+            updated_at: now,
+            resolved_at: ticket.resolved_at,
+            sla_raised: ticket.sla_raised,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -115,6 +135,16 @@ pub trait TicketStore: Send + Sync {
         audit: AuditRecord,
     ) -> StoreResult<UpdateOutcome>;
     async fn tenants_with_tickets(&self) -> StoreResult<Vec<String>>;
+    /// Sets the first response time unless one is set; true when this call set it.
+    async fn record_first_response(
+        &self,
+        tenant_id: &str,
+        ticket_id: &str,
+        at: i64,
+    ) -> StoreResult<bool>;
+    /// Unresolved tickets past 80% of their SLA with no agent reply yet and not yet
+    /// raised by the SLA policy, oldest deadline first.
+    async fn sla_at_risk(&self, now: i64, limit: i64) -> StoreResult<Vec<TicketRecord>>;
     async fn get_customer(
         &self,
         tenant_id: &str,
@@ -133,7 +163,7 @@ impl SqlTicketStore {
     }
 }
 
-const TICKET_COLUMNS: &str = "tenant_id, ticket_id, customer_id, session_id, subject, description, status, priority, intent, channel, assignee, vip_tier, escalation_reason, idempotency_key, created_at, updated_at, sla_due_at, resolved_at, version";
+const TICKET_COLUMNS: &str = "tenant_id, ticket_id, customer_id, session_id, subject, description, status, priority, intent, channel, assignee, vip_tier, escalation_reason, idempotency_key, created_at, updated_at, sla_due_at, resolved_at, version, first_response_at, sla_raised";
 
 fn ticket_from_row(row: &AnyRow) -> Result<TicketRecord, sqlx::Error> {
     Ok(TicketRecord {
@@ -156,6 +186,8 @@ fn ticket_from_row(row: &AnyRow) -> Result<TicketRecord, sqlx::Error> {
         sla_due_at: row.try_get("sla_due_at")?,
         resolved_at: row.try_get("resolved_at")?,
         version: row.try_get("version")?,
+        first_response_at: row.try_get("first_response_at")?,
+        sla_raised: row.try_get::<i64, _>("sla_raised")? != 0,
     })
 }
 
@@ -195,7 +227,7 @@ impl TicketStore for SqlTicketStore {
         }
         let mut tx = self.db.pool().begin().await?;
         let inserted = sqlx::query(&format!(
-            "INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+            "INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         ))
         .bind(ticket.tenant_id.as_str())
         .bind(ticket.ticket_id.as_str())
@@ -216,6 +248,8 @@ impl TicketStore for SqlTicketStore {
         .bind(ticket.sla_due_at)
         .bind(ticket.resolved_at)
         .bind(ticket.version)
+        .bind(ticket.first_response_at)
+        .bind(ticket.sla_raised as i64)
         .execute(&mut *tx)
         .await;
         match inserted {
@@ -338,7 +372,7 @@ impl TicketStore for SqlTicketStore {
     ) -> StoreResult<UpdateOutcome> {
         let mut tx = self.db.pool().begin().await?;
         let updated = sqlx::query(
-            "UPDATE tickets SET status = $1, assignee = $2, updated_at = $3, resolved_at = $4, version = version + 1 WHERE tenant_id = $5 AND ticket_id = $6 AND version = $7",
+            "UPDATE tickets SET status = $1, assignee = $2, updated_at = $3, resolved_at = $4, priority = $8, sla_raised = $9, version = version + 1 WHERE tenant_id = $5 AND ticket_id = $6 AND version = $7",
         )
         .bind(change.status as i64)
         .bind(change.assignee.as_str())
@@ -347,6 +381,8 @@ impl TicketStore for SqlTicketStore {
         .bind(tenant_id)
         .bind(ticket_id)
         .bind(expected_version)
+        .bind(change.priority as i64)
+        .bind(change.sla_raised as i64)
         .execute(&mut *tx)
         .await?;
         if updated.rows_affected() == 0 {
@@ -373,6 +409,37 @@ impl TicketStore for SqlTicketStore {
             .await?;
         rows.iter()
             .map(|row| row.try_get("tenant_id"))
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    async fn record_first_response(
+        &self,
+        tenant_id: &str,
+        ticket_id: &str,
+        at: i64,
+    ) -> StoreResult<bool> {
+        let updated = sqlx::query("UPDATE tickets SET first_response_at = $1 WHERE tenant_id = $2 AND ticket_id = $3 AND first_response_at IS NULL")
+            .bind(at)
+            .bind(tenant_id)
+            .bind(ticket_id)
+            .execute(self.db.pool())
+            .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn sla_at_risk(&self, now: i64, limit: i64) -> StoreResult<Vec<TicketRecord>> {
+        // created + 0.8 * (due - created) <= now, in integers.
+        let rows = sqlx::query(&format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE status IN (1, 2, 3) AND first_response_at IS NULL AND sla_raised = 0 \
+             AND created_at + (sla_due_at - created_at) * 4 / 5 <= $1 ORDER BY sla_due_at LIMIT $2"
+        ))
+        .bind(now)
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(ticket_from_row)
             .collect::<Result<_, _>>()
             .map_err(Into::into)
     }

@@ -38,6 +38,8 @@ fn ticket(tenant: &str, customer: &str, key: Option<&str>) -> NewTicket {
         sla_due_at: now + 3_600_000,
         resolved_at: None,
         version: 0,
+        first_response_at: None,
+        sla_raised: false,
     }
 }
 
@@ -120,12 +122,9 @@ async fn parallel_transitions_are_serialized_without_lost_updates() {
                         } else {
                             IN_PROGRESS
                         };
-                        let change = TicketChange {
-                            status: to,
-                            assignee: current.assignee.clone(),
-                            updated_at: now_millis(),
-                            resolved_at: None,
-                        };
+                        let mut change = TicketChange::from_current(&current, now_millis());
+                        change.status = to;
+                        change.resolved_at = None;
                         match store
                             .update(
                                 "t1",
@@ -234,13 +233,30 @@ async fn sessions_keep_order_replay_by_message_id_and_stay_in_their_tenant() {
         );
         assert!(store.recent_turns("t2", "s1", 10).await.unwrap().is_empty());
         assert!(store
-            .find_by_message_id("t2", "m1")
+            .find_by_message_id("t2", "c1", "m1")
             .await
             .unwrap()
             .is_none());
+        // Message ids are the customer's own: another customer may use the same one.
+        let other = TurnRecord {
+            customer_id: "c2".into(),
+            session_id: "s2".into(),
+            response: vec![9],
+            ..turn("t1", "m1")
+        };
+        assert_eq!(store.append(other).await.unwrap().response, vec![9]);
         assert_eq!(
             store
-                .find_by_message_id("t1", "m1")
+                .find_by_message_id("t1", "c2", "m1")
+                .await
+                .unwrap()
+                .unwrap()
+                .response,
+            vec![9]
+        );
+        assert_eq!(
+            store
+                .find_by_message_id("t1", "c1", "m1")
                 .await
                 .unwrap()
                 .unwrap()
@@ -342,5 +358,98 @@ async fn replicas_starting_together_migrate_once() {
         "n",
     )
     .unwrap();
-    assert_eq!(applied, 2);
+    let in_repository = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations/postgres"))
+        .unwrap()
+        .count() as i64;
+    assert_eq!(applied, in_repository);
+}
+
+#[tokio::test]
+async fn a_session_moves_between_handlers_with_one_ordered_event_each() {
+    use kefu_storage::conversations::{HANDLER_AGENT, HANDLER_BOT, HANDLER_QUEUED};
+    for (_guard, db) in backends().await {
+        let store = Arc::new(SqlConversationStore::new(db));
+        let hand_off = |ticket: &str| HandlerMove::HandOff {
+            customer_id: "c1".into(),
+            ticket_id: ticket.into(),
+        };
+        let moved = store.move_session("t1", "s1", hand_off("T1")).await.unwrap();
+        assert!(matches!(moved, HandlerOutcome::Moved(ref e) if e.event_id == 1));
+        // A second hand-off of the same session opens nothing: it is already queued.
+        match store.move_session("t1", "s1", hand_off("T2")).await.unwrap() {
+            HandlerOutcome::Unchanged(Some(current)) => {
+                assert_eq!((current.handler, current.ticket_id.as_str()), (HANDLER_QUEUED, "T1"))
+            }
+            other => panic!("expected no change, got {other:?}"),
+        }
+        let take = HandlerMove::Take { ticket_id: "T1".into() };
+        assert!(matches!(store.move_session("t1", "s1", take.clone()).await.unwrap(), HandlerOutcome::Moved(_)));
+        assert!(matches!(store.move_session("t1", "s1", take).await.unwrap(), HandlerOutcome::Unchanged(_)), "taking twice is one change");
+
+        // Concurrent replies all land, numbered without gaps; a retried one is stored once.
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                tokio::spawn(async move {
+                    store
+                        .append_agent_reply("t1", "s1", "T1", "anna", &format!("reply {i}"), Some(&format!("r{i}")))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let again = store
+            .append_agent_reply("t1", "s1", "T1", "anna", "reply 3", Some("r3"))
+            .await
+            .unwrap();
+        let events = store.events_after("t1", "s1", 0, 100).await.unwrap();
+        assert_eq!(events.iter().map(|e| e.event_id).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+        assert!(events.iter().any(|e| e.event_id == again.event_id));
+        assert_eq!(store.events_after("t1", "s1", 8, 100).await.unwrap().len(), 2, "resume after a cursor");
+        assert!(store.events_after("t2", "s1", 0, 100).await.unwrap().is_empty(), "tenants stay apart");
+
+        let release = HandlerMove::Release { ticket_id: "T1".into() };
+        assert!(matches!(store.move_session("t1", "s1", release).await.unwrap(), HandlerOutcome::Moved(_)));
+        let handler = store.handler("t1", "s1").await.unwrap().unwrap();
+        assert_eq!((handler.handler, handler.ticket_id.as_str()), (HANDLER_BOT, ""));
+        assert_eq!(store.events_after("t1", "s1", 0, 100).await.unwrap().len(), 11);
+        assert_eq!(events[1].kind, EventKind::HandlerChange { handler: HANDLER_AGENT });
+
+        let rating = RatingRecord {
+            tenant_id: "t1".into(),
+            ticket_id: "T1".into(),
+            customer_id: "c1".into(),
+            score: 5,
+            comment: String::new(),
+            at: now_millis(),
+        };
+        assert!(store.rate(rating.clone()).await.unwrap());
+        assert!(!store.rate(rating).await.unwrap(), "rated once");
+    }
+}
+
+#[tokio::test]
+async fn the_sla_policy_finds_tickets_past_80_percent_without_a_reply() {
+    for (_guard, db) in backends().await {
+        let store = SqlTicketStore::new(db);
+        let now = now_millis();
+        let mut due_soon = ticket("t1", "c1", None);
+        due_soon.created_at = now - 90_000;
+        due_soon.sla_due_at = now + 10_000;
+        let mut fresh = ticket("t1", "c2", None);
+        fresh.created_at = now;
+        fresh.sla_due_at = now + 100_000;
+        let mut answered = due_soon.clone();
+        answered.ticket_id = uuid::Uuid::now_v7().to_string();
+        for t in [&due_soon, &fresh, &answered] {
+            store.create(t.clone(), audit(0, OPEN)).await.unwrap();
+        }
+        assert!(store.record_first_response("t1", &answered.ticket_id, now).await.unwrap());
+        assert!(!store.record_first_response("t1", &answered.ticket_id, now + 1).await.unwrap(), "the first response is kept");
+        let at_risk = store.sla_at_risk(now, 10).await.unwrap();
+        assert_eq!(at_risk.iter().map(|t| t.ticket_id.as_str()).collect::<Vec<_>>(), [due_soon.ticket_id.as_str()]);
+    }
 }

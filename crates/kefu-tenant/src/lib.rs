@@ -29,6 +29,52 @@ pub enum Urgency {
     Urgent,
 }
 
+/// What an API key lets its holder do.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyRole {
+    /// A customer-facing app (web widget, mobile app): the customer RPCs.
+    CustomerApp,
+    /// A human agent: the queue, tickets, replies to customers.
+    Agent,
+    /// An agent who also manages the tenant: VIP tiers, knowledge, intents.
+    Admin,
+}
+
+/// One `[[api_keys]]` entry of a tenant. Only the key's SHA-256 digest is stored.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    /// Recorded in the audit trail.
+    pub id: String,
+    pub role: KeyRole,
+    /// Hex SHA-256 of the key.
+    pub sha256: String,
+    /// Agent and admin keys: the person recorded as actor (default: `id`).
+    #[serde(default)]
+    pub agent: Option<String>,
+}
+
+impl ApiKey {
+    /// Who acts with this key in the audit trail and on replies.
+    pub fn actor(&self) -> &str {
+        self.agent.as_deref().unwrap_or(&self.id)
+    }
+
+    fn matches(&self, digest: &[u8; 32]) -> bool {
+        let Ok(stored) = hex::decode(&self.sha256) else {
+            return false;
+        };
+        // Constant time over the digest, so timing tells nothing about stored keys.
+        stored.len() == digest.len()
+            && stored
+                .iter()
+                .zip(digest)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
 /// Fixed replies of an intent, per language.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Replies {
@@ -63,9 +109,14 @@ pub struct Tenant {
     pub name: String,
     #[serde(default = "default_language")]
     pub default_language: String,
-    /// SHA-256 hex digests of accepted API keys; empty: the tenant needs no key.
+    /// The tenant's API keys. Without a `customer_app` key the customer RPCs are open;
+    /// agent and admin RPCs always need a key of that role.
     #[serde(default)]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<ApiKey>,
+    /// When set, customer RPCs must carry `x-kefu-customer-hash`, the hex
+    /// HMAC-SHA256 of the customer id under the secret in this environment variable.
+    #[serde(default)]
+    pub customer_hmac_secret_env: Option<String>,
     pub intents: Vec<IntentDefinition>,
     #[serde(skip)]
     pub articles: Vec<Article>,
@@ -104,16 +155,17 @@ impl Tenant {
             .collect()
     }
 
-    pub fn requires_key(&self) -> bool {
-        !self.api_keys.is_empty()
-    }
-
-    /// Whether `key` is one of the tenant's API keys (compared by digest).
-    pub fn accepts_key(&self, key: &str) -> bool {
-        let digest = hex::encode(Sha256::digest(key.as_bytes()));
+    /// Whether customers need an app key (the tenant has at least one).
+    pub fn customers_need_key(&self) -> bool {
         self.api_keys
             .iter()
-            .any(|accepted| accepted.eq_ignore_ascii_case(&digest))
+            .any(|key| key.role == KeyRole::CustomerApp)
+    }
+
+    /// The tenant's API key `key` is, compared by digest.
+    pub fn find_key(&self, key: &str) -> Option<&ApiKey> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.api_keys.iter().find(|entry| entry.matches(&digest))
     }
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -127,6 +179,21 @@ impl Tenant {
             "tenant {} defines no intents",
             self.id
         );
+        let mut key_ids = std::collections::BTreeSet::new();
+        for key in &self.api_keys {
+            anyhow::ensure!(
+                key_ids.insert(&key.id) && !key.id.trim().is_empty(),
+                "tenant {}: api key id {:?} is empty or used twice",
+                self.id,
+                key.id
+            );
+            anyhow::ensure!(
+                key.sha256.len() == 64 && key.sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+                "tenant {}: api key {} needs sha256 = the 64 hex digits of the key's SHA-256",
+                self.id,
+                key.id
+            );
+        }
         let mut seen = std::collections::BTreeSet::new();
         for intent in &self.intents {
             anyhow::ensure!(
@@ -183,6 +250,15 @@ impl Tenants {
         self.0.get(id).cloned()
     }
 
+    /// The tenant that has `key`, and the key's entry.
+    pub fn find_key(&self, key: &str) -> Option<(Arc<Tenant>, ApiKey)> {
+        self.0.values().find_map(|tenant| {
+            tenant
+                .find_key(key)
+                .map(|entry| (tenant.clone(), entry.clone()))
+        })
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Tenant>> {
         self.0.values()
     }
@@ -236,7 +312,15 @@ mod tests {
     const TENANT: &str = r#"
 id = "acme"
 name = "Acme"
-api_keys = ["2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"]
+[[api_keys]]
+id = "desk"
+role = "agent"
+sha256 = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b"
+agent = "anna"
+[[api_keys]]
+id = "widget"
+role = "customer_app"
+sha256 = "7ad27016613c81b7f569b3456fcfd3ff34cd2e773fb79c15875f4a52188abc89"
 [[intents]]
 name = "greeting"
 route = "answer"
@@ -268,8 +352,12 @@ examples = ["this is awful"]
         assert_eq!(tenant.training_examples().len(), 3);
         assert_eq!(tenant.articles[0].title, "Refunds");
         assert_eq!(tenant.articles[0].id, "refunds.en");
-        assert!(tenant.accepts_key("secret"));
-        assert!(!tenant.accepts_key("wrong"));
+        let desk = tenant.find_key("secret").unwrap();
+        assert_eq!((desk.role, desk.actor()), (KeyRole::Agent, "anna"));
+        assert_eq!(tenant.find_key("widget-key").unwrap().actor(), "widget");
+        assert!(tenant.find_key("wrong").is_none());
+        assert!(tenant.customers_need_key());
+        assert_eq!(tenants.find_key("secret").unwrap().0.id, "acme");
         assert!(tenants.get("other").is_none());
     }
 

@@ -1,25 +1,37 @@
-//! Gateway: the only service exposed outside the cluster. It authenticates the caller,
-//! resolves the tenant, validates and bounds every request, and forwards it: messages
-//! to the orchestrator, ticket calls to the ticket service.
+//! Gateway: the only service exposed outside the cluster. It authenticates every call
+//! (customer, agent or admin of a tenant; see `auth`), validates and bounds the request,
+//! assigns idempotency keys before anything can be retried, and forwards it with the
+//! caller's principal: conversations to the orchestrator, tickets to the ticket
+//! service, the tenant's knowledge and intents to the knowledge and router services.
 use std::sync::Arc;
 
+use futures::StreamExt as _;
+use kefu_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use kefu_proto::v1::conversation_service_server::{ConversationService, ConversationServiceServer};
+use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use kefu_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
+use kefu_proto::v1::router_service_client::RouterServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::ticket_service_server::{TicketService, TicketServiceServer};
 use kefu_proto::v1::*;
 use kefu_runtime::health::DownstreamProbe;
 use kefu_runtime::{
-    with_retry, ClientArgs, ContentArgs, GrpcChannel, RunningServer, ServerArgs, ServiceSpec,
-    Shutdown,
+    with_retry, ClientArgs, ContentArgs, GrpcChannel, Principal, RunningServer, ServerArgs,
+    ServiceSpec, Shutdown,
 };
-use kefu_tenant::Tenants;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+
+mod auth;
+mod tenants;
+
+pub use auth::{authenticate, Access, Credentials, Refusal};
+use tenants::LiveTenants;
 
 pub const SPEC: ServiceSpec = ServiceSpec::GATEWAY;
 const SERVICE: &str = "kefu-gateway";
 const MAX_ID_CHARS: usize = 128;
+const CUSTOMER_HASH_HEADER: &str = "x-kefu-customer-hash";
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
@@ -36,13 +48,20 @@ pub struct Config {
     pub orchestrator_url: String,
     #[arg(long, env = "KEFU_TICKET_URL", default_value_t = ServiceSpec::TICKET.default_url())]
     pub ticket_url: String,
+    #[arg(long, env = "KEFU_KNOWLEDGE_URL", default_value_t = ServiceSpec::KNOWLEDGE.default_url())]
+    pub knowledge_url: String,
+    #[arg(long, env = "KEFU_ROUTER_URL", default_value_t = ServiceSpec::ROUTER.default_url())]
+    pub router_url: String,
 }
 
 pub struct Gateway {
-    tenants: Tenants,
+    tenants: Arc<LiveTenants>,
     max_message_bytes: usize,
     orchestrator: OrchestratorServiceClient<GrpcChannel>,
     tickets: TicketServiceClient<GrpcChannel>,
+    knowledge: KnowledgeServiceClient<GrpcChannel>,
+    router: RouterServiceClient<GrpcChannel>,
+    shutdown: Shutdown,
 }
 
 fn api_key(metadata: &MetadataMap) -> Option<&str> {
@@ -72,24 +91,60 @@ fn bounded_id(value: &str, field: &str, required: bool) -> Result<(), Status> {
 }
 
 impl Gateway {
-    /// Resolves the tenant of a request and checks the caller's API key against it.
-    fn authorize(&self, tenant_id: &str, metadata: &MetadataMap) -> Result<(), Status> {
+    /// Authenticates a call of `access` on `tenant_id`, for `customer_id` where a
+    /// customer acts. Refusals are counted and logged with the peer, never the key.
+    fn admit<T>(
+        &self,
+        request: &Request<T>,
+        rpc: &'static str,
+        tenant_id: &str,
+        access: Access,
+        customer_id: &str,
+    ) -> Result<Principal, Status> {
         bounded_id(tenant_id, "tenant_id", true)?;
-        let tenant = self
-            .tenants
-            .get(tenant_id)
-            .ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))?;
-        if tenant.requires_key() {
-            let key = api_key(metadata).ok_or_else(|| {
-                Status::unauthenticated(
-                    "an API key is required (authorization: Bearer <key> or x-api-key)",
-                )
-            })?;
-            if !tenant.accepts_key(key) {
-                return Err(Status::permission_denied(format!(
-                    "the API key is not valid for tenant {tenant_id:?}"
-                )));
-            }
+        bounded_id(customer_id, "customer_id", false)?;
+        let metadata = request.metadata();
+        let credentials = Credentials {
+            key: api_key(metadata),
+            customer_hash: metadata
+                .get(CUSTOMER_HASH_HEADER)
+                .and_then(|v| v.to_str().ok()),
+        };
+        let tenants = self.tenants.current();
+        let principal = authenticate(
+            &tenants,
+            tenant_id,
+            credentials,
+            access,
+            customer_id,
+            |variable| std::env::var(variable).ok(),
+        )
+        .map_err(|refusal| {
+            metrics::counter!("kefu_auth_failures_total", "service" => SERVICE, "reason" => refusal.reason()).increment(1);
+            tracing::warn!(
+                peer = ?request.remote_addr(),
+                rpc,
+                reason = refusal.reason(),
+                "authentication failed"
+            );
+            Status::from(refusal)
+        })?;
+        if principal.role == kefu_runtime::Role::Customer && customer_id.trim().is_empty() {
+            return Err(Status::invalid_argument("customer_id is required"));
+        }
+        Ok(principal)
+    }
+
+    fn bounded_text(&self, text: &str, field: &str) -> Result<(), Status> {
+        if text.trim().is_empty() {
+            return Err(Status::invalid_argument(format!("{field} must not be empty")));
+        }
+        if text.len() > self.max_message_bytes {
+            return Err(Status::invalid_argument(format!(
+                "{field} is {} bytes; the limit is {} bytes",
+                text.len(),
+                self.max_message_bytes
+            )));
         }
         Ok(())
     }
@@ -104,34 +159,33 @@ impl Gateway {
                 message.channel
             )));
         }
-        if message.text.trim().is_empty() {
-            return Err(Status::invalid_argument("text must not be empty"));
-        }
-        if message.text.len() > self.max_message_bytes {
-            return Err(Status::invalid_argument(format!(
-                "text is {} bytes; the limit is {} bytes",
-                message.text.len(),
-                self.max_message_bytes
-            )));
-        }
-        Ok(())
+        self.bounded_text(&message.text, "text")
     }
 }
 
 #[derive(Clone)]
 pub struct GatewayHandle(Arc<Gateway>);
 
-/// Forwards a validated request to a downstream client method, retrying only when the
-/// downstream is briefly unavailable.
+/// Forwards a validated request with the caller's principal, retrying while the
+/// downstream is briefly unavailable. Only for calls that are safe to repeat: reads,
+/// and writes carrying an idempotency key.
 macro_rules! forward {
-    ($self:ident . $client:ident . $method:ident ($request:expr)) => {{
-        let request = $request;
+    ($self:ident . $client:ident . $method:ident ($principal:expr, $request:expr)) => {{
+        let (principal, request) = ($principal, $request);
         with_retry(|| {
             let mut client = $self.0.$client.clone();
-            let request = request.clone();
+            let request = principal.request(request.clone());
             async move { client.$method(request).await }
         })
         .await
+    }};
+}
+
+/// Forwards a request that must not run twice (taking from the queue, a transition):
+/// one attempt, whatever happens.
+macro_rules! forward_once {
+    ($self:ident . $client:ident . $method:ident ($principal:expr, $request:expr)) => {{
+        $self.0.$client.clone().$method($principal.request($request)).await
     }};
 }
 
@@ -141,20 +195,80 @@ impl ConversationService for GatewayHandle {
         &self,
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.0.authorize(&message.tenant_id, &metadata)?;
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "SendMessage",
+            &message.tenant_id,
+            Access::Customer,
+            &message.customer_id,
+        )?;
+        let mut message = request.into_inner();
         self.0.validate_message(&message)?;
-        forward!(self.orchestrator.handle_message(message))
+        // Assigned here, before the first attempt, so a retry is the same message.
+        if message.message_id.is_empty() {
+            message.message_id = uuid::Uuid::now_v7().to_string();
+        }
+        forward!(self.orchestrator.handle_message(principal, message))
     }
 
     async fn get_session(
         &self,
         request: Request<GetSessionRequest>,
     ) -> Result<Response<GetSessionResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.0.authorize(&message.tenant_id, &metadata)?;
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "GetSession",
+            &message.tenant_id,
+            Access::CustomerOrStaff,
+            &message.customer_id,
+        )?;
+        let message = request.into_inner();
         bounded_id(&message.session_id, "session_id", true)?;
-        forward!(self.orchestrator.get_session(message))
+        forward!(self.orchestrator.get_session(principal, message))
+    }
+
+    type StreamEventsStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<ConversationEvent, Status>> + Send + 'static>,
+    >;
+
+    async fn stream_events(
+        &self,
+        request: Request<StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "StreamEvents",
+            &message.tenant_id,
+            Access::Customer,
+            &message.customer_id,
+        )?;
+        let message = request.into_inner();
+        bounded_id(&message.session_id, "session_id", true)?;
+        let events = forward!(self.orchestrator.stream_events(principal, message))?.into_inner();
+        // On shutdown the stream ends; the client resumes with after_event_id elsewhere.
+        let shutdown = self.0.shutdown.clone();
+        let events = events.take_until(Box::pin(async move { shutdown.wait().await }));
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn rate_conversation(
+        &self,
+        request: Request<RateConversationRequest>,
+    ) -> Result<Response<RateConversationResponse>, Status> {
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "RateConversation",
+            &message.tenant_id,
+            Access::Customer,
+            &message.customer_id,
+        )?;
+        let message = request.into_inner();
+        bounded_id(&message.ticket_id, "ticket_id", true)?;
+        forward!(self.orchestrator.rate_conversation(principal, message))
     }
 }
 
@@ -164,106 +278,280 @@ impl TicketService for GatewayHandle {
         &self,
         request: Request<CreateTicketRequest>,
     ) -> Result<Response<CreateTicketResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.0.authorize(&message.tenant_id, &metadata)?;
+        let message = request.get_ref();
+        let principal =
+            self.0
+                .admit(&request, "CreateTicket", &message.tenant_id, Access::Staff, "")?;
+        let mut message = request.into_inner();
+        bounded_id(&message.customer_id, "customer_id", true)?;
+        bounded_id(&message.idempotency_key, "idempotency_key", false)?;
         if message.description.len() > self.0.max_message_bytes {
             return Err(Status::invalid_argument(format!(
                 "description is longer than {} bytes",
                 self.0.max_message_bytes
             )));
         }
-        forward!(self.tickets.create_ticket(message))
+        if message.idempotency_key.is_empty() {
+            message.idempotency_key = uuid::Uuid::now_v7().to_string();
+        }
+        forward!(self.tickets.create_ticket(principal, message))
     }
 
     async fn get_ticket(
         &self,
         request: Request<GetTicketRequest>,
     ) -> Result<Response<GetTicketResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.0.authorize(&message.tenant_id, &metadata)?;
+        let message = request.get_ref();
+        let principal =
+            self.0
+                .admit(&request, "GetTicket", &message.tenant_id, Access::Staff, "")?;
+        let message = request.into_inner();
         bounded_id(&message.ticket_id, "ticket_id", true)?;
-        forward!(self.tickets.get_ticket(message))
+        forward!(self.tickets.get_ticket(principal, message))
     }
 
     async fn list_tickets(
         &self,
         request: Request<ListTicketsRequest>,
     ) -> Result<Response<ListTicketsResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.0.authorize(&message.tenant_id, &metadata)?;
+        let message = request.get_ref();
+        let principal =
+            self.0
+                .admit(&request, "ListTickets", &message.tenant_id, Access::Staff, "")?;
+        let message = request.into_inner();
         bounded_id(&message.customer_id, "customer_id", false)?;
-        forward!(self.tickets.list_tickets(message))
+        forward!(self.tickets.list_tickets(principal, message))
     }
 
     async fn next_in_queue(
         &self,
         request: Request<NextInQueueRequest>,
     ) -> Result<Response<NextInQueueResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.0.authorize(&message.tenant_id, &metadata)?;
+        let message = request.get_ref();
+        let principal =
+            self.0
+                .admit(&request, "NextInQueue", &message.tenant_id, Access::Staff, "")?;
+        let message = request.into_inner();
         bounded_id(&message.assignee, "assignee", false)?;
-        forward!(self.tickets.next_in_queue(message))
+        if message.take || !message.assignee.is_empty() {
+            forward_once!(self.tickets.next_in_queue(principal, message))
+        } else {
+            forward!(self.tickets.next_in_queue(principal, message))
+        }
     }
 
     async fn transition_ticket(
         &self,
         request: Request<TransitionTicketRequest>,
     ) -> Result<Response<TransitionTicketResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.0.authorize(&message.tenant_id, &metadata)?;
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "TransitionTicket",
+            &message.tenant_id,
+            Access::Staff,
+            "",
+        )?;
+        let message = request.into_inner();
         bounded_id(&message.ticket_id, "ticket_id", true)?;
-        bounded_id(&message.actor, "actor", true)?;
-        forward!(self.tickets.transition_ticket(message))
+        if message.comment.len() > self.0.max_message_bytes {
+            return Err(Status::invalid_argument("comment is too long"));
+        }
+        forward_once!(self.tickets.transition_ticket(principal, message))
     }
 
     async fn get_customer(
         &self,
         request: Request<GetCustomerRequest>,
     ) -> Result<Response<GetCustomerResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        self.0.authorize(&message.tenant_id, &metadata)?;
+        let message = request.get_ref();
+        let principal =
+            self.0
+                .admit(&request, "GetCustomer", &message.tenant_id, Access::Staff, "")?;
+        let message = request.into_inner();
         bounded_id(&message.customer_id, "customer_id", true)?;
-        forward!(self.tickets.get_customer(message))
+        forward!(self.tickets.get_customer(principal, message))
     }
 
     async fn upsert_customer(
         &self,
         request: Request<UpsertCustomerRequest>,
     ) -> Result<Response<UpsertCustomerResponse>, Status> {
-        let (metadata, _, message) = request.into_parts();
-        let customer = message
+        let tenant_id = request
+            .get_ref()
             .customer
             .as_ref()
+            .map(|c| c.tenant_id.clone())
             .ok_or_else(|| Status::invalid_argument("customer is required"))?;
-        self.0.authorize(&customer.tenant_id, &metadata)?;
+        let principal =
+            self.0
+                .admit(&request, "UpsertCustomer", &tenant_id, Access::Admin, "")?;
+        let message = request.into_inner();
+        let customer = message.customer.as_ref().expect("checked above");
         bounded_id(&customer.customer_id, "customer.customer_id", true)?;
-        forward!(self.tickets.upsert_customer(message))
+        bounded_id(&customer.display_name, "customer.display_name", false)?;
+        forward!(self.tickets.upsert_customer(principal, message))
+    }
+
+    async fn reply_to_customer(
+        &self,
+        request: Request<ReplyToCustomerRequest>,
+    ) -> Result<Response<ReplyToCustomerResponse>, Status> {
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "ReplyToCustomer",
+            &message.tenant_id,
+            Access::Staff,
+            "",
+        )?;
+        let mut message = request.into_inner();
+        bounded_id(&message.ticket_id, "ticket_id", true)?;
+        bounded_id(&message.request_id, "request_id", false)?;
+        self.0.bounded_text(&message.text, "text")?;
+        // With a key assigned before the first attempt, a retried reply is stored once.
+        if message.request_id.is_empty() {
+            message.request_id = uuid::Uuid::now_v7().to_string();
+        }
+        forward!(self.tickets.reply_to_customer(principal, message))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<GetConversationRequest>,
+    ) -> Result<Response<GetConversationResponse>, Status> {
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "GetConversation",
+            &message.tenant_id,
+            Access::Staff,
+            "",
+        )?;
+        let message = request.into_inner();
+        bounded_id(&message.ticket_id, "ticket_id", true)?;
+        forward!(self.tickets.get_conversation(principal, message))
+    }
+
+    async fn raise_priority(
+        &self,
+        request: Request<RaisePriorityRequest>,
+    ) -> Result<Response<RaisePriorityResponse>, Status> {
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "RaisePriority",
+            &message.tenant_id,
+            Access::Staff,
+            "",
+        )?;
+        let message = request.into_inner();
+        bounded_id(&message.ticket_id, "ticket_id", true)?;
+        if message.reason.len() > self.0.max_message_bytes {
+            return Err(Status::invalid_argument("reason is too long"));
+        }
+        forward!(self.tickets.raise_priority(principal, message))
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for GatewayHandle {
+    async fn ingest_documents(
+        &self,
+        request: Request<IngestDocumentsRequest>,
+    ) -> Result<Response<IngestDocumentsResponse>, Status> {
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "IngestDocuments",
+            &message.tenant_id,
+            Access::Admin,
+            "",
+        )?;
+        let message = request.into_inner();
+        for document in &message.documents {
+            bounded_id(&document.document_id, "document_id", false)?;
+        }
+        // Ingesting replaces documents by id: repeating it changes nothing.
+        forward!(self.knowledge.ingest_documents(principal, message))
+    }
+
+    async fn delete_document(
+        &self,
+        request: Request<DeleteDocumentRequest>,
+    ) -> Result<Response<DeleteDocumentResponse>, Status> {
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "DeleteDocument",
+            &message.tenant_id,
+            Access::Admin,
+            "",
+        )?;
+        let message = request.into_inner();
+        bounded_id(&message.document_id, "document_id", true)?;
+        forward!(self.knowledge.delete_document(principal, message))
+    }
+
+    async fn reindex(
+        &self,
+        request: Request<ReindexRequest>,
+    ) -> Result<Response<ReindexResponse>, Status> {
+        let message = request.get_ref();
+        let principal =
+            self.0
+                .admit(&request, "Reindex", &message.tenant_id, Access::Admin, "")?;
+        let message = request.into_inner();
+        forward!(self.knowledge.reindex(principal, message))
+    }
+
+    async fn reload_tenant(
+        &self,
+        request: Request<ReloadTenantRequest>,
+    ) -> Result<Response<ReloadTenantResponse>, Status> {
+        let message = request.get_ref();
+        let principal = self.0.admit(
+            &request,
+            "ReloadTenant",
+            &message.tenant_id,
+            Access::Admin,
+            "",
+        )?;
+        let message = request.into_inner();
+        // The gateway's own copy first: key changes apply at once.
+        if let Err(error) = self.0.tenants.reload() {
+            return Err(Status::failed_precondition(format!(
+                "the tenant files do not load: {error:#}"
+            )));
+        }
+        forward!(self.router.reload_tenant(principal, message))
     }
 }
 
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
-    let tenants = Tenants::load_dir(&config.content.tenants_dir)?;
-    tracing::info!(tenants = tenants.len(), "tenants loaded");
+    let tenants = LiveTenants::load(&config.content.tenants_dir)?;
+    tracing::info!(tenants = tenants.current().len(), "tenants loaded");
+    tenants.clone().watch(shutdown.clone());
     let deadline = config.clients.call_timeout();
+    let client = |target: &str, url: &str| kefu_runtime::channel(SERVICE, target, url, deadline);
     let gateway = GatewayHandle(Arc::new(Gateway {
         tenants,
         max_message_bytes: config.max_message_bytes,
-        orchestrator: OrchestratorServiceClient::new(kefu_runtime::channel(
-            SERVICE,
+        orchestrator: OrchestratorServiceClient::new(client(
             "kefu-orchestrator",
             &config.orchestrator_url,
-            deadline,
         )?),
-        tickets: TicketServiceClient::new(kefu_runtime::channel(
-            SERVICE,
-            "kefu-ticket",
-            &config.ticket_url,
-            deadline,
-        )?),
+        tickets: TicketServiceClient::new(client("kefu-ticket", &config.ticket_url)?),
+        knowledge: KnowledgeServiceClient::new(client("kefu-knowledge", &config.knowledge_url)?),
+        router: RouterServiceClient::new(client("kefu-router", &config.router_url)?),
+        shutdown: shutdown.clone(),
     }));
+    // Readiness follows what customers and agents need; the admin calls to knowledge
+    // and router fail on their own while those are down.
     kefu_runtime::Server::new(SPEC, config.server)
         .add_service(ConversationServiceServer::new(gateway.clone()))
-        .add_service(TicketServiceServer::new(gateway))
+        .add_service(TicketServiceServer::new(gateway.clone()))
+        .add_service(AdminServiceServer::new(gateway))
         .probe(Arc::new(DownstreamProbe::new(
             "orchestrator",
             kefu_runtime::client::raw_channel(&config.orchestrator_url, deadline)?,

@@ -101,6 +101,29 @@ pub fn decide(
     }
 }
 
+/// While a human handles the session, a customer who grows angrier is moved up the
+/// queue: the priority a message asks for when it is more negative than the previous
+/// one and negative at all (the ticket service only ever raises).
+pub fn mood_priority(previous_label: Option<i32>, sentiment: &AnalyzeResponse) -> Option<Priority> {
+    let label = sentiment
+        .sentiment
+        .as_ref()
+        .map(|s| s.label)
+        .unwrap_or(SentimentLabel::Neutral as i32);
+    let angry = sentiment
+        .signals
+        .contains(&(EscalationSignal::Anger as i32));
+    let worse = previous_label.is_none_or(|previous| label < previous);
+    if !worse || label > SentimentLabel::Negative as i32 || label == 0 {
+        return None;
+    }
+    Some(if label == SentimentLabel::VeryNegative as i32 || angry {
+        Priority::Urgent
+    } else {
+        Priority::High
+    })
+}
+
 impl Decision {
     pub fn escalated(&self) -> bool {
         self.reason.is_some()
@@ -252,6 +275,30 @@ mod tests {
         assert_eq!(
             decision.reply(&greeting, None, "", Language::En),
             "Hello! How can I help?"
+        );
+    }
+
+    #[test]
+    fn only_a_worsening_mood_raises_priority_while_with_a_human() {
+        let negative = feeling(SentimentLabel::Negative);
+        let very_negative = feeling(SentimentLabel::VeryNegative);
+        assert_eq!(mood_priority(None, &negative), Some(Priority::High));
+        assert_eq!(
+            mood_priority(Some(SentimentLabel::Negative as i32), &very_negative),
+            Some(Priority::Urgent)
+        );
+        assert_eq!(
+            mood_priority(Some(SentimentLabel::Negative as i32), &negative),
+            None,
+            "not angrier than before"
+        );
+        assert_eq!(
+            mood_priority(
+                Some(SentimentLabel::Positive as i32),
+                &feeling(SentimentLabel::Neutral)
+            ),
+            None,
+            "worse but not negative"
         );
     }
 

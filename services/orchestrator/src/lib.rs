@@ -2,7 +2,9 @@
 //! customer's profile, ask the router, then sentiment and knowledge with the message's
 //! sentence embedding the router computed (one forward pass of the encoder per turn),
 //! decide between answering and handing off, open a ticket when needed, store the turn,
-//! reply.
+//! reply. While a human handles the session the bot stays silent: the message is stored
+//! with the session's ticket and its mood can move the ticket up the queue. It also
+//! streams a session's events to its customer and takes their rating.
 use std::sync::Arc;
 
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
@@ -13,16 +15,23 @@ use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
 use kefu_runtime::health::DownstreamProbe;
 use kefu_runtime::{
-    with_retry, ClientArgs, DataArgs, GrpcChannel, RunningServer, ServerArgs, ServiceSpec, Shutdown,
+    with_retry, ClientArgs, DataArgs, GrpcChannel, Principal, RunningServer, ServerArgs,
+    ServiceSpec, Shutdown,
 };
-use kefu_storage::{now_millis, Cache, Database, Redis, SessionStore, SqlSessionStore, TurnRecord};
+use kefu_storage::conversations::{merge_session, SessionEntry};
+use kefu_storage::{
+    now_millis, Cache, ConversationStore, Database, EventBus, HandlerMove, HandlerOutcome,
+    HandlerRecord, RatingRecord, Redis, SessionStore, SqlConversationStore, SqlSessionStore,
+    TurnRecord,
+};
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 mod decision;
+mod events;
 
-pub use decision::{decide, Decision, EscalationReason};
+pub use decision::{decide, mood_priority, Decision, EscalationReason};
 
 pub const SPEC: ServiceSpec = ServiceSpec::ORCHESTRATOR;
 const SERVICE: &str = "kefu-orchestrator";
@@ -31,6 +40,7 @@ const CONTEXT_TURNS: i64 = 6;
 const MAX_SESSION_TURNS: i64 = 1000;
 /// How long a session's context stays in the cache after its last turn.
 const SESSION_CONTEXT_TTL: std::time::Duration = std::time::Duration::from_secs(1800);
+const MAX_COMMENT_BYTES: usize = 2048;
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
@@ -59,6 +69,9 @@ pub struct Peers {
 
 pub struct Orchestrator {
     sessions: Arc<dyn SessionStore>,
+    conversations: Arc<dyn ConversationStore>,
+    bus: EventBus,
+    shutdown: Shutdown,
     /// Recent turns per session, shared by replicas through Redis (the database stays the record).
     context: Cache,
     router: RouterServiceClient<GrpcChannel>,
@@ -92,6 +105,41 @@ fn turn_of(record: TurnRecord) -> Turn {
         escalated: record.escalated,
         ticket_id: record.ticket_id,
         created_at: Some(kefu_proto::timestamp_from_millis(record.created_at)),
+        role: Role::Customer as i32,
+        author: String::new(),
+    }
+}
+
+fn entry_turn(entry: SessionEntry, customer_id: &str) -> Turn {
+    match entry {
+        SessionEntry::Customer(turn) => turn_of(turn),
+        SessionEntry::Agent { author, text, at } => Turn {
+            customer_id: customer_id.to_owned(),
+            text,
+            escalated: true,
+            created_at: Some(kefu_proto::timestamp_from_millis(at)),
+            role: Role::Agent as i32,
+            author,
+            ..Default::default()
+        },
+    }
+}
+
+fn label_of(sentiment: &AnalyzeResponse) -> i32 {
+    sentiment
+        .sentiment
+        .as_ref()
+        .map(|s| s.label)
+        .unwrap_or(SentimentLabel::Neutral as i32)
+}
+
+/// A customer may only read and follow their own sessions; agents read any.
+fn may_read(principal: Option<&Principal>, owner: &str) -> Result<(), Status> {
+    match principal {
+        Some(principal) if !principal.is_staff() && principal.actor != owner => Err(
+            Status::permission_denied("the session belongs to another customer"),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -122,6 +170,7 @@ impl Orchestrator {
             let context = GetSessionResponse {
                 session_id: session_id.to_owned(),
                 turns: turns.to_vec(),
+                ..Default::default()
             };
             self.context
                 .put(tenant_id, session_id, context.encode_to_vec())
@@ -144,14 +193,9 @@ impl Orchestrator {
         if !request.message_id.is_empty() {
             if let Some(turn) = self
                 .sessions
-                .find_by_message_id(&tenant, &request.message_id)
+                .find_by_message_id(&tenant, &request.customer_id, &request.message_id)
                 .await?
             {
-                if turn.customer_id != request.customer_id {
-                    return Err(Status::already_exists(
-                        "message_id was already used by another customer",
-                    ));
-                }
                 tracing::info!("replaying the stored reply of a retried message");
                 return SendMessageResponse::decode(turn.response.as_slice()).map_err(|error| {
                     Status::internal(format!("stored reply unreadable: {error}"))
@@ -168,6 +212,24 @@ impl Orchestrator {
         } else {
             request.session_id.clone()
         };
+        if !request.session_id.is_empty() {
+            if let Some(handler) = self
+                .conversations
+                .handler(&tenant, &session_id)
+                .await?
+                .filter(|h| h.handler != Handler::Bot as i32)
+            {
+                if handler.customer_id != request.customer_id {
+                    return Err(Status::permission_denied(
+                        "the session belongs to another customer",
+                    ));
+                }
+                return self
+                    .handle_with_human(&request, handler, message_id)
+                    .instrument(tracing::info_span!("workflow.with_human", kefu.tenant = %tenant))
+                    .await;
+            }
+        }
 
         let (history, customer) = async {
             let history = self.recent_turns(&tenant, &session_id).await?;
@@ -221,33 +283,14 @@ impl Orchestrator {
             })
             .await?
             .into_inner();
-            let sentiment = with_retry(|| {
-                let mut client = self.sentiment.clone();
-                let request = AnalyzeRequest {
-                    text: request.text.clone(),
-                    embedding: classification.embedding.clone(),
-                };
-                async move { client.analyze(request).await }
-            })
-            .await;
-            let sentiment = match sentiment {
-                Ok(response) => response.into_inner(),
-                // Sentiment refines the decision; without it the message is still handled.
-                Err(status) if is_transient(&status) => {
-                    tracing::warn!(error = %status.message(), "sentiment unavailable; treating the message as neutral");
-                    AnalyzeResponse { sentiment: Some(Sentiment { label: SentimentLabel::Neutral as i32, score: 0.0 }), ..Default::default() }
-                }
-                Err(status) => return Err(status),
-            };
+            let sentiment = self
+                .analyze(&request.text, classification.embedding.clone())
+                .await?;
             Ok::<_, Status>((classification, sentiment))
         }
         .instrument(understand_span.clone())
         .await?;
-        let label = sentiment
-            .sentiment
-            .as_ref()
-            .map(|s| s.label)
-            .unwrap_or(SentimentLabel::Neutral as i32);
+        let label = label_of(&sentiment);
         understand_span.record("kefu.intent", classification.intent.as_str());
         understand_span.record("kefu.intent_confidence", classification.confidence as f64);
         understand_span.record(
@@ -358,6 +401,12 @@ impl Orchestrator {
             .into_inner();
             span.record("kefu.ticket_created", response.created);
             ticket_id = response.ticket.map(|t| t.ticket_id).unwrap_or_default();
+            if decision.escalated() {
+                ticket_id = self
+                    .hand_off(&tenant, &session_id, &request.customer_id, ticket_id)
+                    .instrument(span)
+                    .await?;
+            }
         }
 
         let language = Language::try_from(classification.language).unwrap_or(Language::En);
@@ -381,6 +430,11 @@ impl Orchestrator {
                 .map(|r| r.as_str().to_owned())
                 .unwrap_or_default(),
             message_id: message_id.clone(),
+            handler: if decision.escalated() {
+                Handler::Queued as i32
+            } else {
+                Handler::Bot as i32
+            },
         };
 
         let turn = TurnRecord {
@@ -398,7 +452,23 @@ impl Orchestrator {
             response: response.encode_to_vec(),
             created_at: now_millis(),
         };
-        let session_id = turn.session_id.clone();
+        let stored = self.store_turn(turn).await?;
+        if stored != response {
+            // The same message was handled concurrently and stored first: answer as it did.
+            return Ok(stored);
+        }
+
+        metrics::counter!("kefu_messages_total", "service" => SERVICE, "tenant" => tenant.clone(), "outcome" => if response.escalated { "escalated" } else { "answered" }).increment(1);
+        if let Some(reason) = decision.reason {
+            metrics::counter!("kefu_escalations_total", "service" => SERVICE, "tenant" => tenant, "reason" => reason.as_str()).increment(1);
+        }
+        Ok(response)
+    }
+
+    /// Stores a turn and refreshes the session's cached context; returns the response
+    /// stored for the message, which is another one when a concurrent retry stored first.
+    async fn store_turn(&self, turn: TurnRecord) -> Result<SendMessageResponse, Status> {
+        let (tenant, session_id) = (turn.tenant_id.clone(), turn.session_id.clone());
         let stored = self
             .sessions
             .append(turn)
@@ -412,38 +482,299 @@ impl Orchestrator {
             .map(turn_of)
             .collect();
         self.remember(&tenant, &session_id, &recent).await;
-        if stored.response != response.encode_to_vec() {
-            // The same message was handled concurrently and stored first: answer as it did.
-            return SendMessageResponse::decode(stored.response.as_slice())
-                .map_err(|error| Status::internal(error.to_string()));
-        }
-
-        metrics::counter!("kefu_messages_total", "service" => SERVICE, "tenant" => tenant.clone(), "outcome" => if response.escalated { "escalated" } else { "answered" }).increment(1);
-        if let Some(reason) = decision.reason {
-            metrics::counter!("kefu_escalations_total", "service" => SERVICE, "tenant" => tenant, "reason" => reason.as_str()).increment(1);
-        }
-        Ok(response)
+        SendMessageResponse::decode(stored.response.as_slice())
+            .map_err(|error| Status::internal(format!("stored reply unreadable: {error}")))
     }
 
-    async fn session(&self, request: GetSessionRequest) -> Result<GetSessionResponse, Status> {
+    /// Moves the session to the queue with its ticket; returns the session's ticket.
+    /// Two messages of one session handed off at the same moment open two tickets: the
+    /// session keeps the first, and the second is closed as its duplicate.
+    async fn hand_off(
+        &self,
+        tenant: &str,
+        session_id: &str,
+        customer_id: &str,
+        ticket_id: String,
+    ) -> Result<String, Status> {
+        let outcome = self
+            .conversations
+            .move_session(
+                tenant,
+                session_id,
+                HandlerMove::HandOff {
+                    customer_id: customer_id.to_owned(),
+                    ticket_id: ticket_id.clone(),
+                },
+            )
+            .await?;
+        let existing = match outcome {
+            HandlerOutcome::Unchanged(Some(existing))
+                if existing.handler != Handler::Bot as i32 && existing.ticket_id != ticket_id =>
+            {
+                existing.ticket_id
+            }
+            _ => return Ok(ticket_id),
+        };
+        let close = TransitionTicketRequest {
+            tenant_id: tenant.to_owned(),
+            ticket_id: ticket_id.clone(),
+            to_status: TicketStatus::Closed as i32,
+            comment: format!("duplicate of {existing}, opened for the same session"),
+            ..Default::default()
+        };
+        if let Err(status) = self.tickets.clone().transition_ticket(close).await {
+            tracing::warn!(error = %status.message(), %ticket_id, "closing a duplicate hand-off ticket failed");
+        }
+        Ok(existing)
+    }
+
+    /// A message while the session waits for or is with a human: no bot reply and no
+    /// new ticket; the message joins the ticket's conversation, and a customer who grows
+    /// angrier moves the ticket up the queue.
+    async fn handle_with_human(
+        &self,
+        request: &SendMessageRequest,
+        handler: HandlerRecord,
+        message_id: String,
+    ) -> Result<SendMessageResponse, Status> {
+        let tenant = request.tenant_id.clone();
+        let previous_label = self
+            .recent_turns(&tenant, &handler.session_id)
+            .await?
+            .last()
+            .map(|turn| turn.sentiment);
+        let sentiment = self.analyze(&request.text, None).await?;
+        if let Some(priority) = mood_priority(previous_label, &sentiment) {
+            let raise = RaisePriorityRequest {
+                tenant_id: tenant.clone(),
+                ticket_id: handler.ticket_id.clone(),
+                priority: priority as i32,
+                reason: "the customer's messages grew more negative".into(),
+            };
+            // The message is not lost for it: the agent still sees it in the conversation.
+            if let Err(status) = self.tickets.clone().raise_priority(raise).await {
+                tracing::warn!(error = %status.message(), "raising the ticket's priority failed");
+            }
+        }
+        let label = label_of(&sentiment);
+        let response = SendMessageResponse {
+            session_id: handler.session_id.clone(),
+            sentiment: sentiment.sentiment,
+            escalated: true,
+            ticket_id: handler.ticket_id.clone(),
+            message_id: message_id.clone(),
+            handler: handler.handler,
+            ..Default::default()
+        };
+        let turn = TurnRecord {
+            tenant_id: tenant.clone(),
+            session_id: handler.session_id,
+            seq: 0,
+            message_id,
+            customer_id: request.customer_id.clone(),
+            text: request.text.clone(),
+            reply: String::new(),
+            intent: String::new(),
+            sentiment: label,
+            escalated: true,
+            ticket_id: handler.ticket_id,
+            response: response.encode_to_vec(),
+            created_at: now_millis(),
+        };
+        let stored = self.store_turn(turn).await?;
+        metrics::counter!("kefu_messages_total", "service" => SERVICE, "tenant" => tenant, "outcome" => "with_human").increment(1);
+        Ok(stored)
+    }
+
+    /// Sentiment of a message; neutral when the sentiment service is unavailable.
+    async fn analyze(
+        &self,
+        text: &str,
+        embedding: Option<Embedding>,
+    ) -> Result<AnalyzeResponse, Status> {
+        let result = with_retry(|| {
+            let mut client = self.sentiment.clone();
+            let request = AnalyzeRequest {
+                text: text.to_owned(),
+                embedding: embedding.clone(),
+            };
+            async move { client.analyze(request).await }
+        })
+        .await;
+        match result {
+            Ok(response) => Ok(response.into_inner()),
+            // Sentiment refines the decision; without it the message is still handled.
+            Err(status) if is_transient(&status) => {
+                tracing::warn!(error = %status.message(), "sentiment unavailable; treating the message as neutral");
+                Ok(AnalyzeResponse {
+                    sentiment: Some(Sentiment {
+                        label: SentimentLabel::Neutral as i32,
+                        score: 0.0,
+                    }),
+                    ..Default::default()
+                })
+            }
+            Err(status) => Err(status),
+        }
+    }
+
+    /// Whose session this is; None when it does not exist.
+    async fn session_owner(&self, tenant: &str, session_id: &str) -> Result<Option<String>, Status> {
+        if let Some(handler) = self.conversations.handler(tenant, session_id).await? {
+            return Ok(Some(handler.customer_id));
+        }
+        Ok(self
+            .sessions
+            .recent_turns(tenant, session_id, 1)
+            .await?
+            .pop()
+            .map(|turn| turn.customer_id))
+    }
+
+    async fn session(
+        &self,
+        request: GetSessionRequest,
+        principal: Option<&Principal>,
+    ) -> Result<GetSessionResponse, Status> {
         if request.tenant_id.trim().is_empty() || request.session_id.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "tenant_id and session_id are required",
             ));
         }
+        let (tenant, session_id) = (request.tenant_id.as_str(), request.session_id.as_str());
+        let Some(owner) = self.session_owner(tenant, session_id).await? else {
+            return Err(Status::not_found(format!("session {session_id:?} not found")));
+        };
+        may_read(principal, &owner)?;
         let turns = self
             .sessions
-            .recent_turns(&request.tenant_id, &request.session_id, MAX_SESSION_TURNS)
+            .recent_turns(tenant, session_id, MAX_SESSION_TURNS)
             .await?;
-        if turns.is_empty() {
-            return Err(Status::not_found(format!(
-                "session {:?} not found",
-                request.session_id
+        let events = self
+            .conversations
+            .events_after(tenant, session_id, 0, MAX_SESSION_TURNS)
+            .await?;
+        let handler = self.conversations.handler(tenant, session_id).await?;
+        Ok(GetSessionResponse {
+            session_id: request.session_id.clone(),
+            turns: merge_session(turns, events)
+                .into_iter()
+                .map(|entry| entry_turn(entry, &owner))
+                .collect(),
+            handler: handler
+                .as_ref()
+                .map(|h| h.handler)
+                .unwrap_or(Handler::Bot as i32),
+            ticket_id: handler.map(|h| h.ticket_id).unwrap_or_default(),
+        })
+    }
+
+    async fn stream_events(
+        &self,
+        request: StreamEventsRequest,
+        principal: Option<&Principal>,
+    ) -> Result<events::EventStream, Status> {
+        if request.tenant_id.trim().is_empty()
+            || request.session_id.trim().is_empty()
+            || request.customer_id.trim().is_empty()
+        {
+            return Err(Status::invalid_argument(
+                "tenant_id, customer_id and session_id are required",
+            ));
+        }
+        if request.after_event_id < 0 {
+            return Err(Status::invalid_argument("after_event_id must not be negative"));
+        }
+        let owner = self
+            .session_owner(&request.tenant_id, &request.session_id)
+            .await?
+            .ok_or_else(|| Status::not_found(format!("session {:?} not found", request.session_id)))?;
+        // Only the session's own customer follows it (agents read it with GetConversation).
+        let customer = principal
+            .filter(|p| !p.is_staff())
+            .map(|p| p.actor.as_str())
+            .unwrap_or(request.customer_id.as_str());
+        if owner != customer || owner != request.customer_id {
+            return Err(Status::permission_denied(
+                "the session belongs to another customer",
+            ));
+        }
+        Ok(events::follow(
+            self.conversations.clone(),
+            &self.bus,
+            request.tenant_id,
+            request.session_id,
+            request.after_event_id,
+            self.shutdown.clone(),
+        ))
+    }
+
+    async fn rate(
+        &self,
+        request: RateConversationRequest,
+    ) -> Result<RateConversationResponse, Status> {
+        if request.tenant_id.trim().is_empty()
+            || request.customer_id.trim().is_empty()
+            || request.ticket_id.trim().is_empty()
+        {
+            return Err(Status::invalid_argument(
+                "tenant_id, customer_id and ticket_id are required",
+            ));
+        }
+        if !(1..=5).contains(&request.score) {
+            return Err(Status::invalid_argument("score must be from 1 to 5"));
+        }
+        if request.comment.len() > MAX_COMMENT_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "comment must be at most {MAX_COMMENT_BYTES} bytes"
             )));
         }
-        Ok(GetSessionResponse {
-            session_id: request.session_id,
-            turns: turns.into_iter().map(turn_of).collect(),
+        let ticket = with_retry(|| {
+            let mut client = self.tickets.clone();
+            let request = GetTicketRequest {
+                tenant_id: request.tenant_id.clone(),
+                ticket_id: request.ticket_id.clone(),
+            };
+            async move { client.get_ticket(request).await }
+        })
+        .await?
+        .into_inner()
+        .ticket
+        .unwrap_or_default();
+        if ticket.customer_id != request.customer_id {
+            return Err(Status::permission_denied(
+                "only the ticket's customer may rate it",
+            ));
+        }
+        if !matches!(
+            TicketStatus::try_from(ticket.status),
+            Ok(TicketStatus::Resolved | TicketStatus::Closed)
+        ) {
+            return Err(Status::failed_precondition(
+                "a conversation is rated once its ticket is resolved",
+            ));
+        }
+        let stored = self
+            .conversations
+            .rate(RatingRecord {
+                tenant_id: request.tenant_id.clone(),
+                ticket_id: request.ticket_id.clone(),
+                customer_id: request.customer_id,
+                score: request.score,
+                comment: request.comment,
+                at: now_millis(),
+            })
+            .await?;
+        if !stored {
+            return Err(Status::failed_precondition(
+                "this conversation was already rated",
+            ));
+        }
+        metrics::histogram!("kefu_csat_score", "service" => SERVICE, "tenant" => request.tenant_id)
+            .record(request.score as f64);
+        Ok(RateConversationResponse {
+            ticket_id: request.ticket_id,
+            score: request.score,
         })
     }
 }
@@ -464,10 +795,31 @@ impl OrchestratorService for OrchestratorHandle {
         &self,
         request: Request<GetSessionRequest>,
     ) -> Result<Response<GetSessionResponse>, Status> {
+        let principal = Principal::from_metadata(request.metadata());
         self.0
-            .session(request.into_inner())
+            .session(request.into_inner(), principal.as_ref())
             .await
             .map(Response::new)
+    }
+
+    type StreamEventsStream = events::EventStream;
+
+    async fn stream_events(
+        &self,
+        request: Request<StreamEventsRequest>,
+    ) -> Result<Response<Self::StreamEventsStream>, Status> {
+        let principal = Principal::from_metadata(request.metadata());
+        self.0
+            .stream_events(request.into_inner(), principal.as_ref())
+            .await
+            .map(Response::new)
+    }
+
+    async fn rate_conversation(
+        &self,
+        request: Request<RateConversationRequest>,
+    ) -> Result<Response<RateConversationResponse>, Status> {
+        self.0.rate(request.into_inner()).await.map(Response::new)
     }
 }
 
@@ -476,8 +828,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let redis = Redis::from_args(&config.data)?;
     let deadline = config.clients.call_timeout();
     let peers = &config.peers;
+    let conversations = SqlConversationStore::new(db.clone());
     let orchestrator = Orchestrator {
         sessions: Arc::new(SqlSessionStore::new(db.clone())),
+        bus: conversations.bus().clone(),
+        conversations: Arc::new(conversations),
+        shutdown: shutdown.clone(),
         context: Cache::new("session", SERVICE, SESSION_CONTEXT_TTL, redis.clone()),
         router: RouterServiceClient::new(kefu_runtime::channel(
             SERVICE,

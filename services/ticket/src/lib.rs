@@ -1,22 +1,33 @@
 //! Ticket service: the ticket lifecycle as a validated state machine, priorities with
-//! SLA deadlines, customer profiles with VIP tiers, the human agents' queue and an
-//! audit trail of every change.
+//! SLA deadlines (and a policy that raises tickets nobody answers), customer profiles
+//! with VIP tiers, the human agents' queue, the agents' side of a handed-off
+//! conversation, and an audit trail of every change with the authenticated actor.
 use std::sync::Arc;
 use std::time::Duration;
+
+mod policy;
+
+pub use policy::{can_transition, is_unresolved, one_step_up, SlaArgs};
 
 use kefu_proto::v1::ticket_service_server::{TicketService, TicketServiceServer};
 use kefu_proto::v1::*;
 use kefu_proto::{enum_label as label, timestamp_from_millis as timestamp};
-use kefu_runtime::{DataArgs, RunningServer, ServerArgs, ServiceSpec, Shutdown};
+use kefu_runtime::{DataArgs, Principal, RunningServer, ServerArgs, ServiceSpec, Shutdown};
+use kefu_storage::conversations::{merge_session, SessionEntry};
 use kefu_storage::{
-    now_millis, AuditRecord, CustomerRecord, Database, SqlTicketStore, TicketChange, TicketRecord,
-    TicketStore, UpdateOutcome,
+    now_millis, AuditRecord, ConversationStore, CustomerRecord, Database, HandlerMove,
+    HandlerOutcome, SessionStore, SqlConversationStore, SqlSessionStore, SqlTicketStore,
+    TicketChange, TicketRecord, TicketStore, UpdateOutcome,
 };
+use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 pub const SPEC: ServiceSpec = ServiceSpec::TICKET;
 const SERVICE: &str = "kefu-ticket";
 const SYSTEM_ACTOR: &str = "system";
+const SLA_POLICY_ACTOR: &str = "sla-policy";
+/// Entries of one conversation returned at most (a conversation is far shorter).
+const MAX_CONVERSATION_ENTRIES: i64 = 5000;
 /// Optimistic updates that lose a race re-read the ticket and try again this often.
 const UPDATE_ATTEMPTS: usize = 8;
 const DEFAULT_PAGE_SIZE: i32 = 50;
@@ -29,30 +40,8 @@ pub struct Config {
     pub server: ServerArgs,
     #[command(flatten)]
     pub data: DataArgs,
-}
-
-/// Time allowed to resolve a ticket of each priority.
-pub fn sla(priority: Priority) -> Duration {
-    const HOUR: u64 = 3600;
-    Duration::from_secs(match priority {
-        Priority::Urgent => HOUR,
-        Priority::High => 4 * HOUR,
-        Priority::Medium | Priority::Unspecified => 24 * HOUR,
-        Priority::Low => 72 * HOUR,
-    })
-}
-
-/// The lifecycle: which status may follow which. Reopening is resolved/closed -> open.
-pub fn can_transition(from: TicketStatus, to: TicketStatus) -> bool {
-    use TicketStatus::*;
-    matches!(
-        (from, to),
-        (Open, InProgress | Pending | Resolved | Closed)
-            | (InProgress, Open | Pending | Resolved | Closed)
-            | (Pending, InProgress | Resolved | Closed)
-            | (Resolved, Closed | Open)
-            | (Closed, Open)
-    )
+    #[command(flatten)]
+    pub sla: SlaArgs,
 }
 
 fn status_name(status: i32) -> &'static str {
@@ -112,11 +101,40 @@ fn required(value: &str, field: &str) -> Result<(), Status> {
 
 pub struct Tickets {
     store: Arc<dyn TicketStore>,
+    conversations: Arc<dyn ConversationStore>,
+    sessions: Arc<dyn SessionStore>,
+    sla: SlaArgs,
+}
+
+/// The actor of a change: the authenticated caller the gateway passed on; for calls of
+/// other kefu services without one, the platform itself.
+fn actor_of(metadata: &tonic::metadata::MetadataMap) -> String {
+    Principal::from_metadata(metadata)
+        .map(|p| p.actor)
+        .filter(|actor| !actor.trim().is_empty())
+        .unwrap_or_else(|| SYSTEM_ACTOR.to_owned())
+}
+
+fn priority_label(priority: i32) -> String {
+    label(
+        Priority::try_from(priority).unwrap_or_default().as_str_name(),
+        "PRIORITY_",
+    )
 }
 
 impl Tickets {
-    pub fn new(store: Arc<dyn TicketStore>) -> Self {
-        Self { store }
+    pub fn new(
+        store: Arc<dyn TicketStore>,
+        conversations: Arc<dyn ConversationStore>,
+        sessions: Arc<dyn SessionStore>,
+        sla: SlaArgs,
+    ) -> Self {
+        Self {
+            store,
+            conversations,
+            sessions,
+            sla,
+        }
     }
 
     async fn load(&self, tenant_id: &str, ticket_id: &str) -> Result<TicketRecord, Status> {
@@ -135,8 +153,40 @@ impl Tickets {
             .unwrap_or(VipTier::None as i32))
     }
 
-    /// Moves a ticket to `to`, re-validating against the latest state if a concurrent
-    /// writer got there first, so no update is lost and no invalid move slips through.
+    /// Applies the change `decide` makes of the latest state, re-reading and deciding
+    /// again when a concurrent writer got there first, so no update is lost and no
+    /// invalid change slips through. `decide` returning None leaves the ticket as is.
+    async fn update<F>(
+        &self,
+        tenant_id: &str,
+        ticket_id: &str,
+        mut decide: F,
+    ) -> Result<(TicketRecord, bool), Status>
+    where
+        F: FnMut(&TicketRecord, i64) -> Result<Option<(TicketChange, AuditRecord)>, Status>,
+    {
+        for _ in 0..UPDATE_ATTEMPTS {
+            let current = self.load(tenant_id, ticket_id).await?;
+            let now = now_millis();
+            let Some((change, audit)) = decide(&current, now)? else {
+                return Ok((current, false));
+            };
+            match self
+                .store
+                .update(tenant_id, ticket_id, current.version, change, audit)
+                .await?
+            {
+                UpdateOutcome::Updated(ticket) => return Ok((*ticket, true)),
+                UpdateOutcome::Conflict => continue,
+            }
+        }
+        Err(Status::aborted(format!(
+            "ticket {ticket_id} is being changed concurrently; retry"
+        )))
+    }
+
+    /// Moves a ticket to `to` (assigning it when `assignee` is given) and the session it
+    /// came from along: to the agent when taken, back to the bot when resolved.
     async fn transition(
         &self,
         tenant_id: &str,
@@ -146,73 +196,295 @@ impl Tickets {
         actor: &str,
         comment: &str,
     ) -> Result<TicketRecord, Status> {
-        for _ in 0..UPDATE_ATTEMPTS {
-            let current = self.load(tenant_id, ticket_id).await?;
-            let from = TicketStatus::try_from(current.status).unwrap_or(TicketStatus::Unspecified);
-            if !can_transition(from, to) {
-                return Err(Status::failed_precondition(format!(
-                    "ticket {ticket_id} cannot move from {} to {}",
-                    status_name(current.status),
-                    to.as_str_name()
-                )));
-            }
-            let now = now_millis();
-            let resolved_at = match to {
-                TicketStatus::Resolved => Some(now),
-                TicketStatus::Closed => current.resolved_at.or(Some(now)),
-                _ => None,
-            };
-            let assignee = match (to, assignee) {
-                (_, Some(agent)) => agent.to_owned(),
-                (TicketStatus::Open, None) => String::new(),
-                _ => current.assignee.clone(),
-            };
-            let change = TicketChange {
-                status: to as i32,
-                assignee: assignee.clone(),
-                updated_at: now,
-                resolved_at,
-            };
-            let action = if matches!(from, TicketStatus::Resolved | TicketStatus::Closed)
-                && to == TicketStatus::Open
-            {
-                "reopened"
-            } else if assignee != current.assignee && !assignee.is_empty() {
-                "assigned"
-            } else {
-                "transition"
-            };
-            let audit = AuditRecord {
-                actor: actor.to_owned(),
-                action: action.to_owned(),
-                from_status: from as i32,
-                to_status: to as i32,
-                comment: comment.to_owned(),
-                at: now,
-            };
-            match self
-                .store
-                .update(tenant_id, ticket_id, current.version, change, audit)
-                .await?
-            {
-                UpdateOutcome::Updated(ticket) => {
-                    if to == TicketStatus::Resolved {
-                        metrics::histogram!(
-                            "kefu_ticket_resolution_seconds",
-                            "service" => SERVICE,
-                            "tenant" => tenant_id.to_owned(),
-                            "priority" => label(Priority::try_from(ticket.priority).unwrap_or_default().as_str_name(), "PRIORITY_"),
-                        )
-                        .record((now - ticket.created_at).max(0) as f64 / 1000.0);
-                    }
-                    return Ok(*ticket);
+        let (ticket, _) = self
+            .update(tenant_id, ticket_id, |current, now| {
+                let from =
+                    TicketStatus::try_from(current.status).unwrap_or(TicketStatus::Unspecified);
+                if !can_transition(from, to) {
+                    return Err(Status::failed_precondition(format!(
+                        "ticket {ticket_id} cannot move from {} to {}",
+                        status_name(current.status),
+                        to.as_str_name()
+                    )));
                 }
-                UpdateOutcome::Conflict => continue,
+                let mut change = TicketChange::from_current(current, now);
+                change.status = to as i32;
+                change.resolved_at = match to {
+                    TicketStatus::Resolved => Some(now),
+                    TicketStatus::Closed => current.resolved_at.or(Some(now)),
+                    _ => None,
+                };
+                change.assignee = match (to, assignee) {
+                    (_, Some(agent)) => agent.to_owned(),
+                    (TicketStatus::Open, None) => String::new(),
+                    (TicketStatus::InProgress, None) if current.assignee.is_empty() => {
+                        actor.to_owned()
+                    }
+                    _ => current.assignee.clone(),
+                };
+                let action = if !is_unresolved(from) && to == TicketStatus::Open {
+                    "reopened"
+                } else if change.assignee != current.assignee && !change.assignee.is_empty() {
+                    "assigned"
+                } else {
+                    "transition"
+                };
+                let audit = AuditRecord {
+                    actor: actor.to_owned(),
+                    action: action.to_owned(),
+                    from_status: from as i32,
+                    to_status: to as i32,
+                    comment: comment.to_owned(),
+                    at: now,
+                };
+                Ok(Some((change, audit)))
+            })
+            .await?;
+        if to == TicketStatus::Resolved {
+            metrics::histogram!(
+                "kefu_ticket_resolution_seconds",
+                "service" => SERVICE,
+                "tenant" => tenant_id.to_owned(),
+                "priority" => priority_label(ticket.priority),
+            )
+            .record((ticket.updated_at - ticket.created_at).max(0) as f64 / 1000.0);
+        }
+        self.follow_session(&ticket, to).await?;
+        Ok(ticket)
+    }
+
+    /// The session of a handed-off ticket goes with it: to the agent who took it, and
+    /// back to the bot once it is resolved or closed.
+    async fn follow_session(&self, ticket: &TicketRecord, to: TicketStatus) -> Result<(), Status> {
+        if ticket.session_id.is_empty() {
+            return Ok(());
+        }
+        let change = match to {
+            TicketStatus::InProgress => HandlerMove::Take {
+                ticket_id: ticket.ticket_id.clone(),
+            },
+            TicketStatus::Resolved | TicketStatus::Closed => HandlerMove::Release {
+                ticket_id: ticket.ticket_id.clone(),
+            },
+            _ => return Ok(()),
+        };
+        if let HandlerOutcome::Moved(event) = self
+            .conversations
+            .move_session(&ticket.tenant_id, &ticket.session_id, change)
+            .await?
+        {
+            tracing::info!(ticket_id = %ticket.ticket_id, event_id = event.event_id, "session handler changed");
+        }
+        Ok(())
+    }
+
+    /// Raises a ticket to at least `priority`; false when it already was.
+    async fn raise_priority(
+        &self,
+        tenant_id: &str,
+        ticket_id: &str,
+        priority: Priority,
+        actor: &str,
+        reason: &str,
+    ) -> Result<(TicketRecord, bool), Status> {
+        self.update(tenant_id, ticket_id, |current, now| {
+            let status = TicketStatus::try_from(current.status).unwrap_or_default();
+            if !is_unresolved(status) || current.priority >= priority as i32 {
+                return Ok(None);
+            }
+            let mut change = TicketChange::from_current(current, now);
+            change.priority = priority as i32;
+            Ok(Some((
+                change,
+                AuditRecord {
+                    actor: actor.to_owned(),
+                    action: "priority_raised".into(),
+                    from_status: current.status,
+                    to_status: current.status,
+                    comment: format!(
+                        "{} -> {}: {reason}",
+                        priority_label(current.priority),
+                        priority_label(priority as i32)
+                    ),
+                    at: now,
+                },
+            )))
+        })
+        .await
+    }
+
+    /// The SLA policy: a ticket that reaches 80% of its SLA without an agent's reply is
+    /// raised one priority step, once. Replicas may run this at the same time: the
+    /// versioned update lets exactly one of them act on each ticket.
+    async fn apply_sla_policy(&self) -> Result<usize, Status> {
+        let mut raised = 0;
+        for ticket in self.store.sla_at_risk(now_millis(), 100).await? {
+            let (tenant_id, ticket_id) = (ticket.tenant_id.clone(), ticket.ticket_id.clone());
+            let result = self
+                .update(&tenant_id, &ticket_id, |current, now| {
+                    if current.sla_raised || current.first_response_at.is_some() {
+                        return Ok(None);
+                    }
+                    let from = Priority::try_from(current.priority).unwrap_or_default();
+                    let mut change = TicketChange::from_current(current, now);
+                    change.priority = one_step_up(from) as i32;
+                    change.sla_raised = true;
+                    Ok(Some((
+                        change,
+                        AuditRecord {
+                            actor: SLA_POLICY_ACTOR.into(),
+                            action: "priority_raised".into(),
+                            from_status: current.status,
+                            to_status: current.status,
+                            comment: format!(
+                                "{} -> {}: 80% of the SLA passed without a reply",
+                                priority_label(current.priority),
+                                priority_label(one_step_up(from) as i32)
+                            ),
+                            at: now,
+                        },
+                    )))
+                })
+                .await;
+            match result {
+                Ok((ticket, true)) => {
+                    raised += 1;
+                    metrics::counter!("kefu_sla_priority_raises_total", "service" => SERVICE, "tenant" => tenant_id, "to_priority" => priority_label(ticket.priority)).increment(1);
+                }
+                Ok((_, false)) => {}
+                // Lost to another replica or a concurrent change: the next round decides again.
+                Err(status) if status.code() == tonic::Code::Aborted => {}
+                Err(status) => return Err(status),
             }
         }
-        Err(Status::aborted(format!(
-            "ticket {ticket_id} is being changed concurrently; retry"
-        )))
+        Ok(raised)
+    }
+
+    /// An agent's reply to the customer of a handed-off ticket: stored as an event of
+    /// the session (which delivers it), with the first one timed against the hand-off.
+    async fn reply(
+        &self,
+        tenant_id: &str,
+        ticket_id: &str,
+        agent: &str,
+        text: &str,
+        request_id: Option<&str>,
+    ) -> Result<(i64, TicketRecord), Status> {
+        let mut ticket = self.load(tenant_id, ticket_id).await?;
+        if ticket.session_id.is_empty() {
+            return Err(Status::failed_precondition(
+                "the ticket has no conversation to reply to",
+            ));
+        }
+        let status = TicketStatus::try_from(ticket.status).unwrap_or_default();
+        if !is_unresolved(status) {
+            return Err(Status::failed_precondition(format!(
+                "ticket {ticket_id} is {}; reopen it to write to the customer",
+                status_name(ticket.status)
+            )));
+        }
+        if status == TicketStatus::Open && ticket.assignee.is_empty() {
+            ticket = self
+                .transition(
+                    tenant_id,
+                    ticket_id,
+                    TicketStatus::InProgress,
+                    Some(agent),
+                    agent,
+                    "replied to the customer",
+                )
+                .await?;
+        }
+        let event = self
+            .conversations
+            .append_agent_reply(
+                tenant_id,
+                &ticket.session_id,
+                ticket_id,
+                agent,
+                text,
+                request_id,
+            )
+            .await?;
+        if ticket.first_response_at.is_none()
+            && self
+                .store
+                .record_first_response(tenant_id, ticket_id, event.at)
+                .await?
+        {
+            let vip = ticket.vip_tier > VipTier::None as i32;
+            metrics::histogram!(
+                "kefu_handoff_first_response_seconds",
+                "service" => SERVICE,
+                "tenant" => tenant_id.to_owned(),
+                "priority" => priority_label(ticket.priority),
+                "vip" => if vip { "true" } else { "false" },
+            )
+            .record((event.at - ticket.created_at).max(0) as f64 / 1000.0);
+            ticket.first_response_at = Some(event.at);
+        }
+        Ok((event.event_id, ticket))
+    }
+
+    /// The ticket's session, oldest first: customer messages, bot replies, agent replies.
+    async fn conversation(
+        &self,
+        ticket: &TicketRecord,
+    ) -> Result<(Vec<ConversationEntry>, i32), Status> {
+        if ticket.session_id.is_empty() {
+            return Ok((Vec::new(), Handler::Unspecified as i32));
+        }
+        let (tenant, session) = (ticket.tenant_id.as_str(), ticket.session_id.as_str());
+        let turns = self
+            .sessions
+            .recent_turns(tenant, session, MAX_CONVERSATION_ENTRIES)
+            .await?;
+        let events = self
+            .conversations
+            .events_after(tenant, session, 0, MAX_CONVERSATION_ENTRIES)
+            .await?;
+        let handler = self
+            .conversations
+            .handler(tenant, session)
+            .await?
+            .map(|h| h.handler)
+            .unwrap_or(Handler::Bot as i32);
+        let mut entries = Vec::new();
+        for entry in merge_session(turns, events) {
+            match entry {
+                SessionEntry::Customer(turn) => {
+                    let response = SendMessageResponse::decode(turn.response.as_slice())
+                        .unwrap_or_default();
+                    entries.push(ConversationEntry {
+                        role: Role::Customer as i32,
+                        author: turn.customer_id.clone(),
+                        text: turn.text,
+                        at: Some(timestamp(turn.created_at)),
+                        intent: turn.intent,
+                        sentiment: turn.sentiment,
+                        sources: Vec::new(),
+                    });
+                    if !turn.reply.is_empty() {
+                        entries.push(ConversationEntry {
+                            role: Role::Bot as i32,
+                            author: "bot".into(),
+                            text: turn.reply,
+                            at: Some(timestamp(turn.created_at)),
+                            sources: response.sources,
+                            ..Default::default()
+                        });
+                    }
+                }
+                SessionEntry::Agent { author, text, at } => entries.push(ConversationEntry {
+                    role: Role::Agent as i32,
+                    author,
+                    text,
+                    at: Some(timestamp(at)),
+                    ..Default::default()
+                }),
+            }
+        }
+        Ok((entries, handler))
     }
 
     async fn publish_queue_metrics(&self) {
@@ -251,6 +523,7 @@ impl TicketService for TicketHandle {
         &self,
         request: Request<CreateTicketRequest>,
     ) -> Result<Response<CreateTicketResponse>, Status> {
+        let actor = actor_of(request.metadata());
         let request = request.into_inner();
         required(&request.tenant_id, "tenant_id")?;
         required(&request.customer_id, "customer_id")?;
@@ -266,11 +539,6 @@ impl TicketService for TicketHandle {
             }
         };
         let now = now_millis();
-        let actor = if request.actor.trim().is_empty() {
-            SYSTEM_ACTOR.to_owned()
-        } else {
-            request.actor.clone()
-        };
         let vip_tier = self
             .0
             .vip_tier(&request.tenant_id, &request.customer_id)
@@ -292,9 +560,11 @@ impl TicketService for TicketHandle {
             idempotency_key: Some(request.idempotency_key).filter(|key| !key.trim().is_empty()),
             created_at: now,
             updated_at: now,
-            sla_due_at: now + sla(priority).as_millis() as i64,
+            sla_due_at: now + self.0.sla.sla(priority).as_millis() as i64,
             resolved_at: None,
             version: 0,
+            first_response_at: None,
+            sla_raised: false,
         };
         let audit = AuditRecord {
             actor,
@@ -371,8 +641,16 @@ impl TicketService for TicketHandle {
         &self,
         request: Request<NextInQueueRequest>,
     ) -> Result<Response<NextInQueueResponse>, Status> {
+        // Without a principal (another kefu service calling) the assignee names the agent.
+        let agent = Principal::from_metadata(request.metadata())
+            .map(|p| p.actor)
+            .unwrap_or_else(|| request.get_ref().assignee.clone());
         let request = request.into_inner();
         required(&request.tenant_id, "tenant_id")?;
+        let take = request.take || !request.assignee.trim().is_empty();
+        if take && agent.trim().is_empty() {
+            return Err(Status::invalid_argument("taking a ticket needs an agent"));
+        }
         let tenant = request.tenant_id.as_str();
         let depth = self
             .0
@@ -392,7 +670,7 @@ impl TicketService for TicketHandle {
                     queue_depth: depth,
                 }));
             };
-            if request.assignee.trim().is_empty() {
+            if !take {
                 return Ok(Response::new(NextInQueueResponse {
                     ticket: Some(to_proto(next, Vec::new(), now_millis())),
                     queue_depth: depth,
@@ -405,13 +683,13 @@ impl TicketService for TicketHandle {
                     tenant,
                     &next.ticket_id,
                     TicketStatus::InProgress,
-                    Some(&request.assignee),
-                    &request.assignee,
+                    Some(&agent),
+                    &agent,
                     "taken from the queue",
                 )
                 .await
             {
-                Ok(ticket) if ticket.assignee == request.assignee => {
+                Ok(ticket) if ticket.assignee == agent => {
                     return Ok(Response::new(NextInQueueResponse {
                         ticket: Some(to_proto(ticket, Vec::new(), now_millis())),
                         queue_depth: depth,
@@ -429,10 +707,14 @@ impl TicketService for TicketHandle {
         &self,
         request: Request<TransitionTicketRequest>,
     ) -> Result<Response<TransitionTicketResponse>, Status> {
+        let actor = match Principal::from_metadata(request.metadata()) {
+            Some(principal) => principal.actor,
+            None if !request.get_ref().actor.trim().is_empty() => request.get_ref().actor.clone(),
+            None => SYSTEM_ACTOR.to_owned(),
+        };
         let request = request.into_inner();
         required(&request.tenant_id, "tenant_id")?;
         required(&request.ticket_id, "ticket_id")?;
-        required(&request.actor, "actor")?;
         let to = match TicketStatus::try_from(request.to_status) {
             Ok(TicketStatus::Unspecified) | Err(_) => {
                 return Err(Status::invalid_argument(
@@ -448,7 +730,7 @@ impl TicketService for TicketHandle {
                 &request.ticket_id,
                 to,
                 None,
-                &request.actor,
+                &actor,
                 &request.comment,
             )
             .await?;
@@ -532,48 +814,123 @@ impl TicketService for TicketHandle {
             }),
         }))
     }
+
+    async fn reply_to_customer(
+        &self,
+        request: Request<ReplyToCustomerRequest>,
+    ) -> Result<Response<ReplyToCustomerResponse>, Status> {
+        let principal = Principal::from_metadata(request.metadata())
+            .filter(Principal::is_staff)
+            .ok_or_else(|| Status::permission_denied("only an agent may reply to a customer"))?;
+        let request = request.into_inner();
+        required(&request.tenant_id, "tenant_id")?;
+        required(&request.ticket_id, "ticket_id")?;
+        required(&request.text, "text")?;
+        let request_id = Some(request.request_id.as_str()).filter(|id| !id.trim().is_empty());
+        let (event_id, ticket) = self
+            .0
+            .reply(
+                &request.tenant_id,
+                &request.ticket_id,
+                &principal.actor,
+                &request.text,
+                request_id,
+            )
+            .await?;
+        Ok(Response::new(ReplyToCustomerResponse {
+            event_id,
+            ticket: Some(to_proto(ticket, Vec::new(), now_millis())),
+        }))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<GetConversationRequest>,
+    ) -> Result<Response<GetConversationResponse>, Status> {
+        let request = request.into_inner();
+        required(&request.tenant_id, "tenant_id")?;
+        required(&request.ticket_id, "ticket_id")?;
+        let ticket = self.0.load(&request.tenant_id, &request.ticket_id).await?;
+        let audit = self
+            .0
+            .store
+            .audit_trail(&request.tenant_id, &request.ticket_id)
+            .await?;
+        let (entries, handler) = self.0.conversation(&ticket).await?;
+        Ok(Response::new(GetConversationResponse {
+            ticket: Some(to_proto(ticket, audit, now_millis())),
+            entries,
+            handler,
+        }))
+    }
+
+    async fn raise_priority(
+        &self,
+        request: Request<RaisePriorityRequest>,
+    ) -> Result<Response<RaisePriorityResponse>, Status> {
+        let actor = actor_of(request.metadata());
+        let request = request.into_inner();
+        required(&request.tenant_id, "tenant_id")?;
+        required(&request.ticket_id, "ticket_id")?;
+        let priority = match Priority::try_from(request.priority) {
+            Ok(Priority::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument("priority must be a priority"))
+            }
+            Ok(priority) => priority,
+        };
+        let reason = if request.reason.trim().is_empty() {
+            "raised"
+        } else {
+            request.reason.as_str()
+        };
+        let (ticket, raised) = self
+            .0
+            .raise_priority(&request.tenant_id, &request.ticket_id, priority, &actor, reason)
+            .await?;
+        Ok(Response::new(RaisePriorityResponse {
+            ticket: Some(to_proto(ticket, Vec::new(), now_millis())),
+            raised,
+        }))
+    }
 }
 
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
     let db = Database::connect(&config.data.database_url()).await?;
-    let tickets = Arc::new(Tickets::new(Arc::new(SqlTicketStore::new(db.clone()))));
+    let tickets = Arc::new(Tickets::new(
+        Arc::new(SqlTicketStore::new(db.clone())),
+        Arc::new(SqlConversationStore::new(db.clone())),
+        Arc::new(SqlSessionStore::new(db.clone())),
+        config.sla.clone(),
+    ));
     let server = kefu_runtime::Server::new(SPEC, config.server)
         .add_service(TicketServiceServer::new(TicketHandle(tickets.clone())))
         .probe(Arc::new(db.probe()))
         .start(shutdown.clone())
         .await?;
+    let metrics_tickets = tickets.clone();
+    let metrics_shutdown = shutdown.clone();
     tokio::spawn(async move {
         loop {
-            tickets.publish_queue_metrics().await;
+            metrics_tickets.publish_queue_metrics().await;
             tokio::select! {
                 _ = tokio::time::sleep(QUEUE_METRICS_INTERVAL) => {}
+                _ = metrics_shutdown.wait() => return,
+            }
+        }
+    });
+    let interval = config.sla.check_interval();
+    tokio::spawn(async move {
+        loop {
+            match tickets.apply_sla_policy().await {
+                Ok(0) => {}
+                Ok(raised) => tracing::info!(raised, "SLA policy raised tickets nobody answered"),
+                Err(status) => tracing::warn!(error = %status.message(), "SLA policy check failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
                 _ = shutdown.wait() => return,
             }
         }
     });
     Ok(server)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lifecycle_allows_only_valid_moves() {
-        use TicketStatus::*;
-        assert!(can_transition(Open, InProgress));
-        assert!(can_transition(Resolved, Open), "reopen");
-        assert!(can_transition(Closed, Open), "reopen");
-        assert!(!can_transition(Closed, Resolved));
-        assert!(!can_transition(Open, Open));
-        assert!(!can_transition(Pending, Open));
-        assert!(!can_transition(Unspecified, Open));
-    }
-
-    #[test]
-    fn higher_priority_gets_a_shorter_sla() {
-        assert!(sla(Priority::Urgent) < sla(Priority::High));
-        assert!(sla(Priority::High) < sla(Priority::Medium));
-        assert!(sla(Priority::Medium) < sla(Priority::Low));
-    }
 }
