@@ -36,7 +36,12 @@ pub fn free_ports<const N: usize>() -> [u16; N] {
 
 /// The stack of this test binary, started on first use and ready (gateway SERVING).
 pub fn stack() -> &'static Stack {
-    STACK.get_or_init(|| {
+    STACK.get_or_init(|| launch(repo_root().join("tenants")))
+}
+
+/// Starts a stack serving the tenants of `tenants_dir`.
+pub fn launch(tenants_dir: PathBuf) -> Stack {
+    {
         let data = tempfile::tempdir().expect("a temporary data directory");
         let ports: [u16; 6] = free_ports();
         let root = repo_root();
@@ -63,7 +68,7 @@ pub fn stack() -> &'static Stack {
             "--database-url".into(),
             format!("sqlite://{}/kefu.db?mode=rwc", data.path().display()),
             "--tenants-dir".into(),
-            root.join("tenants").display().to_string(),
+            tenants_dir.display().to_string(),
             "--models-dir".into(),
             std::env::var("KEFU_MODELS_DIR")
                 .unwrap_or_else(|_| root.join("models").display().to_string()),
@@ -99,7 +104,7 @@ pub fn stack() -> &'static Stack {
             gateway_port: ports[0],
             _data: data,
         }
-    })
+    }
 }
 
 /// Model loading and training happen at start; on this 2-core machine that takes well under this.
