@@ -2,7 +2,7 @@
 //! serves any request, tenants never see each other's data, and readiness follows Redis.
 mod common;
 
-use common::{free_ports, ServingStatus};
+use common::{free_ports, RedisPrefix, ServingStatus};
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -21,29 +21,6 @@ fn local(port: u16) -> ServerArgs {
 
 fn url(port: u16) -> String {
     format!("http://127.0.0.1:{port}")
-}
-
-/// Keys of one test under their own prefix in the real Redis, deleted afterwards.
-struct RedisPrefix(String);
-
-impl RedisPrefix {
-    fn new() -> Self {
-        Self(format!("kefu-test-{}:", uuid::Uuid::new_v4().simple()))
-    }
-}
-
-impl Drop for RedisPrefix {
-    fn drop(&mut self) {
-        let pattern = format!("{}*", self.0);
-        if let Ok(keys) = Command::new("redis-cli")
-            .args(["--scan", "--pattern", &pattern])
-            .output()
-        {
-            for key in String::from_utf8_lossy(&keys.stdout).lines() {
-                let _ = Command::new("redis-cli").args(["del", key]).output();
-            }
-        }
-    }
 }
 
 /// The repository's tenants plus a second tenant, `acme`, with the demo's intents.

@@ -11,7 +11,7 @@ mod common;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,24 +27,15 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-use common::{free_ports, repo_root};
+use common::free_ports;
+use common::processes::{base_env, build_service_binaries, url_variable, Processes, SERVICES};
 
-const SERVICES: [&str; 6] = [
-    "gateway",
-    "orchestrator",
-    "router",
-    "knowledge",
-    "ticket",
-    "sentiment",
-];
 
 /// A refund demand in anger: the refund intent needs the knowledge base and a ticket,
 /// the anger escalates it, so every service takes part in the one trace.
 const MESSAGE: &str =
     "The camera arrived broken and your service is terrible, I want my money back now";
 
-/// Model loading and intent training at start take a while on a small machine.
-const STARTUP_LIMIT: Duration = Duration::from_secs(300);
 /// Spans are exported in batches (every 5 s by default).
 const EXPORT_LIMIT: Duration = Duration::from_secs(20);
 
@@ -223,116 +214,7 @@ fn leaked_fragment(haystack: &str, fragments: &[String]) -> Option<String> {
 
 // ---------------------------------------------------------------- the six processes
 
-/// The directory holding the test executable's sibling binaries (target/<profile>/).
-fn binaries_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test executable's path");
-    // target/<profile>/deps/trace-<hash> -> target/<profile>
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in target/<profile>/deps")
-        .to_path_buf()
-}
-
-/// Builds the workspace's binaries with the profile of this test (a no-op when they are
-/// up to date), so the test never runs binaries older than the code under test. The whole
-/// workspace, not the six packages alone: with the same package selection as
-/// `cargo test --workspace`, dependencies keep their features and are not built again.
-fn build_service_binaries(dir: &Path) {
-    let profile_dir = dir
-        .file_name()
-        .and_then(|name| name.to_str())
-        .unwrap_or("release");
-    let profile = if profile_dir == "debug" {
-        "dev"
-    } else {
-        profile_dir
-    };
-    let target_dir = dir.parent().expect("target/<profile> has a parent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut command = Command::new(&cargo);
-    command
-        .current_dir(repo_root())
-        .args([
-            "build",
-            "--workspace",
-            "--bins",
-            "--profile",
-            profile,
-            "--target-dir",
-        ])
-        .arg(target_dir);
-    let status = command.status().unwrap_or_else(|error| {
-        panic!("cannot run {cargo} to build the service binaries: {error}")
-    });
-    assert!(status.success(), "building the service binaries failed ({status}); run `cargo build --release --workspace` to see why");
-    for service in SERVICES {
-        let binary = dir.join(format!("kefu-{service}"));
-        assert!(binary.is_file(), "{} is missing: the service binaries must be built next to the tests (`cargo build --release --workspace`)", binary.display());
-    }
-}
-
-/// The running binaries; killed when dropped, also when the test fails.
-struct Processes {
-    children: Vec<(&'static str, Child)>,
-    logs: PathBuf,
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Processes {
-    fn stdout_path(&self, service: &str) -> PathBuf {
-        self.logs.join(format!("kefu-{service}.out"))
-    }
-
-    /// The last log lines of a service, and the start of its stderr (where a panic shows).
-    fn log_tail(&self, service: &str) -> String {
-        let read = |suffix: &str| {
-            std::fs::read_to_string(self.logs.join(format!("kefu-{service}.{suffix}")))
-                .unwrap_or_default()
-        };
-        let stdout = read("out");
-        let lines: Vec<&str> = stdout.lines().collect();
-        let stderr: Vec<String> = read("err").lines().take(20).map(str::to_owned).collect();
-        format!(
-            "--- kefu-{service} stdout (last lines)\n{}\n--- kefu-{service} stderr (first lines)\n{}\n",
-            lines[lines.len().saturating_sub(20)..].join("\n"),
-            stderr.join("\n")
-        )
-    }
-
-    /// Fails the test with its log if a binary has exited.
-    fn assert_running(&mut self) {
-        let mut exited = Vec::new();
-        for (service, child) in &mut self.children {
-            if let Ok(Some(status)) = child.try_wait() {
-                exited.push((*service, status));
-            }
-        }
-        if let Some((service, status)) = exited.first() {
-            panic!(
-                "kefu-{service} exited ({status}) before the test ended\n{}",
-                self.log_tail(service)
-            );
-        }
-    }
-}
-
-fn start_services(dir: &Path, data: &Path, otlp_port: u16) -> (Processes, String) {
-    let models = std::env::var("KEFU_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| repo_root().join("models"));
-    assert!(
-        models.join("all-MiniLM-L6-v2/model.safetensors").is_file(),
-        "the MiniLM model is missing under {}; `make models` fetches it",
-        models.display()
-    );
+fn start_services(dir: PathBuf, data: &Path, otlp_port: u16) -> (Processes, String) {
     let database_url = format!("sqlite://{}/kefu.db?mode=rwc", data.display());
     // The schema first, so the services do not race each other migrating one file.
     let migrate = Command::new(env!("CARGO_BIN_EXE_kefu"))
@@ -350,69 +232,24 @@ fn start_services(dir: &Path, data: &Path, otlp_port: u16) -> (Processes, String
     let ports: [u16; SERVICES.len() * 2] = free_ports();
     let grpc_port = |service: &str| ports[SERVICES.iter().position(|s| *s == service).unwrap()];
     let url = |service: &str| format!("http://127.0.0.1:{}", grpc_port(service));
-    let logs = data.join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
-    let mut processes = Processes {
-        children: Vec::new(),
-        logs,
-    };
+    let mut processes = Processes::new(dir, data.join("logs"));
     for (index, service) in SERVICES.into_iter().enumerate() {
-        let stdout = std::fs::File::create(processes.stdout_path(service)).unwrap();
-        let stderr =
-            std::fs::File::create(processes.logs.join(format!("kefu-{service}.err"))).unwrap();
-        let child = Command::new(dir.join(format!("kefu-{service}")))
-            .env_remove("REDIS_URL")
-            .env_remove("OTEL_SERVICE_NAME")
-            .env_remove("OTEL_RESOURCE_ATTRIBUTES")
-            .env_remove("OTEL_TRACES_SAMPLER")
-            .env_remove("OTEL_SDK_DISABLED")
-            .env("KEFU_BIND_HOST", "127.0.0.1")
-            .env("KEFU_GRPC_PORT", ports[index].to_string())
-            .env(
-                "KEFU_METRICS_PORT",
+        let mut env = base_env(data, &database_url);
+        env.extend(SERVICES.iter().map(|peer| (url_variable(peer), url(peer))));
+        env.extend([
+            ("KEFU_GRPC_PORT".to_owned(), ports[index].to_string()),
+            (
+                "KEFU_METRICS_PORT".to_owned(),
                 ports[SERVICES.len() + index].to_string(),
-            )
-            .env("KEFU_ORCHESTRATOR_URL", url("orchestrator"))
-            .env("KEFU_ROUTER_URL", url("router"))
-            .env("KEFU_KNOWLEDGE_URL", url("knowledge"))
-            .env("KEFU_TICKET_URL", url("ticket"))
-            .env("KEFU_SENTIMENT_URL", url("sentiment"))
-            .env("DATABASE_URL", &database_url)
-            .env("KEFU_DATA_DIR", data)
-            .env("KEFU_TENANTS_DIR", repo_root().join("tenants"))
-            .env("KEFU_MODELS_DIR", &models)
-            .env(
-                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
                 format!("http://127.0.0.1:{otlp_port}"),
-            )
-            .env("KEFU_LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .unwrap_or_else(|error| panic!("cannot start kefu-{service}: {error}"));
-        processes.children.push((service, child));
+            ),
+        ]);
+        processes.spawn(service, service, &env);
     }
     (processes, url("gateway"))
-}
-
-async fn wait_until_serving(processes: &mut Processes, gateway: &str) {
-    let started = Instant::now();
-    loop {
-        processes.assert_running();
-        if common::health_status(gateway).await == Some(common::ServingStatus::Serving) {
-            return;
-        }
-        if started.elapsed() > STARTUP_LIMIT {
-            let logs: String = SERVICES
-                .iter()
-                .map(|service| processes.log_tail(service))
-                .collect();
-            panic!("the gateway is not SERVING after {STARTUP_LIMIT:?}\n{logs}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 // ---------------------------------------------------------------- the trace
@@ -549,12 +386,11 @@ fn is_hex_trace_id(value: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_leaves_one_connected_trace_across_the_six_services() {
-    let dir = binaries_dir();
-    build_service_binaries(&dir);
+    let dir = build_service_binaries();
     let (receiver, otlp_port) = start_receiver();
     let data = tempfile::tempdir().expect("a temporary data directory");
-    let (mut processes, gateway) = start_services(&dir, data.path(), otlp_port);
-    wait_until_serving(&mut processes, &gateway).await;
+    let (mut processes, gateway) = start_services(dir, data.path(), otlp_port);
+    processes.wait_until_serving(&gateway).await;
 
     // The customer's message, as a client application sends it.
     let mut client = ConversationServiceClient::connect(gateway.clone())

@@ -3,6 +3,8 @@
 //! clients of the gateway, as a customer's application would use it.
 #![allow(dead_code)]
 
+pub mod processes;
+
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -193,3 +195,29 @@ pub async fn send(request: SendMessageRequest) -> Result<SendMessageResponse, to
         .await
         .map(|r| r.into_inner())
 }
+
+/// Keys of one test under their own prefix in the real Redis, deleted afterwards.
+pub struct RedisPrefix(pub String);
+
+impl RedisPrefix {
+    pub fn new() -> Self {
+        Self(format!("kefu-test-{}:", uuid::Uuid::new_v4().simple()))
+    }
+}
+
+impl Drop for RedisPrefix {
+    fn drop(&mut self) {
+        let pattern = format!("{}*", self.0);
+        if let Ok(keys) = std::process::Command::new("redis-cli")
+            .args(["--scan", "--pattern", &pattern])
+            .output()
+        {
+            for key in String::from_utf8_lossy(&keys.stdout).lines() {
+                let _ = std::process::Command::new("redis-cli")
+                    .args(["del", key])
+                    .output();
+            }
+        }
+    }
+}
+

@@ -113,9 +113,6 @@ pub(crate) async fn watch(
     probes: Vec<Arc<dyn Probe>>,
     shutdown: Shutdown,
 ) {
-    reporter
-        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-        .await;
     let mut last: Option<bool> = None;
     loop {
         let mut failures = Vec::new();

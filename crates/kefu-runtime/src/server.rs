@@ -100,6 +100,10 @@ impl Server {
                 .set_service_status(*name, tonic_health::ServingStatus::NotServing)
                 .await;
         }
+        // Alive from the first moment the port answers, whatever the dependencies say.
+        reporter
+            .set_service_status(health::LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
+            .await;
         tokio::spawn(health::watch(
             reporter,
             service_label.clone(),
