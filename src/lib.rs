@@ -43,6 +43,8 @@ pub struct UpArgs {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub sla: kefu_ticket::SlaArgs,
+    #[command(flatten)]
+    pub web: kefu_gateway::WebArgs,
 }
 
 impl UpArgs {
@@ -138,6 +140,7 @@ pub async fn up(
                 ticket_url: args.url(args.ticket_port),
                 knowledge_url: args.url(args.knowledge_port),
                 router_url: args.url(args.router_port),
+                web: args.web.clone(),
             },
             shutdown,
         )

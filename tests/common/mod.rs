@@ -65,6 +65,9 @@ pub fn launch(tenants_dir: PathBuf) -> Stack {
         args.extend([
             "--metrics-base-port".into(),
             "0".into(),
+            // No pages: tests of the pages start their own stack.
+            "--web-port".into(),
+            "0".into(),
             "--data-dir".into(),
             data.path().display().to_string(),
             "--database-url".into(),

@@ -22,6 +22,8 @@ pub struct Server {
     routes: RoutesBuilder,
     grpc_services: Vec<&'static str>,
     probes: Vec<Arc<dyn Probe>>,
+    /// Browsers may call (gRPC-Web over HTTP/1.1) from the origins this allows.
+    browser_access: Option<tower_http::cors::CorsLayer>,
 }
 
 /// A started server: where it listens, and its task.
@@ -47,7 +49,15 @@ impl Server {
             routes: RoutesBuilder::default(),
             grpc_services: Vec::new(),
             probes: Vec::new(),
+            browser_access: None,
         }
+    }
+
+    /// Lets browsers call: HTTP/1.1 is accepted (for gRPC-Web) and cross-origin calls
+    /// pass `cors`. Services that browsers use must be wrapped in tonic-web.
+    pub fn browser_access(mut self, cors: tower_http::cors::CorsLayer) -> Self {
+        self.browser_access = Some(cors);
+        self
     }
 
     /// Adds a generated tonic service; its name is reported by the health service too.
@@ -128,8 +138,10 @@ impl Server {
         let routes = routes.routes().prepare();
 
         let server = tonic::transport::Server::builder()
+            .accept_http1(self.browser_access.is_some())
             .timeout(self.args.request_timeout())
             .concurrency_limit_per_connection(self.args.max_concurrency)
+            .layer(tower::util::option_layer(self.browser_access))
             .layer(ServerTelemetryLayer::new(&service_label));
         // Without TCP_NODELAY small unary responses wait for delayed ACKs (~40 ms a call).
         let incoming =

@@ -117,6 +117,10 @@ pub struct Tenant {
     /// HMAC-SHA256 of the customer id under the secret in this environment variable.
     #[serde(default)]
     pub customer_hmac_secret_env: Option<String>,
+    /// Web origins (e.g. "https://shop.example.com") whose pages may call kefu from the
+    /// browser over gRPC-Web, in addition to the gateway's own pages.
+    #[serde(default)]
+    pub web_origins: Vec<String>,
     pub intents: Vec<IntentDefinition>,
     #[serde(skip)]
     pub articles: Vec<Article>,

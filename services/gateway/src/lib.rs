@@ -6,6 +6,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt as _;
+use tower::Layer as _;
 use kefu_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use kefu_proto::v1::conversation_service_server::{ConversationService, ConversationServiceServer};
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
@@ -24,9 +25,11 @@ use tonic::{Request, Response, Status};
 
 mod auth;
 mod tenants;
+mod web;
 
 pub use auth::{authenticate, Access, Credentials, Refusal};
 use tenants::LiveTenants;
+pub use web::WebArgs;
 
 pub const SPEC: ServiceSpec = ServiceSpec::GATEWAY;
 const SERVICE: &str = "kefu-gateway";
@@ -52,6 +55,8 @@ pub struct Config {
     pub knowledge_url: String,
     #[arg(long, env = "KEFU_ROUTER_URL", default_value_t = ServiceSpec::ROUTER.default_url())]
     pub router_url: String,
+    #[command(flatten)]
+    pub web: WebArgs,
 }
 
 pub struct Gateway {
@@ -546,12 +551,21 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         router: RouterServiceClient::new(client("kefu-router", &config.router_url)?),
         shutdown: shutdown.clone(),
     }));
+    if config.web.web_port != 0 {
+        let bind = std::net::SocketAddr::new(config.server.bind_host, config.web.web_port);
+        let grpc_port = config.server.grpc_addr(SPEC).port();
+        web::serve(bind, &config.web, grpc_port, shutdown.clone()).await?;
+    }
+    // Browsers call the same services over gRPC-Web, with the same authentication.
+    let browsers = tonic_web::GrpcWebLayer::new();
+    let cors = web::cors(&config.web, gateway.0.tenants.clone());
     // Readiness follows what customers and agents need; the admin calls to knowledge
     // and router fail on their own while those are down.
     kefu_runtime::Server::new(SPEC, config.server)
-        .add_service(ConversationServiceServer::new(gateway.clone()))
-        .add_service(TicketServiceServer::new(gateway.clone()))
-        .add_service(AdminServiceServer::new(gateway))
+        .browser_access(cors)
+        .add_service(browsers.layer(ConversationServiceServer::new(gateway.clone())))
+        .add_service(browsers.layer(TicketServiceServer::new(gateway.clone())))
+        .add_service(browsers.layer(AdminServiceServer::new(gateway)))
         .probe(Arc::new(DownstreamProbe::new(
             "orchestrator",
             kefu_runtime::client::raw_channel(&config.orchestrator_url, deadline)?,

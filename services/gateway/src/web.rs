@@ -1,0 +1,164 @@
+//! kefu in the browser: the customer chat widget and the agent console, bundled from
+//! `web/` at build time (`make web`) and embedded in the binary, served on their own
+//! port; and the rule for which web origins may call the gateway over gRPC-Web.
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use kefu_runtime::Shutdown;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::tenants::LiveTenants;
+
+#[derive(rust_embed::Embed)]
+#[folder = "$CARGO_MANIFEST_DIR/../../web/dist/"]
+#[allow_missing = true]
+struct Pages;
+
+/// Where the pages are served and where they find the gateway.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WebArgs {
+    /// Port of the chat and console pages (0: do not serve them).
+    #[arg(long, env = "KEFU_WEB_PORT", default_value_t = 8080)]
+    pub web_port: u16,
+    /// The gateway's URL as browsers reach it; empty: the pages' host name with the
+    /// gateway's gRPC port.
+    #[arg(long, env = "KEFU_PUBLIC_GATEWAY_URL", default_value = "")]
+    pub public_gateway_url: String,
+    /// Web origins allowed to call the gateway over gRPC-Web, comma-separated; tenants
+    /// add their own with `web_origins`.
+    #[arg(
+        long,
+        env = "KEFU_WEB_ORIGINS",
+        value_delimiter = ',',
+        default_value = "http://127.0.0.1:8080,http://localhost:8080"
+    )]
+    pub web_origins: Vec<String>,
+}
+
+/// Headers a gRPC-Web client sends and must be able to read back.
+const REQUEST_HEADERS: [&str; 8] = [
+    "content-type",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "authorization",
+    "x-api-key",
+    "x-kefu-customer-hash",
+    "traceparent",
+];
+const RESPONSE_HEADERS: [&str; 4] = [
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+    "x-trace-id",
+];
+
+/// Cross-origin gRPC-Web calls from the configured origins and any tenant's own.
+pub fn cors(args: &WebArgs, tenants: Arc<LiveTenants>) -> CorsLayer {
+    let configured: Vec<String> = args.web_origins.iter().map(|o| o.trim().to_owned()).collect();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            let Ok(origin) = origin.to_str() else {
+                return false;
+            };
+            configured.iter().any(|allowed| allowed == origin)
+                || tenants
+                    .current()
+                    .iter()
+                    .any(|tenant| tenant.web_origins.iter().any(|allowed| allowed == origin))
+        }))
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(REQUEST_HEADERS.map(http::HeaderName::from_static))
+        .expose_headers(RESPONSE_HEADERS.map(http::HeaderName::from_static))
+        .max_age(Duration::from_secs(600))
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or_default() {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript; charset=utf-8",
+        "css" => "text/css; charset=utf-8",
+        "json" | "map" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        "ico" => "image/x-icon",
+        "woff2" => "font/woff2",
+        _ => "application/octet-stream",
+    }
+}
+
+fn asset(path: &str) -> Response {
+    match Pages::get(path) {
+        Some(file) => (
+            [(header::CONTENT_TYPE, content_type(path))],
+            file.data.into_owned(),
+        )
+            .into_response(),
+        None if Pages::iter().next().is_none() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the web pages were not built into this binary: run `make web`, then build again\n",
+        )
+            .into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+const INDEX: &str = "<!doctype html><meta charset=utf-8><title>kefu</title>\
+<h1>kefu</h1><ul><li><a href=\"/chat?tenant=demo\">Customer chat</a></li>\
+<li><a href=\"/console\">Agent console</a></li></ul>";
+
+/// Serves the pages until shutdown; returns the bound address.
+pub async fn serve(
+    bind: SocketAddr,
+    args: &WebArgs,
+    grpc_port: u16,
+    shutdown: Shutdown,
+) -> anyhow::Result<SocketAddr> {
+    let public_url = args.public_gateway_url.trim().to_owned();
+    let config = move |headers: HeaderMap| async move {
+        let gateway_url = if public_url.is_empty() {
+            // The page's own host name, the gateway's port: right for `kefu up` and
+            // for any single-host install; a proxy in front sets the URL explicitly.
+            let host = headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1");
+            let name = match host.rsplit_once(':') {
+                Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+                _ => host,
+            };
+            format!("http://{name}:{grpc_port}")
+        } else {
+            public_url
+        };
+        (
+            [(header::CACHE_CONTROL, HeaderValue::from_static("no-store"))],
+            axum::Json(serde_json::json!({ "gatewayUrl": gateway_url })),
+        )
+    };
+    let app = axum::Router::new()
+        .route("/", get(|| async { Html(INDEX) }))
+        .route("/chat", get(|| async { asset("chat.html") }))
+        .route("/console", get(|| async { asset("console.html") }))
+        .route("/config.json", get(config))
+        .route("/{*path}", get(|Path(path): Path<String>| async move { asset(&path) }));
+    let listener = tokio::net::TcpListener::bind(bind)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot bind the web port {bind}: {error}"))?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the web pages server failed");
+        }
+    });
+    tracing::info!(web = %bound, "serving the chat and console pages");
+    Ok(bound)
+}
