@@ -45,6 +45,10 @@ pub struct UpArgs {
     pub sla: kefu_ticket::SlaArgs,
     #[command(flatten)]
     pub web: kefu_gateway::WebArgs,
+    /// TLS of the gateway's public port (KEFU_TLS_CERT, KEFU_TLS_KEY); the services
+    /// behind it talk plaintext on the loopback interface.
+    #[command(flatten)]
+    pub gateway_tls: kefu_runtime::TlsArgs,
 }
 
 impl UpArgs {
@@ -59,6 +63,7 @@ impl UpArgs {
             }),
             request_timeout_ms: self.request_timeout_ms,
             max_concurrency: 256,
+            tls: Default::default(),
         }
     }
 
@@ -132,7 +137,10 @@ pub async fn up(
         kefu_orchestrator::start(peers, shutdown.clone()).await?,
         kefu_gateway::start(
             kefu_gateway::Config {
-                server: args.server(args.gateway_port, 0),
+                server: ServerArgs {
+                    tls: args.gateway_tls.clone(),
+                    ..args.server(args.gateway_port, 0)
+                },
                 clients: args.clients.clone(),
                 content: args.content.clone(),
                 max_message_bytes: args.max_message_bytes,

@@ -42,10 +42,14 @@ fn shop_keys(extra: &str) -> String {
 }
 
 fn write_shop(tenants: &Path, extra: &str) {
-    let demo = std::fs::read_to_string(common::repo_root().join("tenants/demo/tenant.toml")).unwrap();
+    let demo =
+        std::fs::read_to_string(common::repo_root().join("tenants/demo/tenant.toml")).unwrap();
     // The demo's intents under another id, without the demo's own keys.
     let intents = &demo[demo.find("[[intents]]").unwrap()..];
-    let shop = format!("id = \"shop\"\nname = \"Shop\"\n{}{intents}", shop_keys(extra));
+    let shop = format!(
+        "id = \"shop\"\nname = \"Shop\"\n{}{intents}",
+        shop_keys(extra)
+    );
     let file = tenants.join("shop/tenant.toml");
     // Written aside and renamed, as a ConfigMap update is: readers never see half a file.
     std::fs::write(file.with_extension("tmp"), shop).unwrap();
@@ -66,10 +70,18 @@ fn shop() -> &'static Shop {
         let dir = tempfile::tempdir().unwrap();
         let tenants = dir.path().join("tenants");
         std::fs::create_dir_all(tenants.join("shop/docs")).unwrap();
-        std::os::unix::fs::symlink(common::repo_root().join("tenants/demo"), tenants.join("demo")).unwrap();
+        std::os::unix::fs::symlink(
+            common::repo_root().join("tenants/demo"),
+            tenants.join("demo"),
+        )
+        .unwrap();
         for doc in std::fs::read_dir(common::repo_root().join("tenants/demo/docs")).unwrap() {
             let doc = doc.unwrap().path();
-            std::fs::copy(&doc, tenants.join("shop/docs").join(doc.file_name().unwrap())).unwrap();
+            std::fs::copy(
+                &doc,
+                tenants.join("shop/docs").join(doc.file_name().unwrap()),
+            )
+            .unwrap();
         }
         write_shop(&tenants, "");
         Shop {
@@ -129,9 +141,10 @@ fn request<T>(caller: Caller, customer: &str, message: T) -> tonic::Request<T> {
             .insert("authorization", format!("Bearer {key}").parse().unwrap());
     }
     if caller == Caller::Customer {
-        request
-            .metadata_mut()
-            .insert("x-kefu-customer-hash", customer_hash(customer).parse().unwrap());
+        request.metadata_mut().insert(
+            "x-kefu-customer-hash",
+            customer_hash(customer).parse().unwrap(),
+        );
     }
     request
 }
@@ -209,7 +222,11 @@ async fn outcome(rpc: &str, caller: Caller, fixture: &Fixture) -> String {
             .get_session(r!(GetSessionRequest {
                 tenant_id: tenant,
                 session_id: fixture.session_id.clone(),
-                customer_id: if caller == Caller::Customer { customer.clone() } else { String::new() },
+                customer_id: if caller == Caller::Customer {
+                    customer.clone()
+                } else {
+                    String::new()
+                },
             }))
             .await
             .map(drop),
@@ -242,15 +259,24 @@ async fn outcome(rpc: &str, caller: Caller, fixture: &Fixture) -> String {
             .await
             .map(drop),
         "GetTicket" => tickets
-            .get_ticket(r!(GetTicketRequest { tenant_id: tenant, ticket_id }))
+            .get_ticket(r!(GetTicketRequest {
+                tenant_id: tenant,
+                ticket_id
+            }))
             .await
             .map(drop),
         "ListTickets" => tickets
-            .list_tickets(r!(ListTicketsRequest { tenant_id: tenant, ..Default::default() }))
+            .list_tickets(r!(ListTicketsRequest {
+                tenant_id: tenant,
+                ..Default::default()
+            }))
             .await
             .map(drop),
         "NextInQueue" => tickets
-            .next_in_queue(r!(NextInQueueRequest { tenant_id: tenant, ..Default::default() }))
+            .next_in_queue(r!(NextInQueueRequest {
+                tenant_id: tenant,
+                ..Default::default()
+            }))
             .await
             .map(drop),
         "TransitionTicket" => tickets
@@ -263,7 +289,10 @@ async fn outcome(rpc: &str, caller: Caller, fixture: &Fixture) -> String {
             .await
             .map(drop),
         "GetCustomer" => tickets
-            .get_customer(r!(GetCustomerRequest { tenant_id: tenant, customer_id: customer.clone() }))
+            .get_customer(r!(GetCustomerRequest {
+                tenant_id: tenant,
+                customer_id: customer.clone()
+            }))
             .await
             .map(drop),
         "ReplyToCustomer" => tickets
@@ -276,7 +305,10 @@ async fn outcome(rpc: &str, caller: Caller, fixture: &Fixture) -> String {
             .await
             .map(drop),
         "GetConversation" => tickets
-            .get_conversation(r!(GetConversationRequest { tenant_id: tenant, ticket_id }))
+            .get_conversation(r!(GetConversationRequest {
+                tenant_id: tenant,
+                ticket_id
+            }))
             .await
             .map(drop),
         "RaisePriority" => tickets
@@ -311,16 +343,30 @@ async fn outcome(rpc: &str, caller: Caller, fixture: &Fixture) -> String {
             .await
             .map(drop),
         "DeleteDocument" => admin
-            .delete_document(r!(DeleteDocumentRequest { tenant_id: tenant, document_id: "matrix.en".into() }))
+            .delete_document(r!(DeleteDocumentRequest {
+                tenant_id: tenant,
+                document_id: "matrix.en".into()
+            }))
             .await
             .map(drop),
-        "Reindex" => admin.reindex(r!(ReindexRequest { tenant_id: tenant })).await.map(drop),
-        "ReloadTenant" => admin.reload_tenant(r!(ReloadTenantRequest { tenant_id: tenant })).await.map(drop),
+        "Reindex" => admin
+            .reindex(r!(ReindexRequest { tenant_id: tenant }))
+            .await
+            .map(drop),
+        "ReloadTenant" => admin
+            .reload_tenant(r!(ReloadTenantRequest { tenant_id: tenant }))
+            .await
+            .map(drop),
         other => panic!("no call for {other}"),
     };
     match result {
         Ok(()) => "allowed".into(),
-        Err(status) if matches!(status.code(), Code::Unauthenticated | Code::PermissionDenied) => {
+        Err(status)
+            if matches!(
+                status.code(),
+                Code::Unauthenticated | Code::PermissionDenied
+            ) =>
+        {
             format!("{:?}", status.code())
         }
         // Past the gateway: the service's own answer (e.g. a precondition) still means allowed.
@@ -337,7 +383,11 @@ struct Fixture {
 /// A shop customer handed off to the queue: a session and a ticket to call RPCs on.
 async fn fixture() -> Fixture {
     let customer = "shop-customer-1".to_owned();
-    let channel = Channel::from_shared(shop().stack.gateway.clone()).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(shop().stack.gateway.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let first = ConversationServiceClient::new(channel)
         .send_message(request(
             Caller::Customer,
@@ -376,9 +426,16 @@ async fn every_rpc_answers_every_caller_as_the_role_matrix_says() {
         }
     }
     // The matrix as tested, for the record.
-    println!("{:<18} {}", "rpc", Caller::ALL.map(|c| format!("{c:?}")).join(" | "));
+    println!(
+        "{:<18} {}",
+        "rpc",
+        Caller::ALL.map(|c| format!("{c:?}")).join(" | ")
+    );
     for (rpc, ..) in MATRIX {
-        let row: Vec<String> = Caller::ALL.iter().map(|c| table[&(rpc.to_string(), *c)].clone()).collect();
+        let row: Vec<String> = Caller::ALL
+            .iter()
+            .map(|c| table[&(rpc.to_string(), *c)].clone())
+            .collect();
         println!("{rpc:<18} {}", row.join(" | "));
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -386,7 +443,11 @@ async fn every_rpc_answers_every_caller_as_the_role_matrix_says() {
 
 #[tokio::test]
 async fn a_customer_cannot_act_as_another_even_with_the_apps_key() {
-    let channel = Channel::from_shared(shop().stack.gateway.clone()).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(shop().stack.gateway.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut client = ConversationServiceClient::new(channel);
     let message = |customer: &str| SendMessageRequest {
         tenant_id: "shop".into(),
@@ -396,27 +457,54 @@ async fn a_customer_cannot_act_as_another_even_with_the_apps_key() {
     };
     // The hash of one customer does not open another's account.
     let mut forged = request(Caller::Customer, "alice", message("bob"));
-    forged
-        .metadata_mut()
-        .insert("x-kefu-customer-hash", customer_hash("alice").parse().unwrap());
-    assert_eq!(client.send_message(forged).await.unwrap_err().code(), Code::PermissionDenied);
+    forged.metadata_mut().insert(
+        "x-kefu-customer-hash",
+        customer_hash("alice").parse().unwrap(),
+    );
+    assert_eq!(
+        client.send_message(forged).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     let mut missing = request(Caller::Customer, "bob", message("bob"));
     missing.metadata_mut().remove("x-kefu-customer-hash");
-    assert_eq!(client.send_message(missing).await.unwrap_err().code(), Code::Unauthenticated);
-    assert!(client.send_message(request(Caller::Customer, "bob", message("bob"))).await.is_ok());
+    assert_eq!(
+        client.send_message(missing).await.unwrap_err().code(),
+        Code::Unauthenticated
+    );
+    assert!(client
+        .send_message(request(Caller::Customer, "bob", message("bob")))
+        .await
+        .is_ok());
     // An unknown tenant answers exactly as a bad key does.
     let unknown = client
-        .send_message(request(Caller::NoKey, "bob", SendMessageRequest { tenant_id: "no-such-shop".into(), ..message("bob") }))
+        .send_message(request(
+            Caller::NoKey,
+            "bob",
+            SendMessageRequest {
+                tenant_id: "no-such-shop".into(),
+                ..message("bob")
+            },
+        ))
         .await
         .unwrap_err();
-    let bad_key = client.send_message(request(Caller::BadKey, "bob", message("bob"))).await.unwrap_err();
-    assert_eq!((unknown.code(), unknown.message()), (bad_key.code(), bad_key.message()));
+    let bad_key = client
+        .send_message(request(Caller::BadKey, "bob", message("bob")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (unknown.code(), unknown.message()),
+        (bad_key.code(), bad_key.message())
+    );
 }
 
 #[tokio::test]
 async fn the_audit_trail_names_the_keys_agent_and_new_keys_work_without_a_restart() {
     let fixture = fixture().await;
-    let channel = Channel::from_shared(shop().stack.gateway.clone()).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(shop().stack.gateway.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut tickets = TicketServiceClient::new(channel);
     let moved = tickets
         .transition_ticket(request(
@@ -436,24 +524,37 @@ async fn the_audit_trail_names_the_keys_agent_and_new_keys_work_without_a_restar
         .ticket
         .unwrap();
     let last = moved.audit.last().unwrap();
-    assert_eq!(last.actor, "lin", "the key's agent, never the request's actor");
+    assert_eq!(
+        last.actor, "lin",
+        "the key's agent, never the request's actor"
+    );
     assert_eq!(moved.assignee, "lin");
 
     // A key added to the tenant file works within seconds, without a restart.
     let new_key = "shop-night-shift-key";
     write_shop(
         &shop().tenants,
-        &format!("\n[[api_keys]]\nid = \"night\"\nrole = \"agent\"\nsha256 = \"{}\"\n", digest(new_key)),
+        &format!(
+            "\n[[api_keys]]\nid = \"night\"\nrole = \"agent\"\nsha256 = \"{}\"\n",
+            digest(new_key)
+        ),
     );
     let started = Instant::now();
     loop {
-        let mut call = tonic::Request::new(ListTicketsRequest { tenant_id: "shop".into(), ..Default::default() });
-        call.metadata_mut().insert("x-api-key", new_key.parse().unwrap());
+        let mut call = tonic::Request::new(ListTicketsRequest {
+            tenant_id: "shop".into(),
+            ..Default::default()
+        });
+        call.metadata_mut()
+            .insert("x-api-key", new_key.parse().unwrap());
         match tickets.list_tickets(call).await {
             Ok(_) => break,
             Err(status) => {
                 assert_eq!(status.code(), Code::Unauthenticated);
-                assert!(started.elapsed() < Duration::from_secs(10), "the new key never worked");
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "the new key never worked"
+                );
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         }

@@ -273,7 +273,11 @@ async fn a_ticket_lives_through_the_gateway() {
         ]
     );
     assert!(
-        reopened.audit.iter().skip(1).all(|a| a.actor == "demo-agent"),
+        reopened
+            .audit
+            .iter()
+            .skip(1)
+            .all(|a| a.actor == "demo-agent"),
         "the audit trail names the authenticated agent, not the request's actor field"
     );
 }

@@ -102,7 +102,10 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
     // The customer follows the session; the hand-off itself is the first event.
     let mut events = open_stream(customer, &session, 0).await.unwrap();
     let queued = next_event(&mut events, LIVE).await;
-    assert_eq!((queued.event_id, handler_of(&queued)), (1, Some(Handler::Queued as i32)));
+    assert_eq!(
+        (queued.event_id, handler_of(&queued)),
+        (1, Some(Handler::Queued as i32))
+    );
 
     // While queued: no bot reply, no second ticket; a customer growing angrier moves up.
     let before = ticket(&ticket_id).await.priority;
@@ -116,7 +119,11 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         assert_eq!(response.handler, Handler::Queued as i32, "for {text:?}");
         assert!(response.escalated);
         assert_eq!(response.ticket_id, ticket_id);
-        assert!(response.reply.is_empty(), "the bot stays silent: {:?}", response.reply);
+        assert!(
+            response.reply.is_empty(),
+            "the bot stays silent: {:?}",
+            response.reply
+        );
         assert!(response.intent.is_empty());
     }
     let listed = tickets()
@@ -132,7 +139,12 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         .tickets;
     assert_eq!(listed.len(), 1, "one hand-off, one ticket");
     let raised = ticket(&ticket_id).await;
-    assert!(raised.priority > before, "priority {} -> {}", before, raised.priority);
+    assert!(
+        raised.priority > before,
+        "priority {} -> {}",
+        before,
+        raised.priority
+    );
     assert!(raised.audit.iter().any(|a| a.action == "priority_raised"));
 
     // An agent takes the queue: the session goes to them.
@@ -149,14 +161,23 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         .ticket
         .expect("the ticket is in the queue");
     assert_eq!(taken.ticket_id, ticket_id);
-    assert_eq!(taken.assignee, "demo-agent", "the key's agent, not a request field");
+    assert_eq!(
+        taken.assignee, "demo-agent",
+        "the key's agent, not a request field"
+    );
     let agent = next_event(&mut events, LIVE).await;
-    assert_eq!((agent.event_id, handler_of(&agent)), (2, Some(Handler::Agent as i32)));
+    assert_eq!(
+        (agent.event_id, handler_of(&agent)),
+        (2, Some(Handler::Agent as i32))
+    );
 
     // Two replies reach the customer live, in order.
-    for (i, text) in ["Hi, I'm here to help.", "Could you tell me your order number?"]
-        .into_iter()
-        .enumerate()
+    for (i, text) in [
+        "Hi, I'm here to help.",
+        "Could you tell me your order number?",
+    ]
+    .into_iter()
+    .enumerate()
     {
         let sent = reply(&ticket_id, text).await;
         let started = Instant::now();
@@ -165,7 +186,10 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         assert_eq!(event.event_id, sent.event_id);
         assert_eq!(event.event_id, 3 + i as i64);
         let delivered = reply_of(&event).expect("an agent reply");
-        assert_eq!((delivered.text.as_str(), delivered.agent_id.as_str()), (text, "demo-agent"));
+        assert_eq!(
+            (delivered.text.as_str(), delivered.agent_id.as_str()),
+            (text, "demo-agent")
+        );
         assert_eq!(delivered.ticket_id, ticket_id);
     }
     quiet(&mut events).await;
@@ -188,7 +212,10 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         comment: String::new(),
     };
     let mut client = common::conversations().await;
-    let early = client.rate_conversation(rate(customer, 5)).await.unwrap_err();
+    let early = client
+        .rate_conversation(rate(customer, 5))
+        .await
+        .unwrap_err();
     assert_eq!(early.code(), Code::FailedPrecondition);
 
     // Resolving hands the session back to the bot, which answers with sources again.
@@ -245,15 +272,34 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(session_view.turns.iter().filter(|t| t.role == Agent as i32).count(), 3);
+    assert_eq!(
+        session_view
+            .turns
+            .iter()
+            .filter(|t| t.role == Agent as i32)
+            .count(),
+        3
+    );
     assert_eq!(session_view.handler, Handler::Bot as i32);
 
     // Satisfaction, once, within 1..5, by the ticket's own customer.
     let codes = [
-        client.rate_conversation(rate(customer, 6)).await.map(|_| ()),
-        client.rate_conversation(rate("someone-else", 5)).await.map(|_| ()),
-        client.rate_conversation(rate(customer, 5)).await.map(|_| ()),
-        client.rate_conversation(rate(customer, 4)).await.map(|_| ()),
+        client
+            .rate_conversation(rate(customer, 6))
+            .await
+            .map(|_| ()),
+        client
+            .rate_conversation(rate("someone-else", 5))
+            .await
+            .map(|_| ()),
+        client
+            .rate_conversation(rate(customer, 5))
+            .await
+            .map(|_| ()),
+        client
+            .rate_conversation(rate(customer, 4))
+            .await
+            .map(|_| ()),
     ]
     .map(|result| result.err().map(|status| status.code()));
     assert_eq!(
@@ -272,7 +318,9 @@ async fn a_customer_cannot_follow_or_read_another_customers_session() {
     let first = send(message("owner-1", "How much does the Pro plan cost?"))
         .await
         .unwrap();
-    let stolen = open_stream("thief-1", &first.session_id, 0).await.unwrap_err();
+    let stolen = open_stream("thief-1", &first.session_id, 0)
+        .await
+        .unwrap_err();
     assert_eq!(stolen.code(), Code::PermissionDenied);
     let read = common::conversations()
         .await
@@ -285,6 +333,8 @@ async fn a_customer_cannot_follow_or_read_another_customers_session() {
         .unwrap_err();
     assert_eq!(read.code(), Code::PermissionDenied);
     assert!(open_stream("owner-1", &first.session_id, 0).await.is_ok());
-    let unknown = open_stream("owner-1", "no-such-session", 0).await.unwrap_err();
+    let unknown = open_stream("owner-1", "no-such-session", 0)
+        .await
+        .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
 }

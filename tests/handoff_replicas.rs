@@ -36,22 +36,42 @@ const TOPOLOGY: &[(&str, &str, &[(&str, &str)])] = &[
     (
         "orchestrator-a",
         "orchestrator",
-        &[("router", "router"), ("sentiment", "sentiment"), ("knowledge", "knowledge"), ("ticket", "ticket-a")],
+        &[
+            ("router", "router"),
+            ("sentiment", "sentiment"),
+            ("knowledge", "knowledge"),
+            ("ticket", "ticket-a"),
+        ],
     ),
     (
         "orchestrator-b",
         "orchestrator",
-        &[("router", "router"), ("sentiment", "sentiment"), ("knowledge", "knowledge"), ("ticket", "ticket-b")],
+        &[
+            ("router", "router"),
+            ("sentiment", "sentiment"),
+            ("knowledge", "knowledge"),
+            ("ticket", "ticket-b"),
+        ],
     ),
     (
         "gateway-a",
         "gateway",
-        &[("orchestrator", "orchestrator-a"), ("ticket", "ticket-a"), ("knowledge", "knowledge"), ("router", "router")],
+        &[
+            ("orchestrator", "orchestrator-a"),
+            ("ticket", "ticket-a"),
+            ("knowledge", "knowledge"),
+            ("router", "router"),
+        ],
     ),
     (
         "gateway-b",
         "gateway",
-        &[("orchestrator", "orchestrator-b"), ("ticket", "ticket-b"), ("knowledge", "knowledge"), ("router", "router")],
+        &[
+            ("orchestrator", "orchestrator-b"),
+            ("ticket", "ticket-b"),
+            ("knowledge", "knowledge"),
+            ("router", "router"),
+        ],
     ),
 ];
 
@@ -65,7 +85,12 @@ struct Replicas {
 
 impl Replicas {
     fn url(&self, instance: &str) -> &str {
-        &self.urls.iter().find(|(name, _)| name == instance).unwrap().1
+        &self
+            .urls
+            .iter()
+            .find(|(name, _)| name == instance)
+            .unwrap()
+            .1
     }
 }
 
@@ -78,13 +103,28 @@ async fn start() -> Replicas {
     let urls: Vec<(String, String)> = TOPOLOGY
         .iter()
         .enumerate()
-        .map(|(i, (instance, ..))| (instance.to_string(), format!("http://127.0.0.1:{}", ports[i])))
+        .map(|(i, (instance, ..))| {
+            (
+                instance.to_string(),
+                format!("http://127.0.0.1:{}", ports[i]),
+            )
+        })
         .collect();
-    let url_of = |instance: &str| urls.iter().find(|(name, _)| name == instance).unwrap().1.clone();
+    let url_of = |instance: &str| {
+        urls.iter()
+            .find(|(name, _)| name == instance)
+            .unwrap()
+            .1
+            .clone()
+    };
     let mut processes = Processes::new(dir, data.path().join("logs"));
     for (i, (instance, service, calls)) in TOPOLOGY.iter().enumerate() {
         let mut env = base_env(data.path(), &database_url);
-        env.extend(calls.iter().map(|(peer, target)| (url_variable(peer), url_of(target))));
+        env.extend(
+            calls
+                .iter()
+                .map(|(peer, target)| (url_variable(peer), url_of(target))),
+        );
         env.extend(
             [
                 ("KEFU_GRPC_PORT", ports[i].to_string()),
@@ -116,7 +156,11 @@ async fn start() -> Replicas {
 }
 
 async fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_owned()).unwrap().connect().await.unwrap()
+    Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }
 
 async fn customer_client(url: &str) -> ConversationServiceClient<Channel> {
@@ -161,7 +205,12 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(first.handler, Handler::Queued as i32, "reply: {}", first.reply);
+    assert_eq!(
+        first.handler,
+        Handler::Queued as i32,
+        "reply: {}",
+        first.reply
+    );
     let (session, ticket_id) = (first.session_id.clone(), first.ticket_id.clone());
     let mut events = customer_client(a)
         .await
@@ -184,14 +233,21 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
             .await
             .unwrap()
             .into_inner();
-        assert_eq!((response.handler, response.ticket_id.as_str()), (Handler::Queued as i32, ticket_id.as_str()));
+        assert_eq!(
+            (response.handler, response.ticket_id.as_str()),
+            (Handler::Queued as i32, ticket_id.as_str())
+        );
         assert!(response.reply.is_empty());
     }
 
     // The agent works through gateway B; the customer's stream is on gateway A.
     let mut agent = agent_client(b).await;
     let taken = agent
-        .next_in_queue(NextInQueueRequest { tenant_id: "demo".into(), take: true, ..Default::default() })
+        .next_in_queue(NextInQueueRequest {
+            tenant_id: "demo".into(),
+            take: true,
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner()
@@ -199,7 +255,9 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         .unwrap();
     assert_eq!(taken.ticket_id, ticket_id);
     let handed = next_event(&mut events).await;
-    assert!(matches!(handed.kind, Some(Kind::HandlerChange(ref c)) if c.handler == Handler::Agent as i32));
+    assert!(
+        matches!(handed.kind, Some(Kind::HandlerChange(ref c)) if c.handler == Handler::Agent as i32)
+    );
 
     let mut latencies = Vec::with_capacity(REPLIES);
     let mut last_event = handed.event_id;
@@ -221,7 +279,9 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         assert_eq!(event.event_id, sent.event_id, "in order, nothing skipped");
         assert_eq!(event.event_id, last_event + 1);
         last_event = event.event_id;
-        assert!(matches!(event.kind, Some(Kind::AgentReply(ref r)) if r.text == text && r.agent_id == "demo-agent"));
+        assert!(
+            matches!(event.kind, Some(Kind::AgentReply(ref r)) if r.text == text && r.agent_id == "demo-agent")
+        );
     }
     latencies.sort();
     println!(
@@ -256,7 +316,9 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         .into_inner();
     let missed = next_event(&mut events).await;
     assert_eq!(missed.event_id, last_event + 1);
-    assert!(matches!(missed.kind, Some(Kind::AgentReply(ref r)) if r.text == "while you were away"));
+    assert!(
+        matches!(missed.kind, Some(Kind::AgentReply(ref r)) if r.text == "while you were away")
+    );
 
     // Resolved on replica A: the stream on B sees the bot return, and B's orchestrator answers.
     agent_client(a)
@@ -270,10 +332,16 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         .await
         .unwrap();
     let back = next_event(&mut events).await;
-    assert!(matches!(back.kind, Some(Kind::HandlerChange(ref c)) if c.handler == Handler::Bot as i32));
+    assert!(
+        matches!(back.kind, Some(Kind::HandlerChange(ref c)) if c.handler == Handler::Bot as i32)
+    );
     let answered = customer_client(b)
         .await
-        .send_message(message(customer, &session, "How much does the Pro plan cost?"))
+        .send_message(message(
+            customer,
+            &session,
+            "How much does the Pro plan cost?",
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -286,8 +354,16 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         score,
         comment: "quick and kind".into(),
     };
-    customer_client(a).await.rate_conversation(rate(5)).await.unwrap();
-    let again = customer_client(b).await.rate_conversation(rate(5)).await.unwrap_err();
+    customer_client(a)
+        .await
+        .rate_conversation(rate(5))
+        .await
+        .unwrap();
+    let again = customer_client(b)
+        .await
+        .rate_conversation(rate(5))
+        .await
+        .unwrap_err();
     assert_eq!(again.code(), Code::FailedPrecondition);
 
     // Nobody answers this one: at 80% of its SLA it is raised one step, by one replica.
@@ -300,7 +376,10 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
     let started = Instant::now();
     let raised = loop {
         let ticket = agent
-            .get_ticket(GetTicketRequest { tenant_id: "demo".into(), ticket_id: waiting.ticket_id.clone() })
+            .get_ticket(GetTicketRequest {
+                tenant_id: "demo".into(),
+                ticket_id: waiting.ticket_id.clone(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -309,19 +388,34 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         if ticket.audit.iter().any(|a| a.actor == "sla-policy") {
             break ticket;
         }
-        assert!(started.elapsed() < Duration::from_secs(40), "the SLA policy never raised the ticket");
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "the SLA policy never raised the ticket"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert!(raised.priority > waiting.priority, "{} -> {}", waiting.priority, raised.priority);
+    assert!(
+        raised.priority > waiting.priority,
+        "{} -> {}",
+        waiting.priority,
+        raised.priority
+    );
     // Both replicas keep checking; a second raise would show up now.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let audit = agent
-        .get_ticket(GetTicketRequest { tenant_id: "demo".into(), ticket_id: waiting.ticket_id.clone() })
+        .get_ticket(GetTicketRequest {
+            tenant_id: "demo".into(),
+            ticket_id: waiting.ticket_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()
         .ticket
         .unwrap()
         .audit;
-    assert_eq!(audit.iter().filter(|a| a.actor == "sla-policy").count(), 1, "{audit:?}");
+    assert_eq!(
+        audit.iter().filter(|a| a.actor == "sla-policy").count(),
+        1,
+        "{audit:?}"
+    );
 }

@@ -30,7 +30,6 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use common::free_ports;
 use common::processes::{base_env, build_service_binaries, url_variable, Processes, SERVICES};
 
-
 /// A refund demand in anger: the refund intent needs the knowledge base and a ticket,
 /// the anger escalates it, so every service takes part in the one trace.
 const MESSAGE: &str =

@@ -154,7 +154,10 @@ pub const DEMO_ADMIN_KEY: &str = "demo-admin-key";
 pub struct ApiKey(pub &'static str);
 
 impl tonic::service::Interceptor for ApiKey {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         let value = format!("Bearer {}", self.0).parse().expect("an ASCII key");
         request.metadata_mut().insert("authorization", value);
         Ok(request)
@@ -223,4 +226,3 @@ impl Drop for RedisPrefix {
         }
     }
 }
-

@@ -89,7 +89,10 @@ pub fn base_env(data: &Path, database_url: &str) -> Vec<(String, String)> {
         ("KEFU_BIND_HOST", "127.0.0.1".to_owned()),
         ("DATABASE_URL", database_url.to_owned()),
         ("KEFU_DATA_DIR", data.display().to_string()),
-        ("KEFU_TENANTS_DIR", repo_root().join("tenants").display().to_string()),
+        (
+            "KEFU_TENANTS_DIR",
+            repo_root().join("tenants").display().to_string(),
+        ),
         ("KEFU_MODELS_DIR", models_dir().display().to_string()),
         ("KEFU_LOG_FORMAT", "json".to_owned()),
         ("RUST_LOG", "info".to_owned()),
@@ -143,8 +146,7 @@ impl Processes {
     /// would change its behaviour).
     pub fn spawn(&mut self, instance: &str, service: &str, env: &[(String, String)]) {
         let stdout = std::fs::File::create(self.stdout_path(instance)).unwrap();
-        let stderr =
-            std::fs::File::create(self.logs.join(format!("kefu-{instance}.err"))).unwrap();
+        let stderr = std::fs::File::create(self.logs.join(format!("kefu-{instance}.err"))).unwrap();
         let mut command = Command::new(self.dir.join(format!("kefu-{service}")));
         for variable in INHERITED_NOISE {
             command.env_remove(variable);

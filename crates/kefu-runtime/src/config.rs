@@ -71,6 +71,8 @@ pub struct ServerArgs {
     /// Requests handled at once per connection; more wait.
     #[arg(long, env = "KEFU_MAX_CONCURRENCY", default_value_t = 256)]
     pub max_concurrency: usize,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
 }
 
 impl ServerArgs {
@@ -97,6 +99,7 @@ impl ServerArgs {
             metrics_port: Some(metrics_port),
             request_timeout_ms: 10_000,
             max_concurrency: 256,
+            tls: Default::default(),
         }
     }
 }

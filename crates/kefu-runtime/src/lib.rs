@@ -12,14 +12,16 @@ pub mod principal;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 
-pub use client::{channel, with_retry, GrpcChannel};
+pub use client::{with_retry, Connector, GrpcChannel};
 pub use config::{ClientArgs, ContentArgs, DataArgs, ModelArgs, ServerArgs, ServiceSpec};
 pub use health::{Probe, ReadyFlag};
 pub use principal::{Principal, Role};
 pub use server::{RunningServer, Server};
 pub use shutdown::Shutdown;
 pub use telemetry::TelemetryArgs;
+pub use tls::TlsArgs;
 
 /// The `main` of every per-service binary: telemetry, start, serve until SIGTERM, drain.
 pub async fn run_service<F, Fut>(

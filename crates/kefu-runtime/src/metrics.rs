@@ -39,7 +39,8 @@ pub fn handle() -> &'static PrometheusHandle {
                 )
             })
             .and_then(|builder| {
-                builder.set_buckets_for_metric(Matcher::Full("kefu_csat_score".into()), CSAT_BUCKETS)
+                builder
+                    .set_buckets_for_metric(Matcher::Full("kefu_csat_score".into()), CSAT_BUCKETS)
             })
             .and_then(|builder| {
                 builder.set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)

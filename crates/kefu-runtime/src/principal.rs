@@ -85,6 +85,10 @@ mod tests {
         assert_eq!(Principal::from_metadata(&metadata), Some(principal.clone()));
         assert!(principal.is_staff());
         metadata.insert_bin(PRINCIPAL_METADATA, BinaryMetadataValue::from_bytes(b"{"));
-        assert_eq!(Principal::from_metadata(&metadata), None, "garbage is no principal");
+        assert_eq!(
+            Principal::from_metadata(&metadata),
+            None,
+            "garbage is no principal"
+        );
     }
 }

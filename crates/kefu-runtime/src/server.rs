@@ -112,7 +112,10 @@ impl Server {
         }
         // Alive from the first moment the port answers, whatever the dependencies say.
         reporter
-            .set_service_status(health::LIVENESS_SERVICE, tonic_health::ServingStatus::Serving)
+            .set_service_status(
+                health::LIVENESS_SERVICE,
+                tonic_health::ServingStatus::Serving,
+            )
             .await;
         tokio::spawn(health::watch(
             reporter,
@@ -137,7 +140,14 @@ impl Server {
             .add_service(reflection_v1alpha);
         let routes = routes.routes().prepare();
 
-        let server = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = self.args.tls.server()? {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|error| anyhow::anyhow!("TLS settings of {service_label}: {error}"))?;
+            tracing::info!(service = %service_label, mutual = self.args.tls.tls_client_ca.is_some(), "serving TLS");
+        }
+        let server = builder
             .accept_http1(self.browser_access.is_some())
             .timeout(self.args.request_timeout())
             .concurrency_limit_per_connection(self.args.max_concurrency)

@@ -74,7 +74,10 @@ pub enum HandlerOutcome {
 
 /// The handler a move leads to from the current state, or None when it does not apply.
 /// Pure: the rules of who handles a session, readable and tested alone.
-pub fn next_handler(current: Option<&HandlerRecord>, change: &HandlerMove) -> Option<(i32, String)> {
+pub fn next_handler(
+    current: Option<&HandlerRecord>,
+    change: &HandlerMove,
+) -> Option<(i32, String)> {
     let current_handler = current.map(|c| c.handler).unwrap_or(HANDLER_BOT);
     let current_ticket = current.map(|c| c.ticket_id.as_str()).unwrap_or("");
     match change {
@@ -96,7 +99,11 @@ pub enum SessionEntry {
     /// A customer's message, with the bot's reply (empty while a human handles it).
     Customer(crate::TurnRecord),
     /// An agent's reply.
-    Agent { author: String, text: String, at: i64 },
+    Agent {
+        author: String,
+        text: String,
+        at: i64,
+    },
 }
 
 /// The session in the order things happened: the customer's turns and the agents'
@@ -107,9 +114,14 @@ pub fn merge_session(turns: Vec<crate::TurnRecord>, events: Vec<EventRecord>) ->
         .map(|turn| (turn.created_at, SessionEntry::Customer(turn)))
         .collect();
     entries.extend(events.into_iter().filter_map(|event| match event.kind {
-        EventKind::AgentReply { author, text } => {
-            Some((event.at, SessionEntry::Agent { author, text, at: event.at }))
-        }
+        EventKind::AgentReply { author, text } => Some((
+            event.at,
+            SessionEntry::Agent {
+                author,
+                text,
+                at: event.at,
+            },
+        )),
         EventKind::HandlerChange { .. } => None,
     }));
     // Stable: within one millisecond, turns stay before agent replies and in their order.
@@ -129,8 +141,11 @@ pub struct RatingRecord {
 
 #[async_trait]
 pub trait ConversationStore: Send + Sync {
-    async fn handler(&self, tenant_id: &str, session_id: &str)
-        -> StoreResult<Option<HandlerRecord>>;
+    async fn handler(
+        &self,
+        tenant_id: &str,
+        session_id: &str,
+    ) -> StoreResult<Option<HandlerRecord>>;
     /// Applies a move and stores its handler_change event in one transaction.
     async fn move_session(
         &self,
@@ -246,7 +261,9 @@ async fn insert_event(
         .try_get("next")?;
     event.event_id = next;
     let (kind, handler, author, text) = match &event.kind {
-        EventKind::AgentReply { author, text } => (KIND_AGENT_REPLY, 0, author.as_str(), text.as_str()),
+        EventKind::AgentReply { author, text } => {
+            (KIND_AGENT_REPLY, 0, author.as_str(), text.as_str())
+        }
         EventKind::HandlerChange { handler } => (KIND_HANDLER_CHANGE, *handler, "", ""),
     };
     sqlx::query(&format!(
@@ -599,18 +616,48 @@ mod tests {
             customer_id: "c".into(),
             ticket_id: "T1".into(),
         };
-        assert_eq!(next_handler(None, &hand_off), Some((HANDLER_QUEUED, "T1".into())));
-        assert_eq!(next_handler(Some(&at(HANDLER_BOT, "")), &hand_off), Some((HANDLER_QUEUED, "T1".into())));
+        assert_eq!(
+            next_handler(None, &hand_off),
+            Some((HANDLER_QUEUED, "T1".into()))
+        );
+        assert_eq!(
+            next_handler(Some(&at(HANDLER_BOT, "")), &hand_off),
+            Some((HANDLER_QUEUED, "T1".into()))
+        );
         // One ticket per hand-off: a queued session is not handed off again.
-        assert_eq!(next_handler(Some(&at(HANDLER_QUEUED, "T0")), &hand_off), None);
-        let take = HandlerMove::Take { ticket_id: "T1".into() };
-        assert_eq!(next_handler(Some(&at(HANDLER_QUEUED, "T1")), &take), Some((HANDLER_AGENT, "T1".into())));
-        assert_eq!(next_handler(Some(&at(HANDLER_QUEUED, "T2")), &take), None, "another ticket");
-        assert_eq!(next_handler(Some(&at(HANDLER_AGENT, "T1")), &take), None, "already taken");
+        assert_eq!(
+            next_handler(Some(&at(HANDLER_QUEUED, "T0")), &hand_off),
+            None
+        );
+        let take = HandlerMove::Take {
+            ticket_id: "T1".into(),
+        };
+        assert_eq!(
+            next_handler(Some(&at(HANDLER_QUEUED, "T1")), &take),
+            Some((HANDLER_AGENT, "T1".into()))
+        );
+        assert_eq!(
+            next_handler(Some(&at(HANDLER_QUEUED, "T2")), &take),
+            None,
+            "another ticket"
+        );
+        assert_eq!(
+            next_handler(Some(&at(HANDLER_AGENT, "T1")), &take),
+            None,
+            "already taken"
+        );
         assert_eq!(next_handler(None, &take), None);
-        let release = HandlerMove::Release { ticket_id: "T1".into() };
-        assert_eq!(next_handler(Some(&at(HANDLER_AGENT, "T1")), &release), Some((HANDLER_BOT, String::new())));
-        assert_eq!(next_handler(Some(&at(HANDLER_QUEUED, "T1")), &release), Some((HANDLER_BOT, String::new())));
+        let release = HandlerMove::Release {
+            ticket_id: "T1".into(),
+        };
+        assert_eq!(
+            next_handler(Some(&at(HANDLER_AGENT, "T1")), &release),
+            Some((HANDLER_BOT, String::new()))
+        );
+        assert_eq!(
+            next_handler(Some(&at(HANDLER_QUEUED, "T1")), &release),
+            Some((HANDLER_BOT, String::new()))
+        );
         assert_eq!(next_handler(Some(&at(HANDLER_BOT, "")), &release), None);
     }
 }

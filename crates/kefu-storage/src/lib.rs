@@ -12,11 +12,11 @@ pub mod testing;
 pub mod tickets;
 
 pub use cache::{fingerprint, Cache, Redis, RedisProbe};
+pub use content::{ContentStore, SqlContentStore, StoredChunk, StoredDocument};
 pub use conversations::{
     ConversationStore, EventBus, EventKind, EventRecord, HandlerMove, HandlerOutcome,
     HandlerRecord, RatingRecord, SqlConversationStore,
 };
-pub use content::{ContentStore, SqlContentStore, StoredChunk, StoredDocument};
 pub use db::{now_millis, Database, DatabaseProbe};
 pub use sessions::{SessionStore, SqlSessionStore, TurnRecord};
 pub use tickets::{

@@ -358,9 +358,12 @@ async fn replicas_starting_together_migrate_once() {
         "n",
     )
     .unwrap();
-    let in_repository = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../migrations/postgres"))
-        .unwrap()
-        .count() as i64;
+    let in_repository = std::fs::read_dir(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../migrations/postgres"
+    ))
+    .unwrap()
+    .count() as i64;
     assert_eq!(applied, in_repository);
 }
 
@@ -373,18 +376,39 @@ async fn a_session_moves_between_handlers_with_one_ordered_event_each() {
             customer_id: "c1".into(),
             ticket_id: ticket.into(),
         };
-        let moved = store.move_session("t1", "s1", hand_off("T1")).await.unwrap();
+        let moved = store
+            .move_session("t1", "s1", hand_off("T1"))
+            .await
+            .unwrap();
         assert!(matches!(moved, HandlerOutcome::Moved(ref e) if e.event_id == 1));
         // A second hand-off of the same session opens nothing: it is already queued.
-        match store.move_session("t1", "s1", hand_off("T2")).await.unwrap() {
+        match store
+            .move_session("t1", "s1", hand_off("T2"))
+            .await
+            .unwrap()
+        {
             HandlerOutcome::Unchanged(Some(current)) => {
-                assert_eq!((current.handler, current.ticket_id.as_str()), (HANDLER_QUEUED, "T1"))
+                assert_eq!(
+                    (current.handler, current.ticket_id.as_str()),
+                    (HANDLER_QUEUED, "T1")
+                )
             }
             other => panic!("expected no change, got {other:?}"),
         }
-        let take = HandlerMove::Take { ticket_id: "T1".into() };
-        assert!(matches!(store.move_session("t1", "s1", take.clone()).await.unwrap(), HandlerOutcome::Moved(_)));
-        assert!(matches!(store.move_session("t1", "s1", take).await.unwrap(), HandlerOutcome::Unchanged(_)), "taking twice is one change");
+        let take = HandlerMove::Take {
+            ticket_id: "T1".into(),
+        };
+        assert!(matches!(
+            store.move_session("t1", "s1", take.clone()).await.unwrap(),
+            HandlerOutcome::Moved(_)
+        ));
+        assert!(
+            matches!(
+                store.move_session("t1", "s1", take).await.unwrap(),
+                HandlerOutcome::Unchanged(_)
+            ),
+            "taking twice is one change"
+        );
 
         // Concurrent replies all land, numbered without gaps; a retried one is stored once.
         let writers: Vec<_> = (0..8)
@@ -392,7 +416,14 @@ async fn a_session_moves_between_handlers_with_one_ordered_event_each() {
                 let store = store.clone();
                 tokio::spawn(async move {
                     store
-                        .append_agent_reply("t1", "s1", "T1", "anna", &format!("reply {i}"), Some(&format!("r{i}")))
+                        .append_agent_reply(
+                            "t1",
+                            "s1",
+                            "T1",
+                            "anna",
+                            &format!("reply {i}"),
+                            Some(&format!("r{i}")),
+                        )
                         .await
                         .unwrap()
                 })
@@ -406,17 +437,47 @@ async fn a_session_moves_between_handlers_with_one_ordered_event_each() {
             .await
             .unwrap();
         let events = store.events_after("t1", "s1", 0, 100).await.unwrap();
-        assert_eq!(events.iter().map(|e| e.event_id).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+            (1..=10).collect::<Vec<_>>()
+        );
         assert!(events.iter().any(|e| e.event_id == again.event_id));
-        assert_eq!(store.events_after("t1", "s1", 8, 100).await.unwrap().len(), 2, "resume after a cursor");
-        assert!(store.events_after("t2", "s1", 0, 100).await.unwrap().is_empty(), "tenants stay apart");
+        assert_eq!(
+            store.events_after("t1", "s1", 8, 100).await.unwrap().len(),
+            2,
+            "resume after a cursor"
+        );
+        assert!(
+            store
+                .events_after("t2", "s1", 0, 100)
+                .await
+                .unwrap()
+                .is_empty(),
+            "tenants stay apart"
+        );
 
-        let release = HandlerMove::Release { ticket_id: "T1".into() };
-        assert!(matches!(store.move_session("t1", "s1", release).await.unwrap(), HandlerOutcome::Moved(_)));
+        let release = HandlerMove::Release {
+            ticket_id: "T1".into(),
+        };
+        assert!(matches!(
+            store.move_session("t1", "s1", release).await.unwrap(),
+            HandlerOutcome::Moved(_)
+        ));
         let handler = store.handler("t1", "s1").await.unwrap().unwrap();
-        assert_eq!((handler.handler, handler.ticket_id.as_str()), (HANDLER_BOT, ""));
-        assert_eq!(store.events_after("t1", "s1", 0, 100).await.unwrap().len(), 11);
-        assert_eq!(events[1].kind, EventKind::HandlerChange { handler: HANDLER_AGENT });
+        assert_eq!(
+            (handler.handler, handler.ticket_id.as_str()),
+            (HANDLER_BOT, "")
+        );
+        assert_eq!(
+            store.events_after("t1", "s1", 0, 100).await.unwrap().len(),
+            11
+        );
+        assert_eq!(
+            events[1].kind,
+            EventKind::HandlerChange {
+                handler: HANDLER_AGENT
+            }
+        );
 
         let rating = RatingRecord {
             tenant_id: "t1".into(),
@@ -447,9 +508,24 @@ async fn the_sla_policy_finds_tickets_past_80_percent_without_a_reply() {
         for t in [&due_soon, &fresh, &answered] {
             store.create(t.clone(), audit(0, OPEN)).await.unwrap();
         }
-        assert!(store.record_first_response("t1", &answered.ticket_id, now).await.unwrap());
-        assert!(!store.record_first_response("t1", &answered.ticket_id, now + 1).await.unwrap(), "the first response is kept");
+        assert!(store
+            .record_first_response("t1", &answered.ticket_id, now)
+            .await
+            .unwrap());
+        assert!(
+            !store
+                .record_first_response("t1", &answered.ticket_id, now + 1)
+                .await
+                .unwrap(),
+            "the first response is kept"
+        );
         let at_risk = store.sla_at_risk(now, 10).await.unwrap();
-        assert_eq!(at_risk.iter().map(|t| t.ticket_id.as_str()).collect::<Vec<_>>(), [due_soon.ticket_id.as_str()]);
+        assert_eq!(
+            at_risk
+                .iter()
+                .map(|t| t.ticket_id.as_str())
+                .collect::<Vec<_>>(),
+            [due_soon.ticket_id.as_str()]
+        );
     }
 }

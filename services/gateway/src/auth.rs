@@ -228,30 +228,100 @@ mod tests {
         let denied = |reason| Err(Refusal::PermissionDenied { reason });
 
         // Open tenant: customers without a key, never staff without one.
-        assert_eq!(check(&tenants, "open", None, None, Access::Customer).unwrap().actor, "c-1");
-        assert_eq!(check(&tenants, "open", None, None, Access::Staff), unauthenticated("missing_key"));
+        assert_eq!(
+            check(&tenants, "open", None, None, Access::Customer)
+                .unwrap()
+                .actor,
+            "c-1"
+        );
+        assert_eq!(
+            check(&tenants, "open", None, None, Access::Staff),
+            unauthenticated("missing_key")
+        );
         // Unknown tenant and bad key look the same.
-        assert_eq!(check(&tenants, "nope", None, None, Access::Customer), unauthenticated("missing_key"));
-        assert_eq!(check(&tenants, "open", Some("junk"), None, Access::Customer), unauthenticated("invalid_key"));
-        assert_eq!(check(&tenants, "nope", Some("junk"), None, Access::Staff), unauthenticated("invalid_key"));
+        assert_eq!(
+            check(&tenants, "nope", None, None, Access::Customer),
+            unauthenticated("missing_key")
+        );
+        assert_eq!(
+            check(&tenants, "open", Some("junk"), None, Access::Customer),
+            unauthenticated("invalid_key")
+        );
+        assert_eq!(
+            check(&tenants, "nope", Some("junk"), None, Access::Staff),
+            unauthenticated("invalid_key")
+        );
         // A key of another tenant is known but not allowed here.
-        assert_eq!(check(&tenants, "open", Some("agent-key"), None, Access::Staff), denied("wrong_tenant"));
+        assert_eq!(
+            check(&tenants, "open", Some("agent-key"), None, Access::Staff),
+            denied("wrong_tenant")
+        );
 
         // Closed tenant: customers need the app key and a verified customer id.
-        assert_eq!(check(&tenants, "shop", None, customer, Access::Customer), unauthenticated("missing_key"));
-        let principal = check(&tenants, "shop", Some("widget-key"), customer, Access::Customer).unwrap();
-        assert_eq!((principal.role, principal.key_id.as_str()), (Role::Customer, "widget"));
-        assert_eq!(check(&tenants, "shop", Some("widget-key"), None, Access::Customer), unauthenticated("bad_customer_hash"));
+        assert_eq!(
+            check(&tenants, "shop", None, customer, Access::Customer),
+            unauthenticated("missing_key")
+        );
+        let principal = check(
+            &tenants,
+            "shop",
+            Some("widget-key"),
+            customer,
+            Access::Customer,
+        )
+        .unwrap();
+        assert_eq!(
+            (principal.role, principal.key_id.as_str()),
+            (Role::Customer, "widget")
+        );
+        assert_eq!(
+            check(&tenants, "shop", Some("widget-key"), None, Access::Customer),
+            unauthenticated("bad_customer_hash")
+        );
         let other = hash("c-2");
-        assert_eq!(check(&tenants, "shop", Some("widget-key"), Some(&other), Access::Customer), denied("bad_customer_hash"));
-        assert_eq!(check(&tenants, "shop", Some("widget-key"), customer, Access::Staff), denied("wrong_role"));
+        assert_eq!(
+            check(
+                &tenants,
+                "shop",
+                Some("widget-key"),
+                Some(&other),
+                Access::Customer
+            ),
+            denied("bad_customer_hash")
+        );
+        assert_eq!(
+            check(
+                &tenants,
+                "shop",
+                Some("widget-key"),
+                customer,
+                Access::Staff
+            ),
+            denied("wrong_role")
+        );
 
         // Agents: the queue and any session, not the customer's own RPCs, not admin.
         let agent = check(&tenants, "shop", Some("agent-key"), None, Access::Staff).unwrap();
-        assert_eq!((agent.role, agent.actor.as_str(), agent.key_id.as_str()), (Role::Agent, "anna", "desk"));
-        assert!(check(&tenants, "shop", Some("agent-key"), None, Access::CustomerOrStaff).is_ok());
-        assert_eq!(check(&tenants, "shop", Some("agent-key"), None, Access::Customer), denied("wrong_role"));
-        assert_eq!(check(&tenants, "shop", Some("agent-key"), None, Access::Admin), denied("wrong_role"));
+        assert_eq!(
+            (agent.role, agent.actor.as_str(), agent.key_id.as_str()),
+            (Role::Agent, "anna", "desk")
+        );
+        assert!(check(
+            &tenants,
+            "shop",
+            Some("agent-key"),
+            None,
+            Access::CustomerOrStaff
+        )
+        .is_ok());
+        assert_eq!(
+            check(&tenants, "shop", Some("agent-key"), None, Access::Customer),
+            denied("wrong_role")
+        );
+        assert_eq!(
+            check(&tenants, "shop", Some("agent-key"), None, Access::Admin),
+            denied("wrong_role")
+        );
         // Admins: everything staff may, plus admin; the actor defaults to the key id.
         let admin = check(&tenants, "shop", Some("admin-key"), None, Access::Admin).unwrap();
         assert_eq!((admin.role, admin.actor.as_str()), (Role::Admin, "boss"));

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 
 use futures::StreamExt as _;
-use tower::Layer as _;
 use kefu_proto::v1::admin_service_server::{AdminService, AdminServiceServer};
 use kefu_proto::v1::conversation_service_server::{ConversationService, ConversationServiceServer};
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
@@ -17,11 +16,12 @@ use kefu_proto::v1::ticket_service_server::{TicketService, TicketServiceServer};
 use kefu_proto::v1::*;
 use kefu_runtime::health::DownstreamProbe;
 use kefu_runtime::{
-    with_retry, ClientArgs, ContentArgs, GrpcChannel, Principal, RunningServer, ServerArgs,
-    ServiceSpec, Shutdown,
+    with_retry, ClientArgs, Connector, ContentArgs, GrpcChannel, Principal, RunningServer,
+    ServerArgs, ServiceSpec, Shutdown,
 };
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
+use tower::Layer as _;
 
 mod auth;
 mod tenants;
@@ -142,7 +142,9 @@ impl Gateway {
 
     fn bounded_text(&self, text: &str, field: &str) -> Result<(), Status> {
         if text.trim().is_empty() {
-            return Err(Status::invalid_argument(format!("{field} must not be empty")));
+            return Err(Status::invalid_argument(format!(
+                "{field} must not be empty"
+            )));
         }
         if text.len() > self.max_message_bytes {
             return Err(Status::invalid_argument(format!(
@@ -190,7 +192,12 @@ macro_rules! forward {
 /// one attempt, whatever happens.
 macro_rules! forward_once {
     ($self:ident . $client:ident . $method:ident ($principal:expr, $request:expr)) => {{
-        $self.0.$client.clone().$method($principal.request($request)).await
+        $self
+            .0
+            .$client
+            .clone()
+            .$method($principal.request($request))
+            .await
     }};
 }
 
@@ -284,9 +291,13 @@ impl TicketService for GatewayHandle {
         request: Request<CreateTicketRequest>,
     ) -> Result<Response<CreateTicketResponse>, Status> {
         let message = request.get_ref();
-        let principal =
-            self.0
-                .admit(&request, "CreateTicket", &message.tenant_id, Access::Staff, "")?;
+        let principal = self.0.admit(
+            &request,
+            "CreateTicket",
+            &message.tenant_id,
+            Access::Staff,
+            "",
+        )?;
         let mut message = request.into_inner();
         bounded_id(&message.customer_id, "customer_id", true)?;
         bounded_id(&message.idempotency_key, "idempotency_key", false)?;
@@ -320,9 +331,13 @@ impl TicketService for GatewayHandle {
         request: Request<ListTicketsRequest>,
     ) -> Result<Response<ListTicketsResponse>, Status> {
         let message = request.get_ref();
-        let principal =
-            self.0
-                .admit(&request, "ListTickets", &message.tenant_id, Access::Staff, "")?;
+        let principal = self.0.admit(
+            &request,
+            "ListTickets",
+            &message.tenant_id,
+            Access::Staff,
+            "",
+        )?;
         let message = request.into_inner();
         bounded_id(&message.customer_id, "customer_id", false)?;
         forward!(self.tickets.list_tickets(principal, message))
@@ -333,9 +348,13 @@ impl TicketService for GatewayHandle {
         request: Request<NextInQueueRequest>,
     ) -> Result<Response<NextInQueueResponse>, Status> {
         let message = request.get_ref();
-        let principal =
-            self.0
-                .admit(&request, "NextInQueue", &message.tenant_id, Access::Staff, "")?;
+        let principal = self.0.admit(
+            &request,
+            "NextInQueue",
+            &message.tenant_id,
+            Access::Staff,
+            "",
+        )?;
         let message = request.into_inner();
         bounded_id(&message.assignee, "assignee", false)?;
         if message.take || !message.assignee.is_empty() {
@@ -370,9 +389,13 @@ impl TicketService for GatewayHandle {
         request: Request<GetCustomerRequest>,
     ) -> Result<Response<GetCustomerResponse>, Status> {
         let message = request.get_ref();
-        let principal =
-            self.0
-                .admit(&request, "GetCustomer", &message.tenant_id, Access::Staff, "")?;
+        let principal = self.0.admit(
+            &request,
+            "GetCustomer",
+            &message.tenant_id,
+            Access::Staff,
+            "",
+        )?;
         let message = request.into_inner();
         bounded_id(&message.customer_id, "customer_id", true)?;
         forward!(self.tickets.get_customer(principal, message))
@@ -388,9 +411,9 @@ impl TicketService for GatewayHandle {
             .as_ref()
             .map(|c| c.tenant_id.clone())
             .ok_or_else(|| Status::invalid_argument("customer is required"))?;
-        let principal =
-            self.0
-                .admit(&request, "UpsertCustomer", &tenant_id, Access::Admin, "")?;
+        let principal = self
+            .0
+            .admit(&request, "UpsertCustomer", &tenant_id, Access::Admin, "")?;
         let message = request.into_inner();
         let customer = message.customer.as_ref().expect("checked above");
         bounded_id(&customer.customer_id, "customer.customer_id", true)?;
@@ -503,9 +526,9 @@ impl AdminService for GatewayHandle {
         request: Request<ReindexRequest>,
     ) -> Result<Response<ReindexResponse>, Status> {
         let message = request.get_ref();
-        let principal =
-            self.0
-                .admit(&request, "Reindex", &message.tenant_id, Access::Admin, "")?;
+        let principal = self
+            .0
+            .admit(&request, "Reindex", &message.tenant_id, Access::Admin, "")?;
         let message = request.into_inner();
         forward!(self.knowledge.reindex(principal, message))
     }
@@ -537,8 +560,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let tenants = LiveTenants::load(&config.content.tenants_dir)?;
     tracing::info!(tenants = tenants.current().len(), "tenants loaded");
     tenants.clone().watch(shutdown.clone());
-    let deadline = config.clients.call_timeout();
-    let client = |target: &str, url: &str| kefu_runtime::channel(SERVICE, target, url, deadline);
+    // The gateway's own certificate is for its public port; calls inward use TLS only
+    // where the cluster's CA is named.
+    let connect = Connector::new(SERVICE, &config.clients, &config.server.tls)?;
+    let client = |target: &str, url: &str| connect.channel(target, url);
     let gateway = GatewayHandle(Arc::new(Gateway {
         tenants,
         max_message_bytes: config.max_message_bytes,
@@ -568,11 +593,11 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .add_service(browsers.layer(AdminServiceServer::new(gateway)))
         .probe(Arc::new(DownstreamProbe::new(
             "orchestrator",
-            kefu_runtime::client::raw_channel(&config.orchestrator_url, deadline)?,
+            connect.raw_channel(&config.orchestrator_url)?,
         )))
         .probe(Arc::new(DownstreamProbe::new(
             "ticket",
-            kefu_runtime::client::raw_channel(&config.ticket_url, deadline)?,
+            connect.raw_channel(&config.ticket_url)?,
         )))
         .start(shutdown)
         .await

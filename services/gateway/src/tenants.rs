@@ -75,11 +75,14 @@ impl LiveTenants {
                     fingerprint(&self.dir) != *self.seen.lock().unwrap_or_else(|e| e.into_inner());
                 if changed {
                     match self.reload() {
-                        Ok(tenants) => tracing::info!(tenants, "tenant files changed; keys reloaded"),
+                        Ok(tenants) => {
+                            tracing::info!(tenants, "tenant files changed; keys reloaded")
+                        }
                         Err(error) => {
                             tracing::error!(error = %format!("{error:#}"), "tenant files changed but do not load; keeping the previous keys");
                             // Not again until the files change once more.
-                            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = fingerprint(&self.dir);
+                            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) =
+                                fingerprint(&self.dir);
                         }
                     }
                 }

@@ -60,7 +60,11 @@ const RESPONSE_HEADERS: [&str; 4] = [
 
 /// Cross-origin gRPC-Web calls from the configured origins and any tenant's own.
 pub fn cors(args: &WebArgs, tenants: Arc<LiveTenants>) -> CorsLayer {
-    let configured: Vec<String> = args.web_origins.iter().map(|o| o.trim().to_owned()).collect();
+    let configured: Vec<String> = args
+        .web_origins
+        .iter()
+        .map(|o| o.trim().to_owned())
+        .collect();
     CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin, _| {
             let Ok(origin) = origin.to_str() else {
@@ -146,7 +150,10 @@ pub async fn serve(
         .route("/chat", get(|| async { asset("chat.html") }))
         .route("/console", get(|| async { asset("console.html") }))
         .route("/config.json", get(config))
-        .route("/{*path}", get(|Path(path): Path<String>| async move { asset(&path) }));
+        .route(
+            "/{*path}",
+            get(|Path(path): Path<String>| async move { asset(&path) }),
+        );
     let listener = tokio::net::TcpListener::bind(bind)
         .await
         .map_err(|error| anyhow::anyhow!("cannot bind the web port {bind}: {error}"))?;

@@ -15,7 +15,7 @@ use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
 use kefu_runtime::health::DownstreamProbe;
 use kefu_runtime::{
-    with_retry, ClientArgs, DataArgs, GrpcChannel, Principal, RunningServer, ServerArgs,
+    with_retry, ClientArgs, Connector, DataArgs, GrpcChannel, Principal, RunningServer, ServerArgs,
     ServiceSpec, Shutdown,
 };
 use kefu_storage::conversations::{merge_session, SessionEntry};
@@ -619,7 +619,11 @@ impl Orchestrator {
     }
 
     /// Whose session this is; None when it does not exist.
-    async fn session_owner(&self, tenant: &str, session_id: &str) -> Result<Option<String>, Status> {
+    async fn session_owner(
+        &self,
+        tenant: &str,
+        session_id: &str,
+    ) -> Result<Option<String>, Status> {
         if let Some(handler) = self.conversations.handler(tenant, session_id).await? {
             return Ok(Some(handler.customer_id));
         }
@@ -643,7 +647,9 @@ impl Orchestrator {
         }
         let (tenant, session_id) = (request.tenant_id.as_str(), request.session_id.as_str());
         let Some(owner) = self.session_owner(tenant, session_id).await? else {
-            return Err(Status::not_found(format!("session {session_id:?} not found")));
+            return Err(Status::not_found(format!(
+                "session {session_id:?} not found"
+            )));
         };
         may_read(principal, &owner)?;
         let turns = self
@@ -683,12 +689,16 @@ impl Orchestrator {
             ));
         }
         if request.after_event_id < 0 {
-            return Err(Status::invalid_argument("after_event_id must not be negative"));
+            return Err(Status::invalid_argument(
+                "after_event_id must not be negative",
+            ));
         }
         let owner = self
             .session_owner(&request.tenant_id, &request.session_id)
             .await?
-            .ok_or_else(|| Status::not_found(format!("session {:?} not found", request.session_id)))?;
+            .ok_or_else(|| {
+                Status::not_found(format!("session {:?} not found", request.session_id))
+            })?;
         // Only the session's own customer follows it (agents read it with GetConversation).
         let customer = principal
             .filter(|p| !p.is_staff())
@@ -826,7 +836,7 @@ impl OrchestratorService for OrchestratorHandle {
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
     let db = Database::connect(&config.data.database_url()).await?;
     let redis = Redis::from_args(&config.data)?;
-    let deadline = config.clients.call_timeout();
+    let connect = Connector::new(SERVICE, &config.clients, &config.server.tls)?;
     let peers = &config.peers;
     let conversations = SqlConversationStore::new(db.clone());
     let orchestrator = Orchestrator {
@@ -835,30 +845,14 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         conversations: Arc::new(conversations),
         shutdown: shutdown.clone(),
         context: Cache::new("session", SERVICE, SESSION_CONTEXT_TTL, redis.clone()),
-        router: RouterServiceClient::new(kefu_runtime::channel(
-            SERVICE,
-            "kefu-router",
-            &peers.router_url,
-            deadline,
-        )?),
-        sentiment: SentimentServiceClient::new(kefu_runtime::channel(
-            SERVICE,
-            "kefu-sentiment",
-            &peers.sentiment_url,
-            deadline,
-        )?),
-        knowledge: KnowledgeServiceClient::new(kefu_runtime::channel(
-            SERVICE,
-            "kefu-knowledge",
-            &peers.knowledge_url,
-            deadline,
-        )?),
-        tickets: TicketServiceClient::new(kefu_runtime::channel(
-            SERVICE,
-            "kefu-ticket",
-            &peers.ticket_url,
-            deadline,
-        )?),
+        router: RouterServiceClient::new(connect.channel("kefu-router", &peers.router_url)?),
+        sentiment: SentimentServiceClient::new(
+            connect.channel("kefu-sentiment", &peers.sentiment_url)?,
+        ),
+        knowledge: KnowledgeServiceClient::new(
+            connect.channel("kefu-knowledge", &peers.knowledge_url)?,
+        ),
+        tickets: TicketServiceClient::new(connect.channel("kefu-ticket", &peers.ticket_url)?),
     };
     let mut server = kefu_runtime::Server::new(SPEC, config.server)
         .add_service(OrchestratorServiceServer::new(OrchestratorHandle(
@@ -876,7 +870,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     ] {
         server = server.probe(Arc::new(DownstreamProbe::new(
             name,
-            kefu_runtime::client::raw_channel(url, deadline)?,
+            connect.raw_channel(url)?,
         )));
     }
     server.start(shutdown).await

@@ -117,7 +117,9 @@ fn actor_of(metadata: &tonic::metadata::MetadataMap) -> String {
 
 fn priority_label(priority: i32) -> String {
     label(
-        Priority::try_from(priority).unwrap_or_default().as_str_name(),
+        Priority::try_from(priority)
+            .unwrap_or_default()
+            .as_str_name(),
         "PRIORITY_",
     )
 }
@@ -453,8 +455,8 @@ impl Tickets {
         for entry in merge_session(turns, events) {
             match entry {
                 SessionEntry::Customer(turn) => {
-                    let response = SendMessageResponse::decode(turn.response.as_slice())
-                        .unwrap_or_default();
+                    let response =
+                        SendMessageResponse::decode(turn.response.as_slice()).unwrap_or_default();
                     entries.push(ConversationEntry {
                         role: Role::Customer as i32,
                         author: turn.customer_id.clone(),
@@ -885,7 +887,13 @@ impl TicketService for TicketHandle {
         };
         let (ticket, raised) = self
             .0
-            .raise_priority(&request.tenant_id, &request.ticket_id, priority, &actor, reason)
+            .raise_priority(
+                &request.tenant_id,
+                &request.ticket_id,
+                priority,
+                &actor,
+                reason,
+            )
             .await?;
         Ok(Response::new(RaisePriorityResponse {
             ticket: Some(to_proto(ticket, Vec::new(), now_millis())),
