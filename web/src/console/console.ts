@@ -1,0 +1,671 @@
+// The agents' console: the live queue, one ticket's conversation with reply and
+// resolve, and for admins the tenant's knowledge documents. Every call carries the
+// signed-in key; the gateway decides what that key may do.
+import "../shared/base.css";
+import "./console.css";
+import { timestampDate, timestampMs } from "@bufbuild/protobuf/wkt";
+import { createClient, type Client } from "@connectrpc/connect";
+import { AdminService } from "../gen/kefu/v1/admin_pb";
+import { Priority, SentimentLabel, TicketStatus, VipTier } from "../gen/kefu/v1/common_pb";
+import { Role } from "../gen/kefu/v1/conversation_pb";
+import {
+  TicketService,
+  type ConversationEntry,
+  type GetConversationResponse,
+  type Ticket,
+} from "../gen/kefu/v1/ticket_pb";
+import { fill, h } from "../shared/dom";
+import { clock, localize } from "../shared/i18n";
+import { Code, codeOf, describe, openTransport, randomId, withRetry } from "../shared/rpc";
+import { sourceTitles } from "../shared/sources";
+
+const { lang, t } = localize({
+  en: {
+    title: "Agent console",
+    tenant: "Tenant",
+    apiKey: "API key",
+    signIn: "Sign in",
+    signOut: "Sign out",
+    badKey: "This key is not valid for this tenant.",
+    notStaff: "This key may not use the console (agents and admins only).",
+    agent: "agent",
+    admin: "admin",
+    queue: "Queue",
+    waiting: (n: number) => `${n} waiting`,
+    takeNext: "Take next",
+    queueEmpty: "The queue is empty.",
+    open: "Waiting",
+    inProgress: "In progress",
+    none: "None.",
+    pick: "Pick a ticket from the queue, or take the next one.",
+    vip: { [VipTier.SILVER]: "VIP silver", [VipTier.GOLD]: "VIP gold", [VipTier.PLATINUM]: "VIP platinum" },
+    priority: {
+      [Priority.LOW]: "low",
+      [Priority.MEDIUM]: "medium",
+      [Priority.HIGH]: "high",
+      [Priority.URGENT]: "urgent",
+    },
+    status: {
+      [TicketStatus.OPEN]: "open",
+      [TicketStatus.IN_PROGRESS]: "in progress",
+      [TicketStatus.PENDING]: "pending",
+      [TicketStatus.RESOLVED]: "resolved",
+      [TicketStatus.CLOSED]: "closed",
+    },
+    sentiment: {
+      [SentimentLabel.VERY_NEGATIVE]: "very negative",
+      [SentimentLabel.NEGATIVE]: "negative",
+      [SentimentLabel.NEUTRAL]: "neutral",
+      [SentimentLabel.POSITIVE]: "positive",
+      [SentimentLabel.VERY_POSITIVE]: "very positive",
+    },
+    slaLeft: (d: string) => `SLA ${d} left`,
+    slaOver: (d: string) => `SLA overdue ${d}`,
+    units: { d: "d", h: "h", min: "min" },
+    assignedTo: (agent: string) => `with ${agent}`,
+    customer: "customer",
+    sources: "Sources:",
+    replyPlaceholder: "Reply to the customer (Ctrl+Enter sends)",
+    send: "Send reply",
+    resolve: "Resolve",
+    documents: "Knowledge documents",
+    documentsHelp:
+      "Adds or replaces an article of the tenant's knowledge base. The list shows the documents added in this browser session; any other document can be deleted by its id.",
+    documentId: "Document id",
+    documentTitle: "Title",
+    documentText: "Text (Markdown or plain)",
+    add: "Add",
+    added: (id: string, chunks: number) => `Added ${id} (${chunks} passages).`,
+    delete: "Delete",
+    deleted: (id: string) => `Deleted ${id}.`,
+    notFound: (id: string) => `No document ${id}.`,
+  },
+  zh: {
+    title: "客服工作台",
+    tenant: "租户",
+    apiKey: "API 密钥",
+    signIn: "登录",
+    signOut: "退出",
+    badKey: "此密钥对该租户无效。",
+    notStaff: "此密钥无权使用工作台（仅限客服和管理员）。",
+    agent: "客服",
+    admin: "管理员",
+    queue: "排队",
+    waiting: (n: number) => `${n} 人等待`,
+    takeNext: "接入下一位",
+    queueEmpty: "队列为空。",
+    open: "等待中",
+    inProgress: "处理中",
+    none: "无。",
+    pick: "从队列中选择工单，或接入下一位。",
+    vip: { [VipTier.SILVER]: "银卡会员", [VipTier.GOLD]: "金卡会员", [VipTier.PLATINUM]: "白金会员" },
+    priority: {
+      [Priority.LOW]: "低",
+      [Priority.MEDIUM]: "中",
+      [Priority.HIGH]: "高",
+      [Priority.URGENT]: "紧急",
+    },
+    status: {
+      [TicketStatus.OPEN]: "待处理",
+      [TicketStatus.IN_PROGRESS]: "处理中",
+      [TicketStatus.PENDING]: "挂起",
+      [TicketStatus.RESOLVED]: "已解决",
+      [TicketStatus.CLOSED]: "已关闭",
+    },
+    sentiment: {
+      [SentimentLabel.VERY_NEGATIVE]: "非常负面",
+      [SentimentLabel.NEGATIVE]: "负面",
+      [SentimentLabel.NEUTRAL]: "中性",
+      [SentimentLabel.POSITIVE]: "正面",
+      [SentimentLabel.VERY_POSITIVE]: "非常正面",
+    },
+    slaLeft: (d: string) => `SLA 剩余 ${d}`,
+    slaOver: (d: string) => `SLA 已超时 ${d}`,
+    units: { d: "天", h: "小时", min: "分钟" },
+    assignedTo: (agent: string) => `由 ${agent} 处理`,
+    customer: "客户",
+    sources: "参考：",
+    replyPlaceholder: "回复客户（Ctrl+Enter 发送）",
+    send: "发送回复",
+    resolve: "标记已解决",
+    documents: "知识库文档",
+    documentsHelp: "添加或替换租户知识库中的文章。下方列出本次浏览器会话中添加的文档；其他文档可按 ID 删除。",
+    documentId: "文档 ID",
+    documentTitle: "标题",
+    documentText: "正文（Markdown 或纯文本）",
+    add: "添加",
+    added: (id: string, chunks: number) => `已添加 ${id}（${chunks} 段）。`,
+    delete: "删除",
+    deleted: (id: string) => `已删除 ${id}。`,
+    notFound: (id: string) => `没有文档 ${id}。`,
+  },
+});
+
+const POLL_MS = 2_000;
+const KEY = "kefu.console.key";
+const TENANT = "kefu.console.tenant";
+
+// The key lives in sessionStorage: it survives a reload, not the closing of the tab.
+let apiKey = sessionStorage.getItem(KEY);
+let tenantId = sessionStorage.getItem(TENANT) ?? new URLSearchParams(location.search).get("tenant") ?? "demo";
+
+/** Runs `task` now and again `ms` after each run ends (never two at once); returns a stop. */
+function every(ms: number, task: () => Promise<void>): () => void {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  let stopped = false;
+  const run = async () => {
+    await task();
+    if (!stopped) timer = setTimeout(run, ms);
+  };
+  void run();
+  return () => {
+    stopped = true;
+    clearTimeout(timer);
+  };
+}
+
+/** "3 h 5 min" */
+function duration(ms: number): string {
+  const minutes = Math.max(0, Math.round(ms / 60_000));
+  const { d, h: hours, min } = t.units;
+  if (minutes < 60) return `${minutes} ${min}`;
+  if (minutes < 48 * 60) return `${Math.floor(minutes / 60)} ${hours} ${minutes % 60} ${min}`;
+  return `${Math.floor(minutes / 1440)} ${d} ${Math.floor((minutes % 1440) / 60)} ${hours}`;
+}
+
+/** The facts an agent scans a ticket for: VIP tier, priority, status, who has it, SLA. */
+function ticketFacts(ticket: Ticket): HTMLElement[] {
+  const facts: HTMLElement[] = [];
+  const vip = t.vip[ticket.vipTier as keyof typeof t.vip];
+  if (vip) facts.push(h("span", { class: "pill vip" }, vip));
+  const priority = Priority[ticket.priority]?.toLowerCase();
+  facts.push(
+    h(
+      "span",
+      { class: `pill priority-${priority}` },
+      t.priority[ticket.priority as keyof typeof t.priority] ?? "",
+    ),
+    h("span", { class: "pill" }, t.status[ticket.status as keyof typeof t.status] ?? ""),
+  );
+  if (ticket.assignee) facts.push(h("span", { class: "pill" }, t.assignedTo(ticket.assignee)));
+  const open = ticket.status !== TicketStatus.RESOLVED && ticket.status !== TicketStatus.CLOSED;
+  if (ticket.slaDueAt && open) {
+    const left = timestampMs(ticket.slaDueAt) - Date.now();
+    const late = left < 0 || ticket.slaBreached;
+    facts.push(
+      h(
+        "span",
+        { class: late ? "pill late" : "pill" },
+        late ? t.slaOver(duration(-left)) : t.slaLeft(duration(left)),
+      ),
+    );
+  }
+  return facts;
+}
+
+/** Queue order, as NextInQueue serves it: VIP tier, then priority, then age. */
+function queueOrder(a: Ticket, b: Ticket): number {
+  const age = (ticket: Ticket) => (ticket.createdAt ? timestampMs(ticket.createdAt) : 0);
+  return b.vipTier - a.vipTier || b.priority - a.priority || age(a) - age(b);
+}
+
+const ROLES: Partial<Record<Role, string>> = {
+  [Role.CUSTOMER]: "customer",
+  [Role.BOT]: "bot",
+  [Role.AGENT]: "agent",
+};
+
+function entryView(entry: ConversationEntry): HTMLLIElement {
+  const role = ROLES[entry.role] ?? "customer";
+  const sentiment = t.sentiment[entry.sentiment as keyof typeof t.sentiment];
+  const titles = sourceTitles(entry.sources);
+  return h(
+    "li",
+    { class: `entry ${role}`, "data-testid": "conversation-entry", "data-role": role },
+    h(
+      "div",
+      { class: "entry-head" },
+      h("strong", {}, entry.author),
+      h("span", { class: "muted" }, entry.at ? clock(lang, timestampDate(entry.at)) : ""),
+      sentiment && h("span", { class: `pill sentiment-${entry.sentiment}` }, sentiment),
+      entry.intent && h("span", { class: "pill intent" }, entry.intent),
+    ),
+    h("div", { class: "entry-text" }, entry.text),
+    titles.length > 0 &&
+      h(
+        "div",
+        { class: "sources muted" },
+        t.sources,
+        ...titles.map((title) => h("span", { class: "pill" }, title)),
+      ),
+  );
+}
+
+async function main(): Promise<void> {
+  const transport = await openTransport(() => apiKey);
+  const tickets = createClient(TicketService, transport);
+  const admin = createClient(AdminService, transport);
+  document.title = t.title;
+
+  // Sign-in.
+  const tenantInput = h("input", {
+    value: tenantId,
+    required: true,
+    autocomplete: "off",
+    "aria-label": t.tenant,
+  });
+  const keyInput = h("input", {
+    "data-testid": "console-key",
+    type: "password",
+    required: true,
+    autocomplete: "off",
+    "aria-label": t.apiKey,
+  });
+  const signInError = h("p", { class: "error", role: "alert" });
+  const signInForm = h(
+    "form",
+    { class: "signin panel" },
+    h("h1", {}, t.title),
+    h("label", {}, t.tenant, tenantInput),
+    h("label", {}, t.apiKey, keyInput),
+    h("button", { "data-testid": "console-signin", type: "submit" }, t.signIn),
+    signInError,
+  );
+
+  // Workspace.
+  const who = h("span", { class: "muted" });
+  const depth = h("span", { class: "pill" });
+  const queueError = h("p", { class: "error", role: "alert" });
+  const waitingList = h("ol", { class: "tickets" });
+  const workingList = h("ol", { class: "tickets" });
+  const takeNext = h("button", { "data-testid": "take-next", type: "button" }, t.takeNext);
+  const queuePanel = h(
+    "section",
+    { class: "panel queue" },
+    h("div", { class: "panel-head" }, h("h2", {}, t.queue), depth, takeNext),
+    queueError,
+    h("h3", {}, t.open),
+    waitingList,
+    h("h3", {}, t.inProgress),
+    workingList,
+  );
+
+  const ticketHead = h("div", { class: "ticket-head" });
+  const entries = h("ol", { class: "entries" });
+  const replyInput = h("textarea", {
+    "data-testid": "reply-input",
+    rows: 3,
+    placeholder: t.replyPlaceholder,
+    "aria-label": t.replyPlaceholder,
+  });
+  const replySend = h("button", { "data-testid": "reply-send", type: "submit" }, t.send);
+  const resolveButton = h(
+    "button",
+    { "data-testid": "resolve", type: "button", class: "secondary" },
+    t.resolve,
+  );
+  const replyForm = h(
+    "form",
+    { class: "reply" },
+    replyInput,
+    h("div", { class: "actions" }, resolveButton, replySend),
+  );
+  const ticketError = h("p", { class: "error", role: "alert" });
+  const placeholder = h("p", { class: "muted" }, t.pick);
+  const ticketPanel = h(
+    "section",
+    { class: "panel conversation" },
+    placeholder,
+    ticketHead,
+    entries,
+    replyForm,
+    ticketError,
+  );
+
+  const documentsPanel = documentsPanelFor(admin);
+  const workspace = h(
+    "div",
+    { class: "workspace" },
+    h(
+      "header",
+      { class: "topbar" },
+      h("h1", {}, t.title),
+      who,
+      h("button", { type: "button", class: "secondary", onclick: signOut }, t.signOut),
+    ),
+    h("div", { class: "columns" }, queuePanel, ticketPanel),
+    documentsPanel.element,
+  );
+
+  fill(document.getElementById("app")!, signInForm, workspace);
+
+  let selected: string | null = null;
+  /** What the entries looked like when last drawn: redrawn only when it changes. */
+  let drawn = "";
+  let stopQueue = () => {};
+  let stopTicket = () => {};
+
+  function showSignIn(): void {
+    stopQueue();
+    stopTicket();
+    signInForm.hidden = false;
+    workspace.hidden = true;
+    keyInput.focus();
+  }
+
+  function signOut(): void {
+    apiKey = null;
+    sessionStorage.removeItem(KEY);
+    keyInput.value = "";
+    select(null);
+    showSignIn();
+  }
+
+  /** Checks the key with a call every staff key may make; tells an admin key by a probe. */
+  async function signIn(key: string, tenant: string): Promise<void> {
+    apiKey = key;
+    tenantId = tenant;
+    try {
+      await tickets.listTickets({ tenantId, pageSize: 1 });
+    } catch (error) {
+      apiKey = null;
+      const code = codeOf(error);
+      signInError.textContent =
+        code === Code.Unauthenticated
+          ? t.badKey
+          : code === Code.PermissionDenied
+            ? t.notStaff
+            : describe(error);
+      showSignIn();
+      return;
+    }
+    sessionStorage.setItem(KEY, key);
+    sessionStorage.setItem(TENANT, tenant);
+    const isAdmin = await probeAdmin();
+    signInError.textContent = "";
+    who.textContent = `${tenantId} · ${isAdmin ? t.admin : t.agent}`;
+    documentsPanel.element.hidden = !isAdmin;
+    documentsPanel.show();
+    signInForm.hidden = true;
+    workspace.hidden = false;
+    stopQueue();
+    stopQueue = every(POLL_MS, refreshQueue);
+    select(selected);
+  }
+
+  /**
+   * No RPC says who the caller is, so ask something only an admin may ask and that
+   * changes nothing: deleting the document with no id. The gateway refuses a non-admin
+   * key (PERMISSION_DENIED) before it looks at the request (INVALID_ARGUMENT).
+   */
+  async function probeAdmin(): Promise<boolean> {
+    try {
+      await admin.deleteDocument({ tenantId, documentId: "" });
+      return true;
+    } catch (error) {
+      return codeOf(error) === Code.InvalidArgument;
+    }
+  }
+
+  async function refreshQueue(): Promise<void> {
+    try {
+      const [open, working, next] = await Promise.all([
+        tickets.listTickets({ tenantId, status: TicketStatus.OPEN, pageSize: 100 }),
+        tickets.listTickets({ tenantId, status: TicketStatus.IN_PROGRESS, pageSize: 100 }),
+        tickets.nextInQueue({ tenantId, take: false }),
+      ]);
+      depth.textContent = t.waiting(next.queueDepth);
+      for (const [list, found] of [
+        [waitingList, open.tickets],
+        [workingList, working.tickets],
+      ] as const) {
+        const items = [...found].sort(queueOrder).map(queueItem);
+        fill(list, ...(items.length > 0 ? items : [h("li", { class: "muted" }, t.none)]));
+      }
+      queueError.textContent = "";
+    } catch (error) {
+      queueError.textContent = describe(error);
+    }
+  }
+
+  function queueItem(ticket: Ticket): HTMLLIElement {
+    return h(
+      "li",
+      {
+        "data-testid": "queue-item",
+        "data-ticket-id": ticket.ticketId,
+        class: ticket.ticketId === selected ? "selected" : "",
+      },
+      h(
+        "button",
+        { type: "button", class: "ticket", onclick: () => select(ticket.ticketId) },
+        h("span", { class: "subject" }, ticket.subject || ticket.ticketId),
+        h("span", { class: "muted" }, `${t.customer} ${ticket.customerId}`),
+        h("span", { class: "facts" }, ...ticketFacts(ticket)),
+      ),
+    );
+  }
+
+  takeNext.addEventListener("click", async () => {
+    takeNext.disabled = true;
+    try {
+      const taken = await tickets.nextInQueue({ tenantId, take: true });
+      if (taken.ticket) {
+        select(taken.ticket.ticketId);
+        queueError.textContent = "";
+      } else {
+        queueError.textContent = t.queueEmpty;
+      }
+      await refreshQueue();
+    } catch (error) {
+      queueError.textContent = describe(error);
+    } finally {
+      takeNext.disabled = false;
+    }
+  });
+
+  function select(ticketId: string | null): void {
+    stopTicket();
+    selected = ticketId;
+    drawn = "";
+    for (const item of queuePanel.querySelectorAll<HTMLElement>("[data-testid=queue-item]")) {
+      item.classList.toggle("selected", item.dataset.ticketId === ticketId);
+    }
+    placeholder.hidden = ticketId !== null;
+    for (const part of [ticketHead, entries, replyForm]) part.hidden = ticketId === null;
+    fill(ticketHead);
+    fill(entries);
+    ticketError.textContent = "";
+    if (ticketId) stopTicket = every(POLL_MS, () => refreshTicket(ticketId));
+  }
+
+  async function refreshTicket(ticketId: string): Promise<void> {
+    let view: GetConversationResponse;
+    try {
+      view = await tickets.getConversation({ tenantId, ticketId });
+    } catch (error) {
+      ticketError.textContent = describe(error);
+      return;
+    }
+    if (ticketId !== selected || !view.ticket) return;
+    const ticket = view.ticket;
+    fill(
+      ticketHead,
+      h("h2", {}, ticket.subject || ticket.ticketId),
+      h("p", { class: "muted" }, `${ticket.ticketId} · ${t.customer} ${ticket.customerId}`),
+      h("div", { class: "facts" }, ...ticketFacts(ticket)),
+    );
+    const last = view.entries.at(-1);
+    const shape = `${ticketId}/${view.entries.length}/${last?.at ? timestampMs(last.at) : 0}`;
+    if (shape !== drawn) {
+      drawn = shape;
+      fill(entries, ...view.entries.map(entryView));
+      entries.lastElementChild?.scrollIntoView({ block: "nearest" });
+    }
+    const closed = ticket.status === TicketStatus.RESOLVED || ticket.status === TicketStatus.CLOSED;
+    replyInput.disabled = replySend.disabled = resolveButton.disabled = closed;
+    ticketError.textContent = "";
+  }
+
+  replyForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const text = replyInput.value.trim();
+    const ticketId = selected;
+    if (!text || !ticketId) return;
+    replySend.disabled = true;
+    // One id for the reply and its retry.
+    const requestId = randomId("r-");
+    try {
+      await withRetry(() => tickets.replyToCustomer({ tenantId, ticketId, text, requestId }));
+      replyInput.value = "";
+      await refreshTicket(ticketId);
+    } catch (error) {
+      ticketError.textContent = describe(error);
+    } finally {
+      replySend.disabled = false;
+    }
+  });
+  replyInput.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) replyForm.requestSubmit();
+  });
+
+  resolveButton.addEventListener("click", async () => {
+    const ticketId = selected;
+    if (!ticketId) return;
+    resolveButton.disabled = true;
+    try {
+      await tickets.transitionTicket({ tenantId, ticketId, toStatus: TicketStatus.RESOLVED });
+      await Promise.all([refreshTicket(ticketId), refreshQueue()]);
+    } catch (error) {
+      ticketError.textContent = describe(error);
+      resolveButton.disabled = false;
+    }
+  });
+
+  signInForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    void signIn(keyInput.value.trim(), tenantInput.value.trim());
+  });
+
+  if (apiKey) {
+    await signIn(apiKey, tenantId);
+  } else {
+    showSignIn();
+  }
+}
+
+/**
+ * Admins add and delete the tenant's documents. There is no ListDocuments RPC, so the
+ * panel lists what was added in this browser session and deletes anything else by id.
+ */
+function documentsPanelFor(admin: Client<typeof AdminService>) {
+  const storedKey = () => `kefu.console.documents.${tenantId}`;
+  const added = (): { id: string; title: string }[] =>
+    JSON.parse(sessionStorage.getItem(storedKey()) ?? "[]");
+  const remember = (documents: { id: string; title: string }[]) =>
+    sessionStorage.setItem(storedKey(), JSON.stringify(documents));
+
+  const idInput = h("input", {
+    required: true,
+    autocomplete: "off",
+    "aria-label": t.documentId,
+    placeholder: t.documentId,
+  });
+  const titleInput = h("input", {
+    autocomplete: "off",
+    "aria-label": t.documentTitle,
+    placeholder: t.documentTitle,
+  });
+  const textInput = h("textarea", {
+    required: true,
+    rows: 5,
+    "aria-label": t.documentText,
+    placeholder: t.documentText,
+  });
+  const deleteInput = h("input", {
+    required: true,
+    autocomplete: "off",
+    "aria-label": t.documentId,
+    placeholder: t.documentId,
+  });
+  const list = h("ul", { class: "documents-list" });
+  const status = h("p", { class: "muted", role: "status" });
+
+  function show(): void {
+    fill(
+      list,
+      ...added().map(({ id, title }) =>
+        h(
+          "li",
+          {},
+          h("span", {}, h("strong", {}, id), title && title !== id ? ` · ${title}` : ""),
+          h("button", { type: "button", class: "secondary", onclick: () => void remove(id) }, t.delete),
+        ),
+      ),
+    );
+  }
+
+  async function remove(id: string): Promise<void> {
+    try {
+      const { deleted } = await admin.deleteDocument({ tenantId, documentId: id });
+      status.textContent = deleted ? t.deleted(id) : t.notFound(id);
+      remember(added().filter((document) => document.id !== id));
+      show();
+    } catch (error) {
+      status.textContent = describe(error);
+    }
+  }
+
+  const addForm = h(
+    "form",
+    { class: "add-document" },
+    idInput,
+    titleInput,
+    textInput,
+    h("button", { type: "submit" }, t.add),
+  );
+  addForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const id = idInput.value.trim();
+    const title = titleInput.value.trim();
+    try {
+      const { chunks } = await admin.ingestDocuments({
+        tenantId,
+        documents: [{ documentId: id, title, text: textInput.value }],
+      });
+      status.textContent = t.added(id, chunks);
+      remember([...added().filter((document) => document.id !== id), { id, title }]);
+      show();
+      addForm.reset();
+    } catch (error) {
+      status.textContent = describe(error);
+    }
+  });
+
+  const deleteForm = h(
+    "form",
+    { class: "delete-document" },
+    deleteInput,
+    h("button", { type: "submit", class: "secondary" }, t.delete),
+  );
+  deleteForm.addEventListener("submit", (event) => {
+    event.preventDefault();
+    void remove(deleteInput.value.trim()).then(() => deleteForm.reset());
+  });
+
+  const element = h(
+    "section",
+    { class: "panel documents", hidden: true },
+    h("h2", {}, t.documents),
+    h("p", { class: "muted" }, t.documentsHelp),
+    addForm,
+    list,
+    deleteForm,
+    status,
+  );
+  return { element, show };
+}
+
+main().catch((error) => {
+  fill(document.getElementById("app")!, h("p", { class: "error panel" }, describe(error)));
+});
