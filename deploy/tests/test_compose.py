@@ -23,12 +23,12 @@ from deploy_support import (
     load_compose,
     read_env_file,
 )
-from stack import CALLS, NEEDS_DATABASE, NEEDS_REDIS, REPO, SERVICES
+from stack import CALLS, NEEDS_DATABASE, NEEDS_REDIS, PEER_URL_SETTING, REPO, SERVICES, SETTINGS, WEB_PORT
 
 KEFU = [f"kefu-{s}" for s in SERVICES]
 INFRA = ["postgres", "redis", "jaeger", "prometheus", "grafana"]
-# host port published -> container port, all of them UIs but the gateway's gRPC port
-PUBLISHED = {"kefu-gateway": 50051, "jaeger": 16686, "prometheus": 9090, "grafana": 3000}
+# the container ports published on the host: the gateway's gRPC port and its pages, the UIs
+PUBLISHED = {"kefu-gateway": {50051, WEB_PORT}, "jaeger": {16686}, "prometheus": {9090}, "grafana": {3000}}
 
 
 @pytest.fixture(scope="module")
@@ -165,11 +165,28 @@ def test_only_the_gateway_and_the_uis_are_published(compose: dict[str, Any], env
         if name not in PUBLISHED:
             assert not ports, f"{name} publishes {ports}"
             continue
-        assert len(ports) == 1, name
-        host_ip, host_port, container_port = str(ports[0]).split(":")
-        assert host_ip == env["KEFU_PUBLISH_ADDR"] == "127.0.0.1"
-        assert int(container_port) == PUBLISHED[name]
-        assert host_port.isdigit()
+        published = set()
+        for port in ports:
+            host_ip, host_port, container_port = str(port).split(":")
+            assert host_ip == env["KEFU_PUBLISH_ADDR"] == "127.0.0.1"
+            assert host_port.isdigit()
+            published.add(int(container_port))
+        assert published == PUBLISHED[name] and len(ports) == len(published), name
+
+
+def test_the_gateway_serves_its_pages_to_the_published_origins(compose: dict[str, Any], env: dict[str, str]) -> None:
+    e = compose["services"]["kefu-gateway"]["environment"]
+    assert e["KEFU_WEB_PORT"] == str(WEB_PORT)
+    web_port = env["KEFU_WEB_PUBLISHED_PORT"]
+    # a browser on the host loads the pages from the published port, by address or by name
+    assert e["KEFU_WEB_ORIGINS"].split(",") == [f"http://127.0.0.1:{web_port}", f"http://localhost:{web_port}"]
+    assert e["KEFU_PUBLIC_GATEWAY_URL"] == ""  # the pages' host name with port 50051
+    assert env["KEFU_GATEWAY_PUBLISHED_PORT"] == "50051"
+    for svc in SERVICES:
+        settings = set(compose["services"][f"kefu-{svc}"]["environment"])
+        assert settings <= SETTINGS, f"kefu-{svc}: {settings - SETTINGS} are read by no kefu binary"
+        if svc != "gateway":
+            assert not {"KEFU_WEB_PORT", "KEFU_WEB_ORIGINS", "KEFU_PUBLIC_GATEWAY_URL"} & settings
 
 
 def test_each_service_gets_the_settings_it_needs(compose: dict[str, Any], env: dict[str, str]) -> None:
@@ -183,7 +200,7 @@ def test_each_service_gets_the_settings_it_needs(compose: dict[str, Any], env: d
             assert e["DATABASE_URL"] == env["DATABASE_URL"]
         if "REDIS_URL" in e:
             assert e["REDIS_URL"] == env["REDIS_URL"]
-        urls = {k: v for k, v in e.items() if k.startswith("KEFU_") and k.endswith("_URL")}
+        urls = {k: v for k, v in e.items() if PEER_URL_SETTING.fullmatch(k)}
         assert set(urls) == {f"KEFU_{c.upper()}_URL" for c in CALLS[svc]}, svc
         for callee in CALLS[svc]:
             host = f"kefu-{callee}"

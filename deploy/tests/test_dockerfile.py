@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from deploy_support import DOCKERIGNORE, Dockerfile, parse_dockerfile
-from stack import LIVENESS_SERVICE, NEEDS_MODELS, NEEDS_TENANTS, REPO, SERVICES
+from stack import LIVENESS_SERVICE, NEEDS_MODELS, NEEDS_TENANTS, REPO, SERVICES, WEB_PORT
 
 BUILD_TOOLS = re.compile(r"\b(cargo|rustc|rustup|gcc|g\+\+|clang|make|build-essential|pkg-config|pip)\b")
 RUST_IMAGE = re.compile(r"^rust(:|$)")
@@ -65,7 +65,9 @@ def test_runtime_stage_of_each_service(dockerfile: Dockerfile, service: str) -> 
     env = " ".join(i.args for i in stage.all("ENV"))
     assert f"KEFU_GRPC_PORT={grpc}" in env and f"KEFU_METRICS_PORT={metrics}" in env
     exposed = {int(p) for i in stage.all("EXPOSE") for p in i.args.split()}
-    assert exposed == {grpc, metrics}
+    # the gateway serves the chat and console pages on a port of their own
+    assert exposed == {grpc, metrics} | ({WEB_PORT} if service == "gateway" else set())
+    assert (f"KEFU_WEB_PORT={WEB_PORT}" in env) == (service == "gateway")
     (entrypoint,) = stage.all("ENTRYPOINT")
     assert entrypoint.args == f'["/usr/local/bin/kefu-{service}"]'
     copies = [i.args for i in stage.all("COPY")]
@@ -112,6 +114,10 @@ def test_health_probe_is_installed_for_the_healthchecks(dockerfile: Dockerfile) 
     (check,) = runtime.all("HEALTHCHECK")
     assert "grpc_health_probe" in check.args and "${KEFU_GRPC_PORT}" in check.args
     assert f"-service={LIVENESS_SERVICE}" in check.args.split()
+    # a service given a certificate serves TLS (and may demand client certificates): the
+    # check follows, presenting that certificate
+    assert ('${KEFU_TLS_CERT:+-tls -tls-no-verify "-tls-client-cert=${KEFU_TLS_CERT}" '
+            '"-tls-client-key=${KEFU_TLS_KEY}"}') in check.args
 
 
 def test_runtime_base_cleans_the_package_lists(dockerfile: Dockerfile) -> None:

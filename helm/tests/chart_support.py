@@ -21,6 +21,14 @@ PRODUCTION_VALUES = CHART / "values-production.yaml"
 RELEASE = "kefu"
 NAMESPACE = "kefu"
 
+# TLS value sets beside the default and production ones (values-production.yaml turns on
+# mutual TLS with cert-manager): public TLS on the gateway only, and mutual TLS with one
+# Secret for every service.
+GATEWAY_TLS_VALUES = {"tls": {"gateway": {"enabled": True, "existingSecret": "kefu-public-tls"}}}
+SHARED_MTLS_VALUES = {"tls": {"internal": {"enabled": True, "existingSecret": "kefu-internal-tls"}}}
+TLS_DIR = "/etc/kefu/tls"
+HEALTH_PROBE = "/usr/local/bin/grpc_health_probe"
+
 STANDARD_LABELS = (
     "app.kubernetes.io/name",
     "app.kubernetes.io/instance",
@@ -102,3 +110,60 @@ def configmap_env(r: Rendered, deployment: dict[str, Any]) -> dict[str, str]:
     for source in container_of(deployment).get("envFrom", []):
         env.update(r.get("ConfigMap", source["configMapRef"]["name"])["data"])
     return env
+
+
+@dataclass
+class HealthCheck:
+    """What one probe or healthcheck checks: a health name on a port, and how it connects."""
+
+    port: int
+    service: str
+    tls: bool = False
+    verify: bool = True  # with TLS: verify the server's certificate
+    ca: str | None = None
+    client_cert: str | None = None
+    client_key: str | None = None
+    host: str = "127.0.0.1"
+
+
+def health_probe_check(args: list[str]) -> HealthCheck:
+    """The check grpc_health_probe makes with these arguments (every flag the chart and
+    the compose file use; any other is an error)."""
+    flags: dict[str, str] = {}
+    for arg in args:
+        name, _, value = arg.lstrip("-").partition("=")
+        assert arg.startswith("-") and name in {"addr", "service", "connect-timeout", "rpc-timeout", "tls",
+                                                "tls-no-verify", "tls-ca-cert", "tls-client-cert",
+                                                "tls-client-key"}, f"unexpected grpc_health_probe argument {arg}"
+        flags[name] = value
+    host, _, port = flags["addr"].rpartition(":")
+    check = HealthCheck(port=int(port), service=flags.get("service", ""), tls="tls" in flags,
+                        verify="tls-no-verify" not in flags, ca=flags.get("tls-ca-cert"),
+                        client_cert=flags.get("tls-client-cert"), client_key=flags.get("tls-client-key"), host=host)
+    assert check.tls or not ({"tls-no-verify", "tls-ca-cert", "tls-client-cert", "tls-client-key"} & flags.keys()), \
+        "TLS flags without -tls are ignored by grpc_health_probe"
+    assert (check.client_cert is None) == (check.client_key is None)
+    return check
+
+
+def probe_check(container: dict[str, Any], probe: str) -> HealthCheck:
+    """What a container's startupProbe / livenessProbe / readinessProbe checks: the
+    kubelet's own gRPC probe (plaintext only) or grpc_health_probe from the image."""
+    action = container[probe]
+    assert sum(k in action for k in ("grpc", "exec", "httpGet", "tcpSocket")) == 1, probe
+    if "grpc" in action:
+        return HealthCheck(port=action["grpc"]["port"], service=action["grpc"].get("service", ""))
+    command = action["exec"]["command"]
+    assert command[0] == HEALTH_PROBE, f"{probe} runs {command[0]}"
+    return health_probe_check(command[1:])
+
+
+def tls_mount(deployment: dict[str, Any]) -> str | None:
+    """The Secret mounted at TLS_DIR, if any."""
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container_of(deployment).get("volumeMounts", []):
+        if mount["mountPath"] == TLS_DIR:
+            assert mount.get("readOnly") is True
+            return volumes[mount["name"]]["secret"]["secretName"]
+    return None

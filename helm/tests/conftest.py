@@ -6,7 +6,14 @@ from typing import Any
 
 import pytest
 
-from chart_support import PRODUCTION_VALUES, Rendered, load_values_file, render
+from chart_support import (
+    GATEWAY_TLS_VALUES,
+    PRODUCTION_VALUES,
+    SHARED_MTLS_VALUES,
+    Rendered,
+    load_values_file,
+    render,
+)
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +31,17 @@ def production_render(production_values: dict[str, Any]) -> Rendered:
     return render(production_values)
 
 
-@pytest.fixture(scope="session", params=["default", "production"])
+@pytest.fixture(scope="session")
+def gateway_tls_render() -> Rendered:
+    return render(GATEWAY_TLS_VALUES)
+
+
+@pytest.fixture(scope="session")
+def shared_mtls_render() -> Rendered:
+    return render(SHARED_MTLS_VALUES)
+
+
+@pytest.fixture(scope="session", params=["default", "production", "gateway_tls", "shared_mtls"])
 def rendered(request: pytest.FixtureRequest) -> Rendered:
-    """Both value sets, for the invariants that hold whatever the values."""
+    """Every value set, for the invariants that hold whatever the values."""
     return request.getfixturevalue(f"{request.param}_render")

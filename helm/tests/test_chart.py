@@ -1,12 +1,15 @@
-"""Invariants of the kefu Helm chart, rendered with the default values and with
-values-production.yaml, validated against the Kubernetes 1.29 schemas."""
+"""Invariants of the kefu Helm chart, rendered with the default values, with
+values-production.yaml and with the TLS value sets of chart_support, validated against
+the Kubernetes 1.29 schemas."""
 
 from __future__ import annotations
 
 import copy
 import filecmp
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import helm_python as helm
 import jsonschema
@@ -16,18 +19,25 @@ import yaml
 
 from chart_support import (
     CHART,
+    GATEWAY_TLS_VALUES,
+    HEALTH_PROBE,
     NAMESPACE,
     PRODUCTION_VALUES,
+    SHARED_MTLS_VALUES,
     STANDARD_LABELS,
+    TLS_DIR,
     Rendered,
     component_of,
     configmap_env,
     container_of,
     load_values_file,
     pod_labels_by_component,
+    probe_check,
     render,
     selector_matches,
+    tls_mount,
 )
+from deploy_support import parse_dockerfile
 from stack import (
     CALLS,
     LIVENESS_SERVICE,
@@ -35,13 +45,17 @@ from stack import (
     NEEDS_MODELS,
     NEEDS_REDIS,
     NEEDS_TENANTS,
+    PEER_URL_SETTING,
     REPO,
     SERVICES,
+    SETTINGS,
+    WEB_PORT,
 )
 
 KUBERNETES_VERSION = "1.29.0"
-# Prometheus Operator kinds: no schema in kubernetes-validate; checked structurally below.
-CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule"}
+# Prometheus Operator and cert-manager kinds: no schema in kubernetes-validate; checked
+# structurally below.
+CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
 
 
 def container_port(container: dict[str, Any], name: str) -> int:
@@ -49,12 +63,24 @@ def container_port(container: dict[str, Any], name: str) -> int:
     return ports[name]
 
 
+def port_names(svc: str, r: Rendered) -> set[str]:
+    """The named ports of a service's container and Service: the gateway adds the pages'."""
+    return {"grpc", "metrics"} | ({"web"} if svc == "gateway" and r.values["web"]["enabled"] else set())
+
+
+def peer_urls(env: dict[str, str]) -> dict[str, str]:
+    """callee -> URL, from the KEFU_<SERVICE>_URL settings of a container."""
+    return {m.group(1).lower(): url for key, url in env.items() if (m := PEER_URL_SETTING.fullmatch(key))}
+
+
 # --------------------------------------------------------------------------- lint, schemas
 
 
-@pytest.mark.parametrize("values_file", [None, PRODUCTION_VALUES], ids=["default", "production"])
-def test_helm_lint_strict(values_file: Path | None) -> None:
-    values = load_values_file(values_file) if values_file else None
+@pytest.mark.parametrize("values", [None, PRODUCTION_VALUES, GATEWAY_TLS_VALUES, SHARED_MTLS_VALUES],
+                         ids=["default", "production", "gateway_tls", "shared_mtls"])
+def test_helm_lint_strict(values: Path | dict[str, Any] | None) -> None:
+    if isinstance(values, Path):
+        values = load_values_file(values)
     report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBERNETES_VERSION}")
     assert report["total_charts_linted"] == 1
     assert report["errors"] == []
@@ -95,10 +121,11 @@ def test_default_object_counts(default_render: Rendered) -> None:
 
 def test_production_object_counts(production_render: Rendered) -> None:
     assert production_render.kind_counts() == {
+        "Certificate": 6,
         "ConfigMap": 6,
         "Deployment": 6,
         "HorizontalPodAutoscaler": 6,
-        "Ingress": 1,
+        "Ingress": 2,
         "NetworkPolicy": 6,
         "PodDisruptionBudget": 6,
         "PrometheusRule": 1,
@@ -138,6 +165,9 @@ def test_six_deployments_one_per_service(rendered: Rendered) -> None:
         assert container["image"].rsplit("/", 1)[-1].startswith(f"kefu-{svc}:")
         assert container_port(container, "grpc") == SERVICES[svc]["grpc"]
         assert container_port(container, "metrics") == SERVICES[svc]["metrics"]
+        assert {p["name"] for p in container["ports"]} == port_names(svc, rendered)
+        if svc == "gateway":
+            assert container_port(container, "web") == WEB_PORT
         selector = d["spec"]["selector"]["matchLabels"]
         assert selector_matches(selector, d["spec"]["template"]["metadata"]["labels"])
         # the selector tells the six apart
@@ -156,12 +186,12 @@ def test_each_deployment_has_a_service_selecting_its_pods(rendered: Rendered) ->
         selected = [c for c, labels in pods.items() if selector_matches(service["spec"]["selector"], labels)]
         assert selected == [svc]
         ports = {p["name"]: p for p in service["spec"]["ports"]}
-        assert set(ports) == {"grpc", "metrics"}
+        assert set(ports) == port_names(svc, rendered)
         container = container_of(d)
-        for name in ("grpc", "metrics"):
+        for name in ports:
             target = ports[name]["targetPort"]
             assert target == name or target == container_port(container, name)
-            assert ports[name]["port"] == SERVICES[svc][name]
+            assert ports[name]["port"] == (WEB_PORT if name == "web" else SERVICES[svc][name])
         assert service["spec"]["type"] in ("ClusterIP", "LoadBalancer", "NodePort")
 
 
@@ -203,14 +233,41 @@ def test_grpc_liveness_readiness_and_startup_probes(rendered: Rendered) -> None:
         svc = component_of(d)
         container = container_of(d)
         grpc_port = container_port(container, "grpc")
-        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-            assert container[probe]["grpc"]["port"] == grpc_port, (svc, probe)
-            assert "httpGet" not in container[probe] and "exec" not in container[probe]
+        checks = {probe: probe_check(container, probe) for probe in ("livenessProbe", "readinessProbe", "startupProbe")}
+        for probe, check in checks.items():
+            assert check.port == grpc_port and check.host == "127.0.0.1", (svc, probe)
         # readiness follows the service's dependencies; liveness and start-up only that
         # the process runs, so an outage of a shared store restarts no pod
-        assert container["readinessProbe"]["grpc"]["service"] == SERVICES[svc]["health"]
-        assert container["livenessProbe"]["grpc"]["service"] == LIVENESS_SERVICE
-        assert container["startupProbe"]["grpc"]["service"] == LIVENESS_SERVICE
+        assert checks["readinessProbe"].service == SERVICES[svc]["health"]
+        assert checks["livenessProbe"].service == LIVENESS_SERVICE
+        assert checks["startupProbe"].service == LIVENESS_SERVICE
+
+
+def test_probes_speak_the_protocol_of_the_port(rendered: Rendered) -> None:
+    """The kubelet's gRPC probe speaks only plaintext: a TLS port is probed with the
+    image's grpc_health_probe over TLS, with the pod's own client certificate where the
+    server demands one, so that every probe rendered can pass."""
+    dockerfile = parse_dockerfile()
+    for d in rendered.of_kind("Deployment"):
+        svc = component_of(d)
+        container = container_of(d)
+        env = configmap_env(rendered, d)
+        # the image carries the probe binary (deploy/Dockerfile)
+        assert any(HEALTH_PROBE in i.args for stage in dockerfile.image_chain(svc) for i in stage.all("COPY"))
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            check = probe_check(container, probe)
+            assert check.tls == ("KEFU_TLS_CERT" in env), (svc, probe)
+            if not check.tls:
+                assert "grpc" in container[probe]  # the kubelet's own, no exec where it is not needed
+                continue
+            # it dials its own pod over loopback: the handshake, not the name, is in question
+            assert not check.verify
+            if "KEFU_TLS_CLIENT_CA" in env:
+                assert (check.client_cert, check.client_key) == (env["KEFU_TLS_CERT"], env["KEFU_TLS_KEY"])
+            else:
+                assert check.client_cert is None
+            # an exec probe must end within the probe's timeout
+            assert container[probe]["timeoutSeconds"] >= 2
 
 
 def test_no_container_can_run_as_root(rendered: Rendered) -> None:
@@ -273,10 +330,11 @@ def test_each_service_gets_exactly_the_env_it_needs(rendered: Rendered) -> None:
         assert env["KEFU_METRICS_PORT"] == str(SERVICES[svc]["metrics"])
         assert env["KEFU_BIND_HOST"] == "0.0.0.0"
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4317")
-        urls = {k for k in env if k.endswith("_URL")}
+        urls = {k for k in env if k.endswith("_URL") and k != "KEFU_PUBLIC_GATEWAY_URL"}
         assert urls == {f"KEFU_{callee.upper()}_URL" for callee in CALLS[svc]}
+        scheme = "https" if rendered.values["tls"]["internal"]["enabled"] else "http"
         for callee in CALLS[svc]:
-            assert env[f"KEFU_{callee.upper()}_URL"] == f"http://kefu-{callee}:{SERVICES[callee]['grpc']}"
+            assert env[f"KEFU_{callee.upper()}_URL"] == f"{scheme}://kefu-{callee}:{SERVICES[callee]['grpc']}"
         assert ("KEFU_MODELS_DIR" in env) == (svc in NEEDS_MODELS)
         assert ("KEFU_TENANTS_DIR" in env) == (svc in NEEDS_TENANTS)
         # secrets never sit in a ConfigMap
@@ -314,6 +372,29 @@ def test_chart_secret_when_urls_are_given() -> None:
         assert all(ref["name"] == "kefu-secrets" for ref in env.values())
         # pods restart when the credentials change
         assert "checksum/secret" in d["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_the_chart_sets_only_settings_the_binaries_read(rendered: Rendered) -> None:
+    """Every variable in a ConfigMap is one a kefu binary declares (stack.SETTINGS)."""
+    for cm in rendered.of_kind("ConfigMap"):
+        invented = set(cm["data"]) - SETTINGS
+        assert not invented, f"{cm['metadata']['name']}: {invented} are read by no kefu binary"
+
+
+def test_a_service_gets_variables_from_named_secrets() -> None:
+    """e.g. the secret a tenant names in customer_hmac_secret_env, for the gateway only."""
+    r = render({"services": {"gateway": {"secretEnv": {
+        "SHOP_CUSTOMER_SECRET": {"secretName": "shop-customer-hmac", "key": "secret"}}}}})
+    for d in r.of_kind("Deployment"):
+        env = {e["name"]: e for e in container_of(d).get("env", [])}
+        if component_of(d) != "gateway":
+            assert "SHOP_CUSTOMER_SECRET" not in env
+            continue
+        assert env["SHOP_CUSTOMER_SECRET"] == {"name": "SHOP_CUSTOMER_SECRET", "valueFrom": {
+            "secretKeyRef": {"name": "shop-customer-hmac", "key": "secret"}}}
+    # the value lives in the named Secret only: the chart makes none and the ConfigMap has no copy
+    assert r.of_kind("Secret") == []
+    assert "SHOP_CUSTOMER_SECRET" not in r.get("ConfigMap", "kefu-gateway")["data"]
 
 
 def test_default_install_has_no_database_and_warns(default_render: Rendered) -> None:
@@ -421,13 +502,15 @@ def test_only_the_gateway_is_reachable_from_outside(default_render: Rendered,
             from_internet = ingress_allowed(r, svc, ports["grpc"], None, None)
             if svc != "gateway":
                 assert not from_other_namespace and not from_internet, svc
-    # default: the gateway is the public entry point
-    assert ingress_allowed(default_render, "gateway", 50051, None, None)
-    # production: only the ingress controller reaches it
-    ns_labels, pod_labels = INGRESS_NGINX
-    assert ingress_allowed(production_render, "gateway", 50051, pod_labels, ns_labels)
-    assert not ingress_allowed(production_render, "gateway", 50051, None, None)
-    assert not ingress_allowed(production_render, "gateway", 50051, {"app": "x"}, CLUSTER_NAMESPACE_LABELS)
+                assert not ingress_allowed(r, svc, WEB_PORT, None, None), svc  # only the gateway has pages
+    # default: the gateway (gRPC and the pages) is the public entry point
+    for port in (50051, WEB_PORT):
+        assert ingress_allowed(default_render, "gateway", port, None, None)
+        # production: only the ingress controller reaches it
+        ns_labels, pod_labels = INGRESS_NGINX
+        assert ingress_allowed(production_render, "gateway", port, pod_labels, ns_labels)
+        assert not ingress_allowed(production_render, "gateway", port, None, None)
+        assert not ingress_allowed(production_render, "gateway", port, {"app": "x"}, CLUSTER_NAMESPACE_LABELS)
 
 
 def test_metrics_ports_open_to_the_monitoring_namespace_only(rendered: Rendered) -> None:
@@ -480,13 +563,101 @@ def test_network_policies_can_be_turned_off() -> None:
     assert render({"networkPolicy": {"enabled": False}}).of_kind("NetworkPolicy") == []
 
 
+# --------------------------------------------------------------------------- TLS
+
+
+def test_tls_mounts_and_settings_follow_the_mode(rendered: Rendered) -> None:
+    """Plaintext, public TLS on the gateway only, or mutual TLS between all services: who
+    mounts which Secret, who serves TLS, who demands client certificates, who calls
+    over https:// (every call edge of the Rust sources) and verifies with the CA."""
+    tls = rendered.values["tls"]
+    internal = tls["internal"]["enabled"]
+    for d in rendered.of_kind("Deployment"):
+        svc = component_of(d)
+        env = configmap_env(rendered, d)
+        secret = tls_mount(d)
+        if internal:
+            assert secret == (tls["internal"]["existingSecret"] or f"kefu-{svc}-mtls"), svc
+        elif svc == "gateway" and tls["gateway"]["enabled"]:
+            assert secret == tls["gateway"]["existingSecret"]
+        else:
+            assert secret is None, svc
+        tls_env = {k: v for k, v in env.items() if k.startswith("KEFU_TLS_")}
+        if secret is None:
+            assert tls_env == {}, svc
+            continue
+        expected = {"KEFU_TLS_CERT": f"{TLS_DIR}/tls.crt", "KEFU_TLS_KEY": f"{TLS_DIR}/tls.key"}
+        if internal and svc != "gateway":  # the gateway's port is public: no client certificates
+            expected["KEFU_TLS_CLIENT_CA"] = f"{TLS_DIR}/ca.crt"
+        if internal and CALLS[svc]:
+            expected["KEFU_TLS_CA"] = f"{TLS_DIR}/ca.crt"
+        assert tls_env == expected, svc
+        for callee, url in peer_urls(env).items():
+            assert urlsplit(url).scheme == ("https" if internal else "http"), (svc, callee)
+        assert set(peer_urls(env)) == CALLS[svc]
+
+
+def test_internal_certificates_carry_the_names_the_callers_dial(production_render: Rendered,
+                                                                 production_values: dict[str, Any]) -> None:
+    """cert-manager makes one certificate per service, for the Service name in every
+    caller's URL (the Rust client verifies the URL's host name), usable as server and as
+    client, issued by the configured CA issuer into the Secret the pod mounts."""
+    certificates = {c["spec"]["secretName"]: c for c in production_render.of_kind("Certificate")}
+    issuer = production_values["tls"]["internal"]["certManager"]["issuerRef"]
+    dialled: dict[str, set[str]] = {svc: set() for svc in SERVICES}
+    for d in production_render.of_kind("Deployment"):
+        for callee, url in peer_urls(configmap_env(production_render, d)).items():
+            dialled[callee].add(urlsplit(url).hostname)
+    assert all(dialled[c] for callees in CALLS.values() for c in callees)
+    for d in production_render.of_kind("Deployment"):
+        svc = component_of(d)
+        certificate = certificates[tls_mount(d)]
+        assert certificate["apiVersion"] == "cert-manager.io/v1"
+        assert component_of(certificate) == svc
+        spec = certificate["spec"]
+        assert dialled[svc] <= set(spec["dnsNames"]), svc
+        assert f"kefu-{svc}.{NAMESPACE}.svc" in spec["dnsNames"]
+        assert {"server auth", "client auth"} <= set(spec["usages"])
+        assert spec["issuerRef"] == {"group": "cert-manager.io", **issuer}
+        assert spec["privateKey"]["rotationPolicy"] == "Always"
+    assert len(certificates) == len(SERVICES)
+
+
+def test_no_secret_serves_two_purposes(rendered: Rendered) -> None:
+    """The ingress's public certificate and the internal ones never share a Secret."""
+    ingress_secrets = {t["secretName"] for i in rendered.of_kind("Ingress") for t in i["spec"].get("tls", [])}
+    internal = {tls_mount(d) for d in rendered.of_kind("Deployment")} - {None}
+    assert not ingress_secrets & internal
+    made = [c["spec"]["secretName"] for c in rendered.of_kind("Certificate")]
+    assert len(made) == len(set(made))
+
+
+IMPOSSIBLE_TLS = {
+    "public and internal TLS at once": ({"tls": {"gateway": {"enabled": True, "existingSecret": "pub"},
+                                                  "internal": {"enabled": True}}}, "cannot both be enabled"),
+    "gateway TLS without a Secret": ({"tls": {"gateway": {"enabled": True}}}, "tls.gateway.existingSecret"),
+    "cert-manager and a shared Secret": ({"tls": {"internal": {
+        "enabled": True, "existingSecret": "one", "certManager": {"enabled": True, "issuerRef": {"name": "ca"}}}}},
+        "leave tls.internal.existingSecret empty"),
+    "cert-manager without an issuer": ({"tls": {"internal": {"enabled": True, "certManager": {"enabled": True}}}},
+                                       "issuerRef.name"),
+}
+
+
+@pytest.mark.parametrize("overrides, message", list(IMPOSSIBLE_TLS.values()), ids=list(IMPOSSIBLE_TLS))
+def test_tls_settings_that_cannot_work_are_refused(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        render(overrides)
+
+
 # --------------------------------------------------------------------------- ingress, monitoring
 
 
 def test_ingress_routes_grpc_over_tls_to_the_gateway(production_render: Rendered,
                                                      production_values: dict[str, Any]) -> None:
     ingress = production_render.get("Ingress", "kefu-gateway")
-    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+    # production's gateway serves its internal certificate: the ingress re-encrypts
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPCS"
     assert ingress["spec"]["ingressClassName"] == "nginx"
     host = production_values["ingress"]["host"]
     assert ingress["spec"]["tls"] == [{"hosts": [host], "secretName": production_values["ingress"]["tls"]["secretName"]}]
@@ -499,11 +670,74 @@ def test_ingress_routes_grpc_over_tls_to_the_gateway(production_render: Rendered
     assert backend["port"] == {"name": "grpc"}
 
 
-def test_backend_protocol_cannot_be_overridden() -> None:
-    r = render({"ingress": {"enabled": True,
-                            "annotations": {"nginx.ingress.kubernetes.io/backend-protocol": "HTTP"}}})
-    annotations = r.get("Ingress", "kefu-gateway")["metadata"]["annotations"]
-    assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "GRPC"
+@pytest.mark.parametrize("tls_values, protocol", [({}, "GRPC"), (GATEWAY_TLS_VALUES, "GRPCS"),
+                                                   (SHARED_MTLS_VALUES, "GRPCS")],
+                         ids=["plaintext", "gateway-tls", "internal-tls"])
+def test_backend_protocol_follows_the_ports_and_cannot_be_overridden(tls_values: dict[str, Any],
+                                                                      protocol: str) -> None:
+    r = render({**tls_values, "ingress": {
+        "enabled": True, "annotations": {"nginx.ingress.kubernetes.io/backend-protocol": "HTTP",
+                                         "cert-manager.io/cluster-issuer": "letsencrypt"}}})
+    grpc = r.get("Ingress", "kefu-gateway")["metadata"]["annotations"]
+    web = r.get("Ingress", "kefu-gateway-web")["metadata"]["annotations"]
+    assert grpc["nginx.ingress.kubernetes.io/backend-protocol"] == protocol
+    assert web["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTP"  # the pages are plain HTTP
+    # one certificate for the host, requested once (by the gRPC Ingress)
+    assert grpc["cert-manager.io/cluster-issuer"] == "letsencrypt"
+    assert not any(k.startswith("cert-manager.io/") for k in web)
+
+
+WEB_ROUTE = re.compile(r'\.route\(\s*"([^"]+)"')
+
+
+def test_the_pages_are_routed_on_the_ingress_host(production_render: Rendered,
+                                                  production_values: dict[str, Any]) -> None:
+    """Every route of the pages (services/gateway/src/web.rs) and every asset the pages
+    load (web/src/**/*.html) goes to the web port; the rest of the host stays gRPC."""
+    web = production_render.get("Ingress", "kefu-gateway-web")
+    grpc = production_render.get("Ingress", "kefu-gateway")
+    assert web["spec"]["tls"] == grpc["spec"]["tls"]
+    (rule,) = web["spec"]["rules"]
+    assert rule["host"] == production_values["ingress"]["host"]
+    paths = rule["http"]["paths"]
+    assert all(p["backend"]["service"] == {"name": "kefu-gateway", "port": {"name": "web"}} for p in paths)
+
+    def routed(path: str) -> bool:
+        return any(path == p["path"] if p["pathType"] == "Exact"
+                   else path == p["path"] or path.startswith(p["path"].rstrip("/") + "/") for p in paths)
+
+    routes = WEB_ROUTE.findall((REPO / "services/gateway/src/web.rs").read_text(encoding="utf-8"))
+    assert "/chat" in routes and "/config.json" in routes
+    fixed = [r for r in routes if "{" not in r]
+    assert all(routed(r) for r in fixed), fixed
+    assets = {m for page in (REPO / "web" / "src").rglob("*.html")
+              for m in re.findall(r'(?:src|href)="(/[^"]*)"', page.read_text(encoding="utf-8"))}
+    assert assets and all(routed(a) for a in assets), assets
+    # gRPC methods are not
+    assert not routed("/kefu.v1.ConversationService/SendMessage")
+    # the pages call the gateway on their own origin
+    gateway_env = configmap_env(production_render, production_render.get("Deployment", "kefu-gateway"))
+    assert gateway_env["KEFU_PUBLIC_GATEWAY_URL"] == f"https://{production_values['ingress']['host']}"
+    assert gateway_env["KEFU_WEB_PORT"] == str(WEB_PORT)
+
+
+def test_web_settings_and_turning_the_pages_off() -> None:
+    r = render({"web": {"origins": ["https://shop.example.com", "https://help.example.com"],
+                        "publicGatewayUrl": "https://grpc.example.com"}, "ingress": {"enabled": True}})
+    env = configmap_env(r, r.get("Deployment", "kefu-gateway"))
+    assert env["KEFU_WEB_ORIGINS"] == "https://shop.example.com,https://help.example.com"
+    assert env["KEFU_PUBLIC_GATEWAY_URL"] == "https://grpc.example.com"
+    for d in r.of_kind("Deployment"):  # the gateway's settings only
+        if component_of(d) != "gateway":
+            assert not {"KEFU_WEB_PORT", "KEFU_WEB_ORIGINS"} & configmap_env(r, d).keys()
+
+    off = render({"web": {"enabled": False}, "ingress": {"enabled": True}})
+    gateway = off.get("Deployment", "kefu-gateway")
+    assert configmap_env(off, gateway)["KEFU_WEB_PORT"] == "0"
+    assert "web" not in {p["name"] for p in container_of(gateway)["ports"]}
+    assert "web" not in {p["name"] for p in off.get("Service", "kefu-gateway")["spec"]["ports"]}
+    assert [i["metadata"]["name"] for i in off.of_kind("Ingress")] == ["kefu-gateway"]
+    assert not ingress_allowed(off, "gateway", WEB_PORT, None, None)
 
 
 def test_service_monitor_scrapes_every_service(production_render: Rendered) -> None:
@@ -585,6 +819,15 @@ BAD_VALUES = {
     "bad log format": {"config": {"logFormat": "xml"}},
     "bad database url": {"secrets": {"databaseUrl": "mysql://db/kefu"}},
     "bad resource quantity": {"services": {"sentiment": {"resources": {"limits": {"memory": "lots"}}}}},
+    "tls flag as a string": {"tls": {"internal": {"enabled": "yes"}}},
+    "unknown tls setting": {"tls": {"internal": {"clientCa": "ca.pem"}}},
+    "secret name with capitals": {"tls": {"gateway": {"existingSecret": "Kefu_TLS"}}},
+    "issuer kind empty": {"tls": {"internal": {"certManager": {"issuerRef": {"kind": ""}}}}},
+    "secret variable without a key": {"services": {"gateway": {"secretEnv": {"SHOP_SECRET": {"secretName": "s"}}}}},
+    "secret variable with a bad name": {"services": {"gateway": {"secretEnv": {
+        "SHOP-SECRET": {"secretName": "s", "key": "k"}}}}},
+    "web port zero": {"web": {"port": 0}},
+    "web origin with a path": {"web": {"origins": ["https://shop.example.com/chat"]}},
 }
 
 
@@ -604,8 +847,18 @@ def test_schema_rejects_wrong_values(overrides: dict[str, Any]) -> None:
 
 def test_notes_tell_how_to_try_the_release(rendered: Rendered) -> None:
     notes = rendered.notes
-    assert "port-forward svc/kefu-gateway 50051:50051" in notes
-    assert "grpcurl -plaintext localhost:50051 list" in notes
+    assert "port-forward svc/kefu-gateway 50051:50051 8080:8080" in notes
+    tls = rendered.values["tls"]
+    # grpcurl as the gateway's port speaks: plaintext, its internal CA, or a public certificate
+    if tls["internal"]["enabled"]:
+        secret = tls["internal"]["existingSecret"] or "kefu-gateway-mtls"
+        assert f"get secret {secret} -o jsonpath='{{.data.ca\\.crt}}'" in notes
+        assert "grpcurl -cacert kefu-ca.crt -authority kefu-gateway localhost:50051 list" in notes
+        assert "mutual TLS" in notes
+    elif tls["gateway"]["enabled"]:
+        assert "grpcurl -insecure localhost:50051 list" in notes
+    else:
+        assert "grpcurl -plaintext localhost:50051 list" in notes
     assert "kefu.v1.ConversationService/SendMessage" in notes
     assert '{"tenant_id":"demo","customer_id":"c1","text":' in notes
     for svc in SERVICES:
@@ -614,4 +867,5 @@ def test_notes_tell_how_to_try_the_release(rendered: Rendered) -> None:
 
 def test_notes_use_the_ingress_when_enabled(production_render: Rendered) -> None:
     assert "grpcurl kefu.example.com:443 list" in production_render.notes
+    assert "Chat: https://kefu.example.com/chat?tenant=demo" in production_render.notes
     assert "WARNING: no DATABASE_URL" not in production_render.notes

@@ -89,7 +89,116 @@ gRPC URL of a service inside the namespace. Context: dict "root" $ "name" <servi
 */}}
 {{- define "kefu.serviceUrl" -}}
 {{- $svc := index .root.Values.services .name }}
-{{- printf "http://%s:%d" (include "kefu.componentName" .) (int $svc.grpcPort) }}
+{{- $scheme := ternary "https" "http" (.root.Values.tls.internal.enabled | default false) }}
+{{- printf "%s://%s:%d" $scheme (include "kefu.componentName" .) (int $svc.grpcPort) }}
+{{- end }}
+
+{{/*
+TLS. Every pod that has a certificate mounts one Secret at kefu.tlsDir (tls.crt,
+tls.key and, for internal TLS, ca.crt):
+- with tls.internal, every service its internal Secret: servers require client
+  certificates signed by ca.crt (not the gateway, whose port is public), callers verify
+  against ca.crt and present their own certificate;
+- else the gateway, with tls.gateway, its public Secret.
+*/}}
+{{- define "kefu.tlsDir" -}}/etc/kefu/tls{{- end }}
+
+{{/*
+Refuses TLS settings that cannot work, at render time.
+*/}}
+{{- define "kefu.tls.check" -}}
+{{- $tls := .Values.tls }}
+{{- if and $tls.gateway.enabled $tls.internal.enabled }}
+{{- fail "tls.gateway and tls.internal cannot both be enabled: the gateway has one certificate (KEFU_TLS_CERT) for its public port and as its client identity towards the other services, so with tls.internal it serves its internal certificate; terminate public TLS at the ingress (ingress.tls) and leave tls.gateway off" }}
+{{- end }}
+{{- if and $tls.gateway.enabled (not $tls.gateway.existingSecret) }}
+{{- fail "tls.gateway.enabled needs tls.gateway.existingSecret (a kubernetes.io/tls Secret with tls.crt and tls.key)" }}
+{{- end }}
+{{- if and $tls.internal.enabled $tls.internal.certManager.enabled }}
+{{- if $tls.internal.existingSecret }}
+{{- fail "tls.internal.certManager creates one Secret per service: leave tls.internal.existingSecret empty" }}
+{{- end }}
+{{- if not $tls.internal.certManager.issuerRef.name }}
+{{- fail "tls.internal.certManager.enabled needs tls.internal.certManager.issuerRef.name (a cert-manager CA issuer)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret of the per-service internal certificate. Context: dict "root" $ "name" <service>.
+*/}}
+{{- define "kefu.tls.internalSecret" -}}
+{{- .root.Values.tls.internal.existingSecret | default (printf "%s-mtls" (include "kefu.componentName" .)) }}
+{{- end }}
+
+{{/*
+The Secret a service mounts at kefu.tlsDir, or empty for plaintext.
+Context: dict "root" $ "name" <service>.
+*/}}
+{{- define "kefu.tls.secret" -}}
+{{- $tls := .root.Values.tls }}
+{{- if $tls.internal.enabled }}
+{{- include "kefu.tls.internalSecret" . }}
+{{- else if and (eq .name "gateway") $tls.gateway.enabled }}
+{{- $tls.gateway.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether a service requires client certificates (mutual TLS): every internal service
+under tls.internal; never the gateway. Context: dict "root" $ "name" <service>.
+*/}}
+{{- define "kefu.tls.mutual" -}}
+{{- if and .root.Values.tls.internal.enabled (ne .name "gateway") }}true{{ end }}
+{{- end }}
+
+{{/*
+One probe's action: the kubelet's gRPC probe on a plaintext port. The kubelet's gRPC
+probe cannot speak TLS, so on a TLS port the image's grpc_health_probe (deploy/Dockerfile)
+checks the same health name over TLS, presenting the pod's own certificate where the
+server requires one. It dials its own pod over loopback, so it checks the handshake and
+the health status, not the server's name. Context: dict "root" $ "name" <service>
+"svc" <service values> "health" <health name>.
+*/}}
+{{- define "kefu.probeAction" -}}
+{{- if include "kefu.tls.secret" . }}
+exec:
+  command:
+    - /usr/local/bin/grpc_health_probe
+    - -addr=127.0.0.1:{{ .svc.grpcPort }}
+    - -service={{ .health }}
+    - -connect-timeout=1s
+    - -rpc-timeout=1s
+    - -tls
+    - -tls-no-verify
+    {{- if include "kefu.tls.mutual" . }}
+    - -tls-client-cert={{ include "kefu.tlsDir" . }}/tls.crt
+    - -tls-client-key={{ include "kefu.tlsDir" . }}/tls.key
+    {{- end }}
+{{- else }}
+grpc:
+  port: {{ .svc.grpcPort }}
+  service: {{ .health }}
+{{- end }}
+{{- end }}
+
+{{/*
+Whether a service serves the web pages (the gateway, unless web.enabled is off).
+Context: dict "root" $ "name" <service>.
+*/}}
+{{- define "kefu.servesWeb" -}}
+{{- if and (eq .name "gateway") .root.Values.web.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+The gateway's URL as browsers reach it (KEFU_PUBLIC_GATEWAY_URL), or empty.
+*/}}
+{{- define "kefu.publicGatewayUrl" -}}
+{{- if .Values.web.publicGatewayUrl }}
+{{- .Values.web.publicGatewayUrl }}
+{{- else if .Values.ingress.enabled }}
+{{- printf "%s://%s" (ternary "https" "http" .Values.ingress.tls.enabled) .Values.ingress.host }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -146,6 +255,26 @@ OTEL_EXPORTER_OTLP_ENDPOINT: {{ . | quote }}
 {{- end }}
 {{- range $callee := $svc.calls }}
 KEFU_{{ upper $callee }}_URL: {{ include "kefu.serviceUrl" (dict "root" $root "name" $callee) | quote }}
+{{- end }}
+{{- if include "kefu.tls.secret" . }}
+{{- $dir := include "kefu.tlsDir" . }}
+KEFU_TLS_CERT: {{ printf "%s/tls.crt" $dir | quote }}
+KEFU_TLS_KEY: {{ printf "%s/tls.key" $dir | quote }}
+{{- if include "kefu.tls.mutual" . }}
+KEFU_TLS_CLIENT_CA: {{ printf "%s/ca.crt" $dir | quote }}
+{{- end }}
+{{- if and $root.Values.tls.internal.enabled $svc.calls }}
+KEFU_TLS_CA: {{ printf "%s/ca.crt" $dir | quote }}
+{{- end }}
+{{- end }}
+{{- if eq .name "gateway" }}
+KEFU_WEB_PORT: {{ ternary $root.Values.web.port 0 $root.Values.web.enabled | quote }}
+{{- with include "kefu.publicGatewayUrl" $root }}
+KEFU_PUBLIC_GATEWAY_URL: {{ . | quote }}
+{{- end }}
+{{- with $root.Values.web.origins }}
+KEFU_WEB_ORIGINS: {{ join "," . | quote }}
+{{- end }}
 {{- end }}
 {{- range $k, $v := $root.Values.config.extraEnv }}
 {{ $k }}: {{ $v | toString | quote }}
