@@ -33,6 +33,9 @@ pub struct UpArgs {
     pub max_message_bytes: usize,
     #[arg(long, env = "KEFU_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Calls the gateway handles at once; more get RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "KEFU_MAX_IN_FLIGHT", default_value_t = 128)]
+    pub max_in_flight: usize,
     #[command(flatten)]
     pub clients: ClientArgs,
     #[command(flatten)]
@@ -149,6 +152,9 @@ pub async fn up(
                 knowledge_url: args.url(args.knowledge_port),
                 router_url: args.url(args.router_port),
                 web: args.web.clone(),
+                redis_url: args.data.redis_url.clone(),
+                redis_prefix: args.data.redis_prefix.clone(),
+                max_in_flight: args.max_in_flight,
             },
             shutdown,
         )

@@ -1,16 +1,17 @@
-//! Outgoing calls: lazily connected channels with a deadline on every call, trace
-//! context and metrics from the client layer, and bounded retries of transient failures.
-use std::future::Future;
+//! Outgoing calls: lazily connected channels with what is left of the caller's deadline,
+//! retries of calls that did not reach their peer (see `resilience`), trace context and
+//! metrics from the client layer.
 use std::time::Duration;
 
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tower::ServiceBuilder;
 
 use crate::layers::{ClientTelemetry, ClientTelemetryLayer};
+use crate::resilience::{Resilient, RetryBudget};
 use crate::{ClientArgs, TlsArgs};
 
 /// The channel type every generated kefu client is built on.
-pub type GrpcChannel = ClientTelemetry<Channel>;
+pub type GrpcChannel = ClientTelemetry<Resilient<Channel>>;
 
 /// Makes the channels of one service to the others, all the same way: the deadline,
 /// TLS when configured, telemetry.
@@ -19,6 +20,7 @@ pub struct Connector {
     caller: String,
     deadline: Duration,
     tls: Option<ClientTlsConfig>,
+    budget: RetryBudget,
 }
 
 impl Connector {
@@ -28,19 +30,16 @@ impl Connector {
             caller: caller.to_owned(),
             deadline: clients.call_timeout(),
             tls: tls.client()?,
+            budget: RetryBudget::default(),
         })
     }
 
     /// A channel to `url`. It connects on first use and reconnects by itself, so
     /// services may start in any order.
     pub fn channel(&self, target: &str, url: &str) -> anyhow::Result<GrpcChannel> {
-        let channel = self.raw_channel(url)?;
+        let channel = Resilient::new(self.raw_channel(url)?, self.budget.clone(), self.deadline);
         Ok(ServiceBuilder::new()
-            .layer(ClientTelemetryLayer::new(
-                &self.caller,
-                target,
-                self.deadline,
-            ))
+            .layer(ClientTelemetryLayer::new(&self.caller, target))
             .service(channel))
     }
 
@@ -66,54 +65,47 @@ impl Connector {
     }
 }
 
-const RETRY_BACKOFF: [Duration; 2] = [Duration::from_millis(50), Duration::from_millis(200)];
-
-/// Runs an idempotent call, retrying it (at most twice, with backoff) while the peer is
-/// unavailable, e.g. restarting or not yet listening. Other errors return at once.
-pub async fn with_retry<T, F, Fut>(mut call: F) -> Result<T, tonic::Status>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, tonic::Status>>,
-{
-    let mut attempt = 0;
-    loop {
-        match call().await {
-            Err(status)
-                if status.code() == tonic::Code::Unavailable && attempt < RETRY_BACKOFF.len() =>
-            {
-                tracing::debug!(attempt, error = %status.message(), "retrying unavailable peer");
-                tokio::time::sleep(RETRY_BACKOFF[attempt]).await;
-                attempt += 1;
-            }
-            result => return result,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[tokio::test]
-    async fn retries_only_unavailable_and_gives_up() {
-        let calls = AtomicUsize::new(0);
-        let result: Result<(), _> = with_retry(|| async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(tonic::Status::unavailable("down"))
+    async fn an_unreachable_peer_is_unavailable_and_a_spent_deadline_is_not_called() {
+        let clients = ClientArgs {
+            call_timeout_ms: 1000,
+        };
+        let connector = Connector::new("test", &clients, &TlsArgs::default()).unwrap();
+        let [port] = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            [listener.local_addr().unwrap().port()]
+        };
+        let channel = connector
+            .channel("kefu-ticket", &format!("http://127.0.0.1:{port}"))
+            .unwrap();
+        let mut client = kefu_proto::v1::ticket_service_client::TicketServiceClient::new(channel);
+        for repeatable in [true, false] {
+            let status = if repeatable {
+                client
+                    .get_ticket(kefu_proto::v1::GetTicketRequest::default())
+                    .await
+                    .map(drop)
+            } else {
+                client
+                    .next_in_queue(kefu_proto::v1::NextInQueueRequest::default())
+                    .await
+                    .map(drop)
+            }
+            .unwrap_err();
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        }
+        let spent = crate::resilience::with_deadline(std::time::Instant::now(), async {
+            client
+                .get_ticket(kefu_proto::v1::GetTicketRequest::default())
+                .await
         })
-        .await;
-        assert_eq!(result.unwrap_err().code(), tonic::Code::Unavailable);
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
-
-        let calls = AtomicUsize::new(0);
-        let result: Result<(), _> = with_retry(|| async {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Err(tonic::Status::invalid_argument("bad"))
-        })
-        .await;
-        assert_eq!(result.unwrap_err().code(), tonic::Code::InvalidArgument);
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        .await
+        .unwrap_err();
+        assert_eq!(spent.code(), tonic::Code::DeadlineExceeded);
     }
 
     #[tokio::test]

@@ -13,6 +13,8 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::resilience::{parse_grpc_timeout, with_deadline};
+
 /// Response metadata key carrying the trace id, so a user can look the call up in Jaeger.
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
@@ -79,12 +81,15 @@ impl Injector for HeaderInjector<'_> {
 #[derive(Clone)]
 pub(crate) struct ServerTelemetryLayer {
     service: Arc<str>,
+    /// The deadline of a call whose caller sets none (or a longer one).
+    request_timeout: Duration,
 }
 
 impl ServerTelemetryLayer {
-    pub(crate) fn new(service: &str) -> Self {
+    pub(crate) fn new(service: &str, request_timeout: Duration) -> Self {
         Self {
             service: service.into(),
+            request_timeout,
         }
     }
 }
@@ -96,6 +101,7 @@ impl<S> Layer<S> for ServerTelemetryLayer {
         ServerTelemetry {
             inner,
             service: self.service.clone(),
+            request_timeout: self.request_timeout,
         }
     }
 }
@@ -104,6 +110,7 @@ impl<S> Layer<S> for ServerTelemetryLayer {
 pub(crate) struct ServerTelemetry<S> {
     inner: S,
     service: Arc<str>,
+    request_timeout: Duration,
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ServerTelemetry<S>
@@ -144,11 +151,21 @@ where
         });
         let _ = span.set_parent(parent);
         let method_label = format!("{rpc_service}/{rpc_method}");
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(parse_grpc_timeout)
+            .map_or(self.request_timeout, |asked| {
+                asked.min(self.request_timeout)
+            });
         Box::pin(async move {
             let started = Instant::now();
             let in_flight = metrics::gauge!("kefu_grpc_server_requests_in_flight", "service" => service.to_string());
             in_flight.increment(1.0);
-            let result = inner.call(request).instrument(span.clone()).await;
+            // Calls this handler makes get what is left of this deadline.
+            let result = with_deadline(started + timeout, inner.call(request))
+                .instrument(span.clone())
+                .await;
             in_flight.decrement(1.0);
             let code = match &result {
                 Ok(response) => grpc_code(response.headers()),
@@ -185,15 +202,13 @@ where
 pub(crate) struct ClientTelemetryLayer {
     service: Arc<str>,
     target: Arc<str>,
-    deadline: Duration,
 }
 
 impl ClientTelemetryLayer {
-    pub(crate) fn new(service: &str, target: &str, deadline: Duration) -> Self {
+    pub(crate) fn new(service: &str, target: &str) -> Self {
         Self {
             service: service.into(),
             target: target.into(),
-            deadline,
         }
     }
 }
@@ -213,13 +228,6 @@ impl<S> Layer<S> for ClientTelemetryLayer {
 pub struct ClientTelemetry<S> {
     inner: S,
     layer: ClientTelemetryLayer,
-}
-
-/// `grpc-timeout` header value: at most 8 digits, here in milliseconds.
-fn grpc_timeout_value(deadline: Duration) -> HeaderValue {
-    let millis = deadline.as_millis().clamp(1, 99_999_999);
-    HeaderValue::from_str(&format!("{millis}m"))
-        .expect("digits and a unit are a valid header value")
 }
 
 impl<S, B, ResBody> Service<Request<B>> for ClientTelemetry<S>
@@ -257,10 +265,6 @@ where
         opentelemetry::global::get_text_map_propagator(|propagator| {
             propagator.inject_context(&context, &mut HeaderInjector(request.headers_mut()))
         });
-        request
-            .headers_mut()
-            .entry("grpc-timeout")
-            .or_insert_with(|| grpc_timeout_value(layer.deadline));
         let method_label = format!("{rpc_service}/{rpc_method}");
         Box::pin(async move {
             let result = inner.call(request).instrument(span.clone()).await;
@@ -302,14 +306,5 @@ mod tests {
         assert_eq!(grpc_code(&headers), tonic::Code::Ok);
         headers.insert("grpc-status", HeaderValue::from_static("5"));
         assert_eq!(grpc_code(&headers), tonic::Code::NotFound);
-    }
-
-    #[test]
-    fn deadline_header_is_bounded() {
-        assert_eq!(grpc_timeout_value(Duration::from_millis(250)), "250m");
-        assert_eq!(
-            grpc_timeout_value(Duration::from_secs(10_000_000)),
-            "99999999m"
-        );
     }
 }

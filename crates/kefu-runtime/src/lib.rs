@@ -9,12 +9,13 @@ pub mod health;
 mod layers;
 pub mod metrics;
 pub mod principal;
+pub mod resilience;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;
 
-pub use client::{with_retry, Connector, GrpcChannel};
+pub use client::{Connector, GrpcChannel};
 pub use config::{ClientArgs, ContentArgs, DataArgs, ModelArgs, ServerArgs, ServiceSpec};
 pub use health::{Probe, ReadyFlag};
 pub use principal::{Principal, Role};

@@ -24,6 +24,8 @@ pub struct Server {
     probes: Vec<Arc<dyn Probe>>,
     /// Browsers may call (gRPC-Web over HTTP/1.1) from the origins this allows.
     browser_access: Option<tower_http::cors::CorsLayer>,
+    /// Calls in flight above which new ones are refused at once.
+    shed_above: Option<usize>,
 }
 
 /// A started server: where it listens, and its task.
@@ -50,7 +52,15 @@ impl Server {
             grpc_services: Vec::new(),
             probes: Vec::new(),
             browser_access: None,
+            shed_above: None,
         }
+    }
+
+    /// Refuses calls with RESOURCE_EXHAUSTED (and a `retry-after-ms`) while `limit`
+    /// calls are in flight: load is shed at the edge instead of queueing into timeouts.
+    pub fn shed_above(mut self, limit: usize) -> Self {
+        self.shed_above = Some(limit);
+        self
     }
 
     /// Lets browsers call: HTTP/1.1 is accepted (for gRPC-Web) and cross-origin calls
@@ -152,7 +162,13 @@ impl Server {
             .timeout(self.args.request_timeout())
             .concurrency_limit_per_connection(self.args.max_concurrency)
             .layer(tower::util::option_layer(self.browser_access))
-            .layer(ServerTelemetryLayer::new(&service_label));
+            .layer(ServerTelemetryLayer::new(
+                &service_label,
+                self.args.request_timeout(),
+            ))
+            .layer(tower::util::option_layer(
+                self.shed_above.map(crate::resilience::ShedLayer::new),
+            ));
         // Without TCP_NODELAY small unary responses wait for delayed ACKs (~40 ms a call).
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

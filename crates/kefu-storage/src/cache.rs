@@ -57,6 +57,11 @@ impl Redis {
         })
     }
 
+    /// A pooled connection, for commands the cache does not wrap.
+    pub async fn connection(&self) -> anyhow::Result<deadpool_redis::Connection> {
+        Ok(self.pool.get().await?)
+    }
+
     pub fn key(&self, parts: &[&str]) -> String {
         format!("{}{}", self.prefix, parts.join(":"))
     }

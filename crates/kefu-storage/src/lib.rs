@@ -7,6 +7,7 @@ pub mod cache;
 mod content;
 pub mod conversations;
 mod db;
+pub mod rate_limit;
 pub mod sessions;
 pub mod testing;
 pub mod tickets;
@@ -18,6 +19,7 @@ pub use conversations::{
     HandlerRecord, RatingRecord, SqlConversationStore,
 };
 pub use db::{now_millis, Database, DatabaseProbe};
+pub use rate_limit::{Rate, RateLimiter};
 pub use sessions::{SessionStore, SqlSessionStore, TurnRecord};
 pub use tickets::{
     AuditRecord, CustomerRecord, NewTicket, QueueStats, SqlTicketStore, TicketChange, TicketRecord,

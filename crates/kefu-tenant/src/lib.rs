@@ -75,6 +75,14 @@ impl ApiKey {
     }
 }
 
+/// `[rate_limit]`: a sustained rate with a burst on top, shared by all gateway replicas.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub requests_per_second: f64,
+    pub burst: u32,
+}
+
 /// Fixed replies of an intent, per language.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct Replies {
@@ -121,6 +129,9 @@ pub struct Tenant {
     /// browser over gRPC-Web, in addition to the gateway's own pages.
     #[serde(default)]
     pub web_origins: Vec<String>,
+    /// Requests the tenant may make through the gateway; no section: unlimited.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
     pub intents: Vec<IntentDefinition>,
     #[serde(skip)]
     pub articles: Vec<Article>,
@@ -183,6 +194,15 @@ impl Tenant {
             "tenant {} defines no intents",
             self.id
         );
+        if let Some(limit) = &self.rate_limit {
+            anyhow::ensure!(
+                limit.requests_per_second > 0.0
+                    && limit.requests_per_second.is_finite()
+                    && limit.burst >= 1,
+                "tenant {}: [rate_limit] needs requests_per_second > 0 and burst >= 1",
+                self.id
+            );
+        }
         let mut key_ids = std::collections::BTreeSet::new();
         for key in &self.api_keys {
             anyhow::ensure!(

@@ -16,8 +16,8 @@ use kefu_proto::v1::ticket_service_server::{TicketService, TicketServiceServer};
 use kefu_proto::v1::*;
 use kefu_runtime::health::DownstreamProbe;
 use kefu_runtime::{
-    with_retry, ClientArgs, Connector, ContentArgs, GrpcChannel, Principal, RunningServer,
-    ServerArgs, ServiceSpec, Shutdown,
+    ClientArgs, Connector, ContentArgs, GrpcChannel, Principal, RunningServer, ServerArgs,
+    ServiceSpec, Shutdown,
 };
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -28,6 +28,7 @@ mod tenants;
 mod web;
 
 pub use auth::{authenticate, Access, Credentials, Refusal};
+use kefu_storage::{Rate, RateLimiter, Redis};
 use tenants::LiveTenants;
 pub use web::WebArgs;
 
@@ -57,10 +58,22 @@ pub struct Config {
     pub router_url: String,
     #[command(flatten)]
     pub web: WebArgs,
+    /// Redis (redis://…) for the per-tenant rate limits shared by gateway replicas;
+    /// unset: each replica limits on its own.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key.
+    #[arg(long, env = "KEFU_REDIS_PREFIX", default_value = "kefu:")]
+    pub redis_prefix: String,
+    /// Calls handled at once; above it new calls get RESOURCE_EXHAUSTED at once rather
+    /// than queueing into timeouts.
+    #[arg(long, env = "KEFU_MAX_IN_FLIGHT", default_value_t = 128)]
+    pub max_in_flight: usize,
 }
 
 pub struct Gateway {
     tenants: Arc<LiveTenants>,
+    limiter: RateLimiter,
     max_message_bytes: usize,
     orchestrator: OrchestratorServiceClient<GrpcChannel>,
     tickets: TicketServiceClient<GrpcChannel>,
@@ -98,7 +111,7 @@ fn bounded_id(value: &str, field: &str, required: bool) -> Result<(), Status> {
 impl Gateway {
     /// Authenticates a call of `access` on `tenant_id`, for `customer_id` where a
     /// customer acts. Refusals are counted and logged with the peer, never the key.
-    fn admit<T>(
+    async fn admit<T>(
         &self,
         request: &Request<T>,
         rpc: &'static str,
@@ -137,6 +150,24 @@ impl Gateway {
         if principal.role == kefu_runtime::Role::Customer && customer_id.trim().is_empty() {
             return Err(Status::invalid_argument("customer_id is required"));
         }
+        // Counted once the caller is known, so nobody spends another tenant's budget.
+        if let Some(limit) = tenants.get(tenant_id).and_then(|t| t.rate_limit) {
+            let rate = Rate {
+                per_second: limit.requests_per_second,
+                burst: limit.burst,
+            };
+            if let Err(wait) = self.limiter.admit(tenant_id, rate).await {
+                metrics::counter!("kefu_requests_shed_total", "service" => SERVICE, "reason" => "rate_limit").increment(1);
+                let mut status = Status::resource_exhausted(format!(
+                    "tenant {tenant_id:?} is over its rate limit; retry after {} ms",
+                    wait.as_millis()
+                ));
+                if let Ok(value) = wait.as_millis().max(1).to_string().parse() {
+                    status.metadata_mut().insert("retry-after-ms", value);
+                }
+                return Err(status);
+            }
+        }
         Ok(principal)
     }
 
@@ -173,24 +204,10 @@ impl Gateway {
 #[derive(Clone)]
 pub struct GatewayHandle(Arc<Gateway>);
 
-/// Forwards a validated request with the caller's principal, retrying while the
-/// downstream is briefly unavailable. Only for calls that are safe to repeat: reads,
-/// and writes carrying an idempotency key.
+/// Forwards a validated request with the caller's principal. The channel retries a
+/// call that did not reach the service, for methods safe to repeat only
+/// (`kefu_runtime::resilience`); message and reply ids are assigned above, before it.
 macro_rules! forward {
-    ($self:ident . $client:ident . $method:ident ($principal:expr, $request:expr)) => {{
-        let (principal, request) = ($principal, $request);
-        with_retry(|| {
-            let mut client = $self.0.$client.clone();
-            let request = principal.request(request.clone());
-            async move { client.$method(request).await }
-        })
-        .await
-    }};
-}
-
-/// Forwards a request that must not run twice (taking from the queue, a transition):
-/// one attempt, whatever happens.
-macro_rules! forward_once {
     ($self:ident . $client:ident . $method:ident ($principal:expr, $request:expr)) => {{
         $self
             .0
@@ -208,13 +225,16 @@ impl ConversationService for GatewayHandle {
         request: Request<SendMessageRequest>,
     ) -> Result<Response<SendMessageResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "SendMessage",
-            &message.tenant_id,
-            Access::Customer,
-            &message.customer_id,
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "SendMessage",
+                &message.tenant_id,
+                Access::Customer,
+                &message.customer_id,
+            )
+            .await?;
         let mut message = request.into_inner();
         self.0.validate_message(&message)?;
         // Assigned here, before the first attempt, so a retry is the same message.
@@ -229,13 +249,16 @@ impl ConversationService for GatewayHandle {
         request: Request<GetSessionRequest>,
     ) -> Result<Response<GetSessionResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "GetSession",
-            &message.tenant_id,
-            Access::CustomerOrStaff,
-            &message.customer_id,
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "GetSession",
+                &message.tenant_id,
+                Access::CustomerOrStaff,
+                &message.customer_id,
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.session_id, "session_id", true)?;
         forward!(self.orchestrator.get_session(principal, message))
@@ -250,13 +273,16 @@ impl ConversationService for GatewayHandle {
         request: Request<StreamEventsRequest>,
     ) -> Result<Response<Self::StreamEventsStream>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "StreamEvents",
-            &message.tenant_id,
-            Access::Customer,
-            &message.customer_id,
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "StreamEvents",
+                &message.tenant_id,
+                Access::Customer,
+                &message.customer_id,
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.session_id, "session_id", true)?;
         let events = forward!(self.orchestrator.stream_events(principal, message))?.into_inner();
@@ -271,13 +297,16 @@ impl ConversationService for GatewayHandle {
         request: Request<RateConversationRequest>,
     ) -> Result<Response<RateConversationResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "RateConversation",
-            &message.tenant_id,
-            Access::Customer,
-            &message.customer_id,
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "RateConversation",
+                &message.tenant_id,
+                Access::Customer,
+                &message.customer_id,
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.ticket_id, "ticket_id", true)?;
         forward!(self.orchestrator.rate_conversation(principal, message))
@@ -291,13 +320,16 @@ impl TicketService for GatewayHandle {
         request: Request<CreateTicketRequest>,
     ) -> Result<Response<CreateTicketResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "CreateTicket",
-            &message.tenant_id,
-            Access::Staff,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "CreateTicket",
+                &message.tenant_id,
+                Access::Staff,
+                "",
+            )
+            .await?;
         let mut message = request.into_inner();
         bounded_id(&message.customer_id, "customer_id", true)?;
         bounded_id(&message.idempotency_key, "idempotency_key", false)?;
@@ -318,9 +350,10 @@ impl TicketService for GatewayHandle {
         request: Request<GetTicketRequest>,
     ) -> Result<Response<GetTicketResponse>, Status> {
         let message = request.get_ref();
-        let principal =
-            self.0
-                .admit(&request, "GetTicket", &message.tenant_id, Access::Staff, "")?;
+        let principal = self
+            .0
+            .admit(&request, "GetTicket", &message.tenant_id, Access::Staff, "")
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.ticket_id, "ticket_id", true)?;
         forward!(self.tickets.get_ticket(principal, message))
@@ -331,13 +364,16 @@ impl TicketService for GatewayHandle {
         request: Request<ListTicketsRequest>,
     ) -> Result<Response<ListTicketsResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "ListTickets",
-            &message.tenant_id,
-            Access::Staff,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "ListTickets",
+                &message.tenant_id,
+                Access::Staff,
+                "",
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.customer_id, "customer_id", false)?;
         forward!(self.tickets.list_tickets(principal, message))
@@ -348,20 +384,19 @@ impl TicketService for GatewayHandle {
         request: Request<NextInQueueRequest>,
     ) -> Result<Response<NextInQueueResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "NextInQueue",
-            &message.tenant_id,
-            Access::Staff,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "NextInQueue",
+                &message.tenant_id,
+                Access::Staff,
+                "",
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.assignee, "assignee", false)?;
-        if message.take || !message.assignee.is_empty() {
-            forward_once!(self.tickets.next_in_queue(principal, message))
-        } else {
-            forward!(self.tickets.next_in_queue(principal, message))
-        }
+        forward!(self.tickets.next_in_queue(principal, message))
     }
 
     async fn transition_ticket(
@@ -369,19 +404,22 @@ impl TicketService for GatewayHandle {
         request: Request<TransitionTicketRequest>,
     ) -> Result<Response<TransitionTicketResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "TransitionTicket",
-            &message.tenant_id,
-            Access::Staff,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "TransitionTicket",
+                &message.tenant_id,
+                Access::Staff,
+                "",
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.ticket_id, "ticket_id", true)?;
         if message.comment.len() > self.0.max_message_bytes {
             return Err(Status::invalid_argument("comment is too long"));
         }
-        forward_once!(self.tickets.transition_ticket(principal, message))
+        forward!(self.tickets.transition_ticket(principal, message))
     }
 
     async fn get_customer(
@@ -389,13 +427,16 @@ impl TicketService for GatewayHandle {
         request: Request<GetCustomerRequest>,
     ) -> Result<Response<GetCustomerResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "GetCustomer",
-            &message.tenant_id,
-            Access::Staff,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "GetCustomer",
+                &message.tenant_id,
+                Access::Staff,
+                "",
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.customer_id, "customer_id", true)?;
         forward!(self.tickets.get_customer(principal, message))
@@ -413,7 +454,8 @@ impl TicketService for GatewayHandle {
             .ok_or_else(|| Status::invalid_argument("customer is required"))?;
         let principal = self
             .0
-            .admit(&request, "UpsertCustomer", &tenant_id, Access::Admin, "")?;
+            .admit(&request, "UpsertCustomer", &tenant_id, Access::Admin, "")
+            .await?;
         let message = request.into_inner();
         let customer = message.customer.as_ref().expect("checked above");
         bounded_id(&customer.customer_id, "customer.customer_id", true)?;
@@ -426,13 +468,16 @@ impl TicketService for GatewayHandle {
         request: Request<ReplyToCustomerRequest>,
     ) -> Result<Response<ReplyToCustomerResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "ReplyToCustomer",
-            &message.tenant_id,
-            Access::Staff,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "ReplyToCustomer",
+                &message.tenant_id,
+                Access::Staff,
+                "",
+            )
+            .await?;
         let mut message = request.into_inner();
         bounded_id(&message.ticket_id, "ticket_id", true)?;
         bounded_id(&message.request_id, "request_id", false)?;
@@ -449,13 +494,16 @@ impl TicketService for GatewayHandle {
         request: Request<GetConversationRequest>,
     ) -> Result<Response<GetConversationResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "GetConversation",
-            &message.tenant_id,
-            Access::Staff,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "GetConversation",
+                &message.tenant_id,
+                Access::Staff,
+                "",
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.ticket_id, "ticket_id", true)?;
         forward!(self.tickets.get_conversation(principal, message))
@@ -466,13 +514,16 @@ impl TicketService for GatewayHandle {
         request: Request<RaisePriorityRequest>,
     ) -> Result<Response<RaisePriorityResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "RaisePriority",
-            &message.tenant_id,
-            Access::Staff,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "RaisePriority",
+                &message.tenant_id,
+                Access::Staff,
+                "",
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.ticket_id, "ticket_id", true)?;
         if message.reason.len() > self.0.max_message_bytes {
@@ -489,13 +540,16 @@ impl AdminService for GatewayHandle {
         request: Request<IngestDocumentsRequest>,
     ) -> Result<Response<IngestDocumentsResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "IngestDocuments",
-            &message.tenant_id,
-            Access::Admin,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "IngestDocuments",
+                &message.tenant_id,
+                Access::Admin,
+                "",
+            )
+            .await?;
         let message = request.into_inner();
         for document in &message.documents {
             bounded_id(&document.document_id, "document_id", false)?;
@@ -509,13 +563,16 @@ impl AdminService for GatewayHandle {
         request: Request<DeleteDocumentRequest>,
     ) -> Result<Response<DeleteDocumentResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "DeleteDocument",
-            &message.tenant_id,
-            Access::Admin,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "DeleteDocument",
+                &message.tenant_id,
+                Access::Admin,
+                "",
+            )
+            .await?;
         let message = request.into_inner();
         bounded_id(&message.document_id, "document_id", true)?;
         forward!(self.knowledge.delete_document(principal, message))
@@ -528,7 +585,8 @@ impl AdminService for GatewayHandle {
         let message = request.get_ref();
         let principal = self
             .0
-            .admit(&request, "Reindex", &message.tenant_id, Access::Admin, "")?;
+            .admit(&request, "Reindex", &message.tenant_id, Access::Admin, "")
+            .await?;
         let message = request.into_inner();
         forward!(self.knowledge.reindex(principal, message))
     }
@@ -538,13 +596,16 @@ impl AdminService for GatewayHandle {
         request: Request<ReloadTenantRequest>,
     ) -> Result<Response<ReloadTenantResponse>, Status> {
         let message = request.get_ref();
-        let principal = self.0.admit(
-            &request,
-            "ReloadTenant",
-            &message.tenant_id,
-            Access::Admin,
-            "",
-        )?;
+        let principal = self
+            .0
+            .admit(
+                &request,
+                "ReloadTenant",
+                &message.tenant_id,
+                Access::Admin,
+                "",
+            )
+            .await?;
         let message = request.into_inner();
         // The gateway's own copy first: key changes apply at once.
         if let Err(error) = self.0.tenants.reload() {
@@ -564,8 +625,13 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     // where the cluster's CA is named.
     let connect = Connector::new(SERVICE, &config.clients, &config.server.tls)?;
     let client = |target: &str, url: &str| connect.channel(target, url);
+    let redis = match config.redis_url.as_deref().map(str::trim) {
+        Some(url) if !url.is_empty() => Some(Redis::connect(url, &config.redis_prefix)?),
+        _ => None,
+    };
     let gateway = GatewayHandle(Arc::new(Gateway {
         tenants,
+        limiter: RateLimiter::new(redis),
         max_message_bytes: config.max_message_bytes,
         orchestrator: OrchestratorServiceClient::new(client(
             "kefu-orchestrator",
@@ -579,7 +645,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     if config.web.web_port != 0 {
         let bind = std::net::SocketAddr::new(config.server.bind_host, config.web.web_port);
         let grpc_port = config.server.grpc_addr(SPEC).port();
-        web::serve(bind, &config.web, grpc_port, shutdown.clone()).await?;
+        let tls = config.server.tls.tls_cert.is_some();
+        web::serve(bind, &config.web, grpc_port, tls, shutdown.clone()).await?;
     }
     // Browsers call the same services over gRPC-Web, with the same authentication.
     let browsers = tonic_web::GrpcWebLayer::new();
@@ -587,6 +654,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     // Readiness follows what customers and agents need; the admin calls to knowledge
     // and router fail on their own while those are down.
     kefu_runtime::Server::new(SPEC, config.server)
+        .shed_above(config.max_in_flight)
         .browser_access(cors)
         .add_service(browsers.layer(ConversationServiceServer::new(gateway.clone())))
         .add_service(browsers.layer(TicketServiceServer::new(gateway.clone())))

@@ -15,7 +15,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::tenants::LiveTenants;
 
 #[derive(rust_embed::Embed)]
-#[folder = "$CARGO_MANIFEST_DIR/../../web/dist/"]
+#[folder = "../../web/dist/"]
 #[allow_missing = true]
 struct Pages;
 
@@ -29,14 +29,10 @@ pub struct WebArgs {
     /// gateway's gRPC port.
     #[arg(long, env = "KEFU_PUBLIC_GATEWAY_URL", default_value = "")]
     pub public_gateway_url: String,
-    /// Web origins allowed to call the gateway over gRPC-Web, comma-separated; tenants
-    /// add their own with `web_origins`.
-    #[arg(
-        long,
-        env = "KEFU_WEB_ORIGINS",
-        value_delimiter = ',',
-        default_value = "http://127.0.0.1:8080,http://localhost:8080"
-    )]
+    /// More web origins allowed to call the gateway over gRPC-Web, comma-separated (the
+    /// gateway's own pages on 127.0.0.1 and localhost always are); tenants add their
+    /// own with `web_origins`.
+    #[arg(long, env = "KEFU_WEB_ORIGINS", value_delimiter = ',')]
     pub web_origins: Vec<String>,
 }
 
@@ -121,6 +117,7 @@ pub async fn serve(
     bind: SocketAddr,
     args: &WebArgs,
     grpc_port: u16,
+    gateway_tls: bool,
     shutdown: Shutdown,
 ) -> anyhow::Result<SocketAddr> {
     let public_url = args.public_gateway_url.trim().to_owned();
@@ -136,7 +133,8 @@ pub async fn serve(
                 Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
                 _ => host,
             };
-            format!("http://{name}:{grpc_port}")
+            let scheme = if gateway_tls { "https" } else { "http" };
+            format!("{scheme}://{name}:{grpc_port}")
         } else {
             public_url
         };

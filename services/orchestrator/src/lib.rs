@@ -15,7 +15,7 @@ use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
 use kefu_runtime::health::DownstreamProbe;
 use kefu_runtime::{
-    with_retry, ClientArgs, Connector, DataArgs, GrpcChannel, Principal, RunningServer, ServerArgs,
+    ClientArgs, Connector, DataArgs, GrpcChannel, Principal, RunningServer, ServerArgs,
     ServiceSpec, Shutdown,
 };
 use kefu_storage::conversations::{merge_session, SessionEntry};
@@ -241,14 +241,13 @@ impl Orchestrator {
                     "the session belongs to another customer",
                 ));
             }
-            let customer = with_retry(|| {
-                let mut client = self.tickets.clone();
+            let customer = async {
                 let request = GetCustomerRequest {
                     tenant_id: tenant.clone(),
                     customer_id: request.customer_id.clone(),
                 };
-                async move { client.get_customer(request).await }
-            })
+                self.tickets.clone().get_customer(request).await
+            }
             .await?
             .into_inner()
             .customer
@@ -271,16 +270,15 @@ impl Orchestrator {
         // Sentiment waits for the router: with the embedding at hand it takes about a
         // millisecond, far less than a second forward pass of the encoder.
         let (mut classification, sentiment) = async {
-            let classification = with_retry(|| {
-                let mut client = self.router.clone();
+            let classification = async {
                 let request = ClassifyRequest {
                     tenant_id: tenant.clone(),
                     text: request.text.clone(),
                     previous_intents: previous_intents.clone(),
                     include_embedding: true,
                 };
-                async move { client.classify(request).await }
-            })
+                self.router.clone().classify(request).await
+            }
             .await?
             .into_inner();
             let sentiment = self
@@ -313,16 +311,15 @@ impl Orchestrator {
                 _ => (request.text.clone(), embedding),
             };
             let span = tracing::info_span!("workflow.retrieve", kefu.tenant = %tenant, kefu.confident = tracing::field::Empty, kefu.sources = tracing::field::Empty);
-            let result = with_retry(|| {
-                let mut client = self.knowledge.clone();
+            let result = async {
                 let request = SearchRequest {
                     tenant_id: tenant.clone(),
                     query: query.clone(),
                     top_k: 3,
                     query_embedding: query_embedding.clone(),
                 };
-                async move { client.search(request).await }
-            })
+                self.knowledge.clone().search(request).await
+            }
             .instrument(span.clone())
             .await;
             match result {
@@ -391,11 +388,10 @@ impl Orchestrator {
                 idempotency_key: message_id.clone(),
                 actor: String::new(),
             };
-            let response = with_retry(|| {
-                let mut client = self.tickets.clone();
+            let response = async {
                 let request = create.clone();
-                async move { client.create_ticket(request).await }
-            })
+                self.tickets.clone().create_ticket(request).await
+            }
             .instrument(span.clone())
             .await?
             .into_inner();
@@ -592,14 +588,13 @@ impl Orchestrator {
         text: &str,
         embedding: Option<Embedding>,
     ) -> Result<AnalyzeResponse, Status> {
-        let result = with_retry(|| {
-            let mut client = self.sentiment.clone();
+        let result = async {
             let request = AnalyzeRequest {
                 text: text.to_owned(),
                 embedding: embedding.clone(),
             };
-            async move { client.analyze(request).await }
-        })
+            self.sentiment.clone().analyze(request).await
+        }
         .await;
         match result {
             Ok(response) => Ok(response.into_inner()),
@@ -739,14 +734,13 @@ impl Orchestrator {
                 "comment must be at most {MAX_COMMENT_BYTES} bytes"
             )));
         }
-        let ticket = with_retry(|| {
-            let mut client = self.tickets.clone();
+        let ticket = async {
             let request = GetTicketRequest {
                 tenant_id: request.tenant_id.clone(),
                 ticket_id: request.ticket_id.clone(),
             };
-            async move { client.get_ticket(request).await }
-        })
+            self.tickets.clone().get_ticket(request).await
+        }
         .await?
         .into_inner()
         .ticket
