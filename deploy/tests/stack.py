@@ -22,8 +22,6 @@ SERVICES = {
     "ticket": {"grpc": 50055, "metrics": 9105, "health": "kefu.v1.TicketService"},
     "sentiment": {"grpc": 50056, "metrics": 9106, "health": "kefu.v1.SentimentService"},
 }
-NEEDS_DATABASE = {"orchestrator", "ticket", "router", "knowledge"}
-NEEDS_REDIS = {"orchestrator", "router", "knowledge"}
 NEEDS_MODELS = {"router", "knowledge", "sentiment"}
 NEEDS_TENANTS = {"gateway", "router", "knowledge", "orchestrator"}
 
@@ -48,6 +46,18 @@ def calls_from_sources(repo: Path = REPO) -> dict[str, set[str]]:
         assert not unknown, f"{service} has a URL setting for unknown services {unknown}"
         calls[service] = callees
     return calls
+
+
+def _services_whose_sources_match(pattern: re.Pattern[str], repo: Path = REPO) -> set[str]:
+    return {service for service in SERVICES
+            if any(pattern.search(path.read_text(encoding="utf-8"))
+                   for path in (repo / "services" / service / "src").rglob("*.rs"))}
+
+
+# A service uses the database when it connects to one, Redis when it connects to one
+# (through the shared cache, or directly for the gateway's rate limits).
+NEEDS_DATABASE = _services_whose_sources_match(re.compile(r"\bDatabase::connect\("))
+NEEDS_REDIS = _services_whose_sources_match(re.compile(r"\bRedis::(from_args|connect)\("))
 
 
 def liveness_service_from_sources(repo: Path = REPO) -> str:
