@@ -1040,10 +1040,10 @@ async fn serving_services() -> BTreeMap<u16, Option<common::ServingStatus>> {
 
 #[tokio::test]
 async fn random_and_malformed_requests_get_expected_codes() {
-    run("malformed messages", MESSAGES, Gen::malformed_message).await;
+    run("malformed messages", MESSAGES, |g| g.malformed_message()).await;
 }
 
 #[tokio::test]
 async fn undecodable_bodies_get_expected_codes() {
-    run("undecodable bodies", BODIES, Gen::undecodable).await;
+    run("undecodable bodies", BODIES, |g| g.undecodable()).await;
 }

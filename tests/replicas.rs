@@ -455,3 +455,166 @@ async fn readiness_follows_redis_and_recovers_without_a_restart() {
     );
     shutdown.trigger();
 }
+
+/// Never lose a ticket: while the ticket service is unreachable a hand-off is told the
+/// truth (no ticket number) and waits in the outbox; once the service is back the
+/// ticket is opened exactly once and the session gets it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_while_the_ticket_service_is_down_gets_its_ticket_once_it_is_back() {
+    let (_db, database_url) = TestDb::postgres().await;
+    let dir = tempfile::tempdir().unwrap();
+    let data = DataArgs {
+        data_dir: dir.path().join("data"),
+        database_url: Some(database_url),
+        redis_url: None,
+        redis_prefix: "kefu:".into(),
+    };
+    let content = ContentArgs {
+        tenants_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants"),
+        models: ModelArgs {
+            models_dir: std::env::var("KEFU_MODELS_DIR")
+                .map(Into::into)
+                .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("models")),
+        },
+    };
+    let shutdown = Shutdown::new();
+    let [ticket, sentiment, router, knowledge, orchestrator] = free_ports();
+    kefu_sentiment::start(
+        kefu_sentiment::Config {
+            server: local(sentiment),
+            models: content.models.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    kefu_router::start(
+        kefu_router::Config {
+            server: local(router),
+            content: content.clone(),
+            data: data.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    kefu_knowledge::start(
+        kefu_knowledge::Config {
+            server: local(knowledge),
+            content: content.clone(),
+            data: data.clone(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    kefu_orchestrator::start(
+        kefu_orchestrator::Config {
+            server: local(orchestrator),
+            clients: ClientArgs::default(),
+            data: data.clone(),
+            peers: kefu_orchestrator::Peers {
+                router_url: url(router),
+                sentiment_url: url(sentiment),
+                knowledge_url: url(knowledge),
+                ticket_url: url(ticket),
+            },
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    // Router and knowledge ready (the orchestrator itself stays NOT_SERVING without tickets).
+    for port in [router, knowledge] {
+        assert!(
+            serving(port, Duration::from_secs(300)).await,
+            "{port} not serving"
+        );
+    }
+    let mut client = OrchestratorServiceClient::connect(url(orchestrator))
+        .await
+        .unwrap();
+    let mut request = message("demo", "outbox-1", "", "I want to speak to a human");
+    request.message_id = "outbox-1-m1".into();
+    let first = client
+        .handle_message(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.escalated);
+    assert_eq!(first.handler, Handler::Queued as i32);
+    assert!(first.ticket_id.is_empty(), "no ticket number is invented");
+    assert!(
+        !first.reply.is_empty() && !first.reply.chars().any(|c| c.is_ascii_digit()),
+        "the customer is told, with no ticket number: {}",
+        first.reply
+    );
+    // A retry of the same message while still down changes nothing.
+    let again = client
+        .handle_message(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.reply, first.reply);
+
+    kefu_ticket::start(
+        kefu_ticket::Config {
+            server: local(ticket),
+            data: data.clone(),
+            sla: Default::default(),
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let session = |client: &mut OrchestratorServiceClient<tonic::transport::Channel>| {
+        let mut client = client.clone();
+        let id = first.session_id.clone();
+        async move {
+            client
+                .get_session(GetSessionRequest {
+                    tenant_id: "demo".into(),
+                    customer_id: String::new(),
+                    session_id: id,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let started = Instant::now();
+    let ticket_id = loop {
+        let view = session(&mut client).await;
+        if !view.ticket_id.is_empty() {
+            assert_eq!(view.handler, Handler::Queued as i32);
+            break view.ticket_id;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the outbox never delivered"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Exactly once, also after more rounds of the outbox.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let tickets = TicketServiceClient::connect(url(ticket))
+        .await
+        .unwrap()
+        .list_tickets(ListTicketsRequest {
+            tenant_id: "demo".into(),
+            customer_id: "outbox-1".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
+    assert_eq!(
+        tickets
+            .iter()
+            .map(|t| t.ticket_id.clone())
+            .collect::<Vec<_>>(),
+        [ticket_id]
+    );
+    shutdown.trigger();
+}

@@ -139,6 +139,18 @@ pub struct RatingRecord {
     pub at: i64,
 }
 
+/// A ticket still to be opened for a message (see `handoff_outbox`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxRecord {
+    pub tenant_id: String,
+    pub customer_id: String,
+    pub message_id: String,
+    pub session_id: String,
+    /// The encoded ticket request, sent as it was meant to be.
+    pub request: Vec<u8>,
+    pub created_at: i64,
+}
+
 #[async_trait]
 pub trait ConversationStore: Send + Sync {
     async fn handler(
@@ -174,6 +186,17 @@ pub trait ConversationStore: Send + Sync {
     ) -> StoreResult<Vec<EventRecord>>;
     /// Stores a rating; false when the ticket was already rated.
     async fn rate(&self, rating: RatingRecord) -> StoreResult<bool>;
+    /// Keeps a ticket request for later (a retry of the same message keeps one row).
+    async fn enqueue_ticket(&self, record: OutboxRecord) -> StoreResult<()>;
+    /// The oldest ticket requests still waiting.
+    async fn pending_tickets(&self, limit: i64) -> StoreResult<Vec<OutboxRecord>>;
+    /// The ticket of a waiting request exists: the row goes, and a session queued
+    /// without a ticket gets this one (with a handler_change event saying so).
+    async fn ticket_opened(
+        &self,
+        record: &OutboxRecord,
+        ticket_id: &str,
+    ) -> StoreResult<Option<EventRecord>>;
 }
 
 pub struct SqlConversationStore {
@@ -521,6 +544,102 @@ impl ConversationStore for SqlConversationStore {
             Err(error) => Err(error.into()),
         }
     }
+
+    async fn enqueue_ticket(&self, record: OutboxRecord) -> StoreResult<()> {
+        let inserted = sqlx::query(&format!(
+            "INSERT INTO handoff_outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(record.tenant_id.as_str())
+        .bind(record.customer_id.as_str())
+        .bind(record.message_id.as_str())
+        .bind(record.session_id.as_str())
+        .bind(record.request.clone())
+        .bind(record.created_at)
+        .execute(self.db.pool())
+        .await;
+        match inserted {
+            Ok(_) => Ok(()),
+            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    async fn pending_tickets(&self, limit: i64) -> StoreResult<Vec<OutboxRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM handoff_outbox ORDER BY created_at LIMIT $1"
+        ))
+        .bind(limit)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(outbox_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
+    }
+
+    async fn ticket_opened(
+        &self,
+        record: &OutboxRecord,
+        ticket_id: &str,
+    ) -> StoreResult<Option<EventRecord>> {
+        with_race_retries(|| async {
+            let mut tx = self.db.pool().begin().await?;
+            sqlx::query("DELETE FROM handoff_outbox WHERE tenant_id = $1 AND customer_id = $2 AND message_id = $3")
+                .bind(record.tenant_id.as_str())
+                .bind(record.customer_id.as_str())
+                .bind(record.message_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            let attached = sqlx::query("UPDATE session_handlers SET ticket_id = $1, version = version + 1, updated_at = $2 WHERE tenant_id = $3 AND session_id = $4 AND handler <> $5 AND ticket_id = ''")
+                .bind(ticket_id)
+                .bind(crate::now_millis())
+                .bind(record.tenant_id.as_str())
+                .bind(record.session_id.as_str())
+                .bind(HANDLER_BOT as i64)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if attached == 0 {
+                tx.commit().await?;
+                return Ok(None);
+            }
+            let handler: i64 = sqlx::query("SELECT handler FROM session_handlers WHERE tenant_id = $1 AND session_id = $2")
+                .bind(record.tenant_id.as_str())
+                .bind(record.session_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("handler")?;
+            let event = insert_event(
+                &mut tx,
+                EventRecord {
+                    tenant_id: record.tenant_id.clone(),
+                    session_id: record.session_id.clone(),
+                    event_id: 0,
+                    ticket_id: ticket_id.to_owned(),
+                    kind: EventKind::HandlerChange { handler: handler as i32 },
+                    at: crate::now_millis(),
+                },
+                None,
+            )
+            .await?;
+            self.commit_and_announce(tx, &record.tenant_id, &record.session_id).await?;
+            Ok(Some(event))
+        })
+        .await
+    }
+}
+
+const OUTBOX_COLUMNS: &str = "tenant_id, customer_id, message_id, session_id, request, created_at";
+
+fn outbox_from_row(row: &AnyRow) -> Result<OutboxRecord, sqlx::Error> {
+    Ok(OutboxRecord {
+        tenant_id: row.try_get("tenant_id")?,
+        customer_id: row.try_get("customer_id")?,
+        message_id: row.try_get("message_id")?,
+        session_id: row.try_get("session_id")?,
+        request: row.try_get("request")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 const PG_CHANNEL: &str = "kefu_session_events";

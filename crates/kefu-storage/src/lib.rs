@@ -16,7 +16,7 @@ pub use cache::{fingerprint, Cache, Redis, RedisProbe};
 pub use content::{ContentStore, SqlContentStore, StoredChunk, StoredDocument};
 pub use conversations::{
     ConversationStore, EventBus, EventKind, EventRecord, HandlerMove, HandlerOutcome,
-    HandlerRecord, RatingRecord, SqlConversationStore,
+    HandlerRecord, OutboxRecord, RatingRecord, SqlConversationStore,
 };
 pub use db::{now_millis, Database, DatabaseProbe};
 pub use rate_limit::{Rate, RateLimiter};

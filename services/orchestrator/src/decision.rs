@@ -124,6 +124,16 @@ pub fn mood_priority(previous_label: Option<i32>, sentiment: &AnalyzeResponse) -
     })
 }
 
+/// The hand-off acknowledgement while the ticket cannot be opened yet (the ticket
+/// service is unreachable; the request waits in the outbox): the truth, no number.
+pub fn handoff_pending_reply(language: Language) -> String {
+    if language == Language::Zh {
+        "我已将您的问题转交人工客服。工单系统暂时无法访问，恢复后会立即为您创建工单，客服会尽快与您联系。".into()
+    } else {
+        "I've passed your message to our support team. Our ticket system is briefly unavailable, so your ticket will be opened as soon as it is back; a member of the team will get back to you.".into()
+    }
+}
+
 impl Decision {
     pub fn escalated(&self) -> bool {
         self.reason.is_some()

@@ -21,8 +21,8 @@ use kefu_runtime::{
 use kefu_storage::conversations::{merge_session, SessionEntry};
 use kefu_storage::{
     now_millis, Cache, ConversationStore, Database, EventBus, HandlerMove, HandlerOutcome,
-    HandlerRecord, RatingRecord, Redis, SessionStore, SqlConversationStore, SqlSessionStore,
-    TurnRecord,
+    HandlerRecord, OutboxRecord, RatingRecord, Redis, SessionStore, SqlConversationStore,
+    SqlSessionStore, TurnRecord,
 };
 use prost::Message as _;
 use tonic::{Request, Response, Status};
@@ -31,7 +31,7 @@ use tracing::Instrument;
 mod decision;
 mod events;
 
-pub use decision::{decide, mood_priority, Decision, EscalationReason};
+pub use decision::{decide, handoff_pending_reply, mood_priority, Decision, EscalationReason};
 
 pub const SPEC: ServiceSpec = ServiceSpec::ORCHESTRATOR;
 const SERVICE: &str = "kefu-orchestrator";
@@ -248,10 +248,17 @@ impl Orchestrator {
                 };
                 self.tickets.clone().get_customer(request).await
             }
-            .await?
-            .into_inner()
-            .customer
-            .unwrap_or_default();
+            .await;
+            let customer = match customer {
+                Ok(response) => response.into_inner().customer.unwrap_or_default(),
+                // Without the profile the message is still handled, as a customer
+                // without a VIP tier; a hand-off then waits in the outbox.
+                Err(status) if is_transient(&status) => {
+                    tracing::warn!(error = %status.message(), "customer profile unavailable; no VIP tier assumed");
+                    Customer::default()
+                }
+                Err(status) => return Err(status),
+            };
             Ok::<_, Status>((history, customer))
         }
         .instrument(tracing::info_span!("workflow.load_context", kefu.tenant = %tenant))
@@ -366,6 +373,7 @@ impl Orchestrator {
         };
 
         let mut ticket_id = String::new();
+        let mut ticket_pending = false;
         if decision.open_ticket {
             let span = tracing::info_span!("workflow.ticket", kefu.tenant = %tenant, kefu.priority = decision.priority.as_str_name(), kefu.ticket_created = tracing::field::Empty);
             let create = CreateTicketRequest {
@@ -388,15 +396,36 @@ impl Orchestrator {
                 idempotency_key: message_id.clone(),
                 actor: String::new(),
             };
-            let response = async {
+            let created = async {
                 let request = create.clone();
                 self.tickets.clone().create_ticket(request).await
             }
             .instrument(span.clone())
-            .await?
-            .into_inner();
-            span.record("kefu.ticket_created", response.created);
-            ticket_id = response.ticket.map(|t| t.ticket_id).unwrap_or_default();
+            .await;
+            match created {
+                Ok(response) => {
+                    let response = response.into_inner();
+                    span.record("kefu.ticket_created", response.created);
+                    ticket_id = response.ticket.map(|t| t.ticket_id).unwrap_or_default();
+                }
+                // Never lose a ticket: it waits in the outbox and is opened (once, by its
+                // idempotency key) when the ticket service is back.
+                Err(status) if is_transient(&status) => {
+                    tracing::warn!(error = %status.message(), "ticket service unavailable; the ticket waits in the outbox");
+                    self.conversations
+                        .enqueue_ticket(OutboxRecord {
+                            tenant_id: tenant.clone(),
+                            customer_id: request.customer_id.clone(),
+                            message_id: message_id.clone(),
+                            session_id: session_id.clone(),
+                            request: create.encode_to_vec(),
+                            created_at: now_millis(),
+                        })
+                        .await?;
+                    ticket_pending = true;
+                }
+                Err(status) => return Err(status),
+            }
             if decision.escalated() {
                 ticket_id = self
                     .hand_off(&tenant, &session_id, &request.customer_id, ticket_id)
@@ -406,7 +435,11 @@ impl Orchestrator {
         }
 
         let language = Language::try_from(classification.language).unwrap_or(Language::En);
-        let reply = decision.reply(&classification, knowledge.as_ref(), &ticket_id, language);
+        let reply = if ticket_pending && decision.escalated() {
+            handoff_pending_reply(language)
+        } else {
+            decision.reply(&classification, knowledge.as_ref(), &ticket_id, language)
+        };
         let response = SendMessageResponse {
             session_id: session_id.clone(),
             reply,
@@ -540,7 +573,9 @@ impl Orchestrator {
             .last()
             .map(|turn| turn.sentiment);
         let sentiment = self.analyze(&request.text, None).await?;
-        if let Some(priority) = mood_priority(previous_label, &sentiment) {
+        let mood =
+            mood_priority(previous_label, &sentiment).filter(|_| !handler.ticket_id.is_empty());
+        if let Some(priority) = mood {
             let raise = RaisePriorityRequest {
                 tenant_id: tenant.clone(),
                 ticket_id: handler.ticket_id.clone(),
@@ -611,6 +646,28 @@ impl Orchestrator {
             }
             Err(status) => Err(status),
         }
+    }
+
+    /// Opens the tickets waiting in the outbox; a session handed off meanwhile gets its
+    /// ticket. Replicas may run this together: the idempotency key makes one ticket.
+    async fn open_pending_tickets(&self) -> Result<usize, Status> {
+        let mut opened = 0;
+        for pending in self.conversations.pending_tickets(50).await? {
+            let create = CreateTicketRequest::decode(pending.request.as_slice())
+                .map_err(|error| Status::internal(format!("outbox entry unreadable: {error}")))?;
+            let response = self
+                .tickets
+                .clone()
+                .create_ticket(create)
+                .await?
+                .into_inner();
+            let ticket_id = response.ticket.map(|t| t.ticket_id).unwrap_or_default();
+            self.conversations
+                .ticket_opened(&pending, &ticket_id)
+                .await?;
+            opened += 1;
+        }
+        Ok(opened)
     }
 
     /// Whose session this is; None when it does not exist.
@@ -827,6 +884,27 @@ impl OrchestratorService for OrchestratorHandle {
     }
 }
 
+/// How often waiting tickets are tried again.
+const OUTBOX_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn spawn_outbox(orchestrator: Arc<Orchestrator>, shutdown: Shutdown) {
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(OUTBOX_INTERVAL) => {}
+                _ = shutdown.wait() => return,
+            }
+            match orchestrator.open_pending_tickets().await {
+                Ok(0) => {}
+                Ok(opened) => tracing::info!(opened, "tickets from the outbox opened"),
+                Err(status) => {
+                    tracing::debug!(error = %status.message(), "outbox waits for the ticket service")
+                }
+            }
+        }
+    });
+}
+
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
     let db = Database::connect(&config.data.database_url()).await?;
     let redis = Redis::from_args(&config.data)?;
@@ -848,9 +926,11 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         ),
         tickets: TicketServiceClient::new(connect.channel("kefu-ticket", &peers.ticket_url)?),
     };
+    let orchestrator = Arc::new(orchestrator);
+    spawn_outbox(orchestrator.clone(), shutdown.clone());
     let mut server = kefu_runtime::Server::new(SPEC, config.server)
         .add_service(OrchestratorServiceServer::new(OrchestratorHandle(
-            Arc::new(orchestrator),
+            orchestrator,
         )))
         .probe(Arc::new(db.probe()));
     if let Some(redis) = redis {
