@@ -83,6 +83,9 @@ async fn grpcurl_verifies_the_gateways_certificate() {
                 public_gateway_url: String::new(),
                 web_origins: Vec::new(),
             },
+            redis_url: None,
+            redis_prefix: "kefu:".into(),
+            max_in_flight: 128,
         },
         shutdown.clone(),
     )
