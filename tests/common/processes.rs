@@ -96,6 +96,8 @@ pub fn base_env(data: &Path, database_url: &str) -> Vec<(String, String)> {
         ("KEFU_MODELS_DIR", models_dir().display().to_string()),
         ("KEFU_LOG_FORMAT", "json".to_owned()),
         ("RUST_LOG", "info".to_owned()),
+        // No pages: several gateways run at once, and a developer's own may hold 8080.
+        ("KEFU_WEB_PORT", "0".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
