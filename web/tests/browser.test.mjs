@@ -246,7 +246,7 @@ test("a customer is handed to an agent and back, in the browser", { timeout: FLO
 
   let deliveryMs;
   await step("the agent replies and the customer's page shows it live", async () => {
-    const reply = "Hello, I'm here to help. The Pro plan is $19 a month.";
+    const reply = "Hello, I'm here to help. Your order number, please?";
     // Both clocks are the machine's: the click and the arrival are timed in the pages.
     await customer.evaluate((text) => {
       window.agentReplyShownAt = new Promise((resolve) => {
