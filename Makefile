@@ -61,6 +61,7 @@ $(VENV)/.tools: Makefile | $(VENV)/bin/python
 
 test: models tools monitoring-tools web-tools web ## Run every test: unit, service, end-to-end, browser, chart, compose, alert rules
 	$(MAKE) test-rust
+	$(MAKE) fuzz-smoke
 	$(MAKE) test-web
 	$(MAKE) helm-test
 	$(MAKE) monitoring-test
@@ -128,3 +129,52 @@ lint: ## Formatting and clippy
 clean: ## Remove build output and local state (keeps models/)
 	$(CARGO) clean
 	rm -rf data
+
+# Fuzzing (fuzz/): libFuzzer through cargo-fuzz, on the stable toolchain without a
+# sanitizer (the code under test is safe Rust), debug assertions on. The demo tenant's
+# files and fuzz/seeds/ seed the corpus; a crash leaves its input in
+# fuzz/artifacts/<target>/ (`cargo fuzz run -O -a -s none <target> <file>` repeats it).
+FUZZ_SECONDS ?= 25
+FUZZ_FLAGS := -O -a -s none
+FUZZ_CORPUS ?= fuzz/corpus
+FUZZ_TARGETS := tenant_file chunk_markdown text_normalize search_analysis gateway_auth
+FUZZ_SEEDS_tenant_file := tenants fuzz/seeds/tenant_file
+FUZZ_OPTIONS_tenant_file := -dict=fuzz/tenant_file.dict
+FUZZ_SEEDS_chunk_markdown := tenants/demo/docs
+FUZZ_SEEDS_text_normalize := tenants/demo/docs
+FUZZ_SEEDS_search_analysis := tenants/demo/docs
+# Queries are messages (at most 4096 bytes); the other targets take whole files.
+FUZZ_MAX_LEN_search_analysis := 4096
+FUZZ_RUNS := $(addprefix fuzz-run-,$(FUZZ_TARGETS))
+.PHONY: fuzz fuzz-smoke fuzz-tools test-malformed $(FUZZ_RUNS)
+
+fuzz-tools:
+	@command -v cargo-fuzz >/dev/null 2>&1 || $(CARGO) install --locked cargo-fuzz@0.13.2
+
+# The smoke run starts from the seeds each time (a grown corpus takes longer to replay
+# than the run lasts); `make fuzz` keeps and grows fuzz/corpus/.
+fuzz-smoke: fuzz-tools ## Fuzz every target for FUZZ_SECONDS (25) s: tenant files, chunking, text, search, auth
+	$(CARGO) fuzz build $(FUZZ_FLAGS)
+	rm -rf fuzz/target/smoke-corpus
+	$(MAKE) $(FUZZ_RUNS) FUZZ_CORPUS=fuzz/target/smoke-corpus
+
+# libFuzzer's progress lines are left out; statistics, panics and crash inputs are shown.
+$(FUZZ_RUNS): fuzz-run-%:
+	@mkdir -p $(FUZZ_CORPUS)/$*
+	@echo "fuzzing $* for $(FUZZ_SECONDS) s"
+	@set -o pipefail; $(CARGO) fuzz run $(FUZZ_FLAGS) $* $(FUZZ_CORPUS)/$* $(FUZZ_SEEDS_$*) -- \
+	  -max_total_time=$(FUZZ_SECONDS) -timeout=10 -max_len=$(or $(FUZZ_MAX_LEN_$*),32768) -print_final_stats=1 $(FUZZ_OPTIONS_$*) 2>&1 \
+	  | grep -vE '^(#[0-9]+|INFO: |"|###### |MERGE-OUTER: |WARNING: Failed to find function|WARNING: no interesting inputs|This may also happen|\s*NEW_FUNC|\s*$$)'
+
+fuzz: fuzz-tools ## Fuzz every target for 10 minutes each (or FUZZ_SECONDS=...), growing fuzz/corpus/
+	$(CARGO) fuzz build $(FUZZ_FLAGS)
+	$(MAKE) $(FUZZ_RUNS) FUZZ_SECONDS=$(if $(filter command line,$(origin FUZZ_SECONDS)),$(FUZZ_SECONDS),600)
+
+# Ignored in test-rust while they fail on known bugs (their ignore reasons say which);
+# all three run here, and the target fails if any does.
+test-malformed: models ## 12,000 random and malformed requests through the gateway, and the fuzz regressions
+	status=0; \
+	KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" $(CARGO) test --release --test malformed -- --ignored --nocapture || status=1; \
+	$(CARGO) test --release -p kefu-tenant --test fuzz_regressions -- --ignored || status=1; \
+	$(CARGO) test --release -p kefu-storage --test rate_limit_regressions -- --ignored || status=1; \
+	exit $$status

@@ -1,0 +1,4 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(
+    |data: &[u8]| kefu_fuzz::chunking::check(&String::from_utf8_lossy(data))
+);

@@ -1,0 +1,2 @@
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kefu_fuzz::tenant::check(&String::from_utf8_lossy(data)));
