@@ -61,7 +61,6 @@ $(VENV)/.tools: Makefile | $(VENV)/bin/python
 
 test: models tools monitoring-tools web-tools web ## Run every test: unit, service, end-to-end, browser, chart, compose, alert rules
 	$(MAKE) test-rust
-	$(MAKE) fuzz-smoke
 	$(MAKE) test-web
 	$(MAKE) helm-test
 	$(MAKE) monitoring-test
