@@ -47,8 +47,9 @@ impl Connector {
     pub fn raw_channel(&self, url: &str) -> anyhow::Result<Channel> {
         let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|error| anyhow::anyhow!("invalid service URL {url:?}: {error}"))?
+            // No per-request timeout here: `Resilient` enforces what is left of the
+            // caller's deadline and answers DEADLINE_EXCEEDED, not a transport error.
             .connect_timeout(Duration::from_secs(2))
-            .timeout(self.deadline)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);

@@ -53,6 +53,8 @@ impl Probe for ReadyFlag {
     }
 }
 
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Checks a downstream kefu service through its own gRPC health endpoint.
 pub struct DownstreamProbe {
     name: String,
@@ -78,12 +80,11 @@ impl Probe for DownstreamProbe {
             let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
                 service: String::new(),
             });
-            request.set_timeout(Duration::from_secs(1));
-            let status = self
-                .client
-                .clone()
-                .check(request)
-                .await?
+            request.set_timeout(PROBE_TIMEOUT);
+            let mut client = self.client.clone();
+            let status = tokio::time::timeout(PROBE_TIMEOUT, client.check(request))
+                .await
+                .map_err(|_| anyhow::anyhow!("no answer within {PROBE_TIMEOUT:?}"))??
                 .into_inner()
                 .status;
             anyhow::ensure!(

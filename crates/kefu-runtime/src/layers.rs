@@ -13,7 +13,34 @@ use tower::{Layer, Service};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::resilience::{parse_grpc_timeout, with_deadline};
+use crate::resilience::{parse_grpc_timeout, status_response, with_deadline};
+
+/// How much earlier than the call's deadline a server answers DEADLINE_EXCEEDED.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
+
+/// tonic answers a request body that does not decode (bad protobuf, a frame cut short)
+/// with INTERNAL; the fault is the caller's, so it is INVALID_ARGUMENT. A compressed
+/// frame without an encoding stays INTERNAL, as the gRPC compression spec requires.
+fn request_decode_error_is_invalid_argument<B>(mut response: Response<B>) -> Response<B> {
+    let headers = response.headers_mut();
+    let undecodable = grpc_code(headers) == tonic::Code::Internal
+        && headers
+            .get("grpc-message")
+            .and_then(|message| message.to_str().ok())
+            .is_some_and(|message| {
+                message.starts_with("failed%20to%20decode")
+                    || message.starts_with("failed to decode")
+                    || message.starts_with("Unexpected%20EOF")
+                    || message.starts_with("Unexpected EOF")
+            });
+    if undecodable {
+        headers.insert(
+            "grpc-status",
+            HeaderValue::from(tonic::Code::InvalidArgument as i32),
+        );
+    }
+    response
+}
 
 /// Response metadata key carrying the trace id, so a user can look the call up in Jaeger.
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
@@ -118,6 +145,7 @@ where
     S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     B: Send + 'static,
+    ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -162,10 +190,23 @@ where
             let started = Instant::now();
             let in_flight = metrics::gauge!("kefu_grpc_server_requests_in_flight", "service" => service.to_string());
             in_flight.increment(1.0);
-            // Calls this handler makes get what is left of this deadline.
-            let result = with_deadline(started + timeout, inner.call(request))
-                .instrument(span.clone())
-                .await;
+            // Calls this handler makes get what is left of this deadline, and the handler
+            // is dropped (its work stops) when it passes. The answer comes a moment before
+            // the transport's own timer would cancel the call with a vaguer CANCELLED.
+            let deadline = started + timeout;
+            let result = tokio::time::timeout(
+                timeout.saturating_sub(DEADLINE_MARGIN),
+                with_deadline(deadline, inner.call(request)),
+            )
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|_| {
+                Ok(status_response(
+                    tonic::Code::DeadlineExceeded,
+                    "the call's deadline passed before it was answered",
+                ))
+            })
+            .map(request_decode_error_is_invalid_argument);
             in_flight.decrement(1.0);
             let code = match &result {
                 Ok(response) => grpc_code(response.headers()),

@@ -159,7 +159,6 @@ impl Server {
         }
         let server = builder
             .accept_http1(self.browser_access.is_some())
-            .timeout(self.args.request_timeout())
             .concurrency_limit_per_connection(self.args.max_concurrency)
             .layer(tower::util::option_layer(self.browser_access))
             .layer(ServerTelemetryLayer::new(

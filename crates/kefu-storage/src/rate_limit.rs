@@ -101,9 +101,9 @@ impl RateLimiter {
             *tokens -= 1.0;
             Ok(())
         } else {
-            Err(Duration::from_secs_f64(
-                (1.0 - *tokens) / rate.per_second.max(f64::MIN_POSITIVE),
-            ))
+            // A rate small enough saturates the wait rather than overflowing a Duration.
+            Err(Duration::try_from_secs_f64((1.0 - *tokens) / rate.per_second)
+                .unwrap_or(Duration::MAX))
         }
     }
 }

@@ -96,7 +96,7 @@ pub struct CustomerRecord {
 
 #[async_trait]
 pub trait TicketStore: Send + Sync {
-    /// Inserts the ticket unless one with the same (tenant, idempotency key) exists;
+    /// Inserts the ticket unless one with the same (tenant, customer, idempotency key) exists;
     /// returns the stored ticket and whether this call created it.
     async fn create(
         &self,
@@ -221,7 +221,7 @@ impl TicketStore for SqlTicketStore {
         audit: AuditRecord,
     ) -> StoreResult<(TicketRecord, bool)> {
         if let Some(key) = &ticket.idempotency_key {
-            if let Some(existing) = self.find_by_key(&ticket.tenant_id, key).await? {
+            if let Some(existing) = self.find_by_key(&ticket.tenant_id, &ticket.customer_id, key).await? {
                 return Ok((existing, false));
             }
         }
@@ -258,7 +258,7 @@ impl TicketStore for SqlTicketStore {
             Err(error) if is_unique_violation(&error) && ticket.idempotency_key.is_some() => {
                 drop(tx);
                 let key = ticket.idempotency_key.as_deref().unwrap_or_default();
-                return match self.find_by_key(&ticket.tenant_id, key).await? {
+                return match self.find_by_key(&ticket.tenant_id, &ticket.customer_id, key).await? {
                     Some(existing) => Ok((existing, false)),
                     None => Err(error.into()),
                 };
@@ -484,11 +484,18 @@ impl TicketStore for SqlTicketStore {
 }
 
 impl SqlTicketStore {
-    async fn find_by_key(&self, tenant_id: &str, key: &str) -> StoreResult<Option<TicketRecord>> {
+    /// The ticket opened with `key` for this customer: keys are the customer's own.
+    async fn find_by_key(
+        &self,
+        tenant_id: &str,
+        customer_id: &str,
+        key: &str,
+    ) -> StoreResult<Option<TicketRecord>> {
         let row = sqlx::query(&format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND idempotency_key = $2"
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND customer_id = $2 AND idempotency_key = $3"
         ))
         .bind(tenant_id)
+        .bind(customer_id)
         .bind(key)
         .fetch_optional(self.db.pool())
         .await?;

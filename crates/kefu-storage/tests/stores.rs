@@ -98,6 +98,14 @@ async fn ticket_creation_is_idempotent_even_under_concurrency() {
             .unwrap();
         assert!(created);
         assert_ne!(other.ticket_id, ids[0]);
+        // So is the same key of another customer: keys are the customer's message ids.
+        let (theirs, created) = store
+            .create(ticket("t1", "c3", Some("msg-2")), audit(0, OPEN))
+            .await
+            .unwrap();
+        assert!(created, "another customer's message with the same id");
+        assert_eq!(theirs.customer_id, "c3");
+        assert_ne!(theirs.ticket_id, ids[0]);
     }
 }
 

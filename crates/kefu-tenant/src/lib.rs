@@ -196,10 +196,11 @@ impl Tenant {
         );
         if let Some(limit) = &self.rate_limit {
             anyhow::ensure!(
-                limit.requests_per_second > 0.0
-                    && limit.requests_per_second.is_finite()
+                (MIN_REQUESTS_PER_SECOND..=MAX_REQUESTS_PER_SECOND)
+                    .contains(&limit.requests_per_second)
                     && limit.burst >= 1,
-                "tenant {}: [rate_limit] needs requests_per_second > 0 and burst >= 1",
+                "tenant {}: [rate_limit] needs requests_per_second between {MIN_REQUESTS_PER_SECOND} \
+                 and {MAX_REQUESTS_PER_SECOND}, and burst >= 1",
                 self.id
             );
         }
@@ -208,6 +209,12 @@ impl Tenant {
             anyhow::ensure!(
                 key_ids.insert(&key.id) && !key.id.trim().is_empty(),
                 "tenant {}: api key id {:?} is empty or used twice",
+                self.id,
+                key.id
+            );
+            anyhow::ensure!(
+                key.agent.as_deref().is_none_or(is_valid_actor),
+                "tenant {}: api key {} needs an agent of 1-128 printable characters, not blank",
                 self.id,
                 key.id
             );
@@ -235,6 +242,15 @@ impl Tenant {
         }
         Ok(())
     }
+}
+
+/// A rate below one request in about 17 minutes is a typo, not a policy.
+const MIN_REQUESTS_PER_SECOND: f64 = 0.001;
+const MAX_REQUESTS_PER_SECOND: f64 = 1_000_000.0;
+
+/// An actor is recorded in every audit entry made with its key: blank would leave no trace.
+fn is_valid_actor(actor: &str) -> bool {
+    !actor.trim().is_empty() && actor.chars().count() <= 128 && !actor.chars().any(char::is_control)
 }
 
 pub fn is_valid_id(id: &str) -> bool {

@@ -5,7 +5,6 @@ use kefu_tenant::Tenant;
 /// The key's actor is recorded in every audit entry and on every reply made with it:
 /// a blank one leaves no trace of who acted.
 #[test]
-#[ignore = "fails: Tenant::parse accepts a blank agent"]
 fn a_key_with_a_blank_agent_is_refused() {
     let source = r#"id = "acme"
 name = "Acme"
@@ -28,4 +27,21 @@ examples = ["hi"]
             tenant.api_keys[0].actor()
         ),
     }
+}
+
+/// The gateway waits 1 / requests_per_second between requests: a vanishing rate is a
+/// typo that would lock the tenant out for longer than the universe's age.
+#[test]
+fn a_vanishing_rate_limit_is_refused() {
+    let source = r#"id = "acme"
+name = "Acme"
+rate_limit = { requests_per_second = 1e-300, burst = 1 }
+[[intents]]
+name = "greeting"
+route = "answer"
+urgency = "low"
+examples = ["hi"]
+"#;
+    let error = Tenant::parse(source).expect_err("accepted a rate of 1e-300 per second");
+    assert!(format!("{error:#}").contains("requests_per_second"), "{error:#}");
 }

@@ -108,6 +108,12 @@ fn bounded_id(value: &str, field: &str, required: bool) -> Result<(), Status> {
     Ok(())
 }
 
+fn known_channel(channel: i32) -> Result<(), Status> {
+    Channel::try_from(channel)
+        .map(drop)
+        .map_err(|_| Status::invalid_argument(format!("unknown channel {channel}")))
+}
+
 impl Gateway {
     /// Authenticates a call of `access` on `tenant_id`, for `customer_id` where a
     /// customer acts. Refusals are counted and logged with the peer, never the key.
@@ -191,13 +197,32 @@ impl Gateway {
         bounded_id(&message.customer_id, "customer_id", true)?;
         bounded_id(&message.session_id, "session_id", false)?;
         bounded_id(&message.message_id, "message_id", false)?;
-        if Channel::try_from(message.channel).is_err() {
+        known_channel(message.channel)?;
+        self.bounded_text(&message.text, "text")
+    }
+
+    /// Every field of a ticket is shown in lists and the console: all are bounded.
+    fn validate_new_ticket(&self, ticket: &CreateTicketRequest) -> Result<(), Status> {
+        bounded_id(&ticket.customer_id, "customer_id", true)?;
+        bounded_id(&ticket.session_id, "session_id", false)?;
+        bounded_id(&ticket.idempotency_key, "idempotency_key", false)?;
+        bounded_id(&ticket.intent, "intent", false)?;
+        bounded_id(&ticket.escalation_reason, "escalation_reason", false)?;
+        self.bounded_text(&ticket.subject, "subject")?;
+        if ticket.description.len() > self.max_message_bytes {
             return Err(Status::invalid_argument(format!(
-                "unknown channel {}",
-                message.channel
+                "description is longer than {} bytes",
+                self.max_message_bytes
             )));
         }
-        self.bounded_text(&message.text, "text")
+        known_channel(ticket.channel)?;
+        if Priority::try_from(ticket.priority).is_err() {
+            return Err(Status::invalid_argument(format!(
+                "unknown priority {}",
+                ticket.priority
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -331,14 +356,7 @@ impl TicketService for GatewayHandle {
             )
             .await?;
         let mut message = request.into_inner();
-        bounded_id(&message.customer_id, "customer_id", true)?;
-        bounded_id(&message.idempotency_key, "idempotency_key", false)?;
-        if message.description.len() > self.0.max_message_bytes {
-            return Err(Status::invalid_argument(format!(
-                "description is longer than {} bytes",
-                self.0.max_message_bytes
-            )));
-        }
+        self.0.validate_new_ticket(&message)?;
         if message.idempotency_key.is_empty() {
             message.idempotency_key = uuid::Uuid::now_v7().to_string();
         }

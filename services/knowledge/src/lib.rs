@@ -56,7 +56,13 @@ pub struct Knowledge {
     indexes: RwLock<HashMap<String, Arc<TenantIndex>>>,
     cache: Cache,
     redis: Option<Redis>,
+    /// One index change (ingest, delete, reindex) at a time per replica: each re-embeds
+    /// and rebuilds on the blocking pool, and several at once would starve searches.
+    index_change: tokio::sync::Semaphore,
 }
+
+/// How long a caller refused by `index_change` should wait before trying again.
+const INDEX_CHANGE_RETRY_AFTER_MS: &str = "1000";
 
 fn snippet(text: &str) -> String {
     let mut snippet: String = text.chars().take(SNIPPET_CHARS).collect();
@@ -71,6 +77,20 @@ fn internal(error: impl std::fmt::Display) -> Status {
 }
 
 impl Knowledge {
+    /// The right to change an index now, or RESOURCE_EXHAUSTED while another change runs.
+    fn begin_index_change(&self) -> Result<tokio::sync::SemaphorePermit<'_>, Status> {
+        self.index_change.try_acquire().map_err(|_| {
+            let mut status = Status::resource_exhausted(
+                "another document change is being indexed; retry when it is done",
+            );
+            status.metadata_mut().insert(
+                "retry-after-ms",
+                INDEX_CHANGE_RETRY_AFTER_MS.parse().expect("digits"),
+            );
+            status
+        })
+    }
+
     fn index(&self, tenant_id: &str) -> Result<Arc<TenantIndex>, Status> {
         if self.known_tenants.get(tenant_id).is_none() {
             return Err(Status::not_found(format!("unknown tenant {tenant_id:?}")));
@@ -305,6 +325,7 @@ impl KnowledgeService for KnowledgeHandle {
             }
         }
         self.0.index(&request.tenant_id)?;
+        let _change = self.0.begin_index_change()?;
         let documents: Vec<Document> = request
             .documents
             .into_iter()
@@ -336,6 +357,7 @@ impl KnowledgeService for KnowledgeHandle {
     ) -> Result<Response<DeleteDocumentResponse>, Status> {
         let request = request.into_inner();
         self.0.index(&request.tenant_id)?;
+        let _change = self.0.begin_index_change()?;
         let deleted = self
             .0
             .store
@@ -353,6 +375,7 @@ impl KnowledgeService for KnowledgeHandle {
     ) -> Result<Response<ReindexResponse>, Status> {
         let tenant_id = request.into_inner().tenant_id;
         self.0.index(&tenant_id)?;
+        let _change = self.0.begin_index_change()?;
         // Re-chunk and re-embed every stored document, e.g. after a model or chunking change.
         let documents: Vec<Document> = self
             .0
@@ -386,6 +409,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         indexes: RwLock::new(HashMap::new()),
         cache: Cache::new("retrieval", SERVICE, RETRIEVAL_CACHE_TTL, redis.clone()),
         redis: redis.clone(),
+        index_change: tokio::sync::Semaphore::new(1),
     });
     let ready = ReadyFlag::new("knowledge index");
     let mut server = kefu_runtime::Server::new(SPEC, config.server)

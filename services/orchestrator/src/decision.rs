@@ -12,6 +12,10 @@ pub enum EscalationReason {
     HumanRequest,
     NoAnswer,
     IntentRoute,
+    /// The router could not be reached: nobody knows what the customer wants.
+    RouterUnavailable,
+    /// The knowledge service could not be reached for a question it should answer.
+    KnowledgeUnavailable,
 }
 
 impl EscalationReason {
@@ -22,6 +26,8 @@ impl EscalationReason {
             Self::HumanRequest => "human_request",
             Self::NoAnswer => "no_answer",
             Self::IntentRoute => "intent_route",
+            Self::RouterUnavailable => "router_unavailable",
+            Self::KnowledgeUnavailable => "knowledge_unavailable",
         }
     }
 }
@@ -39,12 +45,42 @@ pub struct Decision {
 const COMPLAINT_INTENT: &str = "complaint";
 const HUMAN_REQUEST_INTENT: &str = "human_agent";
 
+/// What the knowledge step gave for a message.
+#[derive(Clone, Copy, Debug)]
+pub enum Retrieval<'a> {
+    /// The route or a fixed reply needs no passages.
+    NotNeeded,
+    /// The knowledge service could not be reached.
+    Unavailable,
+    Found(&'a SearchResponse),
+}
+
+impl<'a> Retrieval<'a> {
+    pub fn found(self) -> Option<&'a SearchResponse> {
+        match self {
+            Self::Found(response) => Some(response),
+            _ => None,
+        }
+    }
+}
+
+/// Decides for one message; `classification` is None when the router could not be
+/// reached, and the customer then goes to a human rather than being failed.
 pub fn decide(
-    classification: &ClassifyResponse,
+    classification: Option<&ClassifyResponse>,
     sentiment: &AnalyzeResponse,
-    knowledge: Option<&SearchResponse>,
+    retrieval: Retrieval<'_>,
     vip_tier: i32,
 ) -> Decision {
+    let Some(classification) = classification else {
+        return Decision {
+            reason: Some(EscalationReason::RouterUnavailable),
+            open_ticket: true,
+            priority: priority(Priority::Medium as i32, sentiment, vip_tier),
+            answered_from_knowledge: false,
+        };
+    };
+    let knowledge = retrieval.found();
     let label = sentiment
         .sentiment
         .as_ref()
@@ -71,11 +107,28 @@ pub fn decide(
         Some(EscalationReason::Complaint)
     } else if fixed_reply || confident_answer {
         None
+    } else if matches!(retrieval, Retrieval::Unavailable) {
+        Some(EscalationReason::KnowledgeUnavailable)
     } else {
         Some(EscalationReason::NoAnswer)
     };
 
-    let mut level = match Priority::try_from(classification.urgency) {
+    Decision {
+        reason,
+        open_ticket: reason.is_some() || route == Route::Ticket,
+        priority: priority(classification.urgency, sentiment, vip_tier),
+        answered_from_knowledge: reason.is_none() && !fixed_reply && confident_answer,
+    }
+}
+
+/// The intent's urgency, one level up for an angry customer and one for a Gold or
+/// Platinum one, at most urgent.
+fn priority(urgency: i32, sentiment: &AnalyzeResponse, vip_tier: i32) -> Priority {
+    let very_negative = sentiment
+        .sentiment
+        .as_ref()
+        .is_some_and(|s| s.label == SentimentLabel::VeryNegative as i32);
+    let mut level = match Priority::try_from(urgency) {
         Ok(Priority::Unspecified) | Err(_) => Priority::Low as i32,
         Ok(priority) => priority as i32,
     };
@@ -90,15 +143,7 @@ pub fn decide(
     if vip_tier >= VipTier::Gold as i32 {
         level += 1;
     }
-    let priority =
-        Priority::try_from(level.min(Priority::Urgent as i32)).unwrap_or(Priority::Urgent);
-
-    Decision {
-        reason,
-        open_ticket: reason.is_some() || route == Route::Ticket,
-        priority,
-        answered_from_knowledge: reason.is_none() && !fixed_reply && confident_answer,
-    }
+    Priority::try_from(level.min(Priority::Urgent as i32)).unwrap_or(Priority::Urgent)
 }
 
 /// While a human handles the session, a customer who grows angrier is moved up the
@@ -141,7 +186,7 @@ impl Decision {
 
     pub fn reply(
         &self,
-        classification: &ClassifyResponse,
+        fixed_reply: &str,
         knowledge: Option<&SearchResponse>,
         ticket_id: &str,
         language: Language,
@@ -162,7 +207,7 @@ impl Decision {
         let mut reply = if self.answered_from_knowledge {
             knowledge.map(|k| k.answer.clone()).unwrap_or_default()
         } else {
-            classification.fixed_reply.clone()
+            fixed_reply.to_owned()
         };
         if self.open_ticket && !ticket_id.is_empty() {
             reply.push_str(&if zh {
@@ -213,9 +258,9 @@ mod tests {
     #[test]
     fn answers_a_confident_product_question() {
         let decision = decide(
-            &classified("product_inquiry", Route::Answer, Priority::Low),
+            Some(&classified("product_inquiry", Route::Answer, Priority::Low)),
             &feeling(SentimentLabel::Neutral),
-            Some(&answer(true)),
+            Retrieval::Found(&answer(true)),
             VipTier::None as i32,
         );
         assert_eq!(decision.reason, None);
@@ -227,9 +272,9 @@ mod tests {
     #[test]
     fn hands_off_complaints_with_high_priority() {
         let decision = decide(
-            &classified("complaint", Route::Human, Priority::High),
+            Some(&classified("complaint", Route::Human, Priority::High)),
             &feeling(SentimentLabel::Negative),
-            None,
+            Retrieval::NotNeeded,
             VipTier::None as i32,
         );
         assert_eq!(decision.reason, Some(EscalationReason::Complaint));
@@ -240,9 +285,9 @@ mod tests {
     #[test]
     fn very_negative_sentiment_escalates_and_raises_priority() {
         let decision = decide(
-            &classified("billing", Route::Answer, Priority::Medium),
+            Some(&classified("billing", Route::Answer, Priority::Medium)),
             &feeling(SentimentLabel::VeryNegative),
-            Some(&answer(true)),
+            Retrieval::Found(&answer(true)),
             VipTier::None as i32,
         );
         assert_eq!(decision.reason, Some(EscalationReason::NegativeSentiment));
@@ -252,20 +297,41 @@ mod tests {
     #[test]
     fn no_confident_answer_goes_to_a_human() {
         let decision = decide(
-            &classified("out_of_scope", Route::Answer, Priority::Low),
+            Some(&classified("out_of_scope", Route::Answer, Priority::Low)),
             &feeling(SentimentLabel::Neutral),
-            Some(&answer(false)),
+            Retrieval::Found(&answer(false)),
             VipTier::None as i32,
         );
         assert_eq!(decision.reason, Some(EscalationReason::NoAnswer));
     }
 
     #[test]
+    fn unreachable_services_hand_off_with_their_reason() {
+        let decision = decide(
+            None,
+            &feeling(SentimentLabel::Neutral),
+            Retrieval::NotNeeded,
+            VipTier::Gold as i32,
+        );
+        assert_eq!(decision.reason, Some(EscalationReason::RouterUnavailable));
+        assert!(decision.open_ticket);
+        assert_eq!(decision.priority, Priority::High, "medium, one up for Gold");
+        let decision = decide(
+            Some(&classified("product_inquiry", Route::Answer, Priority::Low)),
+            &feeling(SentimentLabel::Neutral),
+            Retrieval::Unavailable,
+            VipTier::None as i32,
+        );
+        assert_eq!(decision.reason, Some(EscalationReason::KnowledgeUnavailable));
+        assert!(decision.open_ticket);
+    }
+
+    #[test]
     fn vip_customers_get_higher_priority_capped_at_urgent() {
         let decision = decide(
-            &classified("complaint", Route::Human, Priority::High),
+            Some(&classified("complaint", Route::Human, Priority::High)),
             &feeling(SentimentLabel::VeryNegative),
-            None,
+            Retrieval::NotNeeded,
             VipTier::Platinum as i32,
         );
         assert_eq!(decision.priority, Priority::Urgent);
@@ -276,14 +342,14 @@ mod tests {
         let mut greeting = classified("greeting", Route::Answer, Priority::Low);
         greeting.fixed_reply = "Hello! How can I help?".into();
         let decision = decide(
-            &greeting,
+            Some(&greeting),
             &feeling(SentimentLabel::Neutral),
-            None,
+            Retrieval::NotNeeded,
             VipTier::None as i32,
         );
         assert_eq!(decision.reason, None);
         assert_eq!(
-            decision.reply(&greeting, None, "", Language::En),
+            decision.reply(&greeting.fixed_reply, None, "", Language::En),
             "Hello! How can I help?"
         );
     }
@@ -315,15 +381,15 @@ mod tests {
     #[test]
     fn ticket_route_answers_and_opens_a_ticket() {
         let decision = decide(
-            &classified("refund", Route::Ticket, Priority::Medium),
+            Some(&classified("refund", Route::Ticket, Priority::Medium)),
             &feeling(SentimentLabel::Neutral),
-            Some(&answer(true)),
+            Retrieval::Found(&answer(true)),
             VipTier::None as i32,
         );
         assert_eq!(decision.reason, None);
         assert!(decision.open_ticket);
         let reply = decision.reply(
-            &classified("refund", Route::Ticket, Priority::Medium),
+            "",
             Some(&answer(true)),
             "T-1",
             Language::En,

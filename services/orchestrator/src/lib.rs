@@ -31,7 +31,9 @@ use tracing::Instrument;
 mod decision;
 mod events;
 
-pub use decision::{decide, handoff_pending_reply, mood_priority, Decision, EscalationReason};
+pub use decision::{
+    decide, handoff_pending_reply, mood_priority, Decision, EscalationReason, Retrieval,
+};
 
 pub const SPEC: ServiceSpec = ServiceSpec::ORCHESTRATOR;
 const SERVICE: &str = "kefu-orchestrator";
@@ -276,8 +278,8 @@ impl Orchestrator {
         // The router embeds the message once; sentiment (and knowledge, below) reuse it.
         // Sentiment waits for the router: with the embedding at hand it takes about a
         // millisecond, far less than a second forward pass of the encoder.
-        let (mut classification, sentiment) = async {
-            let classification = async {
+        let (understood, sentiment) = async {
+            let classified = async {
                 let request = ClassifyRequest {
                     tenant_id: tenant.clone(),
                     text: request.text.clone(),
@@ -286,15 +288,27 @@ impl Orchestrator {
                 };
                 self.router.clone().classify(request).await
             }
-            .await?
-            .into_inner();
-            let sentiment = self
-                .analyze(&request.text, classification.embedding.clone())
-                .await?;
+            .await;
+            let classification = match classified {
+                Ok(response) => Some(response.into_inner()),
+                // Without the router nobody knows what the customer wants: a human does.
+                Err(status) if is_transient(&status) => {
+                    tracing::warn!(error = %status.message(), "router unavailable; handing off");
+                    None
+                }
+                Err(status) => return Err(status),
+            };
+            let embedding = classification.as_ref().and_then(|c| c.embedding.clone());
+            let sentiment = self.analyze(&request.text, embedding).await?;
             Ok::<_, Status>((classification, sentiment))
         }
         .instrument(understand_span.clone())
         .await?;
+        let router_reached = understood.is_some();
+        let mut classification = understood.unwrap_or_else(|| ClassifyResponse {
+            language: kefu_nlp::text::detect_language(&request.text) as i32,
+            ..Default::default()
+        });
         let label = label_of(&sentiment);
         understand_span.record("kefu.intent", classification.intent.as_str());
         understand_span.record("kefu.intent_confidence", classification.confidence as f64);
@@ -306,8 +320,9 @@ impl Orchestrator {
         );
 
         let embedding = classification.embedding.take();
-        let needs_knowledge =
-            classification.fixed_reply.is_empty() && classification.route != Route::Human as i32;
+        let needs_knowledge = router_reached
+            && classification.fixed_reply.is_empty()
+            && classification.route != Route::Human as i32;
         let knowledge = if needs_knowledge {
             let (query, query_embedding) = match history.last() {
                 // A short follow-up is searched together with the question it follows
@@ -334,17 +349,22 @@ impl Orchestrator {
                     let response = response.into_inner();
                     span.record("kefu.confident", response.confident);
                     span.record("kefu.sources", response.sources.len());
-                    Some(response)
+                    Ok(response)
                 }
                 // Without knowledge the customer is handed to a human rather than failed.
                 Err(status) if is_transient(&status) => {
                     tracing::warn!(error = %status.message(), "knowledge unavailable; handing off");
-                    None
+                    Err(())
                 }
                 Err(status) => return Err(status),
             }
         } else {
-            None
+            Err(())
+        };
+        let retrieval = match &knowledge {
+            Ok(response) => Retrieval::Found(response),
+            Err(()) if needs_knowledge => Retrieval::Unavailable,
+            Err(()) => Retrieval::NotNeeded,
         };
 
         let decision = {
@@ -358,9 +378,9 @@ impl Orchestrator {
             );
             let _entered = span.enter();
             let decision = decide(
-                &classification,
+                router_reached.then_some(&classification),
                 &sentiment,
-                knowledge.as_ref(),
+                retrieval,
                 customer.vip_tier,
             );
             span.record("kefu.escalated", decision.escalated());
@@ -438,7 +458,12 @@ impl Orchestrator {
         let reply = if ticket_pending && decision.escalated() {
             handoff_pending_reply(language)
         } else {
-            decision.reply(&classification, knowledge.as_ref(), &ticket_id, language)
+            decision.reply(
+                &classification.fixed_reply,
+                retrieval.found(),
+                &ticket_id,
+                language,
+            )
         };
         let response = SendMessageResponse {
             session_id: session_id.clone(),
