@@ -66,6 +66,7 @@ async fn grpcurl_verifies_the_gateways_certificate() {
             server,
             clients: ClientArgs {
                 call_timeout_ms: 1000,
+                ..Default::default()
             },
             content: ContentArgs {
                 tenants_dir: common::repo_root().join("tenants"),
@@ -186,6 +187,7 @@ async fn an_internal_service_in_mutual_tls_refuses_callers_without_a_client_cert
         "kefu-test",
         &ClientArgs {
             call_timeout_ms: 2000,
+            ..Default::default()
         },
         &tls,
     )

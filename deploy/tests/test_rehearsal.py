@@ -9,9 +9,10 @@ TLS the gateway must answer a client that verifies it with the CA and has no cli
 certificate, and a service demanding client certificates must refuse such a client.
 
 Only what a cluster or compose provides is stood in for:
-- each service's host name (kefu-ticket, ...) is a loopback address of its own,
-  127.42.<deployment>.<n>: KEFU_BIND_HOST is set to it and the URLs naming the host are
-  rewritten to it; ports stay as rendered. No service listens on 127.0.0.1, where the
+- a service's host names (its Service names: kefu-ticket, and kefu-ticket-headless,
+  which the callers' URLs name) become one loopback address of its own,
+  127.42.<deployment>.<n>: KEFU_BIND_HOST is set to it and the URLs naming those hosts
+  are rewritten to it; ports stay as rendered. No service listens on 127.0.0.1, where the
   binaries' defaults point, so a URL a deployment leaves out reaches none of them.
 - DATABASE_URL and REDIS_URL (the production Secret's keys, the compose file's stores)
   become a fresh PostgreSQL database on 127.0.0.1:5432 (KEFU_TEST_POSTGRES_URL names

@@ -53,6 +53,8 @@ from stack import (
 )
 
 KUBERNETES_VERSION = "1.29.0"
+# The services some service calls (from the Rust sources): each gets a headless Service.
+CALLED = set().union(*CALLS.values())
 # Prometheus Operator and cert-manager kinds: no schema in kubernetes-validate; checked
 # structurally below.
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
@@ -71,6 +73,21 @@ def port_names(svc: str, r: Rendered) -> set[str]:
 def peer_urls(env: dict[str, str]) -> dict[str, str]:
     """callee -> URL, from the KEFU_<SERVICE>_URL settings of a container."""
     return {m.group(1).lower(): url for key, url in env.items() if (m := PEER_URL_SETTING.fullmatch(key))}
+
+
+def is_headless(service: dict[str, Any]) -> bool:
+    return service["spec"].get("clusterIP") == "None"
+
+
+def regular_services(r: Rendered) -> list[dict[str, Any]]:
+    return [s for s in r.of_kind("Service") if not is_headless(s)]
+
+
+def container_env(r: Rendered, deployment: dict[str, Any]) -> dict[str, str]:
+    """A container's literal environment: its ConfigMaps, then its own `env` values."""
+    env = configmap_env(r, deployment)
+    env.update({v["name"]: v["value"] for v in container_of(deployment).get("env", []) if "value" in v})
+    return env
 
 
 # --------------------------------------------------------------------------- lint, schemas
@@ -114,7 +131,7 @@ def test_default_object_counts(default_render: Rendered) -> None:
         "HorizontalPodAutoscaler": 6,
         "NetworkPolicy": 6,
         "PodDisruptionBudget": 6,
-        "Service": 6,
+        "Service": 6 + len(CALLED),  # and a headless one per called service
         "ServiceAccount": 1,
     }
 
@@ -129,7 +146,7 @@ def test_production_object_counts(production_render: Rendered) -> None:
         "NetworkPolicy": 6,
         "PodDisruptionBudget": 6,
         "PrometheusRule": 1,
-        "Service": 6,
+        "Service": 6 + len(CALLED),
         "ServiceAccount": 1,
         "ServiceMonitor": 1,
     }
@@ -178,7 +195,7 @@ def test_six_deployments_one_per_service(rendered: Rendered) -> None:
 
 def test_each_deployment_has_a_service_selecting_its_pods(rendered: Rendered) -> None:
     pods = pod_labels_by_component(rendered)
-    services = rendered.of_kind("Service")
+    services = regular_services(rendered)
     assert len(services) == 6
     for d in rendered.of_kind("Deployment"):
         svc = component_of(d)
@@ -193,6 +210,77 @@ def test_each_deployment_has_a_service_selecting_its_pods(rendered: Rendered) ->
             assert target == name or target == container_port(container, name)
             assert ports[name]["port"] == (WEB_PORT if name == "web" else SERVICES[svc][name])
         assert service["spec"]["type"] in ("ClusterIP", "LoadBalancer", "NodePort")
+
+
+def test_every_called_service_has_a_headless_service(rendered: Rendered) -> None:
+    """The clients resolve the callee's name and balance over the addresses, so a called
+    service needs a name that answers with its pods: a headless Service (no virtual IP)
+    selecting exactly the pods its regular Service selects, on the gRPC port, listing
+    only ready pods. No other service gets one, and the regular Services stay."""
+    assert CALLED and "gateway" not in CALLED
+    pods = pod_labels_by_component(rendered)
+    headless = {s["metadata"]["name"]: s for s in rendered.of_kind("Service") if is_headless(s)}
+    assert set(headless) == {f"kefu-{svc}-headless" for svc in CALLED}
+    for svc in CALLED:
+        service = headless[f"kefu-{svc}-headless"]
+        regular = rendered.get("Service", f"kefu-{svc}")
+        assert not is_headless(regular) and regular["spec"]["type"] != "ExternalName"
+        spec = service["spec"]
+        assert spec.get("type", "ClusterIP") == "ClusterIP"
+        assert spec["publishNotReadyAddresses"] is False
+        assert spec["selector"] == regular["spec"]["selector"]
+        assert [c for c, labels in pods.items() if selector_matches(spec["selector"], labels)] == [svc]
+        assert component_of(service) == svc
+        (port,) = spec["ports"]
+        container = container_of(rendered.get("Deployment", f"kefu-{svc}"))
+        assert port["name"] == "grpc" and port["port"] == SERVICES[svc]["grpc"]
+        assert port["targetPort"] in ("grpc", container_port(container, "grpc"))
+        assert port.get("protocol", "TCP") == "TCP"
+
+
+def test_every_peer_url_names_a_headless_service_serving_it(rendered: Rendered) -> None:
+    """Every KEFU_<NAME>_URL a rendered container gets names, with the scheme of the
+    mode, a headless Service of this render that exposes the URL's port and selects the
+    pods of service <name>, whose gRPC port that is; and the NetworkPolicies let the
+    caller reach those pods on it (they select pods, whichever Service was dialled)."""
+    pods = pod_labels_by_component(rendered)
+    services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
+    scheme = "https" if rendered.values["tls"]["internal"]["enabled"] else "http"
+    seen = set()
+    for d in rendered.of_kind("Deployment"):
+        caller = component_of(d)
+        for callee, url in peer_urls(container_env(rendered, d)).items():
+            assert callee in CALLS[caller], (caller, callee)
+            parts = urlsplit(url)
+            assert parts.scheme == scheme and parts.path in ("", "/"), url
+            service = services.get(parts.hostname)
+            assert service is not None, f"{caller}: {url} names no Service of the release"
+            assert is_headless(service), f"{caller}: {url} names a Service with a virtual IP"
+            ports = [p for p in service["spec"]["ports"] if p["port"] == parts.port]
+            assert len(ports) == 1, f"{caller}: {parts.hostname} does not expose port {parts.port}"
+            selected = [c for c, labels in pods.items() if selector_matches(service["spec"]["selector"], labels)]
+            assert selected == [callee], (url, selected)
+            target = ports[0]["targetPort"]
+            container = container_of(rendered.get("Deployment", f"kefu-{callee}"))
+            assert container_port(container, "grpc") == parts.port
+            assert target in ("grpc", parts.port), url
+            assert egress_allowed(rendered, caller, parts.port, pods[callee], CLUSTER_NAMESPACE_LABELS), url
+            assert ingress_allowed(rendered, callee, parts.port, pods[caller], CLUSTER_NAMESPACE_LABELS), url
+            seen.add((caller, callee))
+    assert seen == {(caller, callee) for caller, callees in CALLS.items() for callee in callees}
+
+
+def test_headless_service_names_fit_a_dns_label() -> None:
+    """A Service name is a DNS label of at most 63 characters: the longest full name
+    whose headless names fit renders, one character more is refused with the way out."""
+    longest = 63 - len(max((f"-{svc}-headless" for svc in CALLED), key=len))
+    fits = render({"fullnameOverride": "k" * longest})
+    names = [o["metadata"]["name"] for o in fits.objects]
+    assert max(len(n) for n in names) == 63
+    assert all(re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", s["metadata"]["name"])
+               for s in fits.of_kind("Service"))
+    with pytest.raises(helm.HelmError, match=f"fullnameOverride.*at most {longest} characters"):
+        render({"fullnameOverride": "k" * (longest + 1)})
 
 
 def test_each_deployment_has_an_hpa_targeting_it(rendered: Rendered) -> None:
@@ -334,7 +422,7 @@ def test_each_service_gets_exactly_the_env_it_needs(rendered: Rendered) -> None:
         assert urls == {f"KEFU_{callee.upper()}_URL" for callee in CALLS[svc]}
         scheme = "https" if rendered.values["tls"]["internal"]["enabled"] else "http"
         for callee in CALLS[svc]:
-            assert env[f"KEFU_{callee.upper()}_URL"] == f"{scheme}://kefu-{callee}:{SERVICES[callee]['grpc']}"
+            assert env[f"KEFU_{callee.upper()}_URL"] == f"{scheme}://kefu-{callee}-headless:{SERVICES[callee]['grpc']}"
         assert ("KEFU_MODELS_DIR" in env) == (svc in NEEDS_MODELS)
         assert ("KEFU_TENANTS_DIR" in env) == (svc in NEEDS_TENANTS)
         # secrets never sit in a ConfigMap
@@ -416,8 +504,9 @@ def test_config_change_rolls_the_pods(default_render: Rendered) -> None:
 def test_other_release_names_keep_urls_consistent() -> None:
     r = render(name="support", namespace="cs")
     gateway = r.get("Deployment", "support-kefu-gateway")
-    assert configmap_env(r, gateway)["KEFU_ORCHESTRATOR_URL"] == "http://support-kefu-orchestrator:50052"
-    assert {s["metadata"]["name"] for s in r.of_kind("Service")} == {f"support-kefu-{s}" for s in SERVICES}
+    assert configmap_env(r, gateway)["KEFU_ORCHESTRATOR_URL"] == "http://support-kefu-orchestrator-headless:50052"
+    assert {s["metadata"]["name"] for s in r.of_kind("Service")} == (
+        {f"support-kefu-{s}" for s in SERVICES} | {f"support-kefu-{s}-headless" for s in CALLED})
 
 
 # --------------------------------------------------------------------------- network policies
@@ -616,7 +705,10 @@ def test_internal_certificates_carry_the_names_the_callers_dial(production_rende
         assert component_of(certificate) == svc
         spec = certificate["spec"]
         assert dialled[svc] <= set(spec["dnsNames"]), svc
-        assert f"kefu-{svc}.{NAMESPACE}.svc" in spec["dnsNames"]
+        hosts = [f"kefu-{svc}"] + ([f"kefu-{svc}-headless"] if svc in CALLED else [])
+        assert set(spec["dnsNames"]) == {f"{host}{suffix}" for host in hosts
+                                         for suffix in ("", f".{NAMESPACE}", f".{NAMESPACE}.svc",
+                                                        f".{NAMESPACE}.svc.cluster.local")}, svc
         assert {"server auth", "client auth"} <= set(spec["usages"])
         assert spec["issuerRef"] == {"group": "cert-manager.io", **issuer}
         assert spec["privateKey"]["rotationPolicy"] == "Always"
@@ -745,16 +837,18 @@ def test_service_monitor_scrapes_every_service(production_render: Rendered) -> N
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     selector = sm["spec"]["selector"]
-    selected = []
+    scraped = []
     for service in production_render.of_kind("Service"):
         labels = service["metadata"]["labels"]
         if not selector_matches(selector["matchLabels"], labels):
             continue
         if all(labels.get(e["key"]) in e["values"] for e in selector.get("matchExpressions", [])
                if e["operator"] == "In"):
-            selected.append(component_of(service))
-            assert "metrics" in {p["name"] for p in service["spec"]["ports"]}
-    assert sorted(selected) == sorted(SERVICES)
+            if "metrics" in {p["name"] for p in service["spec"]["ports"]}:
+                scraped.append(component_of(service))
+            else:  # a headless Service carries the gRPC port only: no second target per pod
+                assert is_headless(service), service["metadata"]["name"]
+    assert sorted(scraped) == sorted(SERVICES)
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (endpoint,) = sm["spec"]["endpoints"]
     assert endpoint["port"] == "metrics" and endpoint["path"] == "/metrics"

@@ -6,12 +6,13 @@ use std::time::Duration;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tower::ServiceBuilder;
 
+use crate::balance::{Balanced, ChannelTo};
 use crate::layers::{ClientTelemetry, ClientTelemetryLayer};
 use crate::resilience::{Resilient, RetryBudget};
 use crate::{ClientArgs, TlsArgs};
 
 /// The channel type every generated kefu client is built on.
-pub type GrpcChannel = ClientTelemetry<Resilient<Channel>>;
+pub type GrpcChannel = ClientTelemetry<Resilient<Balanced>>;
 
 /// Makes the channels of one service to the others, all the same way: the deadline,
 /// TLS when configured, telemetry.
@@ -21,6 +22,7 @@ pub struct Connector {
     deadline: Duration,
     tls: Option<ClientTlsConfig>,
     budget: RetryBudget,
+    dns_refresh: Duration,
 }
 
 impl Connector {
@@ -31,13 +33,34 @@ impl Connector {
             deadline: clients.call_timeout(),
             tls: tls.client()?,
             budget: RetryBudget::default(),
+            dns_refresh: clients.dns_refresh(),
         })
     }
 
-    /// A channel to `url`. It connects on first use and reconnects by itself, so
-    /// services may start in any order.
+    /// A channel to every replica behind `url`'s host name (see `balance`). Each
+    /// replica connects on first use and reconnects by itself, so services may start
+    /// in any order. Must be called within the Tokio runtime.
     pub fn channel(&self, target: &str, url: &str) -> anyhow::Result<GrpcChannel> {
-        let channel = Resilient::new(self.raw_channel(url)?, self.budget.clone(), self.deadline);
+        let uri = self.endpoint(url, None)?.uri().clone();
+        let https = uri.scheme_str() == Some("https");
+        let host = uri
+            .host()
+            .ok_or_else(|| anyhow::anyhow!("service URL {url:?} has no host"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let connector = self.clone();
+        let tls_name = host.clone();
+        let channel_to: ChannelTo = std::sync::Arc::new(move |address| {
+            let scheme = if https { "https" } else { "http" };
+            connector
+                .endpoint(&format!("{scheme}://{address}"), Some(&tls_name))
+                .expect("the service URL's settings were accepted above")
+                .connect_lazy()
+        });
+        let balanced = Balanced::new(host, port, channel_to, self.dns_refresh);
+        let channel = Resilient::new(balanced, self.budget.clone(), self.deadline);
         Ok(ServiceBuilder::new()
             .layer(ClientTelemetryLayer::new(&self.caller, target))
             .service(channel))
@@ -45,6 +68,13 @@ impl Connector {
 
     /// A plain channel (no telemetry), e.g. for health probes of downstream services.
     pub fn raw_channel(&self, url: &str) -> anyhow::Result<Channel> {
+        Ok(self.endpoint(url, None)?.connect_lazy())
+    }
+
+    /// How every channel to `url` is made. With TLS the server's certificate is checked
+    /// against `tls_name` (the service's name when `url` holds one replica's address),
+    /// or else the URL's host.
+    fn endpoint(&self, url: &str, tls_name: Option<&str>) -> anyhow::Result<Endpoint> {
         let mut endpoint = Endpoint::from_shared(url.to_owned())
             .map_err(|error| anyhow::anyhow!("invalid service URL {url:?}: {error}"))?
             // No per-request timeout here: `Resilient` enforces what is left of the
@@ -58,11 +88,15 @@ impl Connector {
                 url.starts_with("https://"),
                 "{url}: with KEFU_TLS_CA set, kefu services are called over TLS (https:// URLs)"
             );
+            let host = tls_name
+                .or(endpoint.uri().host())
+                .unwrap_or_default()
+                .to_owned();
             endpoint = endpoint
-                .tls_config(tls.clone())
+                .tls_config(tls.clone().domain_name(host))
                 .map_err(|error| anyhow::anyhow!("TLS settings for {url}: {error}"))?;
         }
-        Ok(endpoint.connect_lazy())
+        Ok(endpoint)
     }
 }
 
@@ -74,6 +108,7 @@ mod tests {
     async fn an_unreachable_peer_is_unavailable_and_a_spent_deadline_is_not_called() {
         let clients = ClientArgs {
             call_timeout_ms: 1000,
+            ..Default::default()
         };
         let connector = Connector::new("test", &clients, &TlsArgs::default()).unwrap();
         let [port] = {
@@ -113,6 +148,7 @@ mod tests {
     async fn rejects_malformed_urls_and_plaintext_under_tls() {
         let clients = ClientArgs {
             call_timeout_ms: 1000,
+            ..Default::default()
         };
         let plain = Connector::new("test", &clients, &TlsArgs::default()).unwrap();
         assert!(plain.raw_channel("not a url").is_err());

@@ -110,11 +110,19 @@ pub struct ClientArgs {
     /// Deadline of each outgoing call, in milliseconds.
     #[arg(long, env = "KEFU_CALL_TIMEOUT_MS", default_value_t = 5_000)]
     pub call_timeout_ms: u64,
+    /// How often the replicas behind each service's host name are looked up again, in
+    /// milliseconds (a headless Service's DNS name lists every ready pod).
+    #[arg(long, env = "KEFU_DNS_REFRESH_MS", default_value_t = 5_000)]
+    pub dns_refresh_ms: u64,
 }
 
 impl ClientArgs {
     pub fn call_timeout(&self) -> Duration {
         Duration::from_millis(self.call_timeout_ms)
+    }
+
+    pub fn dns_refresh(&self) -> Duration {
+        Duration::from_millis(self.dns_refresh_ms.max(100))
     }
 }
 
@@ -122,6 +130,7 @@ impl Default for ClientArgs {
     fn default() -> Self {
         Self {
             call_timeout_ms: 5_000,
+            dns_refresh_ms: 5_000,
         }
     }
 }

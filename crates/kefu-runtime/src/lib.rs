@@ -3,6 +3,7 @@
 //! metrics, deadlines, concurrency limits, graceful shutdown) is done here the same way
 //! for all six services.
 
+mod balance;
 pub mod client;
 pub mod config;
 pub mod health;

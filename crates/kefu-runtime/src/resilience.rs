@@ -1,7 +1,8 @@
 //! What keeps a call from doing harm under faults: the caller's deadline travels with
 //! the call (each hop gets what is left of it, not a fresh one), and a call that could
-//! not reach its peer (connection refused or reset) is retried once or twice, within a
-//! budget, and only for methods that are safe to repeat. A peer's own answer, even
+//! not reach its peer is retried once or twice, within a budget: any method when no
+//! connection could be made (the request was never sent), only methods that are safe
+//! to repeat when the connection broke during the call. A peer's own answer, even
 //! UNAVAILABLE, is never retried here: it has already been through the peer's retries,
 //! so retries happen at one hop and never stack.
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use http::{HeaderValue, Request, Response};
 use http_body_util::BodyExt as _;
 use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::{Service, ServiceExt};
+
+use crate::balance::CallError;
 
 tokio::task_local! {
     /// When the call being served must be answered by.
@@ -128,12 +131,14 @@ impl<S> Resilient<S> {
 
 impl<S> Service<Request<tonic::body::Body>> for Resilient<S>
 where
-    S: Service<Request<tonic::body::Body>, Response = Response<tonic::body::Body>>
-        + Clone
+    S: Service<
+            Request<tonic::body::Body>,
+            Response = Response<tonic::body::Body>,
+            Error = CallError,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
-    S::Error: std::fmt::Display + Send,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -200,7 +205,8 @@ where
                     }
                     Ok(Err(error)) => error,
                 };
-                let retry = repeatable
+                // A call that found no connection was never sent: any method may go again.
+                let retry = (repeatable || !error.reached_peer)
                     && attempt < BACKOFF.len()
                     && started.elapsed() + BACKOFF[attempt] < timeout
                     && budget.0.withdraw();

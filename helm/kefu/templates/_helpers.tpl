@@ -8,7 +8,8 @@ Chart name, possibly overridden.
 {{/*
 Full name prefix of every resource: <release>-<chart>, or the release name when it
 already contains the chart name. Capped at 49 characters so that "-orchestrator"
-still fits in a 63-character name.
+still fits in a 63-character name; the headless Services' names need at most 41
+(kefu.headlessName refuses longer ones).
 */}}
 {{- define "kefu.fullname" -}}
 {{- if .Values.fullnameOverride }}
@@ -85,12 +86,30 @@ Image of a service. Context: dict "root" $ "name" <service>.
 {{- end }}
 
 {{/*
-gRPC URL of a service inside the namespace. Context: dict "root" $ "name" <service>.
+Name of a service's headless Service, which the other services call: its DNS name
+answers with the address of every ready pod, so that the clients, which resolve it
+again every KEFU_DNS_REFRESH_MS, spread their calls over all replicas (a ClusterIP would
+carry one caller's calls to one pod over one HTTP/2 connection). A Service name must be
+a DNS label: refused rather than truncated, as a cut name would no longer be the regular
+name plus "-headless". Context: dict "root" $ "name" <service>.
+*/}}
+{{- define "kefu.headlessName" -}}
+{{- $name := printf "%s-headless" (include "kefu.componentName" .) }}
+{{- if gt (len $name) 63 }}
+{{- fail (printf "the Service name %s is longer than 63 characters: set fullnameOverride (or a shorter release name) so that the full name has at most %d characters" $name (sub 63 (sub (len $name) (len (include "kefu.fullname" .root))))) }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/*
+gRPC URL of a service inside the namespace, as its callers dial it: the headless
+Service (kefu.headlessName), same port, https under tls.internal.
+Context: dict "root" $ "name" <service>.
 */}}
 {{- define "kefu.serviceUrl" -}}
 {{- $svc := index .root.Values.services .name }}
 {{- $scheme := ternary "https" "http" (.root.Values.tls.internal.enabled | default false) }}
-{{- printf "%s://%s:%d" $scheme (include "kefu.componentName" .) (int $svc.grpcPort) }}
+{{- printf "%s://%s:%d" $scheme (include "kefu.headlessName" .) (int $svc.grpcPort) }}
 {{- end }}
 
 {{/*
