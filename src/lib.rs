@@ -1,5 +1,8 @@
 //! The all-in-one stack: the six kefu services in one process, each on its own port and
 //! talking to the others over gRPC, as `kefu up` runs them (and the end-to-end tests).
+
+pub mod bench;
+
 use std::net::IpAddr;
 
 use clap::Parser;

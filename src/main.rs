@@ -33,6 +33,8 @@ enum Command {
     /// Train the bundled sentiment model from the development datasets.
     #[command(subcommand)]
     Train(TrainCommand),
+    /// Load a running kefu through its gateway and report turns/s, latency and errors.
+    Bench(kefu::bench::BenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -121,6 +123,9 @@ fn print_line(result: anyhow::Result<String>) -> anyhow::Result<()> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Bench(args) => {
+            tokio_runtime().and_then(|rt| print_line(rt.block_on(kefu::bench::run(args))))
+        }
         Command::Up(args) => tokio_runtime().and_then(|rt| rt.block_on(run_up(args))),
         Command::Migrate { data } => tokio_runtime().and_then(|rt| {
             rt.block_on(async {

@@ -6,8 +6,6 @@
 //! was wrong (never INTERNAL, UNKNOWN, UNIMPLEMENTED or DATA_LOSS), nothing may panic and
 //! every service must stay SERVING. The stack runs in this process, so a panic hook sees
 //! a panic in any of its threads. Runs are seeded: `KEFU_MALFORMED_SEED=<n>` repeats one.
-//! Both tests are ignored while they fail on known bugs (see their `ignore` reasons):
-//! `make test-malformed` runs them.
 mod common;
 
 use std::collections::BTreeMap;
@@ -1147,9 +1145,6 @@ async fn serving_services() -> BTreeMap<u16, Option<common::ServingStatus>> {
 }
 
 #[tokio::test]
-#[ignore = "fails: CreateTicket accepts undefined channels; parallel Reindex and \
-            IngestDocuments calls, and customers' messages meanwhile, end UNAVAILABLE \
-            (\"could not be reached\") or CANCELLED at the call deadline (make test-malformed)"]
 async fn random_and_malformed_requests_get_expected_codes() {
     // What is wrong with a message shows per RPC.
     run(
@@ -1162,8 +1157,6 @@ async fn random_and_malformed_requests_get_expected_codes() {
 }
 
 #[tokio::test]
-#[ignore = "fails: bodies that do not decode are answered INTERNAL (the protobuf decoder's \
-            status), not INVALID_ARGUMENT (make test-malformed)"]
 async fn undecodable_bodies_get_expected_codes() {
     // A body is decoded before any RPC's own code runs: what matters is how it is broken.
     run(

@@ -3,6 +3,7 @@
 //! clients of the gateway, as a customer's application would use it.
 #![allow(dead_code)]
 
+pub mod dependencies;
 pub mod processes;
 
 use std::path::PathBuf;

@@ -122,6 +122,8 @@ const INHERITED_NOISE: [&str; 5] = [
 pub struct Processes {
     dir: PathBuf,
     children: Vec<(String, Child)>,
+    /// How each instance was started: (instance, service, environment).
+    started: Vec<(String, String, Vec<(String, String)>)>,
     pub logs: PathBuf,
 }
 
@@ -140,6 +142,7 @@ impl Processes {
         Self {
             dir: binaries,
             children: Vec::new(),
+            started: Vec::new(),
             logs,
         }
     }
@@ -147,8 +150,19 @@ impl Processes {
     /// Starts `kefu-<service>` as `instance` with `env` (and nothing inherited that
     /// would change its behaviour).
     pub fn spawn(&mut self, instance: &str, service: &str, env: &[(String, String)]) {
-        let stdout = std::fs::File::create(self.stdout_path(instance)).unwrap();
-        let stderr = std::fs::File::create(self.logs.join(format!("kefu-{instance}.err"))).unwrap();
+        self.started.retain(|(name, ..)| name != instance);
+        self.started
+            .push((instance.to_owned(), service.to_owned(), env.to_vec()));
+        // Appended, so that a restarted instance's logs follow its earlier life's.
+        let log = |path: PathBuf| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap()
+        };
+        let stdout = log(self.stdout_path(instance));
+        let stderr = log(self.logs.join(format!("kefu-{instance}.err")));
         let mut command = Command::new(self.dir.join(format!("kefu-{service}")));
         for variable in INHERITED_NOISE {
             command.env_remove(variable);
@@ -161,6 +175,42 @@ impl Processes {
             .spawn()
             .unwrap_or_else(|error| panic!("cannot start kefu-{service}: {error}"));
         self.children.push((instance.to_owned(), child));
+    }
+
+    /// Kills an instance at once (SIGKILL), as a crashed pod or a lost node would end.
+    pub fn kill(&mut self, instance: &str) {
+        let position = self
+            .children
+            .iter()
+            .position(|(name, _)| name == instance)
+            .unwrap_or_else(|| panic!("no running instance {instance}"));
+        let (_, mut child) = self.children.remove(position);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// Starts a killed instance again, as it was started before.
+    pub fn restart(&mut self, instance: &str) {
+        let (_, service, env) = self
+            .started
+            .iter()
+            .find(|(name, ..)| name == instance)
+            .cloned()
+            .unwrap_or_else(|| panic!("{instance} was never started"));
+        self.spawn(instance, &service, &env);
+    }
+
+    /// Whether any instance's stderr shows a panic.
+    pub fn panics(&self) -> Vec<String> {
+        self.started
+            .iter()
+            .filter_map(|(instance, ..)| {
+                let stderr =
+                    std::fs::read_to_string(self.logs.join(format!("kefu-{instance}.err")))
+                        .unwrap_or_default();
+                stderr.contains("panicked").then(|| self.log_tail(instance))
+            })
+            .collect()
     }
 
     pub fn stdout_path(&self, instance: &str) -> PathBuf {

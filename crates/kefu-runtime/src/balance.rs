@@ -206,12 +206,12 @@ impl Service<Request<tonic::body::Body>> for Balanced {
                 candidates[turn % candidates.len()],
                 candidates[(turn + 1) % candidates.len()],
             );
-            let chosen = if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed)
-            {
-                b
-            } else {
-                a
-            };
+            let chosen =
+                if b.in_flight.load(Ordering::Relaxed) < a.in_flight.load(Ordering::Relaxed) {
+                    b
+                } else {
+                    a
+                };
             let in_flight = chosen.in_flight.clone();
             in_flight.fetch_add(1, Ordering::Relaxed);
             let mut channel = chosen.channel.clone();

@@ -79,7 +79,9 @@ impl Connector {
             .map_err(|error| anyhow::anyhow!("invalid service URL {url:?}: {error}"))?
             // No per-request timeout here: `Resilient` enforces what is left of the
             // caller's deadline and answers DEADLINE_EXCEEDED, not a transport error.
-            .connect_timeout(Duration::from_secs(2))
+            // A peer busy with CPU-heavy work may accept slowly; the call's deadline
+            // bounds the wait anyway.
+            .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))
             .keep_alive_while_idle(true);

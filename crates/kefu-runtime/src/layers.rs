@@ -18,8 +18,8 @@ use crate::resilience::{parse_grpc_timeout, status_response, with_deadline};
 /// How much earlier than the call's deadline a server answers DEADLINE_EXCEEDED.
 const DEADLINE_MARGIN: Duration = Duration::from_millis(2);
 
-/// tonic answers a request body that does not decode (bad protobuf, a frame cut short)
-/// with INTERNAL; the fault is the caller's, so it is INVALID_ARGUMENT. A compressed
+/// tonic answers a request body that does not decode (bad protobuf, a frame cut short,
+/// no message at all) with INTERNAL; the fault is the caller's, so it is INVALID_ARGUMENT. A compressed
 /// frame without an encoding stays INTERNAL, as the gRPC compression spec requires.
 fn request_decode_error_is_invalid_argument<B>(mut response: Response<B>) -> Response<B> {
     let headers = response.headers_mut();
@@ -32,6 +32,8 @@ fn request_decode_error_is_invalid_argument<B>(mut response: Response<B>) -> Res
                     || message.starts_with("failed to decode")
                     || message.starts_with("Unexpected%20EOF")
                     || message.starts_with("Unexpected EOF")
+                    || message.starts_with("Missing%20request%20message")
+                    || message.starts_with("Missing request message")
             });
     if undecodable {
         headers.insert(

@@ -54,7 +54,9 @@ impl Database {
         }
         let mut options = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
-            .acquire_timeout(Duration::from_secs(3));
+            // A database that cannot give a connection within a second is down or
+            // overloaded: callers get UNAVAILABLE while they still have time to retry.
+            .acquire_timeout(Duration::from_secs(1));
         if backend == Backend::Sqlite {
             options = options.after_connect(|conn, _| {
                 Box::pin(async move {

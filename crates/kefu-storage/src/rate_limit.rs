@@ -102,8 +102,10 @@ impl RateLimiter {
             Ok(())
         } else {
             // A rate small enough saturates the wait rather than overflowing a Duration.
-            Err(Duration::try_from_secs_f64((1.0 - *tokens) / rate.per_second)
-                .unwrap_or(Duration::MAX))
+            Err(
+                Duration::try_from_secs_f64((1.0 - *tokens) / rate.per_second)
+                    .unwrap_or(Duration::MAX),
+            )
         }
     }
 }

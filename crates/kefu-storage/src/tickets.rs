@@ -221,7 +221,10 @@ impl TicketStore for SqlTicketStore {
         audit: AuditRecord,
     ) -> StoreResult<(TicketRecord, bool)> {
         if let Some(key) = &ticket.idempotency_key {
-            if let Some(existing) = self.find_by_key(&ticket.tenant_id, &ticket.customer_id, key).await? {
+            if let Some(existing) = self
+                .find_by_key(&ticket.tenant_id, &ticket.customer_id, key)
+                .await?
+            {
                 return Ok((existing, false));
             }
         }
@@ -258,7 +261,10 @@ impl TicketStore for SqlTicketStore {
             Err(error) if is_unique_violation(&error) && ticket.idempotency_key.is_some() => {
                 drop(tx);
                 let key = ticket.idempotency_key.as_deref().unwrap_or_default();
-                return match self.find_by_key(&ticket.tenant_id, &ticket.customer_id, key).await? {
+                return match self
+                    .find_by_key(&ticket.tenant_id, &ticket.customer_id, key)
+                    .await?
+                {
                     Some(existing) => Ok((existing, false)),
                     None => Err(error.into()),
                 };

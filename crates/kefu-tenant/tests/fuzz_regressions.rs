@@ -43,5 +43,8 @@ urgency = "low"
 examples = ["hi"]
 "#;
     let error = Tenant::parse(source).expect_err("accepted a rate of 1e-300 per second");
-    assert!(format!("{error:#}").contains("requests_per_second"), "{error:#}");
+    assert!(
+        format!("{error:#}").contains("requests_per_second"),
+        "{error:#}"
+    );
 }

@@ -322,7 +322,10 @@ mod tests {
             Retrieval::Unavailable,
             VipTier::None as i32,
         );
-        assert_eq!(decision.reason, Some(EscalationReason::KnowledgeUnavailable));
+        assert_eq!(
+            decision.reason,
+            Some(EscalationReason::KnowledgeUnavailable)
+        );
         assert!(decision.open_ticket);
     }
 
@@ -388,12 +391,7 @@ mod tests {
         );
         assert_eq!(decision.reason, None);
         assert!(decision.open_ticket);
-        let reply = decision.reply(
-            "",
-            Some(&answer(true)),
-            "T-1",
-            Language::En,
-        );
+        let reply = decision.reply("", Some(&answer(true)), "T-1", Language::En);
         assert!(reply.starts_with("The Pro plan costs"));
         assert!(reply.contains("T-1"));
     }

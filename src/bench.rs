@@ -1,0 +1,369 @@
+//! `kefu bench`: load through the gateway as customers make it. Closed loop (N customers,
+//! each sending its next message when the last is answered, after an optional think
+//! time) or open loop (a fixed arrival rate, whatever the answers do; latency counts
+//! from when a message was due, so a slow server cannot hide its queue). Every message
+//! is a first message of a new session and carries a unique reference, so no cache
+//! answers it. Reports turns/s, latency percentiles of the answered turns and the
+//! errors by status code, as a table and as JSON.
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
+use kefu_proto::v1::{Channel as MessageChannel, SendMessageRequest};
+use tonic::transport::Channel;
+
+/// Realistic first messages for the demo tenant, in English and Chinese.
+const DEFAULT_MESSAGES: &[&str] = &[
+    "Hello, I need some help with my account",
+    "My order still has not arrived, can you check where it is?",
+    "How much is the Pro plan per year?",
+    "The camera app crashes every time I open the live view",
+    "I was charged twice for my subscription this month",
+    "How do I change the email address on my account?",
+    "Can I get a refund if I cancel within the first week?",
+    "How long does shipping to Canada take?",
+    "I forgot my password and the reset email never comes",
+    "This is the third time I am writing and nobody answers, I want to cancel",
+    "我的订单什么时候发货？",
+    "我想退款，产品用了两天就坏了",
+    "怎么修改账户密码？",
+    "专业版一年多少钱？",
+    "收不到验证码怎么办",
+    "你们的客服电话是多少",
+];
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// The gateway to load.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub gateway: String,
+    #[arg(long, default_value = "demo")]
+    pub tenant: String,
+    /// Closed loop: this many customers at once (ignored with --rate).
+    #[arg(long, default_value_t = 64)]
+    pub customers: usize,
+    /// Closed loop: each customer's pause between an answer and its next message, in ms.
+    #[arg(long, default_value_t = 0)]
+    pub think_ms: u64,
+    /// Open loop: messages per second, arriving at a fixed pace.
+    #[arg(long, conflicts_with = "rate_from")]
+    pub rate: Option<f64>,
+    /// Open loop at a multiple (--rate-factor) of the turns/s an earlier run measured
+    /// (its --json file), e.g. half or twice the capacity a closed loop found.
+    #[arg(long, value_name = "FILE.json")]
+    pub rate_from: Option<PathBuf>,
+    #[arg(long, default_value_t = 1.0, requires = "rate_from")]
+    pub rate_factor: f64,
+    /// How long to wait for the gateway to be SERVING before starting, in seconds.
+    #[arg(long, default_value_t = 180)]
+    pub wait_ready: u64,
+    /// Measured seconds, after the warm-up.
+    #[arg(long, default_value_t = 20)]
+    pub duration: u64,
+    /// Seconds of load before measuring (connections, caches of the models, JIT of the pools).
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// Messages to send: a CSV whose first column (header `text`) holds them; default: a
+    /// built-in bilingual pool.
+    #[arg(long, value_name = "FILE.csv")]
+    pub messages: Option<PathBuf>,
+    /// Also write the result as JSON here.
+    #[arg(long, value_name = "FILE.json")]
+    pub json: Option<PathBuf>,
+    /// The deadline of each message, in ms.
+    #[arg(long, default_value_t = 10_000)]
+    pub deadline_ms: u64,
+}
+
+/// What the measured window saw.
+#[derive(Default)]
+struct Tally {
+    latencies_ms: Vec<f64>,
+    errors: BTreeMap<String, u64>,
+}
+
+fn load_messages(path: Option<&PathBuf>) -> anyhow::Result<Vec<String>> {
+    let Some(path) = path else {
+        return Ok(DEFAULT_MESSAGES.iter().map(|m| m.to_string()).collect());
+    };
+    let mut reader = csv::Reader::from_path(path)
+        .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
+    let messages: Vec<String> = reader
+        .records()
+        .filter_map(|record| Some(record.ok()?.get(0)?.trim().to_owned()))
+        .filter(|text| !text.is_empty())
+        .collect();
+    anyhow::ensure!(!messages.is_empty(), "{} holds no messages", path.display());
+    Ok(messages)
+}
+
+struct Load {
+    clients: Vec<ConversationServiceClient<Channel>>,
+    messages: Vec<String>,
+    tenant: String,
+    deadline: Duration,
+    sequence: AtomicU64,
+    tally: Mutex<Tally>,
+    /// When the measured window opens and closes.
+    window: (Instant, Instant),
+    answered: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl Load {
+    /// Sends one message due at `due`; counts it when it was due inside the window.
+    async fn send(&self, due: Instant) {
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let text = &self.messages[n as usize % self.messages.len()];
+        let mut request = tonic::Request::new(SendMessageRequest {
+            tenant_id: self.tenant.clone(),
+            customer_id: format!("bench-{n}"),
+            channel: MessageChannel::Web as i32,
+            text: format!("{text} (ref {n})"),
+            ..Default::default()
+        });
+        request.set_timeout(self.deadline);
+        let mut client = self.clients[n as usize % self.clients.len()].clone();
+        let result = tokio::time::timeout(self.deadline, client.send_message(request)).await;
+        let elapsed_ms = due.elapsed().as_secs_f64() * 1000.0;
+        let outcome = match result {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(status)) => Err(format!("{:?}", status.code())),
+            Err(_) => Err("DeadlineExceeded".to_owned()),
+        };
+        if outcome.is_ok() {
+            self.answered.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        if due < self.window.0 || due >= self.window.1 {
+            return;
+        }
+        let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
+        match outcome {
+            Ok(()) => tally.latencies_ms.push(elapsed_ms),
+            Err(code) => *tally.errors.entry(code).or_default() += 1,
+        }
+    }
+}
+
+/// The open-loop rate asked for, directly or from an earlier run's turns/s.
+fn open_loop_rate(args: &BenchArgs) -> anyhow::Result<Option<f64>> {
+    let Some(path) = &args.rate_from else {
+        return Ok(args.rate);
+    };
+    let earlier: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(path)
+            .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?,
+    )?;
+    let measured = earlier["turns_per_second"]
+        .as_f64()
+        .ok_or_else(|| anyhow::anyhow!("{} has no turns_per_second", path.display()))?;
+    Ok(Some(measured * args.rate_factor))
+}
+
+/// Waits until the gateway's gRPC health is SERVING (the models load after start).
+async fn wait_until_serving(gateway: &str, limit: Duration) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let started = Instant::now();
+    loop {
+        let status = async {
+            let channel = Channel::from_shared(gateway.to_owned())
+                .ok()?
+                .connect()
+                .await
+                .ok()?;
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let request = tonic_health::pb::HealthCheckRequest::default();
+            Some(health.check(request).await.ok()?.into_inner().status)
+        }
+        .await;
+        if status == Some(ServingStatus::Serving as i32) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < limit,
+            "{gateway} is not SERVING after {} s",
+            limit.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
+    let messages = load_messages(args.messages.as_ref())?;
+    let rate = open_loop_rate(&args)?;
+    wait_until_serving(&args.gateway, Duration::from_secs(args.wait_ready)).await?;
+    // Several connections, as many customers' apps would open.
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let channel = Channel::from_shared(args.gateway.clone())?
+            .connect()
+            .await
+            .map_err(|error| anyhow::anyhow!("connecting to {}: {error}", args.gateway))?;
+        clients.push(ConversationServiceClient::new(channel));
+    }
+    let started = Instant::now();
+    let measured_from = started + Duration::from_secs(args.warmup);
+    let end = measured_from + Duration::from_secs(args.duration);
+    let load = Arc::new(Load {
+        clients,
+        messages,
+        tenant: args.tenant.clone(),
+        deadline: Duration::from_millis(args.deadline_ms),
+        sequence: AtomicU64::new(0),
+        tally: Mutex::new(Tally::default()),
+        window: (measured_from, end),
+        answered: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
+    let mode = match rate {
+        Some(rate) => {
+            anyhow::ensure!(rate > 0.0 && rate.is_finite(), "--rate must be positive");
+            format!("open loop, {rate} messages/s")
+        }
+        None => {
+            anyhow::ensure!(args.customers > 0, "--customers must be at least 1");
+            format!(
+                "closed loop, {} customers, think {} ms",
+                args.customers, args.think_ms
+            )
+        }
+    };
+    eprintln!(
+        "kefu bench: {mode} against {} (warm-up {} s, measuring {} s)",
+        args.gateway, args.warmup, args.duration
+    );
+    let progress = {
+        let load = load.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let answered = load.answered.load(Ordering::Relaxed);
+                eprintln!(
+                    "  {:>4.0} s  answered {answered} ({}/s)  failed {}",
+                    started.elapsed().as_secs_f64(),
+                    answered - last,
+                    load.failed.load(Ordering::Relaxed)
+                );
+                last = answered;
+            }
+        })
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    match rate {
+        Some(rate) => {
+            let interval = Duration::from_secs_f64(1.0 / rate);
+            let mut due = started;
+            while due < end {
+                tokio::time::sleep_until(due.into()).await;
+                let load = load.clone();
+                tasks.spawn(async move { load.send(due).await });
+                due += interval;
+                // Reap finished sends so the set stays small.
+                while tasks.try_join_next().is_some() {}
+            }
+        }
+        None => {
+            for _ in 0..args.customers {
+                let load = load.clone();
+                let think = Duration::from_millis(args.think_ms);
+                tasks.spawn(async move {
+                    while Instant::now() < end {
+                        load.send(Instant::now()).await;
+                        tokio::time::sleep(think).await;
+                    }
+                });
+            }
+        }
+    }
+    while tasks.join_next().await.is_some() {}
+    progress.abort();
+
+    let tally = std::mem::take(&mut *load.tally.lock().unwrap_or_else(|e| e.into_inner()));
+    let report = Report::new(&mode, args.duration, tally);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.json())?)
+            .map_err(|error| anyhow::anyhow!("writing {}: {error}", path.display()))?;
+    }
+    Ok(report.table())
+}
+
+struct Report {
+    mode: String,
+    seconds: u64,
+    answered: usize,
+    errors: BTreeMap<String, u64>,
+    percentiles: [(f64, f64); 4],
+    max: f64,
+}
+
+impl Report {
+    fn new(mode: &str, seconds: u64, mut tally: Tally) -> Self {
+        tally.latencies_ms.sort_by(f64::total_cmp);
+        let latencies = &tally.latencies_ms;
+        let at = |q: f64| {
+            if latencies.is_empty() {
+                0.0
+            } else {
+                latencies[((latencies.len() - 1) as f64 * q).round() as usize]
+            }
+        };
+        Self {
+            mode: mode.to_owned(),
+            seconds,
+            answered: latencies.len(),
+            errors: tally.errors,
+            percentiles: [0.5, 0.95, 0.99, 0.999].map(|q| (q, at(q))),
+            max: latencies.last().copied().unwrap_or(0.0),
+        }
+    }
+
+    fn sent(&self) -> u64 {
+        self.answered as u64 + self.errors.values().sum::<u64>()
+    }
+
+    fn turns_per_second(&self) -> f64 {
+        self.answered as f64 / self.seconds.max(1) as f64
+    }
+
+    fn table(&self) -> String {
+        let mut table = format!(
+            "mode            {}\nsent            {}\nanswered        {}\nturns/s         {:.1}\n",
+            self.mode,
+            self.sent(),
+            self.answered,
+            self.turns_per_second()
+        );
+        for (q, ms) in self.percentiles {
+            table.push_str(&format!("p{:<14} {ms:.1} ms\n", q * 100.0));
+        }
+        table.push_str(&format!("max             {:.1} ms\n", self.max));
+        for (code, count) in &self.errors {
+            table.push_str(&format!("error {code:<9} {count}\n"));
+        }
+        table
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let percentiles: serde_json::Map<String, serde_json::Value> = self
+            .percentiles
+            .iter()
+            .map(|(q, ms)| (format!("p{}_ms", q * 100.0), (*ms).into()))
+            .collect();
+        serde_json::json!({
+            "mode": self.mode,
+            "seconds": self.seconds,
+            "sent": self.sent(),
+            "answered": self.answered,
+            "turns_per_second": self.turns_per_second(),
+            "latency": percentiles,
+            "max_ms": self.max,
+            "errors": self.errors,
+        })
+    }
+}
