@@ -122,6 +122,8 @@ eval: models build ## Measure intents, sentiment and retrieval on validation dat
 	$(KEFU) eval sentiment --test eval/sentiment/other_domains_en.csv
 	$(KEFU) eval sentiment --test eval/sentiment/other_domains_zh.csv
 	$(KEFU) eval retrieval --docs eval/retrieval/docs.jsonl --queries eval/retrieval/queries.csv
+	$(KEFU) eval retrieval --docs eval/retrieval/zh_faq_docs.jsonl --queries eval/retrieval/zh_faq_queries.csv
+	$(KEFU) eval escalation --test eval/escalation/demo.csv --tenant demo
 
 BENCH_DIR ?= target/bench
 BENCH_SECONDS ?= 20

@@ -166,7 +166,7 @@ fn open_loop_rate(args: &BenchArgs) -> anyhow::Result<Option<f64>> {
 }
 
 /// Waits until the gateway's gRPC health is SERVING (the models load after start).
-async fn wait_until_serving(gateway: &str, limit: Duration) -> anyhow::Result<()> {
+pub(crate) async fn wait_until_serving(gateway: &str, limit: Duration) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     let started = Instant::now();
     loop {

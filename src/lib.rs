@@ -2,6 +2,7 @@
 //! talking to the others over gRPC, as `kefu up` runs them (and the end-to-end tests).
 
 pub mod bench;
+pub mod escalation_eval;
 
 use std::net::IpAddr;
 

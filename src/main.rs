@@ -59,6 +59,18 @@ enum EvalCommand {
         #[command(flatten)]
         models: ModelArgs,
     },
+    /// Send each row of TEST.csv (text,expected: yes|no) as a new conversation's first
+    /// message through a private stack; precision and recall of the hand-off decision.
+    Escalation {
+        #[arg(long)]
+        test: PathBuf,
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        #[arg(long, default_value = "tenants")]
+        tenants_dir: PathBuf,
+        #[command(flatten)]
+        models: ModelArgs,
+    },
     /// Ingest DOCS.jsonl as a tenant's documents, run QUERIES.csv (text,doc_id) through search.
     Retrieval {
         #[arg(long)]
@@ -148,6 +160,19 @@ fn main() -> ExitCode {
             model.as_deref(),
             &models.models_dir,
         )),
+        Command::Eval(EvalCommand::Escalation {
+            test,
+            tenant,
+            tenants_dir,
+            models,
+        }) => tokio_runtime().and_then(|rt| {
+            print_line(rt.block_on(kefu::escalation_eval::escalation(
+                &test,
+                &tenant,
+                &tenants_dir,
+                &models.models_dir,
+            )))
+        }),
         Command::Eval(EvalCommand::Retrieval {
             docs,
             queries,

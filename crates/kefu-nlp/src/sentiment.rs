@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::features::Vectorizer;
 use crate::linear::{softmax, Linear};
-use crate::text::{detect_language, normalize, Language};
+use crate::text::{detect_language, normalize, words, Language};
 
 /// Changes whenever the features or the artefact format change.
 pub const SENTIMENT_VERSION: &str = "kefu-sentiment-3";
@@ -184,7 +184,16 @@ impl SentimentModel {
             2 => SentimentLevel::Positive,
             _ => SentimentLevel::Neutral,
         };
-        let signals = escalation_signals(text);
+        let mut signals = escalation_signals(text);
+        // Shouting counts only in a message the model reads as negative: "Thanks!!!" and
+        // "HOW DO I RESET MY PASSWORD???" are not anger.
+        let negative_read = matches!(
+            level,
+            SentimentLevel::Negative | SentimentLevel::VeryNegative
+        );
+        if negative_read && shouting(text) && !signals.contains(&EscalationSignal::Anger) {
+            signals.insert(0, EscalationSignal::Anger);
+        }
         if signals.contains(&EscalationSignal::Anger) {
             level = SentimentLevel::VeryNegative;
             score = score.min(-0.8);
@@ -348,7 +357,6 @@ const CHURN_ZH: &[&str] = &[
     "退会员",
     "不再使用",
     "以后不会再",
-    "卸载",
 ];
 const COMPLAINT_EN: &[&str] = &[
     "complain",
@@ -388,6 +396,36 @@ const COMPLAINT_ZH: &[&str] = &[
     "差评",
 ];
 
+/// Words that turn a cue after them around: "I'm not angry", "不是投诉".
+const NEGATORS: &[&str] = &[
+    "not",
+    "no",
+    "never",
+    "isn't",
+    "wasn't",
+    "don't",
+    "didn't",
+    "without",
+    "不",
+    "没",
+    "没有",
+    "不是",
+    "并不",
+    "并没有",
+    "别",
+    "无",
+];
+
+/// Whether one of the three words before byte `at` of `norm` negates what follows.
+fn negated(norm: &str, at: usize) -> bool {
+    let before = words(&norm[..at]);
+    before
+        .iter()
+        .rev()
+        .take(3)
+        .any(|word| NEGATORS.contains(&word.as_str()) || word.ends_with("n't"))
+}
+
 fn has_cue_en(norm: &str, cues: &[&str]) -> bool {
     cues.iter().any(|cue| {
         norm.match_indices(cue).any(|(i, _)| {
@@ -395,15 +433,61 @@ fn has_cue_en(norm: &str, cues: &[&str]) -> bool {
                 .chars()
                 .next_back()
                 .is_none_or(|c| !c.is_alphanumeric())
+                && !negated(norm, i)
         })
     })
 }
 
+/// Chinese cues match whole segmented words (or runs of them), never inside a word:
+/// 垃圾 is anger, 垃圾邮件 (the spam folder) is not.
 fn has_cue_zh(norm: &str, cues: &[&str]) -> bool {
-    cues.iter().any(|cue| norm.contains(cue))
+    let tokens = words(norm);
+    cues.iter().any(|cue| {
+        (0..tokens.len()).any(|start| {
+            let mut joined = String::new();
+            for token in &tokens[start..] {
+                joined.push_str(token);
+                if joined == *cue {
+                    return !tokens[..start]
+                        .iter()
+                        .rev()
+                        .take(2)
+                        .any(|w| NEGATORS.contains(&w.as_str()));
+                }
+                if joined.len() >= cue.len() {
+                    break;
+                }
+            }
+            false
+        })
+    })
 }
 
-/// Shouting: three or more exclamation marks, or mostly upper-case words in a longer message.
+/// A question about how something works ("How do I cancel my subscription?",
+/// "取消订阅之后录像还在吗") asks; it does not threaten to leave.
+fn is_question(norm: &str) -> bool {
+    let trimmed = norm.trim_end();
+    trimmed.ends_with(['?', '？', '吗', '呢', '么'])
+        || [
+            "how ",
+            "what ",
+            "can i",
+            "could i",
+            "is it",
+            "do i",
+            "does ",
+            "if i ",
+            "怎么",
+            "如何",
+            "能不能",
+            "可以",
+        ]
+        .iter()
+        .any(|start| trimmed.starts_with(start))
+}
+
+/// Shouting: three or more exclamation marks, or mostly upper-case words in a longer
+/// message. A sign of anger only where the words are negative too (see `analyze`).
 fn shouting(text: &str) -> bool {
     if text.matches(['!', '！']).count() >= 3 {
         return true;
@@ -417,10 +501,10 @@ fn shouting(text: &str) -> bool {
 pub fn escalation_signals(text: &str) -> Vec<EscalationSignal> {
     let norm = normalize(text);
     let mut out = Vec::new();
-    if has_cue_en(&norm, ANGER_EN) || has_cue_zh(&norm, ANGER_ZH) || shouting(text) {
+    if has_cue_en(&norm, ANGER_EN) || has_cue_zh(&norm, ANGER_ZH) {
         out.push(EscalationSignal::Anger);
     }
-    if has_cue_en(&norm, CHURN_EN) || has_cue_zh(&norm, CHURN_ZH) {
+    if (has_cue_en(&norm, CHURN_EN) || has_cue_zh(&norm, CHURN_ZH)) && !is_question(&norm) {
         out.push(EscalationSignal::ChurnThreat);
     }
     if has_cue_en(&norm, COMPLAINT_EN) || has_cue_zh(&norm, COMPLAINT_ZH) {
@@ -554,9 +638,43 @@ mod tests {
             escalation_signals("I'll file complaints"),
             vec![EscalationSignal::Complaint]
         );
+    }
+
+    #[test]
+    fn punctuation_negation_and_questions_are_not_cues() {
+        let m = SentimentModel::bundled();
+        for calm in [
+            "Thanks!!!",
+            "Great, it works now!!!",
+            "谢谢！！！",
+            "HOW DO I RESET MY PASSWORD???",
+        ] {
+            let a = m.analyze(calm, None);
+            assert!(!a.escalate && a.signals.is_empty(), "{calm}: {a:?}");
+        }
+        for calm in [
+            "I'm not angry, I just want to know how to switch plans",
+            "Not a complaint, just a question",
+            "我没生气，就是想问问怎么换套餐",
+            "不是投诉哈，就想问下退款多久到账",
+            "验证码在垃圾邮件里吗",
+            "How do I cancel my subscription?",
+            "取消订阅之后录像还在吗",
+            "iPhone上app老闪退，卸载后重新安装有用吗",
+        ] {
+            assert!(escalation_signals(calm).is_empty(), "{calm}");
+        }
         assert_eq!(
-            escalation_signals("WHY IS MY CARD STILL BLOCKED"),
+            escalation_signals("你们就是垃圾"),
             vec![EscalationSignal::Anger]
+        );
+        assert_eq!(
+            escalation_signals("I will cancel my subscription today."),
+            vec![EscalationSignal::ChurnThreat]
+        );
+        assert_eq!(
+            escalation_signals("我要投诉"),
+            vec![EscalationSignal::Complaint]
         );
     }
 }

@@ -39,6 +39,9 @@ pub struct Decision {
     pub open_ticket: bool,
     pub priority: Priority,
     pub answered_from_knowledge: bool,
+    /// No answer found, for the first time in a row: the customer is asked to rephrase
+    /// (or to ask for a person) instead of being handed off.
+    pub clarify: bool,
 }
 
 /// Intent names with a fixed meaning for escalation reporting.
@@ -71,6 +74,7 @@ pub fn decide(
     sentiment: &AnalyzeResponse,
     retrieval: Retrieval<'_>,
     vip_tier: i32,
+    previous_missed: bool,
 ) -> Decision {
     let Some(classification) = classification else {
         return Decision {
@@ -78,6 +82,7 @@ pub fn decide(
             open_ticket: true,
             priority: priority(Priority::Medium as i32, sentiment, vip_tier),
             answered_from_knowledge: false,
+            clarify: false,
         };
     };
     let knowledge = retrieval.found();
@@ -109,15 +114,19 @@ pub fn decide(
         None
     } else if matches!(retrieval, Retrieval::Unavailable) {
         Some(EscalationReason::KnowledgeUnavailable)
-    } else {
+    } else if previous_missed {
         Some(EscalationReason::NoAnswer)
+    } else {
+        None
     };
+    let clarify = reason.is_none() && !fixed_reply && !confident_answer;
 
     Decision {
         reason,
-        open_ticket: reason.is_some() || route == Route::Ticket,
+        open_ticket: reason.is_some() || (route == Route::Ticket && !clarify),
         priority: priority(classification.urgency, sentiment, vip_tier),
         answered_from_knowledge: reason.is_none() && !fixed_reply && confident_answer,
+        clarify,
     }
 }
 
@@ -204,6 +213,13 @@ impl Decision {
                 (_, true) => format!("非常抱歉给您带来不便。我已将您的问题转交人工客服（工单号：{ticket_id}），他们会尽快与您联系。"),
             };
         }
+        if self.clarify {
+            return if zh {
+                "抱歉，我不太确定您的意思。能换个说法，或补充一些细节（比如订单、套餐或设备）吗？如果想找人工客服，直接告诉我就好。".into()
+            } else {
+                "I'm not sure I understood. Could you rephrase, or add a detail or two (your order, plan or device, for example)? If you'd rather talk to a person, just say so.".into()
+            };
+        }
         let mut reply = if self.answered_from_knowledge {
             knowledge.map(|k| k.answer.clone()).unwrap_or_default()
         } else {
@@ -262,6 +278,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             Retrieval::Found(&answer(true)),
             VipTier::None as i32,
+            false,
         );
         assert_eq!(decision.reason, None);
         assert!(!decision.open_ticket);
@@ -276,6 +293,7 @@ mod tests {
             &feeling(SentimentLabel::Negative),
             Retrieval::NotNeeded,
             VipTier::None as i32,
+            false,
         );
         assert_eq!(decision.reason, Some(EscalationReason::Complaint));
         assert!(decision.open_ticket);
@@ -289,20 +307,28 @@ mod tests {
             &feeling(SentimentLabel::VeryNegative),
             Retrieval::Found(&answer(true)),
             VipTier::None as i32,
+            false,
         );
         assert_eq!(decision.reason, Some(EscalationReason::NegativeSentiment));
         assert_eq!(decision.priority, Priority::High);
     }
 
     #[test]
-    fn no_confident_answer_goes_to_a_human() {
-        let decision = decide(
-            Some(&classified("out_of_scope", Route::Answer, Priority::Low)),
-            &feeling(SentimentLabel::Neutral),
-            Retrieval::Found(&answer(false)),
-            VipTier::None as i32,
-        );
-        assert_eq!(decision.reason, Some(EscalationReason::NoAnswer));
+    fn a_second_miss_in_a_row_goes_to_a_human() {
+        let miss = |previous_missed| {
+            decide(
+                Some(&classified("out_of_scope", Route::Answer, Priority::Low)),
+                &feeling(SentimentLabel::Neutral),
+                Retrieval::Found(&answer(false)),
+                VipTier::None as i32,
+                previous_missed,
+            )
+        };
+        let first = miss(false);
+        assert_eq!(first.reason, None, "the first miss asks to rephrase");
+        assert!(first.clarify && !first.open_ticket);
+        assert!(first.reply("", None, "", Language::En).contains("rephrase"));
+        assert_eq!(miss(true).reason, Some(EscalationReason::NoAnswer));
     }
 
     #[test]
@@ -312,6 +338,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             Retrieval::NotNeeded,
             VipTier::Gold as i32,
+            false,
         );
         assert_eq!(decision.reason, Some(EscalationReason::RouterUnavailable));
         assert!(decision.open_ticket);
@@ -321,6 +348,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             Retrieval::Unavailable,
             VipTier::None as i32,
+            false,
         );
         assert_eq!(
             decision.reason,
@@ -336,6 +364,7 @@ mod tests {
             &feeling(SentimentLabel::VeryNegative),
             Retrieval::NotNeeded,
             VipTier::Platinum as i32,
+            false,
         );
         assert_eq!(decision.priority, Priority::Urgent);
     }
@@ -349,6 +378,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             Retrieval::NotNeeded,
             VipTier::None as i32,
+            false,
         );
         assert_eq!(decision.reason, None);
         assert_eq!(
@@ -388,6 +418,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             Retrieval::Found(&answer(true)),
             VipTier::None as i32,
+            false,
         );
         assert_eq!(decision.reason, None);
         assert!(decision.open_ticket);

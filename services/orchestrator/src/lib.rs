@@ -377,11 +377,16 @@ impl Orchestrator {
                 kefu.priority = tracing::field::Empty,
             );
             let _entered = span.enter();
+            // The bot's last reply asked the customer to rephrase (see `Decision::clarify`).
+            let previous_missed = history
+                .last()
+                .is_some_and(|turn| !turn.escalated && turn.intent.is_empty());
             let decision = decide(
                 router_reached.then_some(&classification),
                 &sentiment,
                 retrieval,
                 customer.vip_tier,
+                previous_missed,
             );
             span.record("kefu.escalated", decision.escalated());
             span.record(
@@ -468,7 +473,13 @@ impl Orchestrator {
         let response = SendMessageResponse {
             session_id: session_id.clone(),
             reply,
-            intent: classification.intent.clone(),
+            // Not understood: no intent. An empty intent on a bot turn is also what marks
+            // it as a miss in the session's history.
+            intent: if decision.clarify {
+                String::new()
+            } else {
+                classification.intent.clone()
+            },
             intent_confidence: classification.confidence,
             sentiment: sentiment.sentiment,
             escalated: decision.escalated(),
