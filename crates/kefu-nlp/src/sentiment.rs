@@ -439,9 +439,8 @@ fn has_cue_en(norm: &str, cues: &[&str]) -> bool {
 }
 
 /// Chinese cues match whole segmented words (or runs of them), never inside a word:
-/// 垃圾 is anger, 垃圾邮件 (the spam folder) is not.
-fn has_cue_zh(norm: &str, cues: &[&str]) -> bool {
-    let tokens = words(norm);
+/// 垃圾 is anger, 垃圾邮件 (the spam folder) is not. `tokens` are the message's words.
+fn has_cue_zh(tokens: &[String], cues: &[&str]) -> bool {
     cues.iter().any(|cue| {
         (0..tokens.len()).any(|start| {
             let mut joined = String::new();
@@ -500,14 +499,16 @@ fn shouting(text: &str) -> bool {
 /// The escalation signals in a message, in a fixed order (anger, churn, complaint).
 pub fn escalation_signals(text: &str) -> Vec<EscalationSignal> {
     let norm = normalize(text);
+    // Segmented once for every cue list (jieba is the costly part).
+    let tokens = words(&norm);
     let mut out = Vec::new();
-    if has_cue_en(&norm, ANGER_EN) || has_cue_zh(&norm, ANGER_ZH) {
+    if has_cue_en(&norm, ANGER_EN) || has_cue_zh(&tokens, ANGER_ZH) {
         out.push(EscalationSignal::Anger);
     }
-    if (has_cue_en(&norm, CHURN_EN) || has_cue_zh(&norm, CHURN_ZH)) && !is_question(&norm) {
+    if (has_cue_en(&norm, CHURN_EN) || has_cue_zh(&tokens, CHURN_ZH)) && !is_question(&norm) {
         out.push(EscalationSignal::ChurnThreat);
     }
-    if has_cue_en(&norm, COMPLAINT_EN) || has_cue_zh(&norm, COMPLAINT_ZH) {
+    if has_cue_en(&norm, COMPLAINT_EN) || has_cue_zh(&tokens, COMPLAINT_ZH) {
         out.push(EscalationSignal::Complaint);
     }
     out
