@@ -121,6 +121,7 @@ eval: models build ## Measure intents, sentiment and retrieval on validation dat
 	$(KEFU) eval sentiment --model data/eval/sentiment.bin --test data/eval/waimai_val.csv
 	$(KEFU) eval sentiment --test eval/sentiment/other_domains_en.csv
 	$(KEFU) eval sentiment --test eval/sentiment/other_domains_zh.csv
+	$(KEFU) eval sentiment --test eval/sentiment/reviews_zh_written.csv
 	$(KEFU) eval retrieval --docs eval/retrieval/docs.jsonl --queries eval/retrieval/queries.csv
 	$(KEFU) eval retrieval --docs eval/retrieval/zh_faq_docs.jsonl --queries eval/retrieval/zh_faq_queries.csv
 	$(KEFU) eval escalation --test eval/escalation/demo.csv --tenant demo

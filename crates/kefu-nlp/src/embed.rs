@@ -6,6 +6,7 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use candle_transformers::models::bert::Config;
@@ -14,6 +15,11 @@ use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::bert::{mean_pool, Bert};
 
+mod batching;
+
+pub use batching::BatchSettings;
+use batching::Batcher;
+
 /// Name of the model's folder inside the models directory.
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
 /// Longest input in tokens (including [CLS] and [SEP]); longer texts are truncated.
@@ -21,7 +27,9 @@ pub const MAX_TOKENS: usize = 128;
 
 /// A loaded sentence encoder. Cheap to share: wrap it in an `Arc` and use it from any thread.
 pub struct Embedder {
-    model: Bert,
+    model: Arc<Bert>,
+    /// Groups the texts of concurrent requests into one forward pass ([`Self::embed_batched`]).
+    batcher: Batcher,
     tokenizer: Tokenizer,
     /// The model's folder name, e.g. "all-MiniLM-L6-v2".
     model_id: String,
@@ -61,7 +69,9 @@ impl Embedder {
             .and_then(|name| name.to_str())
             .unwrap_or(MODEL_NAME)
             .to_owned();
+        let model = Arc::new(model);
         Ok(Self {
+            batcher: Batcher::new(model.clone(), BatchSettings::from_env()?),
             model,
             tokenizer,
             model_id,
@@ -94,54 +104,109 @@ impl Embedder {
 
     /// The embedding of `text`: the `supplied` one, `(model id, vector)`, when it
     /// [`accepts`](Self::accepts) it (e.g. the router's embedding of the same message),
-    /// otherwise computed here.
+    /// otherwise computed here. Blocks: for bulk and offline work.
     pub fn reuse_or_embed<'a>(
         &self,
         text: &str,
         supplied: Option<(&str, &'a [f32])>,
     ) -> Result<Cow<'a, [f32]>> {
-        match supplied {
-            Some((model, values)) if self.accepts(model, values) => {
-                tracing::debug!("using the supplied embedding");
-                Ok(Cow::Borrowed(values))
-            }
-            _ => {
-                if let Some((model, values)) = supplied {
-                    tracing::debug!(
-                        model,
-                        dim = values.len(),
-                        "supplied embedding is not this encoder's; embedding the text"
-                    );
-                }
-                Ok(Cow::Owned(self.embed_one(text, true)?))
-            }
+        match self.reusable(supplied) {
+            Some(values) => Ok(Cow::Borrowed(values)),
+            None => Ok(Cow::Owned(self.embed(&[text])?.remove(0))),
         }
+    }
+
+    /// Like [`reuse_or_embed`](Self::reuse_or_embed) for a request being served: a text
+    /// to embed joins the batch of concurrent requests ([`embed_batched`](Self::embed_batched)).
+    pub async fn reuse_or_embed_batched<'a>(
+        &self,
+        text: &str,
+        supplied: Option<(&str, &'a [f32])>,
+    ) -> Result<Cow<'a, [f32]>> {
+        match self.reusable(supplied) {
+            Some(values) => Ok(Cow::Borrowed(values)),
+            None => Ok(Cow::Owned(self.embed_batched(text).await?)),
+        }
+    }
+
+    fn reusable<'a>(&self, supplied: Option<(&str, &'a [f32])>) -> Option<&'a [f32]> {
+        let (model, values) = supplied?;
+        if self.accepts(model, values) {
+            tracing::debug!("using the supplied embedding");
+            Some(values)
+        } else {
+            tracing::debug!(
+                model,
+                dim = values.len(),
+                "supplied embedding is not this encoder's; embedding the text"
+            );
+            None
+        }
+    }
+
+    /// The embedding of one text of a request being served. The text waits (a bounded
+    /// moment, see [`BatchSettings`]) to share a forward pass with the texts of other
+    /// requests, on a pool of compute threads sized to the cores; the caller's thread is
+    /// free meanwhile.
+    pub async fn embed_batched(&self, text: &str) -> Result<Vec<f32>> {
+        let ids = self.token_ids(text)?;
+        self.batcher.embed(ids).await
     }
 
     /// Embeds texts: one L2-normalised vector per text, in input order. Every text gets a
-    /// vector (an empty text is embedded as "[CLS] [SEP]"). Texts of a batch are encoded in
-    /// parallel; a single text shares its larger matrix products over the thread pool.
+    /// vector (an empty text is embedded as "[CLS] [SEP]"). Blocks: for bulk and offline
+    /// work (indexing, evaluation). Texts are packed into forward passes of a few at a
+    /// time, run in parallel; a single text shares its larger matrix products over the
+    /// thread pool.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        match texts {
-            [] => Ok(Vec::new()),
-            [one] => Ok(vec![self.embed_one(one, true)?]),
-            _ => texts.par_iter().map(|t| self.embed_one(t, false)).collect(),
-        }
+        let ids = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(match ids.as_slice() {
+            [] => Vec::new(),
+            [one] => embeddings(&self.model, &[one.as_slice()], true),
+            _ => ids
+                .par_chunks(BULK_BATCH)
+                .flat_map_iter(|chunk| {
+                    let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+                    embeddings(&self.model, &seqs, false)
+                })
+                .collect(),
+        })
     }
 
-    fn embed_one(&self, text: &str, split: bool) -> Result<Vec<f32>> {
+    fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
         let encoding = self
             .tokenizer
             .encode(text, true)
             .map_err(|e| anyhow!("tokenizing: {e}"))?;
-        let hidden = self.model.forward(encoding.get_ids(), split);
-        let mut v = mean_pool(&hidden, self.dim());
-        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        for x in v.iter_mut() {
-            *x /= norm;
-        }
-        Ok(v)
+        Ok(encoding.get_ids().to_vec())
     }
+}
+
+/// Texts per forward pass in bulk embedding: enough to read each weight tile once for
+/// many rows, few enough that every thread of the pool gets work.
+const BULK_BATCH: usize = 8;
+
+/// One forward pass over `seqs` packed together; their mean-pooled, L2-normalised
+/// embeddings in order.
+fn embeddings(model: &Bert, seqs: &[&[u32]], split: bool) -> Vec<Vec<f32>> {
+    let hidden = model.forward(seqs, split);
+    let dim = model.hidden_size();
+    let mut start = 0;
+    seqs.iter()
+        .map(|seq| {
+            let rows = model.rows_of(seq);
+            let mut v = mean_pool(&hidden[start * dim..(start + rows) * dim], dim);
+            start += rows;
+            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            for x in v.iter_mut() {
+                *x /= norm;
+            }
+            v
+        })
+        .collect()
 }
 
 /// Dot product of two vectors (the cosine similarity for normalised embeddings).
@@ -224,6 +289,61 @@ pub(crate) mod tests {
         // Batch results equal single results.
         let single = e.embed(&["What is the exchange rate for euros?"]).unwrap();
         assert!(dot(&single[0], &v[2]) > 0.9999);
+    }
+
+    /// Texts packed into one forward pass get the embeddings they get alone, however
+    /// the pool groups them.
+    #[test]
+    fn packed_and_batched_embeddings_equal_single_ones() {
+        let Some(e) = test_embedder() else { return };
+        let long = "my parcel has not arrived ".repeat(40);
+        let texts = [
+            "hi",
+            "Where is my card?",
+            "我的银行卡丢了怎么办",
+            long.as_str(),
+            "",
+            "Can I change the delivery address after the order shipped?",
+        ];
+        let alone: Vec<Vec<f32>> = texts
+            .iter()
+            .map(|t| e.embed(&[t]).unwrap().remove(0))
+            .collect();
+        let packed = embeddings(
+            &e.model,
+            &texts
+                .iter()
+                .map(|t| e.token_ids(t).unwrap())
+                .collect::<Vec<_>>()
+                .iter()
+                .map(Vec::as_slice)
+                .collect::<Vec<_>>(),
+            false,
+        );
+        for ((text, a), p) in texts.iter().zip(&alone).zip(&packed) {
+            assert!(dot(a, p) > 0.9999, "{text:?}: packed cosine {}", dot(a, p));
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let e = std::sync::Arc::new(e);
+        let batched: Vec<Vec<f32>> = runtime.block_on(async {
+            let calls = (0..48).map(|i| {
+                let e = e.clone();
+                let text = texts[i % texts.len()].to_owned();
+                tokio::spawn(async move { e.embed_batched(&text).await.unwrap() })
+            });
+            let mut out = Vec::new();
+            for call in calls.collect::<Vec<_>>() {
+                out.push(call.await.unwrap());
+            }
+            out
+        });
+        for (i, b) in batched.iter().enumerate() {
+            let a = &alone[i % texts.len()];
+            assert!(dot(a, b) > 0.9999, "call {i}: batched cosine {}", dot(a, b));
+        }
     }
 
     #[test]

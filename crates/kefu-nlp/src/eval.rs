@@ -217,6 +217,8 @@ pub struct SentimentConfig {
     pub cjk_max: usize,
     /// Mark the words after an English negation.
     pub negation: bool,
+    /// Add the Chinese sentiment lexicon's reading to the features.
+    pub lexicon: bool,
 }
 
 impl Default for SentimentConfig {
@@ -231,13 +233,19 @@ impl Default for SentimentConfig {
             cjk_min: 1,
             cjk_max: 3,
             negation: true,
+            lexicon: true,
         }
     }
 }
 
 /// Hand-written customer messages and reviews from domains the public corpora do not
-/// cover (products, hotels, banking, telecom, service requests), in English and Chinese.
-static SEED: &str = include_str!("../assets/sentiment_seed.csv");
+/// cover (products, hotels, banking, telecom, service requests), in English and Chinese,
+/// and Chinese reviews of thirteen more domains (books, appliances, clothing, groceries,
+/// cosmetics, toys, furniture, travel, games, couriers...), all written for kefu.
+static SEEDS: [&str; 2] = [
+    include_str!("../assets/sentiment_seed.csv"),
+    include_str!("../assets/sentiment_seed_zh_domains.csv"),
+];
 
 /// Trains the sentiment model from labelled rows (labels negative / neutral / positive)
 /// plus the seed set; with an embedder, the sentence embedding is a second view.
@@ -247,7 +255,10 @@ pub fn train_sentiment_model(
     embedder: Option<&Embedder>,
 ) -> Result<SentimentModel> {
     let start = Instant::now();
-    let seeds = parse_labelled_csv(SEED.as_bytes()).context("reading the bundled seed set")?;
+    let mut seeds = Vec::new();
+    for seed in SEEDS {
+        seeds.extend(parse_labelled_csv(seed.as_bytes()).context("reading a bundled seed set")?);
+    }
     let weights: Vec<f32> = std::iter::repeat_n(1.0, rows.len())
         .chain(std::iter::repeat_n(config.seed_weight, seeds.len()))
         .collect();
@@ -286,6 +297,7 @@ pub fn train_sentiment_model(
         char_weight: 1.0,
         min_df: 2,
         negation: config.negation,
+        lexicon: config.lexicon,
     };
     let mut vectorizer = Vectorizer::fit(&texts, features);
     let full_terms = vectorizer.len();

@@ -30,6 +30,10 @@ pub(crate) struct FeatureConfig {
     /// Also emit negated copies ("not" + word) of the three words after a negation.
     #[serde(default)]
     pub negation: bool,
+    /// Also emit the Chinese sentiment lexicon's reading ([`crate::lexicon`]): a term per
+    /// praising or blaming word (after negators and degree words) and one for the sum.
+    #[serde(default)]
+    pub lexicon: bool,
 }
 
 /// English negations that flip the polarity of the words after them.
@@ -98,6 +102,9 @@ pub(crate) fn terms(text: &str, cfg: &FeatureConfig) -> Vec<(u64, u8)> {
             }
         }
     }
+    if cfg.lexicon {
+        lexicon_terms(&ws, &mut out);
+    }
     let norm = normalize(text);
     for e in EMOTICONS {
         if norm.contains(e) {
@@ -153,6 +160,27 @@ pub(crate) fn terms(text: &str, cfg: &FeatureConfig) -> Vec<(u64, u8)> {
         }
     }
     out
+}
+
+/// The lexicon's reading as word terms: "pos"/"neg" once per unit of strength of each
+/// evaluative word, "negated" per word a negator turned around, and the sign of the sum.
+fn lexicon_terms(words: &[String], out: &mut Vec<(u64, u8)>) {
+    let polarities = crate::lexicon::polarities(words);
+    let mut sum = 0.0;
+    for p in &polarities {
+        sum += p.value;
+        let term: &[u8] = if p.value > 0.0 { b"pos" } else { b"neg" };
+        for _ in 0..(p.value.abs().round() as usize).max(1) {
+            out.push((fnv(b'l', &[term]), WORD));
+        }
+        if p.negated {
+            out.push((fnv(b'l', &[b"negated"]), WORD));
+        }
+    }
+    if sum != 0.0 {
+        let term: &[u8] = if sum > 0.0 { b"sum+" } else { b"sum-" };
+        out.push((fnv(b'l', &[term]), WORD));
+    }
 }
 
 /// Emoji and other pictographic or dingbat symbols carry sentiment; other punctuation is noise.
@@ -283,6 +311,7 @@ mod tests {
             char_weight: 1.0,
             min_df: 1,
             negation: true,
+            lexicon: true,
         }
     }
 
@@ -309,5 +338,12 @@ mod tests {
                 && neg.contains(&(fnv(b'e', &[b":)"]), WORD))
         );
         assert!(!terms("good", &cfg()).contains(&(fnv(b'n', &[b"good"]), WORD)));
+        // the lexicon's reading: a blaming word and a negative sum
+        let lex = terms("质量很差", &cfg());
+        assert!(
+            lex.contains(&(fnv(b'l', &[b"neg"]), WORD))
+                && lex.contains(&(fnv(b'l', &[b"sum-"]), WORD))
+        );
+        assert!(!terms("几点退房", &cfg()).contains(&(fnv(b'l', &[b"sum-"]), WORD)));
     }
 }

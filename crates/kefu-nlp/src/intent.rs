@@ -181,6 +181,7 @@ impl IntentModel {
             char_weight: config.char_weight,
             min_df: if n >= 2000 { 2 } else { 1 },
             negation: false,
+            lexicon: false,
         };
         let vectorizer = Vectorizer::fit(&texts, fcfg);
         let rows: Vec<SparseRow> = {
@@ -336,32 +337,63 @@ impl IntentModel {
 
     /// Classifies one message and returns the sentence embedding computed for it (None
     /// when the model was trained without embeddings), for callers that pass it on.
+    /// Blocks: for offline work and tests.
     pub fn classify_and_embed(
         &self,
         text: &str,
         embedder: Option<&Embedder>,
     ) -> Result<(IntentPrediction, Option<Vec<f32>>)> {
-        let embedding = if self.uses_embeddings() {
-            let e = embedder.ok_or_else(|| {
-                anyhow!("this intent model was trained with sentence embeddings: an embedder is required")
-            })?;
-            let v = e
-                .embed(&[text])?
-                .pop()
-                .ok_or_else(|| anyhow!("no embedding"))?;
-            if v.len() != self.linear.dense_dim {
-                bail!(
-                    "embedding size {} does not match the model's {}",
-                    v.len(),
-                    self.linear.dense_dim
-                );
-            }
-            Some(v)
-        } else {
-            None
+        let embedding = match self.required_embedder(embedder)? {
+            Some(e) => Some(self.checked(e.embed(&[text])?.remove(0))?),
+            None => None,
         };
-        let prediction = self.classify_with_embedding(text, embedding.as_deref());
-        Ok((prediction, embedding))
+        Ok((
+            self.classify_with_embedding(text, embedding.as_deref()),
+            embedding,
+        ))
+    }
+
+    /// [`classify_and_embed`](Self::classify_and_embed) for a request being served: the
+    /// embedding is computed in a batch with other requests' texts.
+    pub async fn classify_and_embed_batched(
+        &self,
+        text: &str,
+        embedder: Option<&Embedder>,
+    ) -> Result<(IntentPrediction, Option<Vec<f32>>)> {
+        let embedding = match self.required_embedder(embedder)? {
+            Some(e) => Some(self.checked(e.embed_batched(text).await?)?),
+            None => None,
+        };
+        Ok((
+            self.classify_with_embedding(text, embedding.as_deref()),
+            embedding,
+        ))
+    }
+
+    /// The embedder, when this model classifies with embeddings (an error without one).
+    fn required_embedder<'e>(
+        &self,
+        embedder: Option<&'e Embedder>,
+    ) -> Result<Option<&'e Embedder>> {
+        if !self.uses_embeddings() {
+            return Ok(None);
+        }
+        embedder.map(Some).ok_or_else(|| {
+            anyhow!(
+                "this intent model was trained with sentence embeddings: an embedder is required"
+            )
+        })
+    }
+
+    fn checked(&self, embedding: Vec<f32>) -> Result<Vec<f32>> {
+        if embedding.len() != self.linear.dense_dim {
+            bail!(
+                "embedding size {} does not match the model's {}",
+                embedding.len(),
+                self.linear.dense_dim
+            );
+        }
+        Ok(embedding)
     }
 
     /// Calibrated probabilities of every intent, in the order of [`IntentModel::intents`],

@@ -3,7 +3,8 @@
 //! - [`text`]: language detection, normalisation, word segmentation (jieba for Chinese)
 //! - [`embed`]: sentence embeddings with all-MiniLM-L6-v2 on the CPU (candle)
 //! - [`intent`]: intent classification from a tenant's examples, calibrated, with out-of-scope
-//! - [`sentiment`]: five-level sentiment and escalation signals (bundled model: sparse terms and the embedding)
+//! - [`sentiment`]: five-level sentiment (bundled model: sparse terms and the embedding)
+//! - [`cues`]: cue phrases of a tenant's escalation policy, found on words and not after negations
 //! - [`eval`]: training and evaluation entry points used by `kefu eval`
 //!
 //! Validation: `python3 eval/split.py` writes stratified splits to `data/eval/`; then e.g.
@@ -11,10 +12,12 @@
 //! data/eval/banking77_val.csv models`.
 
 mod bert;
+pub mod cues;
 pub mod embed;
 pub mod eval;
 mod features;
 pub mod intent;
+mod lexicon;
 mod linear;
 pub mod sentiment;
 pub mod text;

@@ -8,6 +8,10 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+mod escalation;
+
+pub use escalation::{CueEffect, CueKind, CueList, EscalationPolicy, EscalationSection};
+
 /// What the tenant wants done with an intent.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -133,6 +137,13 @@ pub struct Tenant {
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
     pub intents: Vec<IntentDefinition>,
+    /// When a customer goes to a human: cue phrases and sentiment thresholds over kefu's
+    /// defaults ([`EscalationPolicy`]).
+    #[serde(default, rename = "escalation")]
+    escalation_section: EscalationSection,
+    /// The policy in force: the defaults with `[escalation]` laid over them.
+    #[serde(skip)]
+    pub escalation: EscalationPolicy,
     #[serde(skip)]
     pub articles: Vec<Article>,
     /// The `tenant.toml` text this tenant was read from (stored for other replicas).
@@ -149,6 +160,8 @@ impl Tenant {
     pub fn parse(source: &str) -> anyhow::Result<Self> {
         let mut tenant: Tenant = toml::from_str(source)?;
         tenant.validate()?;
+        tenant.escalation = EscalationPolicy::with(&tenant.escalation_section)
+            .with_context(|| format!("tenant {}", tenant.id))?;
         tenant.source = source.to_owned();
         Ok(tenant)
     }

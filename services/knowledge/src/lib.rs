@@ -9,8 +9,9 @@ use std::time::Duration;
 use kefu_nlp::embed::Embedder;
 use kefu_proto::v1::knowledge_service_server::{KnowledgeService, KnowledgeServiceServer};
 use kefu_proto::v1::{
-    DeleteDocumentRequest, DeleteDocumentResponse, IngestDocumentsRequest, IngestDocumentsResponse,
-    ReindexRequest, ReindexResponse, SearchRequest, SearchResponse, Source,
+    DeleteDocumentRequest, DeleteDocumentResponse, Embedding, IngestDocumentsRequest,
+    IngestDocumentsResponse, ReindexRequest, ReindexResponse, SearchRequest, SearchResponse,
+    Source,
 };
 use kefu_runtime::{
     ContentArgs, DataArgs, ReadyFlag, RunningServer, ServerArgs, ServiceSpec, Shutdown,
@@ -261,8 +262,26 @@ impl KnowledgeService for KnowledgeHandle {
             Some(cached) => cached,
             None => {
                 let query = request.query.clone();
-                // The caller's embedding of the query (the router's) saves a forward pass.
-                let query_embedding = request.query_embedding;
+                // The caller's embedding of the query (the router's) saves a forward pass;
+                // otherwise the query joins the encoder's batch here, not on the search thread.
+                let query_embedding = match &self.0.embedder {
+                    Some(embedder) => {
+                        let supplied = request
+                            .query_embedding
+                            .as_ref()
+                            .map(|e| (e.model.as_str(), e.values.as_slice()));
+                        let values = embedder
+                            .reuse_or_embed_batched(&query, supplied)
+                            .await
+                            .map_err(|error| internal(format!("embedding the query: {error:#}")))?
+                            .into_owned();
+                        Some(Embedding {
+                            model: embedder.model_id().to_owned(),
+                            values,
+                        })
+                    }
+                    None => request.query_embedding,
+                };
                 let searched = tenant.clone();
                 let (passages, answer) = tokio::task::spawn_blocking(move || {
                     let passages = searched.index.search_with_query_embedding(

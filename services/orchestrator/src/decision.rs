@@ -1,8 +1,8 @@
 //! The decision of the workflow: answer, or hand off to a human (and why), whether to
 //! open a ticket, its priority, and the reply's wording. Pure, so it is tested alone.
 use kefu_proto::v1::{
-    AnalyzeResponse, ClassifyResponse, EscalationSignal, Language, Priority, Route, SearchResponse,
-    SentimentLabel, VipTier,
+    AnalyzeResponse, ClassifyResponse, CueEffect, EscalationSignal, EscalationThresholds, Language,
+    Priority, Route, SearchResponse, SentimentLabel, VipTier,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,6 +16,14 @@ pub enum EscalationReason {
     RouterUnavailable,
     /// The knowledge service could not be reached for a question it should answer.
     KnowledgeUnavailable,
+    /// A hacked account, charges the customer did not make, a stranger with access.
+    SecurityIncident,
+    /// Danger to people or property: smoke, sparks, a swollen battery, a break-in.
+    SafetyHazard,
+    /// A lawyer, a chargeback or bank dispute, a regulator.
+    LegalThreat,
+    /// A threat to cancel or move to a competitor.
+    ChurnThreat,
 }
 
 impl EscalationReason {
@@ -28,6 +36,10 @@ impl EscalationReason {
             Self::IntentRoute => "intent_route",
             Self::RouterUnavailable => "router_unavailable",
             Self::KnowledgeUnavailable => "knowledge_unavailable",
+            Self::SecurityIncident => "security_incident",
+            Self::SafetyHazard => "safety_hazard",
+            Self::LegalThreat => "legal_threat",
+            Self::ChurnThreat => "churn_threat",
         }
     }
 }
@@ -49,17 +61,17 @@ const COMPLAINT_INTENT: &str = "complaint";
 const HUMAN_REQUEST_INTENT: &str = "human_agent";
 
 /// What the knowledge step gave for a message.
-#[derive(Clone, Copy, Debug)]
-pub enum Retrieval<'a> {
+#[derive(Clone, Debug)]
+pub enum Retrieval {
     /// The route or a fixed reply needs no passages.
     NotNeeded,
     /// The knowledge service could not be reached.
     Unavailable,
-    Found(&'a SearchResponse),
+    Found(SearchResponse),
 }
 
-impl<'a> Retrieval<'a> {
-    pub fn found(self) -> Option<&'a SearchResponse> {
+impl Retrieval {
+    pub fn found(&self) -> Option<&SearchResponse> {
         match self {
             Self::Found(response) => Some(response),
             _ => None,
@@ -67,12 +79,25 @@ impl<'a> Retrieval<'a> {
     }
 }
 
+/// The thresholds when the router sent none (kefu's default policy).
+const DEFAULT_THRESHOLDS: EscalationThresholds = EscalationThresholds {
+    hand_off_score: -0.9,
+    negative_score: -0.3,
+};
+
 /// Decides for one message; `classification` is None when the router could not be
 /// reached, and the customer then goes to a human rather than being failed.
+///
+/// The signals are combined in one order: a cue of the tenant's escalation policy that
+/// hands off (most serious first; some only with a negative reading), then the intent's
+/// route to a human, then a sentiment score at or below the tenant's threshold (not for
+/// a question: asking how to return a broken camera is not anger), then an
+/// answer if there is one, and only then the knowledge service being down or a second
+/// miss in a row.
 pub fn decide(
     classification: Option<&ClassifyResponse>,
     sentiment: &AnalyzeResponse,
-    retrieval: Retrieval<'_>,
+    retrieval: &Retrieval,
     vip_tier: i32,
     previous_missed: bool,
 ) -> Decision {
@@ -80,36 +105,41 @@ pub fn decide(
         return Decision {
             reason: Some(EscalationReason::RouterUnavailable),
             open_ticket: true,
-            priority: priority(Priority::Medium as i32, sentiment, vip_tier),
+            priority: priority(Priority::Medium as i32, sentiment, &[], vip_tier),
             answered_from_knowledge: false,
             clarify: false,
         };
     };
     let knowledge = retrieval.found();
-    let label = sentiment
-        .sentiment
-        .as_ref()
-        .map(|s| s.label)
-        .unwrap_or(SentimentLabel::Neutral as i32);
-    let very_negative = label == SentimentLabel::VeryNegative as i32;
-    let negative = very_negative || label == SentimentLabel::Negative as i32;
-    let complaint_signal = sentiment
-        .signals
-        .contains(&(EscalationSignal::Complaint as i32));
+    let thresholds = classification
+        .escalation_thresholds
+        .unwrap_or(DEFAULT_THRESHOLDS);
+    let score = sentiment.sentiment.as_ref().map_or(0.0, |s| s.score);
+    let negative = score <= thresholds.negative_score;
+    let cue_reason = classification
+        .escalation_cues
+        .iter()
+        .find(|cue| match CueEffect::try_from(cue.effect) {
+            Ok(CueEffect::HandOff) => true,
+            Ok(CueEffect::IfNegative) => negative,
+            _ => false,
+        })
+        .and_then(|cue| EscalationSignal::try_from(cue.signal).ok())
+        .map(reason_of);
     let route = Route::try_from(classification.route).unwrap_or(Route::Answer);
     let fixed_reply = !classification.fixed_reply.is_empty();
     let confident_answer = knowledge.is_some_and(|k| k.confident && !k.answer.trim().is_empty());
 
-    let reason = if route == Route::Human {
+    let reason = if cue_reason.is_some() {
+        cue_reason
+    } else if route == Route::Human {
         Some(match classification.intent.as_str() {
             COMPLAINT_INTENT => EscalationReason::Complaint,
             HUMAN_REQUEST_INTENT => EscalationReason::HumanRequest,
             _ => EscalationReason::IntentRoute,
         })
-    } else if very_negative || sentiment.escalate {
+    } else if score <= thresholds.hand_off_score && !classification.question {
         Some(EscalationReason::NegativeSentiment)
-    } else if complaint_signal && negative {
-        Some(EscalationReason::Complaint)
     } else if fixed_reply || confident_answer {
         None
     } else if matches!(retrieval, Retrieval::Unavailable) {
@@ -124,29 +154,56 @@ pub fn decide(
     Decision {
         reason,
         open_ticket: reason.is_some() || (route == Route::Ticket && !clarify),
-        priority: priority(classification.urgency, sentiment, vip_tier),
+        priority: priority(
+            classification.urgency,
+            sentiment,
+            &classification.escalation_cues,
+            vip_tier,
+        ),
         answered_from_knowledge: reason.is_none() && !fixed_reply && confident_answer,
         clarify,
     }
 }
 
-/// The intent's urgency, one level up for an angry customer and one for a Gold or
-/// Platinum one, at most urgent.
-fn priority(urgency: i32, sentiment: &AnalyzeResponse, vip_tier: i32) -> Priority {
+fn reason_of(signal: EscalationSignal) -> EscalationReason {
+    match signal {
+        EscalationSignal::SecurityIncident => EscalationReason::SecurityIncident,
+        EscalationSignal::SafetyHazard => EscalationReason::SafetyHazard,
+        EscalationSignal::LegalThreat => EscalationReason::LegalThreat,
+        EscalationSignal::HumanRequest => EscalationReason::HumanRequest,
+        EscalationSignal::ChurnThreat => EscalationReason::ChurnThreat,
+        EscalationSignal::Complaint => EscalationReason::Complaint,
+        EscalationSignal::Anger | EscalationSignal::Unspecified => {
+            EscalationReason::NegativeSentiment
+        }
+    }
+}
+
+/// The intent's urgency, one level up for a very negative or angry customer or a danger
+/// to people or property, and one for a Gold or Platinum one, at most urgent.
+fn priority(
+    urgency: i32,
+    sentiment: &AnalyzeResponse,
+    cues: &[kefu_proto::v1::EscalationCue],
+    vip_tier: i32,
+) -> Priority {
     let very_negative = sentiment
         .sentiment
         .as_ref()
         .is_some_and(|s| s.label == SentimentLabel::VeryNegative as i32);
+    let pressing = cues.iter().any(|cue| {
+        [
+            EscalationSignal::Anger,
+            EscalationSignal::SafetyHazard,
+            EscalationSignal::SecurityIncident,
+        ]
+        .contains(&EscalationSignal::try_from(cue.signal).unwrap_or_default())
+    });
     let mut level = match Priority::try_from(urgency) {
         Ok(Priority::Unspecified) | Err(_) => Priority::Low as i32,
         Ok(priority) => priority as i32,
     };
-    if very_negative
-        || sentiment.escalate
-        || sentiment
-            .signals
-            .contains(&(EscalationSignal::Anger as i32))
-    {
+    if very_negative || pressing {
         level += 1;
     }
     if vip_tier >= VipTier::Gold as i32 {
@@ -164,14 +221,11 @@ pub fn mood_priority(previous_label: Option<i32>, sentiment: &AnalyzeResponse) -
         .as_ref()
         .map(|s| s.label)
         .unwrap_or(SentimentLabel::Neutral as i32);
-    let angry = sentiment
-        .signals
-        .contains(&(EscalationSignal::Anger as i32));
     let worse = previous_label.is_none_or(|previous| label < previous);
     if !worse || label > SentimentLabel::Negative as i32 || label == 0 {
         return None;
     }
-    Some(if label == SentimentLabel::VeryNegative as i32 || angry {
+    Some(if label == SentimentLabel::VeryNegative as i32 {
         Priority::Urgent
     } else {
         Priority::High
@@ -241,7 +295,7 @@ impl Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kefu_proto::v1::Sentiment;
+    use kefu_proto::v1::{EscalationCue, Sentiment};
 
     fn classified(intent: &str, route: Route, urgency: Priority) -> ClassifyResponse {
         ClassifyResponse {
@@ -254,13 +308,114 @@ mod tests {
     }
 
     fn feeling(label: SentimentLabel) -> AnalyzeResponse {
+        let score = match label {
+            SentimentLabel::VeryNegative => -0.95,
+            SentimentLabel::Negative => -0.5,
+            SentimentLabel::Positive => 0.5,
+            SentimentLabel::VeryPositive => 0.95,
+            _ => 0.0,
+        };
         AnalyzeResponse {
             sentiment: Some(Sentiment {
                 label: label as i32,
-                score: 0.0,
+                score,
             }),
             ..Default::default()
         }
+    }
+
+    fn with_cue(
+        mut classification: ClassifyResponse,
+        signal: EscalationSignal,
+        effect: CueEffect,
+    ) -> ClassifyResponse {
+        classification.escalation_cues.push(EscalationCue {
+            signal: signal as i32,
+            effect: effect as i32,
+        });
+        classification
+    }
+
+    #[test]
+    fn policy_cues_hand_off_with_their_reason_over_routes_and_answers() {
+        let question = classified("account_help", Route::Answer, Priority::Low);
+        let hacked = with_cue(
+            question.clone(),
+            EscalationSignal::SecurityIncident,
+            CueEffect::HandOff,
+        );
+        let decision = decide(
+            Some(&hacked),
+            &feeling(SentimentLabel::Neutral),
+            &Retrieval::Found(answer(true)),
+            VipTier::None as i32,
+            false,
+        );
+        assert_eq!(decision.reason, Some(EscalationReason::SecurityIncident));
+        assert!(decision.open_ticket && !decision.answered_from_knowledge);
+        assert_eq!(decision.priority, Priority::Medium, "one up: pressing");
+
+        // only with a negative reading
+        let grumble = with_cue(
+            question.clone(),
+            EscalationSignal::Complaint,
+            CueEffect::IfNegative,
+        );
+        let calm = decide(
+            Some(&grumble),
+            &feeling(SentimentLabel::Neutral),
+            &Retrieval::Found(answer(true)),
+            VipTier::None as i32,
+            false,
+        );
+        assert_eq!(calm.reason, None);
+        let upset = decide(
+            Some(&grumble),
+            &feeling(SentimentLabel::Negative),
+            &Retrieval::Found(answer(true)),
+            VipTier::None as i32,
+            false,
+        );
+        assert_eq!(upset.reason, Some(EscalationReason::Complaint));
+
+        // recorded, never handing off
+        let noted = with_cue(question, EscalationSignal::ChurnThreat, CueEffect::Record);
+        let decision = decide(
+            Some(&noted),
+            &feeling(SentimentLabel::Negative),
+            &Retrieval::Found(answer(true)),
+            VipTier::None as i32,
+            false,
+        );
+        assert_eq!(decision.reason, None);
+    }
+
+    #[test]
+    fn the_tenant_threshold_decides_how_negative_hands_off() {
+        let mut billing = classified("billing", Route::Answer, Priority::Medium);
+        let negative = feeling(SentimentLabel::Negative);
+        let decide_with = |billing: &ClassifyResponse| {
+            decide(
+                Some(billing),
+                &negative,
+                &Retrieval::Found(answer(true)),
+                VipTier::None as i32,
+                false,
+            )
+        };
+        assert_eq!(
+            decide_with(&billing).reason,
+            None,
+            "-0.5 is above the default -0.9"
+        );
+        billing.escalation_thresholds = Some(EscalationThresholds {
+            hand_off_score: -0.4,
+            negative_score: -0.2,
+        });
+        assert_eq!(
+            decide_with(&billing).reason,
+            Some(EscalationReason::NegativeSentiment)
+        );
     }
 
     fn answer(confident: bool) -> SearchResponse {
@@ -276,7 +431,7 @@ mod tests {
         let decision = decide(
             Some(&classified("product_inquiry", Route::Answer, Priority::Low)),
             &feeling(SentimentLabel::Neutral),
-            Retrieval::Found(&answer(true)),
+            &Retrieval::Found(answer(true)),
             VipTier::None as i32,
             false,
         );
@@ -291,7 +446,7 @@ mod tests {
         let decision = decide(
             Some(&classified("complaint", Route::Human, Priority::High)),
             &feeling(SentimentLabel::Negative),
-            Retrieval::NotNeeded,
+            &Retrieval::NotNeeded,
             VipTier::None as i32,
             false,
         );
@@ -305,7 +460,7 @@ mod tests {
         let decision = decide(
             Some(&classified("billing", Route::Answer, Priority::Medium)),
             &feeling(SentimentLabel::VeryNegative),
-            Retrieval::Found(&answer(true)),
+            &Retrieval::Found(answer(true)),
             VipTier::None as i32,
             false,
         );
@@ -319,7 +474,7 @@ mod tests {
             decide(
                 Some(&classified("out_of_scope", Route::Answer, Priority::Low)),
                 &feeling(SentimentLabel::Neutral),
-                Retrieval::Found(&answer(false)),
+                &Retrieval::Found(answer(false)),
                 VipTier::None as i32,
                 previous_missed,
             )
@@ -336,7 +491,7 @@ mod tests {
         let decision = decide(
             None,
             &feeling(SentimentLabel::Neutral),
-            Retrieval::NotNeeded,
+            &Retrieval::NotNeeded,
             VipTier::Gold as i32,
             false,
         );
@@ -346,7 +501,7 @@ mod tests {
         let decision = decide(
             Some(&classified("product_inquiry", Route::Answer, Priority::Low)),
             &feeling(SentimentLabel::Neutral),
-            Retrieval::Unavailable,
+            &Retrieval::Unavailable,
             VipTier::None as i32,
             false,
         );
@@ -362,7 +517,7 @@ mod tests {
         let decision = decide(
             Some(&classified("complaint", Route::Human, Priority::High)),
             &feeling(SentimentLabel::VeryNegative),
-            Retrieval::NotNeeded,
+            &Retrieval::NotNeeded,
             VipTier::Platinum as i32,
             false,
         );
@@ -376,7 +531,7 @@ mod tests {
         let decision = decide(
             Some(&greeting),
             &feeling(SentimentLabel::Neutral),
-            Retrieval::NotNeeded,
+            &Retrieval::NotNeeded,
             VipTier::None as i32,
             false,
         );
@@ -416,7 +571,7 @@ mod tests {
         let decision = decide(
             Some(&classified("refund", Route::Ticket, Priority::Medium)),
             &feeling(SentimentLabel::Neutral),
-            Retrieval::Found(&answer(true)),
+            &Retrieval::Found(answer(true)),
             VipTier::None as i32,
             false,
         );

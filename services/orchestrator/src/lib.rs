@@ -275,98 +275,69 @@ impl Orchestrator {
             kefu.intent_confidence = tracing::field::Empty,
             kefu.sentiment = tracing::field::Empty,
         );
-        // The router embeds the message once; sentiment (and knowledge, below) reuse it.
-        // Sentiment waits for the router: with the embedding at hand it takes about a
-        // millisecond, far less than a second forward pass of the encoder.
-        let (understood, sentiment) = async {
-            let classified = async {
-                let request = ClassifyRequest {
-                    tenant_id: tenant.clone(),
-                    text: request.text.clone(),
-                    previous_intents: previous_intents.clone(),
-                    include_embedding: true,
-                };
-                self.router.clone().classify(request).await
-            }
-            .await;
-            let classification = match classified {
-                Ok(response) => Some(response.into_inner()),
-                // Without the router nobody knows what the customer wants: a human does.
-                Err(status) if is_transient(&status) => {
-                    tracing::warn!(error = %status.message(), "router unavailable; handing off");
-                    None
-                }
-                Err(status) => return Err(status),
+        // The router embeds the message once; sentiment and knowledge reuse the embedding
+        // and run side by side after it.
+        let classified = async {
+            let request = ClassifyRequest {
+                tenant_id: tenant.clone(),
+                text: request.text.clone(),
+                previous_intents: previous_intents.clone(),
+                include_embedding: true,
             };
-            let embedding = classification.as_ref().and_then(|c| c.embedding.clone());
-            let sentiment = self.analyze(&request.text, embedding).await?;
-            Ok::<_, Status>((classification, sentiment))
+            self.router.clone().classify(request).await
         }
         .instrument(understand_span.clone())
-        .await?;
+        .await;
+        let understood = match classified {
+            Ok(response) => Some(response.into_inner()),
+            // Without the router nobody knows what the customer wants: a human does.
+            Err(status) if is_transient(&status) => {
+                tracing::warn!(error = %status.message(), "router unavailable; handing off");
+                None
+            }
+            Err(status) => return Err(status),
+        };
         let router_reached = understood.is_some();
         let mut classification = understood.unwrap_or_else(|| ClassifyResponse {
             language: kefu_nlp::text::detect_language(&request.text) as i32,
             ..Default::default()
         });
-        let label = label_of(&sentiment);
         understand_span.record("kefu.intent", classification.intent.as_str());
         understand_span.record("kefu.intent_confidence", classification.confidence as f64);
+
+        let embedding = classification.embedding.take();
+        let needs_knowledge = router_reached
+            && classification.fixed_reply.is_empty()
+            && classification.route != Route::Human as i32;
+        let retrieve = async {
+            if !needs_knowledge {
+                return Ok(Retrieval::NotNeeded);
+            }
+            match history.last() {
+                // A short follow-up is searched together with the question it follows
+                // (a text the router did not embed).
+                Some(previous) if request.text.chars().count() <= 24 => {
+                    self.retrieve(&tenant, format!("{} {}", previous.text, request.text), None)
+                        .await
+                }
+                _ => {
+                    self.retrieve(&tenant, request.text.clone(), embedding.clone())
+                        .await
+                }
+            }
+        };
+        let analyze = self
+            .analyze(&request.text, embedding.clone())
+            .instrument(understand_span.clone());
+        let (sentiment, retrieval) = tokio::join!(analyze, retrieve);
+        let (sentiment, retrieval) = (sentiment?, retrieval?);
+        let label = label_of(&sentiment);
         understand_span.record(
             "kefu.sentiment",
             SentimentLabel::try_from(label)
                 .unwrap_or_default()
                 .as_str_name(),
         );
-
-        let embedding = classification.embedding.take();
-        let needs_knowledge = router_reached
-            && classification.fixed_reply.is_empty()
-            && classification.route != Route::Human as i32;
-        let knowledge = if needs_knowledge {
-            let (query, query_embedding) = match history.last() {
-                // A short follow-up is searched together with the question it follows
-                // (a text the router did not embed).
-                Some(previous) if request.text.chars().count() <= 24 => {
-                    (format!("{} {}", previous.text, request.text), None)
-                }
-                _ => (request.text.clone(), embedding),
-            };
-            let span = tracing::info_span!("workflow.retrieve", kefu.tenant = %tenant, kefu.confident = tracing::field::Empty, kefu.sources = tracing::field::Empty);
-            let result = async {
-                let request = SearchRequest {
-                    tenant_id: tenant.clone(),
-                    query: query.clone(),
-                    top_k: 3,
-                    query_embedding: query_embedding.clone(),
-                };
-                self.knowledge.clone().search(request).await
-            }
-            .instrument(span.clone())
-            .await;
-            match result {
-                Ok(response) => {
-                    let response = response.into_inner();
-                    span.record("kefu.confident", response.confident);
-                    span.record("kefu.sources", response.sources.len());
-                    Ok(response)
-                }
-                // Without knowledge the customer is handed to a human rather than failed.
-                Err(status) if is_transient(&status) => {
-                    tracing::warn!(error = %status.message(), "knowledge unavailable; handing off");
-                    Err(())
-                }
-                Err(status) => return Err(status),
-            }
-        } else {
-            Err(())
-        };
-        let retrieval = match &knowledge {
-            Ok(response) => Retrieval::Found(response),
-            Err(()) if needs_knowledge => Retrieval::Unavailable,
-            Err(()) => Retrieval::NotNeeded,
-        };
-
         let decision = {
             let span = tracing::info_span!(
                 "workflow.decide",
@@ -384,7 +355,7 @@ impl Orchestrator {
             let decision = decide(
                 router_reached.then_some(&classification),
                 &sentiment,
-                retrieval,
+                &retrieval,
                 customer.vip_tier,
                 previous_missed,
             );
@@ -486,7 +457,10 @@ impl Orchestrator {
             ticket_id: ticket_id.clone(),
             priority: decision.priority as i32,
             sources: if decision.answered_from_knowledge {
-                knowledge.map(|k| k.sources).unwrap_or_default()
+                match retrieval {
+                    Retrieval::Found(response) => response.sources,
+                    _ => Vec::new(),
+                }
             } else {
                 Vec::new()
             },
@@ -654,6 +628,42 @@ impl Orchestrator {
     }
 
     /// Sentiment of a message; neutral when the sentiment service is unavailable.
+    /// Searches the tenant's knowledge; `Unavailable` when the service cannot be reached
+    /// (the customer is then handed to a human rather than failed).
+    async fn retrieve(
+        &self,
+        tenant: &str,
+        query: String,
+        query_embedding: Option<Embedding>,
+    ) -> Result<Retrieval, Status> {
+        let span = tracing::info_span!("workflow.retrieve", kefu.tenant = %tenant, kefu.confident = tracing::field::Empty, kefu.sources = tracing::field::Empty);
+        let request = SearchRequest {
+            tenant_id: tenant.to_owned(),
+            query,
+            top_k: 3,
+            query_embedding,
+        };
+        let result = self
+            .knowledge
+            .clone()
+            .search(request)
+            .instrument(span.clone())
+            .await;
+        match result {
+            Ok(response) => {
+                let response = response.into_inner();
+                span.record("kefu.confident", response.confident);
+                span.record("kefu.sources", response.sources.len());
+                Ok(Retrieval::Found(response))
+            }
+            Err(status) if is_transient(&status) => {
+                tracing::warn!(error = %status.message(), "knowledge unavailable; handing off");
+                Ok(Retrieval::Unavailable)
+            }
+            Err(status) => Err(status),
+        }
+    }
+
     async fn analyze(
         &self,
         text: &str,

@@ -1,6 +1,7 @@
 //! Router service: classifies a message into one of the tenant's intents, learned
 //! from the tenant's examples, with a calibrated confidence, the next alternatives,
-//! out-of-scope detection, and the tenant's route and urgency for the intent.
+//! out-of-scope detection, the tenant's route and urgency for the intent, and the cues of
+//! the tenant's escalation policy found in the message.
 //! Definitions live in the database (seeded from the tenant files); a reload through one
 //! replica reaches the others over Redis, and classifications are cached per model.
 use std::collections::HashMap;
@@ -21,6 +22,10 @@ use kefu_runtime::{
 };
 use kefu_storage::{fingerprint, Cache, ContentStore, Database, Redis, SqlContentStore};
 use kefu_tenant::{Tenant, Tenants, Urgency};
+
+mod escalation;
+
+use escalation::PolicyMatcher;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
@@ -47,7 +52,9 @@ pub struct Config {
 struct TenantModel {
     tenant: Arc<Tenant>,
     model: IntentModel,
-    /// Identifies what the model learned from: part of every cache key.
+    escalation: PolicyMatcher,
+    /// Identifies what the model learned from and the tenant's definition: part of
+    /// every cache key.
     fingerprint: String,
 }
 
@@ -117,9 +124,10 @@ impl Router {
         self.models.write().expect("model map lock").insert(
             tenant.id.clone(),
             Arc::new(TenantModel {
+                escalation: PolicyMatcher::new(&tenant.escalation),
+                fingerprint: kefu_storage::fingerprint(&[&fingerprint, &tenant.source]),
                 tenant,
                 model,
-                fingerprint,
             }),
         );
         Ok(counts)
@@ -162,7 +170,7 @@ impl Router {
 
     /// Classifies a message; with `include_embedding`, the response carries the sentence
     /// embedding the model classified with, for the services after the router.
-    fn classify(
+    async fn classify(
         &self,
         tenant_model: &TenantModel,
         text: &str,
@@ -171,7 +179,8 @@ impl Router {
     ) -> Result<ClassifyResponse, Status> {
         let (prediction, embedding) = tenant_model
             .model
-            .classify_and_embed(text, self.embedder.as_deref())
+            .classify_and_embed_batched(text, self.embedder.as_deref())
+            .await
             .map_err(|error| Status::internal(format!("classification failed: {error:#}")))?;
         let embedding = match (embedding, &self.embedder) {
             (Some(values), Some(embedder)) if include_embedding => Some(Embedding {
@@ -181,6 +190,7 @@ impl Router {
             _ => None,
         };
         let language = detect_language(text);
+        let message = kefu_nlp::cues::Message::new(text);
         let mut intent = prediction.intent.clone();
         let mut confidence = prediction.confidence;
         let mut out_of_scope = prediction.out_of_scope;
@@ -234,6 +244,9 @@ impl Router {
             } as i32,
             fixed_reply,
             embedding,
+            escalation_cues: tenant_model.escalation.cues_in(&message),
+            escalation_thresholds: Some(tenant_model.escalation.thresholds()),
+            question: message.is_question(),
         })
     }
 }
@@ -282,20 +295,17 @@ impl RouterService for RouterHandle {
         let response = match cached {
             Some(response) => response,
             None => {
-                let router = self.0.clone();
-                let model = tenant_model.clone();
-                let response = tokio::task::spawn_blocking(move || {
-                    router.classify(
-                        &model,
+                // The encoder runs on its own compute threads; the rest of the
+                // classification (sparse features, a linear layer) is brief.
+                let response = self
+                    .0
+                    .classify(
+                        &tenant_model,
                         &request.text,
                         &request.previous_intents,
                         request.include_embedding,
                     )
-                })
-                .await
-                .map_err(|error| {
-                    Status::internal(format!("classification task failed: {error}"))
-                })??;
+                    .await?;
                 self.0
                     .cache
                     .put(&tenant_model.tenant.id, &key, response.encode_to_vec())

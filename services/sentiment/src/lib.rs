@@ -1,16 +1,14 @@
-//! Sentiment service: five-level label, polarity score and escalation signals of a
-//! message, English and Chinese, from the bundled trained model.
+//! Sentiment service: five-level label and polarity score of a message, English and
+//! Chinese, from the bundled trained model. Escalation cues are the tenant's policy and
+//! the router's business.
 use std::sync::Arc;
 
 use kefu_nlp::embed::Embedder;
-use kefu_nlp::sentiment::{
-    EscalationSignal as Signal, SentimentAnalysis, SentimentLevel, SentimentModel,
-};
+use kefu_nlp::sentiment::{SentimentAnalysis, SentimentLevel, SentimentModel};
 use kefu_nlp::text::Language as Lang;
 use kefu_proto::v1::sentiment_service_server::{SentimentService, SentimentServiceServer};
 use kefu_proto::v1::{
-    AnalyzeRequest, AnalyzeResponse, Embedding, EscalationSignal, Language, Sentiment,
-    SentimentLabel,
+    AnalyzeRequest, AnalyzeResponse, Embedding, Language, Sentiment, SentimentLabel,
 };
 use kefu_runtime::{ModelArgs, RunningServer, ServerArgs, ServiceSpec, Shutdown};
 use tonic::{Request, Response, Status};
@@ -44,15 +42,15 @@ impl Analyzer {
         }
     }
 
-    /// CPU-bound: call from a blocking thread. A `supplied` embedding of the text (e.g.
-    /// the router's) is used when it comes from the same encoder; otherwise the text is
-    /// embedded here.
-    fn analyze_text(&self, text: &str, supplied: Option<&Embedding>) -> SentimentAnalysis {
+    /// A `supplied` embedding of the text (e.g. the router's) is used when it comes from
+    /// the same encoder; otherwise the text is embedded here, in a batch with other
+    /// requests. The rest (sparse features, a linear layer, cue words) is brief.
+    async fn analyze_text(&self, text: &str, supplied: Option<&Embedding>) -> SentimentAnalysis {
         let Some(embedder) = &self.embedder else {
             return self.model.analyze(text, None);
         };
         let supplied = supplied.map(|e| (e.model.as_str(), e.values.as_slice()));
-        match embedder.reuse_or_embed(text, supplied) {
+        match embedder.reuse_or_embed_batched(text, supplied).await {
             Ok(embedding) => self.model.analyze(text, Some(&embedding)),
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "embedding failed; lexical sentiment only");
@@ -79,14 +77,6 @@ pub fn language_of(language: Lang) -> Language {
     }
 }
 
-fn signal_of(signal: &Signal) -> EscalationSignal {
-    match signal {
-        Signal::Anger => EscalationSignal::Anger,
-        Signal::ChurnThreat => EscalationSignal::ChurnThreat,
-        Signal::Complaint => EscalationSignal::Complaint,
-    }
-}
-
 fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
@@ -108,15 +98,12 @@ impl SentimentService for Analyzer {
         if text.trim().is_empty() {
             return Err(Status::invalid_argument("text must not be empty"));
         }
-        let analyzer = self.clone();
-        let analysis = tokio::task::spawn_blocking(move || {
-            analyzer.analyze_text(
+        let analysis = self
+            .analyze_text(
                 truncate_at_char_boundary(&text, MAX_TEXT_BYTES),
                 embedding.as_ref(),
             )
-        })
-        .await
-        .map_err(|error| Status::internal(format!("sentiment analysis failed: {error}")))?;
+            .await;
         let label = label_of(analysis.level);
         metrics::counter!("kefu_sentiment_labels_total", "service" => SERVICE, "label" => kefu_proto::enum_label(label.as_str_name(), "SENTIMENT_LABEL_")).increment(1);
         Ok(Response::new(AnalyzeResponse {
@@ -125,12 +112,6 @@ impl SentimentService for Analyzer {
                 score: analysis.score.clamp(-1.0, 1.0),
             }),
             language: language_of(analysis.language) as i32,
-            signals: analysis
-                .signals
-                .iter()
-                .map(|s| signal_of(s) as i32)
-                .collect(),
-            escalate: analysis.escalate,
         }))
     }
 }

@@ -1,6 +1,6 @@
 use clap::Parser;
 
-/// kefu sentiment service: five-level sentiment and escalation signals (gRPC).
+/// kefu sentiment service: five-level sentiment of a message (gRPC).
 #[derive(Parser)]
 #[command(name = "kefu-sentiment", version)]
 struct Cli {
