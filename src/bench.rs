@@ -45,7 +45,8 @@ pub struct BenchArgs {
     /// Closed loop: this many customers at once (ignored with --rate).
     #[arg(long, default_value_t = 64)]
     pub customers: usize,
-    /// Closed loop: each customer's pause between an answer and its next message, in ms.
+    /// Closed loop: each customer's pause between an answer and its next message, in ms;
+    /// the customers' first messages are spread over one such pause.
     #[arg(long, default_value_t = 0)]
     pub think_ms: u64,
     /// Open loop: messages per second, arriving at a fixed pace.
@@ -269,10 +270,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             }
         }
         None => {
-            for _ in 0..args.customers {
+            let think = Duration::from_millis(args.think_ms);
+            for i in 0..args.customers {
                 let load = load.clone();
-                let think = Duration::from_millis(args.think_ms);
+                // Customers who think arrive spread over one think time, as real ones
+                // do, not all in the same instant.
+                let arrival = think.mul_f64(i as f64 / args.customers as f64);
                 tasks.spawn(async move {
+                    tokio::time::sleep(arrival).await;
                     while Instant::now() < end {
                         load.send(Instant::now()).await;
                         tokio::time::sleep(think).await;

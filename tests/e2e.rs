@@ -150,6 +150,60 @@ async fn a_session_keeps_its_turns_across_messages() {
     );
 }
 
+/// An answer that did not help is not given again: the next best passage or the offer
+/// of a person, and when that does not help either, a person.
+#[tokio::test]
+async fn an_answer_that_did_not_help_is_not_repeated() {
+    let customer = "not-helped-1";
+    let first = send(message(
+        customer,
+        "My camera keeps going offline, how do I fix it?",
+    ))
+    .await
+    .unwrap();
+    assert!(
+        !first.escalated && !first.sources.is_empty(),
+        "reply: {}",
+        first.reply
+    );
+    let next = |text: &str| {
+        let mut m = message(customer, text);
+        m.session_id = first.session_id.clone();
+        send(m)
+    };
+    let second = next("I already restarted the router, it didn't help")
+        .await
+        .unwrap();
+    assert!(!second.escalated, "reply: {}", second.reply);
+    assert_ne!(second.reply, first.reply, "the same answer twice");
+    assert!(
+        second.reply.contains("colleague"),
+        "a person is offered: {}",
+        second.reply
+    );
+    let third = next("still not working").await.unwrap();
+    assert!(third.escalated, "reply: {}", third.reply);
+    assert_eq!(third.escalation_reason, "no_answer");
+    assert!(!third.ticket_id.is_empty());
+}
+
+/// A short follow-up the router reads as another intent is the new topic, not the old one.
+#[tokio::test]
+async fn a_short_follow_up_on_another_topic_is_the_new_topic() {
+    let first = send(message("topic-1", "How much does the Pro plan cost?"))
+        .await
+        .unwrap();
+    let mut follow_up = message("topic-1", "where is my order?");
+    follow_up.session_id = first.session_id.clone();
+    let second = send(follow_up).await.unwrap();
+    assert_eq!(second.intent, "order_status", "reply: {}", second.reply);
+    assert!(
+        !has_price(&second.reply),
+        "answered the old topic: {}",
+        second.reply
+    );
+}
+
 #[tokio::test]
 async fn a_retried_message_is_answered_once_and_opens_one_ticket() {
     let mut request = message("retry-1", "I want to speak to a human agent right now");

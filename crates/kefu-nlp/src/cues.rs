@@ -70,6 +70,68 @@ impl Cues {
     }
 }
 
+/// Whether the customer says the last answer did not help ("I already restarted it",
+/// "still not working", 还是不行, 试过了): then the bot must not give it again.
+pub fn says_not_helped(message: &Message) -> bool {
+    static NOT_HELPED: std::sync::OnceLock<Cues> = std::sync::OnceLock::new();
+    let own = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    NOT_HELPED
+        .get_or_init(|| {
+            Cues::new(
+                &own(&[
+                    "didn't help",
+                    "did not help",
+                    "doesn't help",
+                    "does not help",
+                    "not helpful",
+                    "didn't work",
+                    "did not work",
+                    "doesn't work",
+                    "does not work",
+                    "still not working",
+                    "still doesn't",
+                    "still does not",
+                    "still broken",
+                    "still the same",
+                    "already tried",
+                    "already did",
+                    "already done",
+                    "already restarted",
+                    "already reset",
+                    "tried that",
+                    "i tried",
+                    "same problem",
+                    "same answer",
+                    "not what i asked",
+                    "that's not it",
+                    "no luck",
+                    "no difference",
+                    "didn't fix",
+                    "did not fix",
+                ]),
+                &own(&[
+                    "没用",
+                    "没有 用",
+                    "不管用",
+                    "不行",
+                    "还是 不行",
+                    "试过",
+                    "已经 试过",
+                    "已经 重启",
+                    "还是 一样",
+                    "没 解决",
+                    "没有 解决",
+                    "答非所问",
+                    "不是 这个",
+                    "没 效果",
+                    "还是 没",
+                ]),
+                false,
+            )
+        })
+        .found_in(message)
+}
+
 /// English words that turn a cue after them around ("I'm not angry"); Chinese ones are
 /// the sentiment lexicon's negators (不是投诉, 不用转人工).
 const NEGATORS_EN: &[&str] = &[
@@ -197,6 +259,26 @@ mod tests {
             assert!(Message::new(asks).is_question(), "{asks}");
         }
         assert!(!Message::new("再不解决我就换别家了").is_question());
+    }
+
+    #[test]
+    fn knows_when_an_answer_did_not_help() {
+        for said in [
+            "I already restarted the router",
+            "that didn't help",
+            "Still not working.",
+            "还是不行",
+            "试过了，没用",
+        ] {
+            assert!(says_not_helped(&Message::new(said)), "{said}");
+        }
+        for said in [
+            "thanks, that helped",
+            "How do I restart the hub?",
+            "好的，谢谢",
+        ] {
+            assert!(!says_not_helped(&Message::new(said)), "{said}");
+        }
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! (cue phrases in `tenant.toml`, matched by [`crate::cues`]), not this model's.
 //!
 //! Polarity is learned: a 3-class softmax (negative / neutral / positive) over sparse
-//! TF-IDF features and the MiniLM sentence embedding, trained by
-//! [`crate::eval::train_sentiment`] on airline tweets (3 classes), Chinese food-delivery
-//! reviews (negative / positive) and a hand-written seed set from other domains
-//! (`assets/sentiment_seed.csv`: products, hotels, banking, telecom, service requests).
+//! TF-IDF features (with the Chinese sentiment lexicon's reading, [`crate::lexicon`]) and
+//! the MiniLM sentence embedding, trained by [`crate::eval::train_sentiment`] on airline
+//! tweets (3 classes), Chinese food-delivery reviews (negative / positive) and hand-written
+//! seed sets from other domains (`assets/sentiment_seed.csv`: products, hotels, banking,
+//! telecom, service requests; `assets/sentiment_seed_zh_domains.csv`: Chinese reviews of
+//! thirteen more domains).
 //! The embedding carries what the two source domains do not share with a customer's
 //! message; the seeds keep the domain priors of airline tweets (mostly complaints) from
 //! deciding. A second softmax over the sparse features alone serves when no embedding

@@ -54,6 +54,19 @@ pub struct Decision {
     /// No answer found, for the first time in a row: the customer is asked to rephrase
     /// (or to ask for a person) instead of being handed off.
     pub clarify: bool,
+    /// The last answer did not help (the customer says so, or it would be given again):
+    /// the next best passage, or an offer of a person, instead of the same reply.
+    pub next_best: bool,
+}
+
+/// What the conversation so far says about this message.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Conversation {
+    /// The bot's last reply missed: a request to rephrase, or another try after an
+    /// answer that did not help.
+    pub previous_missed: bool,
+    /// The customer says the bot's last answer did not help ("I already restarted it").
+    pub not_helped: bool,
 }
 
 /// Intent names with a fixed meaning for escalation reporting.
@@ -90,16 +103,16 @@ const DEFAULT_THRESHOLDS: EscalationThresholds = EscalationThresholds {
 ///
 /// The signals are combined in one order: a cue of the tenant's escalation policy that
 /// hands off (most serious first; some only with a negative reading), then the intent's
-/// route to a human, then a sentiment score at or below the tenant's threshold (not for
-/// a question: asking how to return a broken camera is not anger), then an
-/// answer if there is one, and only then the knowledge service being down or a second
-/// miss in a row.
+/// route to a human, then a second try that did not help either, then a sentiment score
+/// at or below the tenant's threshold (not for a question: asking how to return a broken
+/// camera is not anger), then an answer if there is one (but not the one that just
+/// failed), and only then the knowledge service being down or a second miss in a row.
 pub fn decide(
     classification: Option<&ClassifyResponse>,
     sentiment: &AnalyzeResponse,
     retrieval: &Retrieval,
     vip_tier: i32,
-    previous_missed: bool,
+    conversation: Conversation,
 ) -> Decision {
     let Some(classification) = classification else {
         return Decision {
@@ -108,6 +121,7 @@ pub fn decide(
             priority: priority(Priority::Medium as i32, sentiment, &[], vip_tier),
             answered_from_knowledge: false,
             clarify: false,
+            next_best: false,
         };
     };
     let knowledge = retrieval.found();
@@ -138,18 +152,22 @@ pub fn decide(
             HUMAN_REQUEST_INTENT => EscalationReason::HumanRequest,
             _ => EscalationReason::IntentRoute,
         })
+    } else if conversation.not_helped && conversation.previous_missed {
+        // the second try did not help either
+        Some(EscalationReason::NoAnswer)
     } else if score <= thresholds.hand_off_score && !classification.question {
         Some(EscalationReason::NegativeSentiment)
-    } else if fixed_reply || confident_answer {
+    } else if conversation.not_helped || fixed_reply || confident_answer {
         None
     } else if matches!(retrieval, Retrieval::Unavailable) {
         Some(EscalationReason::KnowledgeUnavailable)
-    } else if previous_missed {
+    } else if conversation.previous_missed {
         Some(EscalationReason::NoAnswer)
     } else {
         None
     };
-    let clarify = reason.is_none() && !fixed_reply && !confident_answer;
+    let next_best = reason.is_none() && conversation.not_helped;
+    let clarify = reason.is_none() && !next_best && !fixed_reply && !confident_answer;
 
     Decision {
         reason,
@@ -160,8 +178,9 @@ pub fn decide(
             &classification.escalation_cues,
             vip_tier,
         ),
-        answered_from_knowledge: reason.is_none() && !fixed_reply && confident_answer,
+        answered_from_knowledge: reason.is_none() && !next_best && !fixed_reply && confident_answer,
         clarify,
+        next_best,
     }
 }
 
@@ -212,6 +231,30 @@ fn priority(
     Priority::try_from(level.min(Priority::Urgent as i32)).unwrap_or(Priority::Urgent)
 }
 
+/// After an answer that did not help: a passage from another source than the last reply
+/// quoted, and the offer of a person; just the offer when there is none.
+fn next_best_reply(knowledge: Option<&SearchResponse>, previous_reply: &str, zh: bool) -> String {
+    let other = knowledge
+        .into_iter()
+        .flat_map(|k| &k.sources)
+        .find(|source| {
+            let head: String = source.snippet.chars().take(40).collect();
+            !head.trim().is_empty() && !previous_reply.contains(head.trim_end_matches('…'))
+        });
+    match (other, zh) {
+        (Some(source), false) => format!(
+            "Sorry that didn't solve it. This may help instead ({}):\n\n{}\n\nIf it doesn't, just say so and I'll pass you to a colleague.",
+            source.title, source.snippet
+        ),
+        (Some(source), true) => format!(
+            "抱歉，刚才的方法没有解决问题。您可以看看这条（{}）：\n\n{}\n\n如果还是不行，告诉我一声，我马上为您转人工客服。",
+            source.title, source.snippet
+        ),
+        (None, false) => "Sorry that didn't solve it, and I have no other answer for this. Shall I pass you to a colleague? Just say so.".into(),
+        (None, true) => "抱歉，刚才的方法没有解决问题，我这里也没有别的办法了。需要为您转人工客服吗？回复“转人工”即可。".into(),
+    }
+}
+
 /// While a human handles the session, a customer who grows angrier is moved up the
 /// queue: the priority a message asks for when it is more negative than the previous
 /// one and negative at all (the ticket service only ever raises).
@@ -247,12 +290,20 @@ impl Decision {
         self.reason.is_some()
     }
 
+    /// A miss: the next message that finds no answer, or says this did not help either,
+    /// goes to a human. Recorded as a turn without intent.
+    pub fn missed(&self) -> bool {
+        self.clarify || self.next_best
+    }
+
+    /// The reply to send; `previous_reply` is the bot's last one, never sent twice in a row.
     pub fn reply(
         &self,
         fixed_reply: &str,
         knowledge: Option<&SearchResponse>,
         ticket_id: &str,
         language: Language,
+        previous_reply: &str,
     ) -> String {
         let zh = language == Language::Zh;
         if let Some(reason) = self.reason {
@@ -266,6 +317,9 @@ impl Decision {
                 ),
                 (_, true) => format!("非常抱歉给您带来不便。我已将您的问题转交人工客服（工单号：{ticket_id}），他们会尽快与您联系。"),
             };
+        }
+        if self.next_best {
+            return next_best_reply(knowledge, previous_reply, zh);
         }
         if self.clarify {
             return if zh {
@@ -349,7 +403,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Found(answer(true)),
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::SecurityIncident));
         assert!(decision.open_ticket && !decision.answered_from_knowledge);
@@ -366,7 +420,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Found(answer(true)),
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(calm.reason, None);
         let upset = decide(
@@ -374,7 +428,7 @@ mod tests {
             &feeling(SentimentLabel::Negative),
             &Retrieval::Found(answer(true)),
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(upset.reason, Some(EscalationReason::Complaint));
 
@@ -385,7 +439,7 @@ mod tests {
             &feeling(SentimentLabel::Negative),
             &Retrieval::Found(answer(true)),
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(decision.reason, None);
     }
@@ -400,7 +454,7 @@ mod tests {
                 &negative,
                 &Retrieval::Found(answer(true)),
                 VipTier::None as i32,
-                false,
+                Conversation::default(),
             )
         };
         assert_eq!(
@@ -433,7 +487,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Found(answer(true)),
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(decision.reason, None);
         assert!(!decision.open_ticket);
@@ -448,7 +502,7 @@ mod tests {
             &feeling(SentimentLabel::Negative),
             &Retrieval::NotNeeded,
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::Complaint));
         assert!(decision.open_ticket);
@@ -462,7 +516,7 @@ mod tests {
             &feeling(SentimentLabel::VeryNegative),
             &Retrieval::Found(answer(true)),
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::NegativeSentiment));
         assert_eq!(decision.priority, Priority::High);
@@ -476,14 +530,63 @@ mod tests {
                 &feeling(SentimentLabel::Neutral),
                 &Retrieval::Found(answer(false)),
                 VipTier::None as i32,
-                previous_missed,
+                Conversation {
+                    previous_missed,
+                    ..Default::default()
+                },
             )
         };
         let first = miss(false);
         assert_eq!(first.reason, None, "the first miss asks to rephrase");
         assert!(first.clarify && !first.open_ticket);
-        assert!(first.reply("", None, "", Language::En).contains("rephrase"));
+        assert!(first
+            .reply("", None, "", Language::En, "")
+            .contains("rephrase"));
         assert_eq!(miss(true).reason, Some(EscalationReason::NoAnswer));
+    }
+
+    #[test]
+    fn an_answer_that_did_not_help_is_not_given_again() {
+        let mut search = answer(true);
+        search.sources = vec![
+            kefu_proto::v1::Source {
+                title: "Troubleshooting".into(),
+                snippet: "The Pro plan costs $18 a month.".into(),
+                ..Default::default()
+            },
+            kefu_proto::v1::Source {
+                title: "Wi-Fi".into(),
+                snippet: "Move the hub closer to the router.".into(),
+                ..Default::default()
+            },
+        ];
+        let retry = |previous_missed| {
+            decide(
+                Some(&classified(
+                    "technical_support",
+                    Route::Answer,
+                    Priority::Medium,
+                )),
+                &feeling(SentimentLabel::Neutral),
+                &Retrieval::Found(search.clone()),
+                VipTier::None as i32,
+                Conversation {
+                    previous_missed,
+                    not_helped: true,
+                },
+            )
+        };
+        let first = retry(false);
+        assert_eq!(first.reason, None);
+        assert!(first.next_best && first.missed() && !first.answered_from_knowledge);
+        let reply = first.reply("", Some(&search), "", Language::En, &search.answer);
+        assert!(reply.contains("Move the hub closer"), "{reply}");
+        assert!(!reply.contains("$18"), "{reply}");
+        // nothing else to offer: a person is offered
+        let offer = first.reply("", None, "", Language::En, &search.answer);
+        assert!(offer.contains("colleague"), "{offer}");
+        // the second try did not help either: a human takes over
+        assert_eq!(retry(true).reason, Some(EscalationReason::NoAnswer));
     }
 
     #[test]
@@ -493,7 +596,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             &Retrieval::NotNeeded,
             VipTier::Gold as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::RouterUnavailable));
         assert!(decision.open_ticket);
@@ -503,7 +606,7 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Unavailable,
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(
             decision.reason,
@@ -519,7 +622,7 @@ mod tests {
             &feeling(SentimentLabel::VeryNegative),
             &Retrieval::NotNeeded,
             VipTier::Platinum as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(decision.priority, Priority::Urgent);
     }
@@ -533,11 +636,11 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             &Retrieval::NotNeeded,
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(decision.reason, None);
         assert_eq!(
-            decision.reply(&greeting.fixed_reply, None, "", Language::En),
+            decision.reply(&greeting.fixed_reply, None, "", Language::En, ""),
             "Hello! How can I help?"
         );
     }
@@ -573,11 +676,11 @@ mod tests {
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Found(answer(true)),
             VipTier::None as i32,
-            false,
+            Conversation::default(),
         );
         assert_eq!(decision.reason, None);
         assert!(decision.open_ticket);
-        let reply = decision.reply("", Some(&answer(true)), "T-1", Language::En);
+        let reply = decision.reply("", Some(&answer(true)), "T-1", Language::En, "");
         assert!(reply.starts_with("The Pro plan costs"));
         assert!(reply.contains("T-1"));
     }

@@ -32,7 +32,8 @@ mod decision;
 mod events;
 
 pub use decision::{
-    decide, handoff_pending_reply, mood_priority, Decision, EscalationReason, Retrieval,
+    decide, handoff_pending_reply, mood_priority, Conversation, Decision, EscalationReason,
+    Retrieval,
 };
 
 pub const SPEC: ServiceSpec = ServiceSpec::ORCHESTRATOR;
@@ -97,6 +98,9 @@ fn channel_name(channel: i32) -> String {
 }
 
 fn turn_of(record: TurnRecord) -> Turn {
+    let sources = SendMessageResponse::decode(record.response.as_slice())
+        .map(|response| response.sources)
+        .unwrap_or_default();
     Turn {
         message_id: record.message_id,
         customer_id: record.customer_id,
@@ -109,6 +113,7 @@ fn turn_of(record: TurnRecord) -> Turn {
         created_at: Some(kefu_proto::timestamp_from_millis(record.created_at)),
         role: Role::Customer as i32,
         author: String::new(),
+        sources,
     }
 }
 
@@ -124,6 +129,27 @@ fn entry_turn(entry: SessionEntry, customer_id: &str) -> Turn {
             author,
             ..Default::default()
         },
+    }
+}
+
+/// What the session's last turn says about this message: whether the bot's last reply
+/// missed (a turn without intent, see `Decision::missed`), and whether its last answer
+/// from knowledge did not help (the customer says so, or the same answer would come again).
+fn conversation_so_far(previous: Option<&Turn>, text: &str, retrieval: &Retrieval) -> Conversation {
+    let Some(previous) = previous.filter(|turn| !turn.escalated) else {
+        return Conversation::default();
+    };
+    let answered_from_knowledge = !previous.sources.is_empty();
+    let would_repeat = retrieval
+        .found()
+        .is_some_and(|k| !k.answer.is_empty() && previous.reply.starts_with(&k.answer));
+    let says_so = kefu_nlp::cues::says_not_helped(&kefu_nlp::cues::Message::new(text));
+    let previous_missed = previous.intent.is_empty();
+    Conversation {
+        previous_missed,
+        // after a miss too: "still not working" after the next best try goes to a person
+        not_helped: (says_so && (answered_from_knowledge || previous_missed))
+            || (answered_from_knowledge && would_repeat),
     }
 }
 
@@ -314,9 +340,13 @@ impl Orchestrator {
                 return Ok(Retrieval::NotNeeded);
             }
             match history.last() {
-                // A short follow-up is searched together with the question it follows
-                // (a text the router did not embed).
-                Some(previous) if request.text.chars().count() <= 24 => {
+                // A short follow-up on the same topic is searched together with the
+                // question it follows (a text the router did not embed); one the router
+                // reads as another intent is a new topic, searched alone.
+                Some(previous)
+                    if request.text.chars().count() <= 24
+                        && previous.intent == classification.intent =>
+                {
                     self.retrieve(&tenant, format!("{} {}", previous.text, request.text), None)
                         .await
                 }
@@ -348,16 +378,12 @@ impl Orchestrator {
                 kefu.priority = tracing::field::Empty,
             );
             let _entered = span.enter();
-            // The bot's last reply asked the customer to rephrase (see `Decision::clarify`).
-            let previous_missed = history
-                .last()
-                .is_some_and(|turn| !turn.escalated && turn.intent.is_empty());
             let decision = decide(
                 router_reached.then_some(&classification),
                 &sentiment,
                 &retrieval,
                 customer.vip_tier,
-                previous_missed,
+                conversation_so_far(history.last(), &request.text, &retrieval),
             );
             span.record("kefu.escalated", decision.escalated());
             span.record(
@@ -439,6 +465,7 @@ impl Orchestrator {
                 retrieval.found(),
                 &ticket_id,
                 language,
+                history.last().map_or("", |turn| turn.reply.as_str()),
             )
         };
         let response = SendMessageResponse {
@@ -446,7 +473,7 @@ impl Orchestrator {
             reply,
             // Not understood: no intent. An empty intent on a bot turn is also what marks
             // it as a miss in the session's history.
-            intent: if decision.clarify {
+            intent: if decision.missed() {
                 String::new()
             } else {
                 classification.intent.clone()

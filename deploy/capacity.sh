@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# CPU per turn of each service, measured as the chart runs them: six processes (the
+# release binaries) on PostgreSQL and Redis, loaded by `kefu bench` in a closed loop.
+# Prints CPU seconds per 1000 turns and turns/s per core for each service, and how many
+# one-core replicas 10,000 messages per second need at the HPA's 60% CPU target.
+#
+#   deploy/capacity.sh [SECONDS]     (make capacity)
+#
+# Needs PostgreSQL at $CAPACITY_POSTGRES (default postgres://postgres@127.0.0.1:5432) and
+# Redis at $CAPACITY_REDIS (default redis://127.0.0.1:6379); uses a database and a Redis
+# key prefix of its own, dropped afterwards.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+seconds=${1:-20}
+bin=target/release
+postgres=${CAPACITY_POSTGRES:-postgres://postgres@127.0.0.1:5432}
+redis=${CAPACITY_REDIS:-redis://127.0.0.1:6379}
+database="kefu_capacity_$$"
+work=$(mktemp -d)
+pids=()
+
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  psql -q "$postgres/postgres" -c "DROP DATABASE IF EXISTS $database" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+psql -q "$postgres/postgres" -c "CREATE DATABASE $database" >/dev/null
+export DATABASE_URL="$postgres/$database" REDIS_URL="$redis" KEFU_REDIS_PREFIX="kefu-capacity-$$:"
+export KEFU_MODELS_DIR="${KEFU_MODELS_DIR:-$PWD/models}" KEFU_TENANTS_DIR="$PWD/tenants"
+export KEFU_DATA_DIR="$work" KEFU_WEB_PORT=0 RUST_LOG=warn
+export KEFU_ROUTER_URL=http://127.0.0.1:50053 KEFU_KNOWLEDGE_URL=http://127.0.0.1:50054 \
+  KEFU_TICKET_URL=http://127.0.0.1:50055 KEFU_SENTIMENT_URL=http://127.0.0.1:50056 \
+  KEFU_ORCHESTRATOR_URL=http://127.0.0.1:50052
+
+"$bin/kefu" migrate >/dev/null
+services=(gateway orchestrator router knowledge ticket sentiment)
+declare -A pid_of
+for i in "${!services[@]}"; do
+  name=${services[$i]}
+  KEFU_GRPC_PORT=$((50051 + i)) KEFU_METRICS_PORT=$((9101 + i)) \
+    "$bin/kefu-$name" >"$work/$name.log" 2>&1 &
+  pid_of[$name]=$!
+  pids+=($!)
+done
+
+# utime + stime of a process, in clock ticks
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+echo "== warming up (the bench waits until the gateway is SERVING)"
+"$bin/kefu" bench --customers 64 --duration 5 >/dev/null
+declare -A before
+for name in "${services[@]}"; do before[$name]=$(cpu_ticks "${pid_of[$name]}"); done
+echo "== measuring for ${seconds} s: closed loop, 64 customers"
+"$bin/kefu" bench --customers 64 --duration "$seconds" --json "$work/bench.json" >/dev/null
+turns=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['answered'])" "$work/bench.json")
+tick=$(getconf CLK_TCK)
+
+printf '\n%-13s %12s %16s %22s\n' service "cpu s/1000" "turns/s per core" "replicas for 10k/s"
+for name in "${services[@]}"; do
+  used=$(( $(cpu_ticks "${pid_of[$name]}") - before[$name] ))
+  python3 - "$name" "$used" "$tick" "$turns" <<'EOF'
+import math, sys
+name, ticks, tick, turns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+per_turn = ticks / tick / max(turns, 1)
+rate = 1 / per_turn if per_turn else float("inf")
+# one-core replicas at the HPA's 60% CPU target
+replicas = math.ceil(10_000 * per_turn / 0.6)
+print(f"{name:<13} {per_turn * 1000:12.2f} {rate:16.0f} {replicas:22d}")
+EOF
+done
+echo "(${turns} turns answered; the bench client shared the cores)"
