@@ -3,14 +3,14 @@
 //! cargo run --release -p kefu-search --example retrieval_eval -- \
 //!     [--docs eval/retrieval/docs.jsonl | tenants/demo/docs] [--queries eval/retrieval/queries.csv] [--models models] \
 //!     [--mode hybrid|bm25|dense] [--fusion rrf:60|score] [--dense-en 0.5] [--dense-zh 0.5] [--candidates 50] [--no-stem] [--no-bigrams] \
-//!     [--title-boost 1.0] [--heading-boost 1.0] [--misses]
+//!     [--title-boost 1.0] [--heading-boost 1.0] [--grams 1.0] [--pinyin 0.3] [--question-boost 2.0] [--misses]
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use kefu_nlp::embed::Embedder;
-use kefu_search::eval::{evaluate, ingest, load_corpus, load_queries};
+use kefu_search::eval::{baseline, evaluate, ingest, load_corpus, load_queries};
 use kefu_search::{Fusion, SearchConfig, SearchIndex};
 
 fn main() -> Result<()> {
@@ -43,6 +43,9 @@ fn main() -> Result<()> {
             "--no-bigrams" => config.cjk_bigrams = false,
             "--title-boost" => config.title_boost = value()?.parse()?,
             "--heading-boost" => config.heading_boost = value()?.parse()?,
+            "--grams" => config.chinese_grams = value()?.parse()?,
+            "--pinyin" => config.pinyin = value()?.parse()?,
+            "--question-boost" => config.question_boost = value()?.parse()?,
             "--misses" => misses = true,
             other => bail!("unknown argument {other}"),
         }
@@ -59,10 +62,15 @@ fn main() -> Result<()> {
         None
     };
     let index = SearchIndex::with_config(embedder, config.clone())?;
-    ingest(&index, &load_corpus(&docs)?)?;
+    let corpus = load_corpus(&docs)?;
+    ingest(&index, &corpus)?;
     let queries = load_queries(&queries)?;
     let report = evaluate(&index, &queries)?;
     println!("{mode} {config:?}\n{report}");
+    println!(
+        "baseline (BM25 over character bigrams): {}",
+        baseline(&corpus, &queries)?
+    );
     if misses {
         for q in &queries {
             let found = index.search(&q.text, 10)?;

@@ -2,8 +2,14 @@
 //! Chinese, word boundaries otherwise), optional Chinese character bigrams, function
 //! words removed, English words stemmed. The same analysis serves indexing, queries,
 //! the lexical part of the confidence and the choice of answer sentences.
+//!
+//! Chinese text is also analysed a second way for ranking alone ([`grams_analyzer`]):
+//! character unigrams and bigrams of the content words, and bigrams of their pinyin, so
+//! that a paraphrase segmented differently, or typed with a homophone ("退或" for
+//! "退货"), still matches.
 
-use kefu_nlp::text::{is_cjk, words};
+use kefu_nlp::text::{is_cjk, normalize, words};
+use pinyin::ToPinyin;
 use tantivy::tokenizer::{
     Language, Stemmer, StopWordFilter, TextAnalyzer, Token, TokenStream, Tokenizer,
 };
@@ -270,6 +276,89 @@ impl Tokenizer for Segmenter {
     }
 }
 
+/// Name under which the Chinese n-gram analyzer is registered.
+pub(crate) const GRAMS_TOKENIZER_NAME: &str = "kefu_grams";
+
+/// Chinese n-grams of a text, the rest ignored: each run of Han characters is segmented,
+/// function words cut it into pieces, and each piece yields its characters, its character
+/// bigrams and (with `pinyin`) the toneless pinyin of each bigram ("tui huo").
+#[derive(Clone)]
+struct ChineseGrams {
+    pinyin: bool,
+}
+
+impl Tokenizer for ChineseGrams {
+    type TokenStream<'a> = VecTokenStream;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> VecTokenStream {
+        let mut tokens = Vec::new();
+        let mut push = |text: String| {
+            tokens.push(Token {
+                position: tokens.len(),
+                text,
+                ..Token::default()
+            })
+        };
+        for piece in content_pieces(&normalize(text)) {
+            for &c in &piece {
+                push(c.to_string());
+            }
+            for pair in piece.windows(2) {
+                push(pair.iter().collect());
+                if self.pinyin {
+                    if let (Some(a), Some(b)) = (pair[0].to_pinyin(), pair[1].to_pinyin()) {
+                        push(format!("{} {}", a.plain(), b.plain()));
+                    }
+                }
+            }
+        }
+        VecTokenStream { tokens, next: 0 }
+    }
+}
+
+/// Whether a Chinese n-gram is the pinyin of a bigram rather than characters.
+pub(crate) fn is_pinyin(gram: &str) -> bool {
+    gram.contains(' ')
+}
+
+/// The runs of Han characters of a normalised text, each cut at its function words.
+fn content_pieces(text: &str) -> Vec<Vec<char>> {
+    let mut pieces = Vec::new();
+    let mut run = String::new();
+    let mut flush = |run: &mut String| {
+        let mut piece = Vec::new();
+        for word in words(run) {
+            if STOP_WORDS.contains(&word.as_str()) {
+                if !piece.is_empty() {
+                    pieces.push(std::mem::take(&mut piece));
+                }
+            } else {
+                piece.extend(word.chars());
+            }
+        }
+        if !piece.is_empty() {
+            pieces.push(piece);
+        }
+        run.clear();
+    };
+    for c in text.chars() {
+        if is_cjk(c) {
+            run.push(c);
+        } else if !run.is_empty() {
+            flush(&mut run);
+        }
+    }
+    if !run.is_empty() {
+        flush(&mut run);
+    }
+    pieces
+}
+
+/// The Chinese n-gram analyzer (see [`ChineseGrams`]).
+pub(crate) fn grams_analyzer(pinyin: bool) -> TextAnalyzer {
+    TextAnalyzer::builder(ChineseGrams { pinyin }).build()
+}
+
 /// The analyzer: segmentation, stop words, English stemming.
 pub(crate) fn analyzer(cjk_bigrams: bool, stem: bool) -> TextAnalyzer {
     let builder = TextAnalyzer::builder(Segmenter { cjk_bigrams }).filter(StopWordFilter::remove(
@@ -319,6 +408,27 @@ mod tests {
             terms(&mut plain, "How do I cancel my subscriptions?"),
             vec!["cancel", "subscriptions"]
         );
+    }
+
+    #[test]
+    fn chinese_grams_are_characters_bigrams_and_pinyin_of_content_words() {
+        let mut a = grams_analyzer(true);
+        let t = terms(&mut a, "请问怎么申请退货? refund");
+        for expected in ["申", "退", "申请", "请退", "退货", "tui huo"] {
+            assert!(t.iter().any(|x| x == expected), "{expected} in {t:?}");
+        }
+        // "请问" and "怎么" are function words: no gram spans them, English is left out
+        assert!(
+            !t.iter()
+                .any(|x| x == "怎么" || x == "么申" || x == "refund"),
+            "{t:?}"
+        );
+        // a homophone typed by mistake shares the pinyin bigram
+        let typo = terms(&mut a, "怎么开发漂");
+        assert!(typo.iter().any(|x| x == "fa piao"), "{typo:?}");
+        assert!(terms(&mut a, "开发票").iter().any(|x| x == "fa piao"));
+        let mut plain = grams_analyzer(false);
+        assert!(!terms(&mut plain, "发票").iter().any(|x| x == "fa piao"));
     }
 
     #[test]

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use kefu_nlp::embed::Embedder;
 use serde::Deserialize;
 
+use crate::baseline::CharBigramBm25;
 use crate::{chunk_document, Document, SearchConfig, SearchIndex};
 
 /// One evaluation query and the id of the document that answers it.
@@ -114,6 +114,21 @@ pub fn ingest(index: &SearchIndex, docs: &[Document]) -> Result<()> {
 
 /// Runs every query through `index.search` and scores the rankings.
 pub fn evaluate(index: &SearchIndex, queries: &[Query]) -> Result<Report> {
+    score_rankings(queries, |query| {
+        Ok(index
+            .search(query, 10)?
+            .into_iter()
+            .map(|p| p.doc_id)
+            .collect())
+    })
+}
+
+/// Scores the ranking `rank` gives each query (document ids, best first; the first ten
+/// count), one query at a time, timing each.
+pub fn score_rankings(
+    queries: &[Query],
+    mut rank: impl FnMut(&str) -> Result<Vec<String>>,
+) -> Result<Report> {
     if queries.is_empty() {
         bail!("no queries to evaluate");
     }
@@ -123,9 +138,9 @@ pub fn evaluate(index: &SearchIndex, queries: &[Query]) -> Result<Report> {
     let mut latencies = Vec::with_capacity(queries.len());
     for (i, q) in queries.iter().enumerate() {
         let start = Instant::now();
-        let passages = index.search(&q.text, 10)?;
+        let ranking = rank(&q.text)?;
         latencies.push(start.elapsed().as_secs_f64() * 1000.0);
-        if let Some(rank) = passages.iter().position(|p| p.doc_id == q.doc_id) {
+        if let Some(rank) = ranking.iter().take(10).position(|id| *id == q.doc_id) {
             reciprocal += 1.0 / (rank + 1) as f64;
             at1 += usize::from(rank == 0);
             at5 += usize::from(rank < 5);
@@ -147,17 +162,27 @@ pub fn evaluate(index: &SearchIndex, queries: &[Query]) -> Result<Report> {
     })
 }
 
-/// Builds an index with the given embedder and settings, ingests the documents and
-/// evaluates the queries.
-pub fn run(
-    docs_jsonl: &Path,
-    queries_csv: &Path,
-    embedder: Option<Arc<Embedder>>,
-    config: SearchConfig,
-) -> Result<Report> {
+/// The same queries against the textbook baseline, BM25 over character bigrams.
+pub fn baseline(docs: &[Document], queries: &[Query]) -> Result<Report> {
+    let index = CharBigramBm25::new(docs);
+    score_rankings(queries, |query| {
+        Ok(index
+            .search(query, 10)
+            .into_iter()
+            .map(str::to_owned)
+            .collect())
+    })
+}
+
+/// The benchmark with the production settings: hybrid retrieval with the
+/// all-MiniLM-L6-v2 model from `models_dir`, then the baseline on the same set. Returns
+/// `mrr@10=… recall@1=… recall@5=… n=… p50_ms=… p99_ms=…` and a second line with the
+/// baseline's figures.
+pub fn retrieval(docs_jsonl: &Path, queries_csv: &Path, models_dir: &Path) -> Result<String> {
     let docs = load_documents(docs_jsonl)?;
     let queries = load_queries(queries_csv)?;
-    let index = SearchIndex::with_config(embedder, config)?;
+    let embedder = kefu_nlp::eval::load_embedder(models_dir)?;
+    let index = SearchIndex::with_config(Some(Arc::new(embedder)), SearchConfig::default())?;
     eprintln!("retrieval eval: ingesting {} documents", docs.len());
     let start = Instant::now();
     ingest(&index, &docs)?;
@@ -167,19 +192,9 @@ pub fn run(
         start.elapsed().as_secs_f64(),
         queries.len()
     );
-    evaluate(&index, &queries)
-}
-
-/// The benchmark with the production settings: hybrid retrieval with the
-/// all-MiniLM-L6-v2 model from `models_dir`. Returns
-/// `mrr@10=… recall@1=… recall@5=… n=… p50_ms=… p99_ms=…`.
-pub fn retrieval(docs_jsonl: &Path, queries_csv: &Path, models_dir: &Path) -> Result<String> {
-    let embedder = kefu_nlp::eval::load_embedder(models_dir)?;
-    let report = run(
-        docs_jsonl,
-        queries_csv,
-        Some(Arc::new(embedder)),
-        SearchConfig::default(),
-    )?;
-    Ok(report.to_string())
+    let report = evaluate(&index, &queries)?;
+    let baseline = baseline(&docs, &queries)?;
+    Ok(format!(
+        "{report}\nbaseline (BM25 over character bigrams): {baseline}"
+    ))
 }

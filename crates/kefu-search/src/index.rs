@@ -16,7 +16,9 @@ use tantivy::schema::{
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, Term};
 
-use crate::analysis::{analyzer, distinct_terms, TOKENIZER_NAME};
+use crate::analysis::{
+    analyzer, distinct_terms, grams_analyzer, is_pinyin, GRAMS_TOKENIZER_NAME, TOKENIZER_NAME,
+};
 use crate::{Chunk, Passage};
 
 /// How the lexical and the dense ranking are combined; `w` is the dense weight for
@@ -46,6 +48,15 @@ pub struct SearchConfig {
     pub stem: bool,
     /// Index character bigrams of long Chinese words besides the words themselves.
     pub cjk_bigrams: bool,
+    /// BM25 weight of Chinese character n-grams (see `analysis::grams_analyzer`)
+    /// relative to words; 0 leaves them out.
+    pub chinese_grams: f32,
+    /// Weight of the pinyin of a Chinese bigram (a homophone typed by mistake) relative
+    /// to the characters; 0 leaves pinyin out.
+    pub pinyin: f32,
+    /// Weight of Chinese n-grams matching the title, the entry's question, relative to
+    /// the text: customers paraphrase the question far more closely than the answer.
+    pub question_boost: f32,
     /// BM25 weight of a match in the document title relative to the chunk text.
     pub title_boost: f32,
     /// BM25 weight of a match in the chunk's headings relative to the chunk text.
@@ -61,9 +72,12 @@ impl Default for SearchConfig {
             dense: true,
             fusion: Fusion::Score,
             dense_weight_en: 0.7,
-            dense_weight_zh: 0.3,
+            dense_weight_zh: 0.0,
             stem: true,
             cjk_bigrams: true,
+            chinese_grams: 1.0,
+            pinyin: 0.1,
+            question_boost: 2.0,
             title_boost: 1.0,
             heading_boost: 1.0,
             candidates: 50,
@@ -77,6 +91,9 @@ struct Fields {
     title: Field,
     heading: Field,
     body: Field,
+    /// Chinese n-grams of the title, and of headings and text.
+    title_grams: Field,
+    body_grams: Field,
 }
 
 /// A chunk as held by the index.
@@ -204,6 +221,7 @@ pub struct SearchIndex {
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
     analyzer: TextAnalyzer,
+    grams_analyzer: TextAnalyzer,
     state: RwLock<State>,
 }
 
@@ -221,23 +239,33 @@ impl SearchIndex {
     /// An empty index with explicit retrieval settings.
     pub fn with_config(embedder: Option<Arc<Embedder>>, config: SearchConfig) -> Result<Self> {
         let mut builder = Schema::builder();
-        let text = TextOptions::default().set_indexing_options(
-            TextFieldIndexing::default()
-                .set_tokenizer(TOKENIZER_NAME)
-                .set_index_option(IndexRecordOption::WithFreqs),
-        );
+        let indexed_with = |tokenizer| {
+            TextOptions::default().set_indexing_options(
+                TextFieldIndexing::default()
+                    .set_tokenizer(tokenizer)
+                    .set_index_option(IndexRecordOption::WithFreqs),
+            )
+        };
+        let text = indexed_with(TOKENIZER_NAME);
+        let grams = indexed_with(GRAMS_TOKENIZER_NAME);
         let fields = Fields {
             key: builder.add_u64_field("key", FAST),
             doc_id: builder.add_text_field("doc_id", STRING),
             title: builder.add_text_field("title", text.clone()),
             heading: builder.add_text_field("heading", text.clone()),
             body: builder.add_text_field("body", text),
+            title_grams: builder.add_text_field("title_grams", grams.clone()),
+            body_grams: builder.add_text_field("body_grams", grams),
         };
         let index = Index::create_in_ram(builder.build());
         let analyzer = analyzer(config.cjk_bigrams, config.stem);
+        let grams_analyzer = grams_analyzer(config.pinyin > 0.0);
         index
             .tokenizers()
             .register(TOKENIZER_NAME, analyzer.clone());
+        index
+            .tokenizers()
+            .register(GRAMS_TOKENIZER_NAME, grams_analyzer.clone());
         let writer = index
             .writer_with_num_threads(1, WRITER_MEMORY)
             .context("creating the index writer")?;
@@ -253,6 +281,7 @@ impl SearchIndex {
             reader,
             writer: Mutex::new(writer),
             analyzer,
+            grams_analyzer,
             state: RwLock::new(State::default()),
         })
     }
@@ -357,6 +386,8 @@ impl SearchIndex {
                 self.fields.title => chunk.title.as_str(),
                 self.fields.heading => chunk.heading.as_str(),
                 self.fields.body => chunk.text.as_str(),
+                self.fields.title_grams => chunk.title.as_str(),
+                self.fields.body_grams => format!("{}\n{}", chunk.heading, chunk.text),
             ))?;
             let all = format!("{}\n{}\n{}", chunk.title, chunk.heading, chunk.text);
             let terms = distinct_terms(&mut analyzer, &all).into_iter().collect();
@@ -515,7 +546,12 @@ impl SearchIndex {
             return Ok(Vec::new());
         }
         let lexical = if self.config.lexical {
-            self.lexical_ranking(&query_terms)?
+            let query_grams = if self.config.chinese_grams > 0.0 {
+                distinct_terms(&mut self.grams_analyzer.clone(), query)
+            } else {
+                Vec::new()
+            };
+            self.lexical_ranking(&query_terms, &query_grams)?
         } else {
             Vec::new()
         };
@@ -620,32 +656,45 @@ impl SearchIndex {
         Ok(out)
     }
 
-    /// BM25 ranking of chunk keys for the analyzed query terms.
-    fn lexical_ranking(&self, terms: &[String]) -> Result<Vec<(u64, f32)>> {
-        if terms.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::with_capacity(terms.len() * 3);
-        for t in terms {
-            for (field, boost) in [
-                (self.fields.body, 1.0),
-                (self.fields.title, self.config.title_boost),
-                (self.fields.heading, self.config.heading_boost),
-            ] {
-                if boost <= 0.0 {
-                    continue;
+    /// BM25 ranking of chunk keys for the analyzed query terms and Chinese n-grams, each
+    /// field scored on its own and the scores summed with the configured weights.
+    fn lexical_ranking(&self, terms: &[String], grams: &[String]) -> Result<Vec<(u64, f32)>> {
+        let c = &self.config;
+        let word_fields = [
+            (self.fields.body, 1.0),
+            (self.fields.title, c.title_boost),
+            (self.fields.heading, c.heading_boost),
+        ];
+        let gram_fields = [
+            (self.fields.body_grams, c.chinese_grams),
+            (self.fields.title_grams, c.chinese_grams * c.question_boost),
+        ];
+        let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        for (units, fields) in [(terms, &word_fields[..]), (grams, &gram_fields[..])] {
+            for unit in units {
+                let weight = if is_pinyin(unit) { c.pinyin } else { 1.0 };
+                for &(field, boost) in fields {
+                    let boost = boost * weight;
+                    if boost <= 0.0 {
+                        continue;
+                    }
+                    let q: Box<dyn Query> = Box::new(TermQuery::new(
+                        Term::from_field_text(field, unit),
+                        IndexRecordOption::WithFreqs,
+                    ));
+                    clauses.push((
+                        Occur::Should,
+                        if boost == 1.0 {
+                            q
+                        } else {
+                            Box::new(BoostQuery::new(q, boost))
+                        },
+                    ));
                 }
-                let q: Box<dyn Query> = Box::new(TermQuery::new(
-                    Term::from_field_text(field, t),
-                    IndexRecordOption::WithFreqs,
-                ));
-                let q = if boost == 1.0 {
-                    q
-                } else {
-                    Box::new(BoostQuery::new(q, boost))
-                };
-                clauses.push((Occur::Should, q));
             }
+        }
+        if clauses.is_empty() {
+            return Ok(Vec::new());
         }
         let searcher = self.reader.searcher();
         let top = searcher.search(

@@ -5,10 +5,12 @@
 //!   segments Chinese with jieba and stems English) plus dense cosine similarity over
 //!   sentence embeddings, fused with reciprocal rank fusion, one best chunk per document
 //! - [`compose_answer`]: a grounded answer made only of the best passage's sentences
-//! - [`eval`]: the retrieval benchmark (MRR@10, recall, latency)
+//! - [`eval`]: the retrieval benchmark (MRR@10, recall, latency), against
+//!   [`baseline`], BM25 over character bigrams
 
 mod analysis;
 mod answer;
+pub mod baseline;
 mod chunk;
 pub mod eval;
 mod index;

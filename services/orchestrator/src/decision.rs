@@ -92,11 +92,14 @@ impl Retrieval {
     }
 }
 
-/// The thresholds when the router sent none (kefu's default policy).
-const DEFAULT_THRESHOLDS: EscalationThresholds = EscalationThresholds {
-    hand_off_score: -0.9,
-    negative_score: -0.3,
-};
+/// The thresholds when the router sent none: kefu's default policy.
+fn default_thresholds() -> EscalationThresholds {
+    let policy = kefu_tenant::EscalationPolicy::defaults();
+    EscalationThresholds {
+        hand_off_score: policy.hand_off_score,
+        negative_score: policy.negative_score,
+    }
+}
 
 /// Decides for one message; `classification` is None when the router could not be
 /// reached, and the customer then goes to a human rather than being failed.
@@ -127,7 +130,7 @@ pub fn decide(
     let knowledge = retrieval.found();
     let thresholds = classification
         .escalation_thresholds
-        .unwrap_or(DEFAULT_THRESHOLDS);
+        .unwrap_or_else(default_thresholds);
     let score = sentiment.sentiment.as_ref().map_or(0.0, |s| s.score);
     let negative = score <= thresholds.negative_score;
     let cue_reason = classification

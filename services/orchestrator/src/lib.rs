@@ -143,13 +143,14 @@ fn conversation_so_far(previous: Option<&Turn>, text: &str, retrieval: &Retrieva
     let would_repeat = retrieval
         .found()
         .is_some_and(|k| !k.answer.is_empty() && previous.reply.starts_with(&k.answer));
-    let says_so = kefu_nlp::cues::says_not_helped(&kefu_nlp::cues::Message::new(text));
     let previous_missed = previous.intent.is_empty();
+    // after a miss too: "still not working" after the next best try goes to a person;
+    // the text is segmented only when the previous turn makes the question matter
+    let says_so = || kefu_nlp::cues::says_not_helped(&kefu_nlp::cues::Message::new(text));
     Conversation {
         previous_missed,
-        // after a miss too: "still not working" after the next best try goes to a person
-        not_helped: (says_so && (answered_from_knowledge || previous_missed))
-            || (answered_from_knowledge && would_repeat),
+        not_helped: (answered_from_knowledge && would_repeat)
+            || ((answered_from_knowledge || previous_missed) && says_so()),
     }
 }
 
