@@ -172,7 +172,8 @@ fn found_zh(tokens: &[String], cue: &str) -> bool {
 }
 
 /// A question about how something works ("How do I cancel my subscription?",
-/// "取消订阅之后录像还在吗", "运费谁出呀", "发西藏要几天").
+/// "取消订阅之后录像还在吗", "运费谁出呀", "发西藏要几天"), asked directly or not
+/// ("I just want to know how to switch plans", "想知道怎么改地址").
 fn is_question(norm: &str) -> bool {
     let trimmed = norm.trim_end();
     trimmed.ends_with(['?', '？', '吗', '呢', '么', '呀'])
@@ -192,9 +193,26 @@ fn is_question(norm: &str) -> bool {
         ]
         .iter()
         .any(|start| trimmed.starts_with(start))
-        || ["怎么办", "多久", "几天", "多少钱", "是否", "能否"]
-            .iter()
-            .any(|asks| trimmed.contains(asks))
+        || [
+            "怎么办",
+            "多久",
+            "几天",
+            "多少钱",
+            "是否",
+            "能否",
+            "想知道",
+            "想问一下",
+            "to know how",
+            "to know what",
+            "to know if",
+            "to know whether",
+            "to know when",
+            "wondering how",
+            "wondering if",
+            "wondering whether",
+        ]
+        .iter()
+        .any(|asks| trimmed.contains(asks))
 }
 
 #[cfg(test)]
@@ -255,6 +273,8 @@ mod tests {
             "不想要了退货，运费谁出呀",
             "发西藏一般要几天",
             "app登不上去了，怎么办",
+            "I'm not angry, I just want to know how to switch plans",
+            "想知道会员到期以后数据还在不在",
         ] {
             assert!(Message::new(asks).is_question(), "{asks}");
         }

@@ -20,17 +20,19 @@ pub enum CueKind {
     HumanRequest,
     Anger,
     ChurnThreat,
+    Stalled,
     Complaint,
 }
 
 impl CueKind {
-    pub const ALL: [CueKind; 7] = [
+    pub const ALL: [CueKind; 8] = [
         CueKind::SecurityIncident,
         CueKind::SafetyHazard,
         CueKind::LegalThreat,
         CueKind::HumanRequest,
         CueKind::Anger,
         CueKind::ChurnThreat,
+        CueKind::Stalled,
         CueKind::Complaint,
     ];
 }

@@ -24,6 +24,8 @@ pub enum EscalationReason {
     LegalThreat,
     /// A threat to cancel or move to a competitor.
     ChurnThreat,
+    /// A case stuck past its normal time (tracking silent for days, a refund not arrived).
+    Stalled,
 }
 
 impl EscalationReason {
@@ -40,6 +42,7 @@ impl EscalationReason {
             Self::SafetyHazard => "safety_hazard",
             Self::LegalThreat => "legal_threat",
             Self::ChurnThreat => "churn_threat",
+            Self::Stalled => "stalled",
         }
     }
 }
@@ -194,6 +197,7 @@ fn reason_of(signal: EscalationSignal) -> EscalationReason {
         EscalationSignal::LegalThreat => EscalationReason::LegalThreat,
         EscalationSignal::HumanRequest => EscalationReason::HumanRequest,
         EscalationSignal::ChurnThreat => EscalationReason::ChurnThreat,
+        EscalationSignal::Stalled => EscalationReason::Stalled,
         EscalationSignal::Complaint => EscalationReason::Complaint,
         EscalationSignal::Anger | EscalationSignal::Unspecified => {
             EscalationReason::NegativeSentiment

@@ -59,6 +59,7 @@ fn signal_of(kind: CueKind) -> EscalationSignal {
         CueKind::HumanRequest => EscalationSignal::HumanRequest,
         CueKind::Anger => EscalationSignal::Anger,
         CueKind::ChurnThreat => EscalationSignal::ChurnThreat,
+        CueKind::Stalled => EscalationSignal::Stalled,
         CueKind::Complaint => EscalationSignal::Complaint,
     }
 }
@@ -102,6 +103,8 @@ mod tests {
             ("转人工", HumanRequest),
             ("你们就是垃圾", Anger),
             ("I'm cancelling and going to a competitor", ChurnThreat),
+            ("Tracking hasn't updated in 9 business days", Stalled),
+            ("退款审核通过半个月了，还没到账", Stalled),
             ("我要投诉", Complaint),
         ] {
             assert_eq!(signals(&matcher, text).first(), Some(&want), "{text}");
@@ -111,6 +114,7 @@ mod tests {
             "Great, it works now!!!",
             "How do I cancel my subscription?",
             "取消订阅之后录像还在吗",
+            "My refund still hasn't arrived, how long does it usually take?",
             "验证码在垃圾邮件里",
             "iPhone上app老闪退，卸载后重新安装有用吗",
             "I'm not angry, I just want to know how to switch plans",

@@ -66,6 +66,8 @@ pub struct Router {
     definitions: Arc<dyn ContentStore>,
     cache: Cache,
     redis: Option<Redis>,
+    /// Set once every tenant of the tenant files has its model.
+    ready: ReadyFlag,
 }
 
 pub fn urgency_priority(urgency: Urgency) -> Priority {
@@ -165,7 +167,15 @@ impl Router {
             .expect("model map lock")
             .get(tenant_id)
             .cloned()
-            .ok_or_else(|| Status::not_found(format!("unknown tenant {tenant_id:?}")))
+            .ok_or_else(|| {
+                // a replica still learning its tenants does not know yet whether the
+                // tenant exists: the caller should try another replica, or later
+                if self.ready.is_ready() {
+                    Status::not_found(format!("unknown tenant {tenant_id:?}"))
+                } else {
+                    Status::unavailable("the intent models are still being learned")
+                }
+            })
     }
 
     /// Classifies a message; with `include_embedding`, the response carries the sentence
@@ -365,8 +375,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             redis.clone(),
         ),
         redis: redis.clone(),
+        ready: ReadyFlag::new("intent models"),
     });
-    let ready = ReadyFlag::new("intent models");
+    let ready = router.ready.clone();
     let mut server = kefu_runtime::Server::new(SPEC, config.server)
         .add_service(RouterServiceServer::new(RouterHandle(router.clone())))
         .probe(Arc::new(ready.clone()))
