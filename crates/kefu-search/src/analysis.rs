@@ -5,8 +5,8 @@
 //!
 //! Chinese text is also analysed a second way for ranking alone ([`grams_analyzer`]):
 //! character unigrams and bigrams of the content words, and bigrams of their pinyin, so
-//! that a paraphrase segmented differently, or typed with a homophone ("退或" for
-//! "退货"), still matches.
+//! that a paraphrase segmented differently, or typed with a homophone ("发漂" for
+//! "发票"), still matches.
 
 use kefu_nlp::text::{is_cjk, normalize, words};
 use pinyin::ToPinyin;
