@@ -105,6 +105,9 @@ struct Load {
     clients: Vec<ConversationServiceClient<Channel>>,
     messages: Vec<String>,
     tenant: String,
+    /// Tells this run's messages and customers from an earlier run's, so that no cache
+    /// (the router keeps classifications for an hour) answers from a previous run.
+    run_id: String,
     deadline: Duration,
     sequence: AtomicU64,
     tally: Mutex<Tally>,
@@ -121,9 +124,9 @@ impl Load {
         let text = &self.messages[n as usize % self.messages.len()];
         let mut request = tonic::Request::new(SendMessageRequest {
             tenant_id: self.tenant.clone(),
-            customer_id: format!("bench-{n}"),
+            customer_id: format!("bench-{}-{n}", self.run_id),
             channel: MessageChannel::Web as i32,
-            text: format!("{text} (ref {n})"),
+            text: format!("{text} (ref {}-{n})", self.run_id),
             ..Default::default()
         });
         request.set_timeout(self.deadline);
@@ -214,6 +217,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         clients,
         messages,
         tenant: args.tenant.clone(),
+        run_id: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
         deadline: Duration::from_millis(args.deadline_ms),
         sequence: AtomicU64::new(0),
         tally: Mutex::new(Tally::default()),

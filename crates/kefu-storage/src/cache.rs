@@ -1,7 +1,7 @@
 //! Caching shared by replicas: an in-process first level in front of Redis (when
 //! `REDIS_URL` is set), plus change notification over Redis pub/sub so that every
 //! replica reloads a tenant's intents or documents within seconds of a change.
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -181,12 +181,70 @@ impl kefu_runtime::Probe for RedisProbe {
 /// Bound of the in-process level; beyond it the oldest entries go first.
 const LOCAL_CAPACITY: usize = 10_000;
 
+/// The in-process level: entries with the time they were stored, and the order they were
+/// stored in. All entries share one time to live, so the oldest is also the first to
+/// expire, and evicting costs O(1) per insert however full the level is.
+struct LocalLevel {
+    entries: HashMap<String, (Instant, Vec<u8>)>,
+    /// (stored at, key), oldest first; an element whose time no longer matches its
+    /// entry's (replaced or removed since) is skipped.
+    order: VecDeque<(Instant, String)>,
+    capacity: usize,
+}
+
+impl LocalLevel {
+    fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            capacity,
+        }
+    }
+
+    fn get(&self, key: &str, ttl: Duration) -> Option<Vec<u8>> {
+        let (stored, value) = self.entries.get(key)?;
+        (stored.elapsed() < ttl).then(|| value.clone())
+    }
+
+    fn insert(&mut self, key: String, value: Vec<u8>, ttl: Duration) {
+        let now = Instant::now();
+        while let Some((stored, oldest)) = self.order.front() {
+            let expired = now.duration_since(*stored) >= ttl;
+            let full = self.entries.len() >= self.capacity && !self.entries.contains_key(&key);
+            if !expired && !full {
+                break;
+            }
+            if self.entries.get(oldest).is_some_and(|(at, _)| at == stored) {
+                self.entries.remove(oldest);
+            }
+            self.order.pop_front();
+        }
+        // Keys stored again leave stale elements behind; drop them once they outnumber
+        // the entries, so the order stays within twice the capacity.
+        if self.order.len() >= 2 * self.capacity.max(1) {
+            let entries = &self.entries;
+            self.order
+                .retain(|(at, key)| entries.get(key).is_some_and(|(stored, _)| stored == at));
+        }
+        self.order.push_back((now, key.clone()));
+        self.entries.insert(key, (now, value));
+    }
+
+    fn remove(&mut self, key: &str) {
+        self.entries.remove(key);
+    }
+
+    fn remove_prefix(&mut self, prefix: &str) {
+        self.entries.retain(|key, _| !key.starts_with(prefix));
+    }
+}
+
 /// A two-level cache of one kind of result (`classification`, `retrieval`, `session`).
 pub struct Cache {
     kind: &'static str,
     service: &'static str,
     ttl: Duration,
-    local: Mutex<HashMap<String, (Instant, Vec<u8>)>>,
+    local: Mutex<LocalLevel>,
     redis: Option<Redis>,
 }
 
@@ -212,7 +270,7 @@ impl Cache {
             kind,
             service,
             ttl,
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(LocalLevel::new(LOCAL_CAPACITY)),
             redis,
         }
     }
@@ -227,11 +285,10 @@ impl Cache {
 
     pub async fn get(&self, tenant_id: &str, key: &str) -> Option<Vec<u8>> {
         let local_key = format!("{tenant_id}:{key}");
-        if let Some((stored, value)) = self.local.lock().expect("cache lock").get(&local_key) {
-            if stored.elapsed() < self.ttl {
-                self.record(true);
-                return Some(value.clone());
-            }
+        let local = self.local.lock().expect("cache lock").get(&local_key, self.ttl);
+        if let Some(value) = local {
+            self.record(true);
+            return Some(value);
         }
         if let Some(redis) = &self.redis {
             match redis
@@ -290,23 +347,77 @@ impl Cache {
         self.local
             .lock()
             .expect("cache lock")
-            .retain(|key, _| !key.starts_with(&prefix));
+            .remove_prefix(&prefix);
     }
 
     fn put_local(&self, key: String, value: Vec<u8>) {
-        let mut local = self.local.lock().expect("cache lock");
-        if local.len() >= LOCAL_CAPACITY {
-            local.retain(|_, (stored, _)| stored.elapsed() < self.ttl);
-            if local.len() >= LOCAL_CAPACITY {
-                if let Some(oldest) = local
-                    .iter()
-                    .min_by_key(|(_, (stored, _))| *stored)
-                    .map(|(k, _)| k.clone())
-                {
-                    local.remove(&oldest);
-                }
-            }
+        self.local
+            .lock()
+            .expect("cache lock")
+            .insert(key, value, self.ttl);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_full_level_drops_its_oldest_entry() {
+        let mut level = LocalLevel::new(3);
+        for key in ["a", "b", "c", "d"] {
+            level.insert(key.into(), key.as_bytes().to_vec(), HOUR);
         }
-        local.insert(key, (Instant::now(), value));
+        assert_eq!(level.get("a", HOUR), None);
+        for key in ["b", "c", "d"] {
+            assert_eq!(level.get(key, HOUR), Some(key.as_bytes().to_vec()));
+        }
+    }
+
+    #[test]
+    fn a_key_stored_again_counts_from_its_new_time() {
+        let mut level = LocalLevel::new(2);
+        level.insert("a".into(), b"1".to_vec(), HOUR);
+        level.insert("b".into(), b"2".to_vec(), HOUR);
+        level.insert("a".into(), b"3".to_vec(), HOUR); // replaces; nothing evicted
+        assert_eq!(level.get("b", HOUR), Some(b"2".to_vec()));
+        level.insert("c".into(), b"4".to_vec(), HOUR); // evicts b, now the oldest
+        assert_eq!(level.get("b", HOUR), None);
+        assert_eq!(level.get("a", HOUR), Some(b"3".to_vec()));
+        assert_eq!(level.get("c", HOUR), Some(b"4".to_vec()));
+    }
+
+    #[test]
+    fn expired_entries_are_neither_served_nor_kept() {
+        let ttl = Duration::from_millis(20);
+        let mut level = LocalLevel::new(100);
+        level.insert("old".into(), b"x".to_vec(), ttl);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(level.get("old", ttl), None);
+        level.insert("new".into(), b"y".to_vec(), ttl);
+        assert!(!level.entries.contains_key("old"));
+        assert_eq!(level.get("new", ttl), Some(b"y".to_vec()));
+    }
+
+    #[test]
+    fn one_key_stored_over_and_over_keeps_the_order_bounded() {
+        let mut level = LocalLevel::new(10);
+        for i in 0..1000u32 {
+            level.insert("session".into(), i.to_le_bytes().to_vec(), HOUR);
+        }
+        assert!(level.order.len() <= 20, "{}", level.order.len());
+        assert_eq!(level.get("session", HOUR), Some(999u32.to_le_bytes().to_vec()));
+    }
+
+    #[test]
+    fn forgetting_a_tenant_keeps_the_others() {
+        let mut level = LocalLevel::new(10);
+        level.insert("t1:a".into(), b"1".to_vec(), HOUR);
+        level.insert("t2:a".into(), b"2".to_vec(), HOUR);
+        level.remove_prefix("t1:");
+        assert_eq!(level.get("t1:a", HOUR), None);
+        assert_eq!(level.get("t2:a", HOUR), Some(b"2".to_vec()));
     }
 }
