@@ -285,7 +285,11 @@ impl Cache {
 
     pub async fn get(&self, tenant_id: &str, key: &str) -> Option<Vec<u8>> {
         let local_key = format!("{tenant_id}:{key}");
-        let local = self.local.lock().expect("cache lock").get(&local_key, self.ttl);
+        let local = self
+            .local
+            .lock()
+            .expect("cache lock")
+            .get(&local_key, self.ttl);
         if let Some(value) = local {
             self.record(true);
             return Some(value);
@@ -408,7 +412,10 @@ mod tests {
             level.insert("session".into(), i.to_le_bytes().to_vec(), HOUR);
         }
         assert!(level.order.len() <= 20, "{}", level.order.len());
-        assert_eq!(level.get("session", HOUR), Some(999u32.to_le_bytes().to_vec()));
+        assert_eq!(
+            level.get("session", HOUR),
+            Some(999u32.to_le_bytes().to_vec())
+        );
     }
 
     #[test]
