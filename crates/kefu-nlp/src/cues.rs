@@ -5,6 +5,8 @@
 //! negation ("I'm not angry", 不是投诉) does not count, and a list can be told to skip
 //! questions ("How do I cancel my subscription?" asks; it does not threaten).
 
+use aho_corasick::AhoCorasick;
+
 use crate::text::{normalize, words};
 
 /// A message prepared once for every list of cues: normalised, segmented, and whether it
@@ -12,6 +14,8 @@ use crate::text::{normalize, words};
 pub struct Message {
     norm: String,
     tokens: Vec<String>,
+    /// The tokens written together: every run of whole words is a substring of it.
+    joined: String,
     question: bool,
 }
 
@@ -21,6 +25,7 @@ impl Message {
         let tokens = words(&norm);
         let question = is_question(&norm);
         Self {
+            joined: tokens.concat(),
             norm,
             tokens,
             question,
@@ -35,8 +40,12 @@ impl Message {
 /// One list of cue phrases.
 #[derive(Debug, Clone, Default)]
 pub struct Cues {
-    en: Vec<String>,
     zh: Vec<String>,
+    /// Every occurrence of every English cue in the normalised message, in one pass.
+    en_finder: Option<AhoCorasick>,
+    /// Every occurrence of every Chinese cue in the joined tokens; each is then checked
+    /// against the word boundaries.
+    zh_finder: Option<AhoCorasick>,
     skip_questions: bool,
 }
 
@@ -51,12 +60,14 @@ impl Cues {
                 .filter(|p| !p.is_empty())
                 .collect()
         };
+        let zh: Vec<String> = prepare(zh)
+            .into_iter()
+            .map(|p| p.split_whitespace().collect())
+            .collect();
         Self {
-            en: prepare(en),
-            zh: prepare(zh)
-                .into_iter()
-                .map(|p| p.split_whitespace().collect())
-                .collect(),
+            en_finder: finder(&prepare(en)),
+            zh_finder: finder(&zh),
+            zh,
             skip_questions,
         }
     }
@@ -65,8 +76,15 @@ impl Cues {
         if self.skip_questions && message.question {
             return false;
         }
-        self.en.iter().any(|cue| found_en(&message.norm, cue))
-            || self.zh.iter().any(|cue| found_zh(&message.tokens, cue))
+        self.en_finder
+            .iter()
+            .flat_map(|f| f.find_overlapping_iter(message.norm.as_str()))
+            .any(|m| found_en_at(&message.norm, m.start()))
+            || self
+                .zh_finder
+                .iter()
+                .flat_map(|f| f.find_overlapping_iter(message.joined.as_str()))
+                .any(|m| found_zh(&message.tokens, &self.zh[m.pattern().as_usize()]))
     }
 }
 
@@ -142,29 +160,34 @@ fn negator(word: &str) -> bool {
     NEGATORS_EN.contains(&word) || word.ends_with("n't") || crate::lexicon::is_negator(word)
 }
 
-/// At the start of a word, not after a negation among the three words before it.
-fn found_en(norm: &str, cue: &str) -> bool {
-    norm.match_indices(cue).any(|(i, _)| {
-        let at_word_start = norm[..i]
-            .chars()
-            .next_back()
-            .is_none_or(|c| !c.is_alphanumeric());
-        at_word_start && !words(&norm[..i]).iter().rev().take(3).any(|w| negator(w))
-    })
+/// An automaton over the phrases, or none for an empty list.
+fn finder(phrases: &[String]) -> Option<AhoCorasick> {
+    if phrases.is_empty() {
+        return None;
+    }
+    Some(AhoCorasick::new(phrases).expect("cue phrases are short enough for an automaton"))
+}
+
+/// An English cue found at byte `i` counts at the start of a word, not after a negation
+/// among the three words before it.
+fn found_en_at(norm: &str, i: usize) -> bool {
+    let at_word_start = norm[..i]
+        .chars()
+        .next_back()
+        .is_none_or(|c| !c.is_alphanumeric());
+    at_word_start && !words(&norm[..i]).iter().rev().take(3).any(|w| negator(w))
 }
 
 /// A run of whole words that spells the cue, not after a negation among the two words
 /// before it.
 fn found_zh(tokens: &[String], cue: &str) -> bool {
     (0..tokens.len()).any(|start| {
-        let mut joined = String::new();
+        let mut rest = cue;
         for token in &tokens[start..] {
-            joined.push_str(token);
-            if joined == cue {
-                return !tokens[..start].iter().rev().take(2).any(|w| negator(w));
-            }
-            if joined.len() >= cue.len() {
-                break;
+            match rest.strip_prefix(token.as_str()) {
+                Some("") => return !tokens[..start].iter().rev().take(2).any(|w| negator(w)),
+                Some(shorter) => rest = shorter,
+                None => break,
             }
         }
         false
