@@ -236,7 +236,8 @@ impl Orchestrator {
         } else {
             request.message_id.clone()
         };
-        let session_id = if request.session_id.is_empty() {
+        let opens_session = request.session_id.is_empty();
+        let session_id = if opens_session {
             uuid::Uuid::new_v4().to_string()
         } else {
             request.session_id.clone()
@@ -261,7 +262,12 @@ impl Orchestrator {
         }
 
         let (history, customer) = async {
-            let history = self.recent_turns(&tenant, &session_id).await?;
+            // A session this message opens has no turns yet: nothing to look up.
+            let history = if opens_session {
+                Vec::new()
+            } else {
+                self.recent_turns(&tenant, &session_id).await?
+            };
             if history
                 .iter()
                 .any(|turn| turn.customer_id != request.customer_id)
@@ -519,7 +525,7 @@ impl Orchestrator {
             response: response.encode_to_vec(),
             created_at: now_millis(),
         };
-        let stored = self.store_turn(turn).await?;
+        let stored = self.store_turn(turn, opens_session).await?;
         if stored != response {
             // The same message was handled concurrently and stored first: answer as it did.
             return Ok(stored);
@@ -534,23 +540,32 @@ impl Orchestrator {
 
     /// Stores a turn and refreshes the session's cached context; returns the response
     /// stored for the message, which is another one when a concurrent retry stored first.
-    async fn store_turn(&self, turn: TurnRecord) -> Result<SendMessageResponse, Status> {
+    /// A session the turn opened holds only that turn, so it is not read back.
+    async fn store_turn(
+        &self,
+        turn: TurnRecord,
+        opens_session: bool,
+    ) -> Result<SendMessageResponse, Status> {
         let (tenant, session_id) = (turn.tenant_id.clone(), turn.session_id.clone());
         let stored = self
             .sessions
             .append(turn)
             .instrument(tracing::info_span!("workflow.store_turn", kefu.tenant = %tenant))
             .await?;
-        let recent: Vec<Turn> = self
-            .sessions
-            .recent_turns(&tenant, &session_id, CONTEXT_TURNS)
-            .await?
-            .into_iter()
-            .map(turn_of)
-            .collect();
+        let response = SendMessageResponse::decode(stored.response.as_slice())
+            .map_err(|error| Status::internal(format!("stored reply unreadable: {error}")))?;
+        let recent: Vec<Turn> = if opens_session && stored.session_id == session_id {
+            vec![turn_of(stored)]
+        } else {
+            self.sessions
+                .recent_turns(&tenant, &session_id, CONTEXT_TURNS)
+                .await?
+                .into_iter()
+                .map(turn_of)
+                .collect()
+        };
         self.remember(&tenant, &session_id, &recent).await;
-        SendMessageResponse::decode(stored.response.as_slice())
-            .map_err(|error| Status::internal(format!("stored reply unreadable: {error}")))
+        Ok(response)
     }
 
     /// Moves the session to the queue with its ticket; returns the session's ticket.
@@ -650,7 +665,7 @@ impl Orchestrator {
             response: response.encode_to_vec(),
             created_at: now_millis(),
         };
-        let stored = self.store_turn(turn).await?;
+        let stored = self.store_turn(turn, false).await?;
         metrics::counter!("kefu_messages_total", "service" => SERVICE, "tenant" => tenant, "outcome" => "with_human").increment(1);
         Ok(stored)
     }
