@@ -121,7 +121,7 @@ impl ContentStore for SqlContentStore {
         document: &StoredDocument,
         chunks: &[StoredChunk],
     ) -> StoreResult<()> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         // The document row first: its lock serializes replicas writing the same document
         // (e.g. seeding at the same start), so their chunk rows never collide.
         sqlx::query(
@@ -157,7 +157,7 @@ impl ContentStore for SqlContentStore {
     }
 
     async fn delete_document(&self, tenant_id: &str, document_id: &str) -> StoreResult<bool> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         sqlx::query("DELETE FROM document_chunks WHERE tenant_id = $1 AND document_id = $2")
             .bind(tenant_id)
             .bind(document_id)

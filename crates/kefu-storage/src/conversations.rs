@@ -334,7 +334,7 @@ impl SqlConversationStore {
         session_id: &str,
         change: &HandlerMove,
     ) -> StoreResult<HandlerOutcome> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let current = sqlx::query(&format!(
             "SELECT {HANDLER_COLUMNS} FROM session_handlers WHERE tenant_id = $1 AND session_id = $2"
         ))
@@ -481,7 +481,7 @@ impl ConversationStore for SqlConversationStore {
                     return Ok(event);
                 }
             }
-            let mut tx = self.db.pool().begin().await?;
+            let mut tx = self.db.begin_write().await?;
             let event = insert_event(
                 &mut tx,
                 EventRecord {
@@ -583,7 +583,7 @@ impl ConversationStore for SqlConversationStore {
         ticket_id: &str,
     ) -> StoreResult<Option<EventRecord>> {
         with_race_retries(|| async {
-            let mut tx = self.db.pool().begin().await?;
+            let mut tx = self.db.begin_write().await?;
             sqlx::query("DELETE FROM handoff_outbox WHERE tenant_id = $1 AND customer_id = $2 AND message_id = $3")
                 .bind(record.tenant_id.as_str())
                 .bind(record.customer_id.as_str())

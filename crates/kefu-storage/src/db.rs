@@ -98,6 +98,18 @@ impl Database {
         &self.pool
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write lock first
+    /// (BEGIN IMMEDIATE), waiting for it up to the busy timeout: a transaction that read
+    /// first and then tried to write while another connection wrote would fail at once
+    /// with "database is locked" (in WAL mode the busy handler does not run for that
+    /// upgrade), however long the timeout.
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// The PostgreSQL URL when this is PostgreSQL (for LISTEN/NOTIFY), else None.
     pub fn postgres_url(&self) -> Option<&str> {
         (self.backend == Backend::Postgres).then_some(&*self.url)

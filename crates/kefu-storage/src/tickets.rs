@@ -228,7 +228,7 @@ impl TicketStore for SqlTicketStore {
                 return Ok((existing, false));
             }
         }
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let inserted = sqlx::query(&format!(
             "INSERT INTO tickets ({TICKET_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         ))
@@ -376,7 +376,7 @@ impl TicketStore for SqlTicketStore {
         change: TicketChange,
         audit: AuditRecord,
     ) -> StoreResult<UpdateOutcome> {
-        let mut tx = self.db.pool().begin().await?;
+        let mut tx = self.db.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE tickets SET status = $1, assignee = $2, updated_at = $3, resolved_at = $4, priority = $8, sla_raised = $9, version = version + 1 WHERE tenant_id = $5 AND ticket_id = $6 AND version = $7",
         )
