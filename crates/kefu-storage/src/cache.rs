@@ -219,8 +219,8 @@ impl LocalLevel {
             }
             self.order.pop_front();
         }
-        // Keys stored again leave stale elements behind; drop them once they outnumber
-        // the entries, so the order stays within twice the capacity.
+        // Keys stored again or removed leave stale elements behind; once the order holds
+        // twice the capacity, keep only the elements that still match an entry.
         if self.order.len() >= 2 * self.capacity.max(1) {
             let entries = &self.entries;
             self.order
