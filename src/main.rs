@@ -18,6 +18,9 @@ struct Cli {
     command: Command,
 }
 
+// `kefu up` carries every service's settings; the command is parsed once at start, so its
+// size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Start all six services in this process, each on its own port, talking over gRPC.

@@ -159,9 +159,9 @@ async fn calls_spread_over_every_replica_behind_a_name_and_follow_it() {
         ]),
     );
     let gateway = url(gateway_port);
-    for i in 0..2 {
+    for replica in &REPLICAS[..2] {
         processes
-            .wait_until_serving(&format!("http://{}:{knowledge_port}", REPLICAS[i]))
+            .wait_until_serving(&format!("http://{replica}:{knowledge_port}"))
             .await;
     }
     processes.wait_until_serving(&gateway).await;

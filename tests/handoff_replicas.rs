@@ -26,8 +26,14 @@ const REPLIES: usize = 100;
 /// Short enough to watch the SLA policy act (it raises at 80%, 16 s).
 const SLA_SECS: &str = "20";
 
-/// (instance, service, the instances it calls by service)
-const TOPOLOGY: &[(&str, &str, &[(&str, &str)])] = &[
+/// An instance, its service, and the instances it calls by service.
+type Instance = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+const TOPOLOGY: &[Instance] = &[
     ("sentiment", "sentiment", &[]),
     ("router", "router", &[]),
     ("knowledge", "knowledge", &[]),

@@ -139,12 +139,14 @@ const INHERITED_NOISE: [&str; 5] = [
     "OTEL_SDK_DISABLED",
 ];
 
+/// How an instance was started: (instance, service, environment).
+type Started = (String, String, Vec<(String, String)>);
+
 /// The running binaries by instance name ("gateway", "orchestrator-b", ...).
 pub struct Processes {
     dir: PathBuf,
     children: Vec<(String, Child)>,
-    /// How each instance was started: (instance, service, environment).
-    started: Vec<(String, String, Vec<(String, String)>)>,
+    started: Vec<Started>,
     pub logs: PathBuf,
 }
 
