@@ -16,6 +16,8 @@ pub struct Message {
     tokens: Vec<String>,
     /// The tokens written together: every run of whole words is a substring of it.
     joined: String,
+    /// Where each token starts in `joined`, then where the last one ends.
+    boundaries: Vec<usize>,
     question: bool,
 }
 
@@ -24,8 +26,15 @@ impl Message {
         let norm = normalize(text);
         let tokens = words(&norm);
         let question = is_question(&norm);
+        let boundaries = std::iter::once(0)
+            .chain(tokens.iter().scan(0, |end, token| {
+                *end += token.len();
+                Some(*end)
+            }))
+            .collect();
         Self {
             joined: tokens.concat(),
+            boundaries,
             norm,
             tokens,
             question,
@@ -40,7 +49,6 @@ impl Message {
 /// One list of cue phrases.
 #[derive(Debug, Clone, Default)]
 pub struct Cues {
-    zh: Vec<String>,
     /// Every occurrence of every English cue in the normalised message, in one pass.
     en_finder: Option<AhoCorasick>,
     /// Every occurrence of every Chinese cue in the joined tokens; each is then checked
@@ -67,7 +75,6 @@ impl Cues {
         Self {
             en_finder: finder(&prepare(en)),
             zh_finder: finder(&zh),
-            zh,
             skip_questions,
         }
     }
@@ -84,7 +91,7 @@ impl Cues {
                 .zh_finder
                 .iter()
                 .flat_map(|f| f.find_overlapping_iter(message.joined.as_str()))
-                .any(|m| found_zh(&message.tokens, &self.zh[m.pattern().as_usize()]))
+                .any(|m| found_zh_at(message, m.start(), m.end()))
     }
 }
 
@@ -178,20 +185,19 @@ fn found_en_at(norm: &str, i: usize) -> bool {
     at_word_start && !words(&norm[..i]).iter().rev().take(3).any(|w| negator(w))
 }
 
-/// A run of whole words that spells the cue, not after a negation among the two words
-/// before it.
-fn found_zh(tokens: &[String], cue: &str) -> bool {
-    (0..tokens.len()).any(|start| {
-        let mut rest = cue;
-        for token in &tokens[start..] {
-            match rest.strip_prefix(token.as_str()) {
-                Some("") => return !tokens[..start].iter().rev().take(2).any(|w| negator(w)),
-                Some(shorter) => rest = shorter,
-                None => break,
-            }
-        }
-        false
-    })
+/// A Chinese cue found at bytes `start..end` of the joined tokens counts when it begins
+/// and ends at word boundaries (a run of whole words), not after a negation among the
+/// two words before it.
+fn found_zh_at(message: &Message, start: usize, end: usize) -> bool {
+    let boundary = |at: usize| message.boundaries.binary_search(&at);
+    match (boundary(start), boundary(end)) {
+        (Ok(first), Ok(_)) => !message.tokens[..first]
+            .iter()
+            .rev()
+            .take(2)
+            .any(|w| negator(w)),
+        _ => false,
+    }
 }
 
 /// A question about how something works ("How do I cancel my subscription?",
