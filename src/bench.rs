@@ -2,9 +2,9 @@
 //! each sending its next message when the last is answered, after an optional think
 //! time) or open loop (a fixed arrival rate, whatever the answers do; latency counts
 //! from when a message was due, so a slow server cannot hide its queue). Every message
-//! is a first message of a new session, never sent twice in a run (see [`message_text`]),
-//! so no cache answers it. Reports turns/s, latency percentiles of the answered turns and the
-//! errors by status code, as a table and as JSON.
+//! is a first message of a new session, and no text goes out twice in a run (see
+//! [`message_text`]), so no cache answers a repeat. Reports turns/s, latency percentiles
+//! of the answered turns and the errors by status code, as a table and as JSON.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
