@@ -124,19 +124,12 @@ impl SessionStore for SqlSessionStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let next: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM session_turns WHERE tenant_id = $1 AND session_id = $2")
-                .bind(turn.tenant_id.as_str())
-                .bind(turn.session_id.as_str())
-                .fetch_one(self.db.pool())
-                .await?
-                .try_get("next")?;
-            turn.seq = next;
+            // The next position is taken in the insert itself: one statement per turn.
             let inserted = sqlx::query(&format!(
-                "INSERT INTO session_turns ({TURN_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                "INSERT INTO session_turns ({TURN_COLUMNS}) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM session_turns WHERE tenant_id = $1 AND session_id = $2 RETURNING seq"
             ))
             .bind(turn.tenant_id.as_str())
             .bind(turn.session_id.as_str())
-            .bind(turn.seq)
             .bind(turn.message_id.as_str())
             .bind(turn.customer_id.as_str())
             .bind(turn.text.as_str())
@@ -147,10 +140,13 @@ impl SessionStore for SqlSessionStore {
             .bind(turn.ticket_id.as_str())
             .bind(turn.response.clone())
             .bind(turn.created_at)
-            .execute(self.db.pool())
+            .fetch_one(self.db.pool())
             .await;
             match inserted {
-                Ok(_) => return Ok(turn),
+                Ok(row) => {
+                    turn.seq = row.try_get("seq")?;
+                    return Ok(turn);
+                }
                 Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {
                     if let Some(existing) = self
                         .find_by_message_id(&turn.tenant_id, &turn.customer_id, &turn.message_id)

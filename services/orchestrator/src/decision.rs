@@ -117,14 +117,13 @@ pub fn decide(
     classification: Option<&ClassifyResponse>,
     sentiment: &AnalyzeResponse,
     retrieval: &Retrieval,
-    vip_tier: i32,
     conversation: Conversation,
 ) -> Decision {
     let Some(classification) = classification else {
         return Decision {
             reason: Some(EscalationReason::RouterUnavailable),
             open_ticket: true,
-            priority: priority(Priority::Medium as i32, sentiment, &[], vip_tier),
+            priority: priority(Priority::Medium as i32, sentiment, &[]),
             answered_from_knowledge: false,
             clarify: false,
             next_best: false,
@@ -182,7 +181,6 @@ pub fn decide(
             classification.urgency,
             sentiment,
             &classification.escalation_cues,
-            vip_tier,
         ),
         answered_from_knowledge: reason.is_none() && !next_best && !fixed_reply && confident_answer,
         clarify,
@@ -206,12 +204,11 @@ fn reason_of(signal: EscalationSignal) -> EscalationReason {
 }
 
 /// The intent's urgency, one level up for a very negative or angry customer or a danger
-/// to people or property, and one for a Gold or Platinum one, at most urgent.
+/// to people or property, at most urgent.
 fn priority(
     urgency: i32,
     sentiment: &AnalyzeResponse,
     cues: &[kefu_proto::v1::EscalationCue],
-    vip_tier: i32,
 ) -> Priority {
     let very_negative = sentiment
         .sentiment
@@ -232,9 +229,20 @@ fn priority(
     if very_negative || pressing {
         level += 1;
     }
+    at_most_urgent(level)
+}
+
+/// A ticket's priority: the message's, one level up for a Gold or Platinum customer, at
+/// most urgent. Only a ticket needs the customer's tier, so only a ticket reads it.
+pub fn ticket_priority(message: Priority, vip_tier: i32) -> Priority {
     if vip_tier >= VipTier::Gold as i32 {
-        level += 1;
+        at_most_urgent(message as i32 + 1)
+    } else {
+        message
     }
+}
+
+fn at_most_urgent(level: i32) -> Priority {
     Priority::try_from(level.min(Priority::Urgent as i32)).unwrap_or(Priority::Urgent)
 }
 
@@ -409,7 +417,6 @@ mod tests {
             Some(&hacked),
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Found(answer(true)),
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::SecurityIncident));
@@ -426,7 +433,6 @@ mod tests {
             Some(&grumble),
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Found(answer(true)),
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(calm.reason, None);
@@ -434,7 +440,6 @@ mod tests {
             Some(&grumble),
             &feeling(SentimentLabel::Negative),
             &Retrieval::Found(answer(true)),
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(upset.reason, Some(EscalationReason::Complaint));
@@ -445,7 +450,6 @@ mod tests {
             Some(&noted),
             &feeling(SentimentLabel::Negative),
             &Retrieval::Found(answer(true)),
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(decision.reason, None);
@@ -460,7 +464,6 @@ mod tests {
                 Some(billing),
                 &negative,
                 &Retrieval::Found(answer(true)),
-                VipTier::None as i32,
                 Conversation::default(),
             )
         };
@@ -493,7 +496,6 @@ mod tests {
             Some(&classified("product_inquiry", Route::Answer, Priority::Low)),
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Found(answer(true)),
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(decision.reason, None);
@@ -508,7 +510,6 @@ mod tests {
             Some(&classified("complaint", Route::Human, Priority::High)),
             &feeling(SentimentLabel::Negative),
             &Retrieval::NotNeeded,
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::Complaint));
@@ -522,7 +523,6 @@ mod tests {
             Some(&classified("billing", Route::Answer, Priority::Medium)),
             &feeling(SentimentLabel::VeryNegative),
             &Retrieval::Found(answer(true)),
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::NegativeSentiment));
@@ -536,7 +536,6 @@ mod tests {
                 Some(&classified("out_of_scope", Route::Answer, Priority::Low)),
                 &feeling(SentimentLabel::Neutral),
                 &Retrieval::Found(answer(false)),
-                VipTier::None as i32,
                 Conversation {
                     previous_missed,
                     ..Default::default()
@@ -576,7 +575,6 @@ mod tests {
                 )),
                 &feeling(SentimentLabel::Neutral),
                 &Retrieval::Found(search.clone()),
-                VipTier::None as i32,
                 Conversation {
                     previous_missed,
                     not_helped: true,
@@ -602,17 +600,20 @@ mod tests {
             None,
             &feeling(SentimentLabel::Neutral),
             &Retrieval::NotNeeded,
-            VipTier::Gold as i32,
             Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::RouterUnavailable));
         assert!(decision.open_ticket);
-        assert_eq!(decision.priority, Priority::High, "medium, one up for Gold");
+        assert_eq!(decision.priority, Priority::Medium);
+        assert_eq!(
+            ticket_priority(decision.priority, VipTier::Gold as i32),
+            Priority::High,
+            "medium, one up for Gold"
+        );
         let decision = decide(
             Some(&classified("product_inquiry", Route::Answer, Priority::Low)),
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Unavailable,
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(
@@ -628,10 +629,25 @@ mod tests {
             Some(&classified("complaint", Route::Human, Priority::High)),
             &feeling(SentimentLabel::VeryNegative),
             &Retrieval::NotNeeded,
-            VipTier::Platinum as i32,
             Conversation::default(),
         );
-        assert_eq!(decision.priority, Priority::Urgent);
+        assert_eq!(
+            decision.priority,
+            Priority::Urgent,
+            "high, one up: very negative"
+        );
+        assert_eq!(
+            ticket_priority(decision.priority, VipTier::Platinum as i32),
+            Priority::Urgent
+        );
+        assert_eq!(
+            ticket_priority(Priority::Low, VipTier::Platinum as i32),
+            Priority::Medium
+        );
+        assert_eq!(
+            ticket_priority(Priority::Low, VipTier::Silver as i32),
+            Priority::Low
+        );
     }
 
     #[test]
@@ -642,7 +658,6 @@ mod tests {
             Some(&greeting),
             &feeling(SentimentLabel::Neutral),
             &Retrieval::NotNeeded,
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(decision.reason, None);
@@ -682,7 +697,6 @@ mod tests {
             Some(&classified("refund", Route::Ticket, Priority::Medium)),
             &feeling(SentimentLabel::Neutral),
             &Retrieval::Found(answer(true)),
-            VipTier::None as i32,
             Conversation::default(),
         );
         assert_eq!(decision.reason, None);

@@ -1,8 +1,8 @@
-//! Orchestrator: runs the workflow of one customer message. Load the session and the
-//! customer's profile, ask the router, then sentiment and knowledge with the message's
-//! sentence embedding the router computed (one forward pass of the encoder per turn),
-//! decide between answering and handing off, open a ticket when needed, store the turn,
-//! reply. While a human handles the session the bot stays silent: the message is stored
+//! Orchestrator: runs the workflow of one customer message. Load the session, ask the
+//! router, then sentiment and knowledge with the message's sentence embedding the router
+//! computed (one forward pass of the encoder per turn), decide between answering and
+//! handing off, open a ticket when needed (at a priority that counts the customer's VIP
+//! tier, read from their profile only then), store the turn, reply. While a human handles the session the bot stays silent: the message is stored
 //! with the session's ticket and its mood can move the ticket up the queue. It also
 //! streams a session's events to its customer and takes their rating.
 use std::sync::Arc;
@@ -32,8 +32,8 @@ mod decision;
 mod events;
 
 pub use decision::{
-    decide, handoff_pending_reply, mood_priority, Conversation, Decision, EscalationReason,
-    Retrieval,
+    decide, handoff_pending_reply, mood_priority, ticket_priority, Conversation, Decision,
+    EscalationReason, Retrieval,
 };
 
 pub const SPEC: ServiceSpec = ServiceSpec::ORCHESTRATOR;
@@ -207,6 +207,23 @@ impl Orchestrator {
         }
     }
 
+    /// The customer's VIP tier, from their profile in the ticket service. Without the
+    /// profile the ticket still opens, as for a customer without a tier.
+    async fn vip_tier(&self, tenant_id: &str, customer_id: &str) -> Result<i32, Status> {
+        let request = GetCustomerRequest {
+            tenant_id: tenant_id.to_owned(),
+            customer_id: customer_id.to_owned(),
+        };
+        match self.tickets.clone().get_customer(request).await {
+            Ok(response) => Ok(response.into_inner().customer.unwrap_or_default().vip_tier),
+            Err(status) if is_transient(&status) => {
+                tracing::warn!(error = %status.message(), "customer profile unavailable; no VIP tier assumed");
+                Ok(VipTier::None as i32)
+            }
+            Err(status) => Err(status),
+        }
+    }
+
     async fn handle(&self, request: SendMessageRequest) -> Result<SendMessageResponse, Status> {
         if request.tenant_id.trim().is_empty() || request.customer_id.trim().is_empty() {
             return Err(Status::invalid_argument(
@@ -261,7 +278,7 @@ impl Orchestrator {
             }
         }
 
-        let (history, customer) = async {
+        let history = async {
             // A session this message opens has no turns yet: nothing to look up.
             let history = if opens_session {
                 Vec::new()
@@ -276,25 +293,7 @@ impl Orchestrator {
                     "the session belongs to another customer",
                 ));
             }
-            let customer = async {
-                let request = GetCustomerRequest {
-                    tenant_id: tenant.clone(),
-                    customer_id: request.customer_id.clone(),
-                };
-                self.tickets.clone().get_customer(request).await
-            }
-            .await;
-            let customer = match customer {
-                Ok(response) => response.into_inner().customer.unwrap_or_default(),
-                // Without the profile the message is still handled, as a customer
-                // without a VIP tier; a hand-off then waits in the outbox.
-                Err(status) if is_transient(&status) => {
-                    tracing::warn!(error = %status.message(), "customer profile unavailable; no VIP tier assumed");
-                    Customer::default()
-                }
-                Err(status) => return Err(status),
-            };
-            Ok::<_, Status>((history, customer))
+            Ok::<_, Status>(history)
         }
         .instrument(tracing::info_span!("workflow.load_context", kefu.tenant = %tenant))
         .await?;
@@ -375,7 +374,7 @@ impl Orchestrator {
                 .unwrap_or_default()
                 .as_str_name(),
         );
-        let decision = {
+        let mut decision = {
             let span = tracing::info_span!(
                 "workflow.decide",
                 kefu.tenant = %tenant,
@@ -389,7 +388,6 @@ impl Orchestrator {
                 router_reached.then_some(&classification),
                 &sentiment,
                 &retrieval,
-                customer.vip_tier,
                 conversation_so_far(history.last(), &request.text, &retrieval),
             );
             span.record("kefu.escalated", decision.escalated());
@@ -404,7 +402,18 @@ impl Orchestrator {
         let mut ticket_id = String::new();
         let mut ticket_pending = false;
         if decision.open_ticket {
-            let span = tracing::info_span!("workflow.ticket", kefu.tenant = %tenant, kefu.priority = decision.priority.as_str_name(), kefu.ticket_created = tracing::field::Empty);
+            let span = tracing::info_span!(
+                "workflow.ticket",
+                kefu.tenant = %tenant,
+                kefu.priority = tracing::field::Empty,
+                kefu.ticket_created = tracing::field::Empty
+            );
+            let vip_tier = self
+                .vip_tier(&tenant, &request.customer_id)
+                .instrument(span.clone())
+                .await?;
+            decision.priority = ticket_priority(decision.priority, vip_tier);
+            span.record("kefu.priority", decision.priority.as_str_name());
             let create = CreateTicketRequest {
                 tenant_id: tenant.clone(),
                 customer_id: request.customer_id.clone(),
