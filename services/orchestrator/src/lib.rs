@@ -2,9 +2,10 @@
 //! router, then sentiment and knowledge with the message's sentence embedding the router
 //! computed (one forward pass of the encoder per turn), decide between answering and
 //! handing off, open a ticket when needed (at a priority that counts the customer's VIP
-//! tier, read from their profile only then), store the turn, reply. While a human handles the session the bot stays silent: the message is stored
-//! with the session's ticket and its mood can move the ticket up the queue. It also
-//! streams a session's events to its customer and takes their rating.
+//! tier, read from their profile only then), store the turn, reply. While a human handles
+//! the session the bot stays silent: the message is stored with the session's ticket and
+//! its mood can move the ticket up the queue. It also streams a session's events to its
+//! customer and takes their rating.
 use std::sync::Arc;
 
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
