@@ -1,8 +1,10 @@
 //! Confidence of a retrieved passage and grounded answers quoted from passages.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use kefu_nlp::text::normalize;
+use tantivy::tokenizer::TextAnalyzer;
 
 use crate::analysis::{analyzer, distinct_terms};
 use crate::sentences::{joins_without_space, split_sentences_by_line, word_count};
@@ -131,6 +133,9 @@ impl Cue {
     }
 }
 
+/// Built once: building one makes its set of stop words, a clone shares it.
+static ANALYZER: LazyLock<TextAnalyzer> = LazyLock::new(|| analyzer(false, true));
+
 /// Builds an answer from the best passage, quoting its sentences verbatim in passage
 /// order. The first is the sentence with the most query information: query terms
 /// weighted by how rare they are among the passage's sentences, less when the title
@@ -145,7 +150,7 @@ pub fn compose_answer(query: &str, passages: &[Passage]) -> Option<Answer> {
     if sentences.is_empty() {
         return None;
     }
-    let mut analyzer = analyzer(false, true);
+    let mut analyzer = ANALYZER.clone();
     let lowered = normalize(query);
     let cues: Vec<Cue> = Cue::ALL.into_iter().filter(|c| c.asked(&lowered)).collect();
     let mut query_terms = distinct_terms(&mut analyzer, query);
