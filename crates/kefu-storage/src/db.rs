@@ -67,6 +67,13 @@ impl Database {
                     sqlx::query("PRAGMA busy_timeout=5000")
                         .execute(&mut *conn)
                         .await?;
+                    // In WAL mode a commit then survives a crash of kefu without waiting
+                    // on the disk (a power cut may lose the last ones, never corrupt the
+                    // file); fsync on every commit cost more than the rest of a turn's
+                    // storage. Installations that need more durability use PostgreSQL.
+                    sqlx::query("PRAGMA synchronous=NORMAL")
+                        .execute(&mut *conn)
+                        .await?;
                     Ok(())
                 })
             });
