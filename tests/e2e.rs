@@ -174,7 +174,11 @@ async fn an_answer_that_did_not_help_is_not_repeated() {
     let second = next("I already restarted the router, it didn't help")
         .await
         .unwrap();
-    assert!(!second.escalated, "reply: {}", second.reply);
+    assert!(
+        !second.escalated,
+        "escalated ({}): {}",
+        second.escalation_reason, second.reply
+    );
     assert_ne!(second.reply, first.reply, "the same answer twice");
     assert!(
         second.reply.contains("colleague"),

@@ -2,15 +2,17 @@
 //!
 //! Customer messages are short (10-40 tokens), and a general GEMM spends most of its time
 //! re-packing the weight matrices for such thin inputs. Here every linear layer is a
-//! register-blocked product. Where the CPU has AVX-512 VNNI, weights are int8 and each
-//! input row is quantized on the fly ([`int8`]): four times the multiply-adds per
-//! instruction. Elsewhere the weights are kept in half precision in their stored
-//! (out x in) layout (converted to f32 in registers, F16C), which halves the memory
-//! traffic of f32. A batch of sequences is packed into one matrix without padding: the
-//! linear layers pass over the tokens of every sequence at once (each weight tile is
-//! read once per batch), attention stays within each sequence. Weights come from the safetensors file through candle; the
-//! result matches candle-transformers' `BertModel` in f32 (cosine > 0.9999 in half
-//! precision, > 0.99 in int8; checked in the embedding tests).
+//! register-blocked product. Where the CPU has AVX-512 VNNI, or AVX2 and FMA, weights are
+//! int8 and each input row is quantized on the fly ([`int8`]; the same bits on either):
+//! with VNNI four times the multiply-adds per instruction. Elsewhere, or for a layer
+//! shape the int8 tiling does not take, the weights are kept in half precision in their
+//! stored (out x in) layout (converted to f32 in registers, F16C), which halves the
+//! memory traffic of f32. A batch of sequences is packed into one matrix without padding:
+//! the linear layers pass over the tokens of every sequence at once (each weight tile is
+//! read once per batch), attention stays within each sequence. Weights come from the
+//! safetensors file through candle; the result matches candle-transformers' `BertModel`
+//! in f32 (cosine > 0.9999 in half precision, > 0.99 in int8; checked in the embedding
+//! tests).
 
 use std::path::Path;
 
@@ -30,7 +32,7 @@ struct Dense {
 }
 
 enum Weights {
-    /// Quantized, where the CPU has AVX-512 VNNI.
+    /// Quantized, where the CPU has an integer kernel (AVX-512 VNNI, or AVX2 and FMA).
     Int8(Int8Weights),
     /// (out x in), row-major, as IEEE half-precision bits: half the memory traffic of f32.
     Half(Vec<u16>),
