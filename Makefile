@@ -130,9 +130,10 @@ BENCH_DIR ?= target/bench
 BENCH_SECONDS ?= 20
 
 # `kefu up` on its default ports (stopped afterwards), then `kefu bench`: capacity in a
-# closed loop, latency at half of it in an open loop, and overload at 1x and 2x of it
-# (the gateway sheds what it cannot take with RESOURCE_EXHAUSTED), then 1000 customers who
-# think 5 s between messages, and the memory kefu up holds. Results: $(BENCH_DIR)/*.json.
+# closed loop of first messages and of 4-message conversations, latency at half of it in
+# an open loop, and overload at 1x and 2x of it (the gateway sheds what it cannot take
+# with RESOURCE_EXHAUSTED), then 1000 customers who think 5 s between messages, and the
+# memory kefu up holds. Results: $(BENCH_DIR)/*.json.
 bench: models build ## Turns/s, latency and shedding of `kefu up` under load (kefu bench)
 	mkdir -p $(BENCH_DIR)
 	@KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" KEFU_WEB_PORT=0 KEFU_DATA_DIR=$(BENCH_DIR)/data RUST_LOG=warn \
@@ -140,6 +141,8 @@ bench: models build ## Turns/s, latency and shedding of `kefu up` under load (ke
 	set -e; \
 	echo "== capacity: closed loop, 64 customers"; \
 	$(KEFU) bench --customers 64 --duration $(BENCH_SECONDS) --json $(BENCH_DIR)/closed.json; \
+	echo "== conversations: closed loop, 64 customers, 4 messages per session"; \
+	$(KEFU) bench --customers 64 --turns-per-session 4 --duration $(BENCH_SECONDS) --json $(BENCH_DIR)/sessions.json; \
 	echo "== latency: open loop at half the capacity"; \
 	$(KEFU) bench --rate-from $(BENCH_DIR)/closed.json --rate-factor 0.5 --duration $(BENCH_SECONDS) --json $(BENCH_DIR)/open-half.json; \
 	echo "== overload: open loop at the capacity, then twice it"; \

@@ -1,11 +1,12 @@
 //! `kefu bench`: load through the gateway as customers make it. Closed loop (N customers,
 //! each sending its next message when the last is answered, after an optional think
 //! time) or open loop (a fixed arrival rate, whatever the answers do; latency counts
-//! from when a message was due, so a slow server cannot hide its queue). Every message
-//! is a first message of a new session, and no text goes out twice in a run (see
-//! [`message_text`]), so no cache answers a repeat. Reports turns/s, latency percentiles
+//! from when a message was due, so a slow server cannot hide its queue). A message opens
+//! a new session, unless closed-loop customers go on for several turns
+//! (`--turns-per-session`), and no text goes out twice in a run (see [`message_text`]),
+//! so no cache answers a repeat. Reports turns/s, latency percentiles
 //! of the answered turns and the errors by status code, as a table and as JSON.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -49,6 +50,10 @@ pub struct BenchArgs {
     /// the customers' first messages are spread over one such pause.
     #[arg(long, default_value_t = 0)]
     pub think_ms: u64,
+    /// Closed loop: messages a customer sends in one session before starting the next,
+    /// each after the answer to the last (follow-ups load the session's history).
+    #[arg(long, default_value_t = 1, conflicts_with_all = ["rate", "rate_from"])]
+    pub turns_per_session: u32,
     /// Open loop: messages per second, arriving at a fixed pace.
     #[arg(long, conflicts_with = "rate_from")]
     pub rate: Option<f64>,
@@ -86,6 +91,8 @@ pub struct BenchArgs {
 struct Tally {
     latencies_ms: Vec<f64>,
     errors: BTreeMap<String, u64>,
+    /// The sessions the gateway answered in (one per turn unless customers go on).
+    sessions: HashSet<String>,
 }
 
 fn load_messages(path: Option<&PathBuf>) -> anyhow::Result<Vec<String>> {
@@ -101,6 +108,15 @@ fn load_messages(path: Option<&PathBuf>) -> anyhow::Result<Vec<String>> {
         .collect();
     anyhow::ensure!(!messages.is_empty(), "{} holds no messages", path.display());
     Ok(messages)
+}
+
+/// A customer's conversation: who they are and the session their next message continues
+/// (empty: the next message starts one).
+#[derive(Default)]
+struct Conversation {
+    customer_id: Option<String>,
+    session_id: String,
+    turns: u32,
 }
 
 struct Load {
@@ -120,12 +136,18 @@ struct Load {
 }
 
 impl Load {
-    /// Sends one message due at `due`; counts it when it was due inside the window.
-    async fn send(&self, due: Instant) {
+    /// Sends the conversation's next message, due at `due`; counts it when it was due
+    /// inside the window.
+    async fn send(&self, due: Instant, conversation: &mut Conversation) {
         let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let customer_id = conversation
+            .customer_id
+            .get_or_insert_with(|| format!("bench-{}-{n}", self.run))
+            .clone();
         let mut request = tonic::Request::new(SendMessageRequest {
             tenant_id: self.tenant.clone(),
-            customer_id: format!("bench-{}-{n}", self.run),
+            customer_id,
+            session_id: conversation.session_id.clone(),
             channel: MessageChannel::Web as i32,
             text: message_text(&self.messages, self.run, n),
             ..Default::default()
@@ -134,8 +156,12 @@ impl Load {
         let mut client = self.clients[n as usize % self.clients.len()].clone();
         let result = tokio::time::timeout(self.deadline, client.send_message(request)).await;
         let elapsed_ms = due.elapsed().as_secs_f64() * 1000.0;
+        conversation.turns += 1;
         let outcome = match result {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(response)) => {
+                conversation.session_id = response.into_inner().session_id;
+                Ok(conversation.session_id.clone())
+            }
             Ok(Err(status)) => Err(format!("{:?}", status.code())),
             Err(_) => Err("DeadlineExceeded".to_owned()),
         };
@@ -149,7 +175,10 @@ impl Load {
         }
         let mut tally = self.tally.lock().unwrap_or_else(|e| e.into_inner());
         match outcome {
-            Ok(()) => tally.latencies_ms.push(elapsed_ms),
+            Ok(session) => {
+                tally.latencies_ms.push(elapsed_ms);
+                tally.sessions.insert(session);
+            }
             Err(code) => *tally.errors.entry(code).or_default() += 1,
         }
     }
@@ -245,9 +274,13 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         }
         None => {
             anyhow::ensure!(args.customers > 0, "--customers must be at least 1");
+            anyhow::ensure!(
+                args.turns_per_session > 0,
+                "--turns-per-session must be at least 1"
+            );
             format!(
-                "closed loop, {} customers, think {} ms",
-                args.customers, args.think_ms
+                "closed loop, {} customers, think {} ms, {} turns per session",
+                args.customers, args.think_ms, args.turns_per_session
             )
         }
     };
@@ -280,7 +313,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
             while due < end {
                 tokio::time::sleep_until(due.into()).await;
                 let load = load.clone();
-                tasks.spawn(async move { load.send(due).await });
+                tasks.spawn(async move { load.send(due, &mut Conversation::default()).await });
                 due += interval;
                 // Reap finished sends so the set stays small.
                 while tasks.try_join_next().is_some() {}
@@ -288,6 +321,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
         }
         None => {
             let think = Duration::from_millis(args.think_ms);
+            let turns_per_session = args.turns_per_session;
             for i in 0..args.customers {
                 let load = load.clone();
                 // Customers who think arrive spread over one think time, as real ones
@@ -295,8 +329,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
                 let arrival = think.mul_f64(i as f64 / args.customers as f64);
                 tasks.spawn(async move {
                     tokio::time::sleep(arrival).await;
+                    let mut conversation = Conversation::default();
                     while Instant::now() < end {
-                        load.send(Instant::now()).await;
+                        load.send(Instant::now(), &mut conversation).await;
+                        if conversation.turns == turns_per_session {
+                            conversation = Conversation::default();
+                        }
                         tokio::time::sleep(think).await;
                     }
                 });
@@ -319,6 +357,7 @@ struct Report {
     mode: String,
     seconds: u64,
     answered: usize,
+    sessions: usize,
     errors: BTreeMap<String, u64>,
     percentiles: [(f64, f64); 4],
     max: f64,
@@ -339,6 +378,7 @@ impl Report {
             mode: mode.to_owned(),
             seconds,
             answered: latencies.len(),
+            sessions: tally.sessions.len(),
             errors: tally.errors,
             percentiles: [0.5, 0.95, 0.99, 0.999].map(|q| (q, at(q))),
             max: latencies.last().copied().unwrap_or(0.0),
@@ -355,10 +395,11 @@ impl Report {
 
     fn table(&self) -> String {
         let mut table = format!(
-            "mode            {}\nsent            {}\nanswered        {}\nturns/s         {:.1}\n",
+            "mode            {}\nsent            {}\nanswered        {}\nsessions        {}\nturns/s         {:.1}\n",
             self.mode,
             self.sent(),
             self.answered,
+            self.sessions,
             self.turns_per_second()
         );
         for (q, ms) in self.percentiles {
@@ -382,6 +423,7 @@ impl Report {
             "seconds": self.seconds,
             "sent": self.sent(),
             "answered": self.answered,
+            "sessions": self.sessions,
             "turns_per_second": self.turns_per_second(),
             "latency": percentiles,
             "max_ms": self.max,

@@ -422,3 +422,40 @@ async fn a_hundred_concurrent_customers_all_get_answers() {
         assert_eq!(response.intent, "greeting");
     }
 }
+
+#[tokio::test]
+async fn bench_customers_go_on_in_their_sessions() {
+    let stack = common::stack();
+    let out = tempfile::tempdir().unwrap();
+    let json = out.path().join("sessions.json");
+    kefu::bench::run(kefu::bench::BenchArgs {
+        gateway: stack.gateway.clone(),
+        tenant: "demo".into(),
+        customers: 3,
+        think_ms: 0,
+        turns_per_session: 3,
+        rate: None,
+        rate_from: None,
+        rate_factor: 1.0,
+        wait_ready: 10,
+        duration: 2,
+        warmup: 0,
+        messages: None,
+        json: Some(json.clone()),
+        deadline_ms: 10_000,
+    })
+    .await
+    .expect("the bench runs");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let answered = report["answered"].as_u64().unwrap();
+    let sessions = report["sessions"].as_u64().unwrap();
+    assert!(answered >= 9, "{report}");
+    assert_eq!(report["errors"], serde_json::json!({}), "{report}");
+    // Three turns to a session (those cut off by the end of the run a little fewer): the
+    // gateway kept the follow-ups in the sessions their first messages opened.
+    assert!(
+        sessions * 3 >= answered && sessions * 2 <= answered,
+        "{sessions} sessions for {answered} turns"
+    );
+}
