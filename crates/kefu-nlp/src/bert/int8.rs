@@ -106,6 +106,8 @@ fn quantize_weights(row: &[f32]) -> (Vec<i8>, f32) {
 /// Input rows quantized to u8, each over its own range: x ≈ step·q + low.
 struct Rows {
     q: Vec<u8>,
+    /// `q` widened to 16 bits, for the AVX2 kernel (empty for VNNI).
+    wide: Vec<i16>,
     step: Vec<f32>,
     low: Vec<f32>,
 }
@@ -131,7 +133,11 @@ unsafe fn quantize_rows_avx512(x: &[f32], m: usize, k: usize) -> Rows {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn quantize_rows_avx2(x: &[f32], m: usize, k: usize) -> Rows {
-    quantize_rows_with(x, m, k, |row| unsafe { range_avx2(row) })
+    let mut rows = quantize_rows_with(x, m, k, |row| unsafe { range_avx2(row) });
+    // widened once per layer, so that the kernel takes a row's four inputs with one
+    // broadcast in every tile: about a quarter less CPU than widening them there
+    rows.wide = rows.q.iter().map(|&q| q as i16).collect();
+    rows
 }
 
 /// Inlined into callers compiled for wide vectors so that it vectorises: rounding by
@@ -141,6 +147,7 @@ fn quantize_rows_with(x: &[f32], m: usize, k: usize, range: impl Fn(&[f32]) -> (
     const ROUND: f32 = 12_582_912.0;
     let mut rows = Rows {
         q: vec![0u8; m * k],
+        wide: Vec::new(),
         step: Vec::with_capacity(m),
         low: Vec::with_capacity(m),
     };
@@ -261,9 +268,9 @@ struct Block<'a> {
 }
 
 impl Block<'_> {
-    /// Row `first + r` (the last of the `count` rows when r is past it).
-    fn row(&self, first: usize, count: usize, r: usize) -> *const u8 {
-        self.rows.q[(first + r.min(count - 1)) * self.k..].as_ptr()
+    /// Where row `first + r` starts (the last of the `count` rows when r is past it).
+    fn row(&self, first: usize, count: usize, r: usize) -> usize {
+        (first + r.min(count - 1)) * self.k
     }
 }
 
@@ -283,12 +290,8 @@ mod vnni {
         out: *mut f32,
         stride: usize,
     ) {
-        let (p0, p1, p2, p3) = (
-            b.row(first, count, 0),
-            b.row(first, count, 1),
-            b.row(first, count, 2),
-            b.row(first, count, 3),
-        );
+        let row = |r: usize| b.rows.q[b.row(first, count, r)..].as_ptr();
+        let (p0, p1, p2, p3) = (row(0), row(1), row(2), row(3));
         let w = b.w.as_ptr();
         let z = _mm512_setzero_si512();
         let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
@@ -365,7 +368,7 @@ mod avx2 {
 
     /// Four rows (the last repeated when fewer) by one tile of 64 features, eight features
     /// at a time. Sixteen bytes of the packing (four features, four inputs each) widen to
-    /// sixteen 16-bit weights; `vpmaddwd` against a row's four inputs leaves each
+    /// sixteen 16-bit weights; `vpmaddwd` against a row's four (widened) inputs leaves each
     /// feature's sum in two adjacent lanes, which one horizontal add joins at the end.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn block(
@@ -375,12 +378,8 @@ mod avx2 {
         out: *mut f32,
         stride: usize,
     ) {
-        let (p0, p1, p2, p3) = (
-            b.row(first, count, 0),
-            b.row(first, count, 1),
-            b.row(first, count, 2),
-            b.row(first, count, 3),
-        );
+        let row = |r: usize| b.rows.wide[b.row(first, count, r)..].as_ptr();
+        let (p0, p1, p2, p3) = (row(0), row(1), row(2), row(3));
         for part in 0..TILE / 8 {
             let w = b.w.as_ptr().add(part * 32);
             let z = _mm256_setzero_si256();
@@ -390,9 +389,8 @@ mod avx2 {
                 let at = w.add(g * TILE * 4);
                 let v0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(at as *const __m128i));
                 let v1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(at.add(16) as *const __m128i));
-                let four = |p: *const u8| {
-                    let bytes = (p.add(g * 4) as *const i32).read_unaligned();
-                    _mm256_cvtepu8_epi16(_mm_set1_epi32(bytes))
+                let four = |p: *const i16| {
+                    _mm256_set1_epi64x((p.add(g * 4) as *const i64).read_unaligned())
                 };
                 let x = four(p0);
                 a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(x, v0));
