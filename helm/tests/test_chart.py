@@ -316,6 +316,19 @@ def test_without_autoscaling_the_deployment_sets_replicas() -> None:
     assert len(r.of_kind("HorizontalPodAutoscaler")) == 5
 
 
+def test_a_service_can_be_scheduled_apart_from_the_others() -> None:
+    vnni = {"feature.node.kubernetes.io/cpu-cpuid.AVX512VNNI": "true"}
+    spot = [{"key": "spot", "operator": "Exists", "effect": "NoSchedule"}]
+    r = render({"nodeSelector": {"pool": "kefu"}, "tolerations": spot,
+                "services": {"router": {"nodeSelector": vnni}}})
+    for d in r.of_kind("Deployment"):
+        pod = d["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == (vnni if component_of(d) == "router" else {"pool": "kefu"})
+        # what the service does not set stays chart-wide
+        assert pod["tolerations"] == spot
+        assert "affinity" not in pod
+
+
 def test_grpc_liveness_readiness_and_startup_probes(rendered: Rendered) -> None:
     for d in rendered.of_kind("Deployment"):
         svc = component_of(d)
@@ -902,6 +915,7 @@ BAD_VALUES = {
     "unknown top-level key": {"replicaCount": 3},
     "unknown service": {"services": {"frontend": {"enabled": True}}},
     "unknown service setting": {"services": {"router": {"gpu": True}}},
+    "service node selector not a string": {"services": {"router": {"nodeSelector": {"vnni": True}}}},
     "port out of range": {"services": {"ticket": {"grpcPort": 70000}}},
     "hpa target as a string": {"services": {"router": {"autoscaling": {"targetCPUUtilizationPercentage": "70%"}}}},
     "call to an unknown service": {"services": {"gateway": {"calls": ["billing"]}}},
