@@ -32,6 +32,28 @@ impl Shutdown {
     pub async fn wait(&self) {
         self.0.cancelled().await
     }
+
+    /// Runs `task` now and then every `interval` until shutdown, on its own tokio task.
+    /// A run is never cut short; shutdown stops the loop between runs.
+    pub fn every<F, Fut>(&self, interval: std::time::Duration, mut task: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let shutdown = self.clone();
+        tokio::spawn(async move {
+            loop {
+                if shutdown.is_triggered() {
+                    return;
+                }
+                task().await;
+                tokio::select! {
+                    _ = tokio::time::sleep(interval) => {}
+                    _ = shutdown.wait() => return,
+                }
+            }
+        });
+    }
 }
 
 async fn wait_for_signal() {

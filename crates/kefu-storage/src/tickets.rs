@@ -48,7 +48,7 @@ pub struct AuditRecord {
 }
 
 /// The new state of a ticket after a transition or an assignment.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct TicketChange {
     pub status: i32,
     pub priority: i32,
