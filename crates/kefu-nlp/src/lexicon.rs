@@ -38,11 +38,6 @@ fn entries() -> &'static HashMap<&'static str, Entry> {
     })
 }
 
-/// Whether a (Chinese) word turns the words after it around: 不, 没有, 并非, 谈不上...
-pub(crate) fn is_negator(word: &str) -> bool {
-    entries().get(word) == Some(&Entry::Negator)
-}
-
 /// How many words before an evaluative word a negator or degree word still applies to.
 const REACH: usize = 2;
 
@@ -93,8 +88,7 @@ mod tests {
     fn the_lexicon_loads_with_every_kind() {
         let table = entries();
         assert!(table.len() > 1000, "{}", table.len());
-        assert!(is_negator("不") && is_negator("没有"));
-        assert!(!is_negator("好"));
+        assert_eq!(table.get("没有"), Some(&Entry::Negator));
         assert!(matches!(table.get("非常"), Some(Entry::Degree(_))));
     }
 

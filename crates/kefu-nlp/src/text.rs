@@ -89,7 +89,8 @@ fn jieba() -> &'static Jieba {
     JIEBA.get_or_init(Jieba::new)
 }
 
-fn is_word_char(c: char) -> bool {
+/// A letter or digit of an alphabetic script: Han characters are words of their own.
+pub(crate) fn is_word_char(c: char) -> bool {
     c.is_alphanumeric() && !is_cjk(c)
 }
 
@@ -134,6 +135,16 @@ pub fn words(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// Most characters, spaces not counted, of a short follow-up.
+const SHORT_FOLLOW_UP_CHARS: usize = 24;
+
+/// Whether a message is short enough to read as a follow-up of the conversation's last
+/// question ("and for the Pro plan?", "还是不行") rather than a question of its own.
+/// Spaces do not count, so that English and Chinese are measured alike.
+pub fn is_short_follow_up(text: &str) -> bool {
+    text.chars().filter(|c| !c.is_whitespace()).count() <= SHORT_FOLLOW_UP_CHARS
 }
 
 #[cfg(test)]
@@ -182,5 +193,18 @@ mod tests {
         );
         assert!(mixed.contains(&"冻结".to_string()), "{mixed:?}");
         assert!(words("!!! ...").is_empty());
+    }
+
+    #[test]
+    fn short_follow_ups_are_counted_without_spaces() {
+        assert!(is_short_follow_up("and for the Pro plan?"));
+        assert!(is_short_follow_up("还是不行"));
+        assert!(
+            is_short_follow_up("what  about   the   yearly   one"),
+            "spaces do not count"
+        );
+        assert!(!is_short_follow_up(
+            "How do I move my recordings to a new hub?"
+        ));
     }
 }

@@ -10,7 +10,10 @@ use sha2::{Digest, Sha256};
 
 mod escalation;
 
-pub use escalation::{CueEffect, CueKind, CueList, EscalationPolicy, EscalationSection};
+pub use escalation::{
+    CueEffect, CueList, EscalationPolicy, EscalationReason, EscalationSection, Negation, Negators,
+    Phrases, QuestionMarkers, QuestionPhrases,
+};
 
 /// What the tenant wants done with an intent.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]

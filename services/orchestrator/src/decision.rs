@@ -1,51 +1,12 @@
 //! The decision of the workflow: answer, or hand off to a human (and why), whether to
 //! open a ticket, its priority, and the reply's wording. Pure, so it is tested alone.
 use kefu_proto::v1::{
-    AnalyzeResponse, ClassifyResponse, CueEffect, EscalationSignal, EscalationThresholds, Language,
-    Priority, Route, SearchResponse, SentimentLabel, VipTier,
+    AnalyzeResponse, ClassifyResponse, EscalationCue, EscalationThresholds, Language, Priority,
+    Route, SearchResponse, SentimentLabel, VipTier,
 };
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EscalationReason {
-    Complaint,
-    NegativeSentiment,
-    HumanRequest,
-    NoAnswer,
-    IntentRoute,
-    /// The router could not be reached: nobody knows what the customer wants.
-    RouterUnavailable,
-    /// The knowledge service could not be reached for a question it should answer.
-    KnowledgeUnavailable,
-    /// A hacked account, charges the customer did not make, a stranger with access.
-    SecurityIncident,
-    /// Danger to people or property: smoke, sparks, a swollen battery, a break-in.
-    SafetyHazard,
-    /// A lawyer, a chargeback or bank dispute, a regulator.
-    LegalThreat,
-    /// A threat to cancel or move to a competitor.
-    ChurnThreat,
-    /// A case stuck past its normal time (tracking silent for days, a refund not arrived).
-    Stalled,
-}
-
-impl EscalationReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Complaint => "complaint",
-            Self::NegativeSentiment => "negative_sentiment",
-            Self::HumanRequest => "human_request",
-            Self::NoAnswer => "no_answer",
-            Self::IntentRoute => "intent_route",
-            Self::RouterUnavailable => "router_unavailable",
-            Self::KnowledgeUnavailable => "knowledge_unavailable",
-            Self::SecurityIncident => "security_incident",
-            Self::SafetyHazard => "safety_hazard",
-            Self::LegalThreat => "legal_threat",
-            Self::ChurnThreat => "churn_threat",
-            Self::Stalled => "stalled",
-        }
-    }
-}
+use kefu_tenant::CueEffect;
+/// Why a customer goes to a human: the tenant policy's type, named as clients read it.
+pub use kefu_tenant::EscalationReason;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
@@ -71,10 +32,6 @@ pub struct Conversation {
     /// The customer says the bot's last answer did not help ("I already restarted it").
     pub not_helped: bool,
 }
-
-/// Intent names with a fixed meaning for escalation reporting.
-const COMPLAINT_INTENT: &str = "complaint";
-const HUMAN_REQUEST_INTENT: &str = "human_agent";
 
 /// What the knowledge step gave for a message.
 #[derive(Clone, Debug)]
@@ -135,16 +92,17 @@ pub fn decide(
         .unwrap_or_else(default_thresholds);
     let score = sentiment.sentiment.as_ref().map_or(0.0, |s| s.score);
     let negative = score <= thresholds.negative_score;
+    // A cue the orchestrator cannot read (a newer router's) is passed over.
     let cue_reason = classification
         .escalation_cues
         .iter()
-        .find(|cue| match CueEffect::try_from(cue.effect) {
-            Ok(CueEffect::HandOff) => true,
-            Ok(CueEffect::IfNegative) => negative,
-            _ => false,
+        .filter_map(|cue| Some((cue.reason.parse().ok()?, cue.effect.parse().ok()?)))
+        .find(|(_, effect)| match effect {
+            CueEffect::HandOff => true,
+            CueEffect::IfNegative => negative,
+            CueEffect::Record => false,
         })
-        .and_then(|cue| EscalationSignal::try_from(cue.signal).ok())
-        .map(reason_of);
+        .map(|(reason, _)| reason);
     let route = Route::try_from(classification.route).unwrap_or(Route::Answer);
     let fixed_reply = !classification.fixed_reply.is_empty();
     let confident_answer = knowledge.is_some_and(|k| k.confident && !k.answer.trim().is_empty());
@@ -152,11 +110,12 @@ pub fn decide(
     let reason = if cue_reason.is_some() {
         cue_reason
     } else if route == Route::Human {
-        Some(match classification.intent.as_str() {
-            COMPLAINT_INTENT => EscalationReason::Complaint,
-            HUMAN_REQUEST_INTENT => EscalationReason::HumanRequest,
-            _ => EscalationReason::IntentRoute,
-        })
+        Some(
+            classification
+                .route_reason
+                .parse()
+                .unwrap_or(EscalationReason::IntentRoute),
+        )
     } else if conversation.not_helped && conversation.previous_missed {
         // the second try did not help either
         Some(EscalationReason::NoAnswer)
@@ -188,40 +147,14 @@ pub fn decide(
     }
 }
 
-fn reason_of(signal: EscalationSignal) -> EscalationReason {
-    match signal {
-        EscalationSignal::SecurityIncident => EscalationReason::SecurityIncident,
-        EscalationSignal::SafetyHazard => EscalationReason::SafetyHazard,
-        EscalationSignal::LegalThreat => EscalationReason::LegalThreat,
-        EscalationSignal::HumanRequest => EscalationReason::HumanRequest,
-        EscalationSignal::ChurnThreat => EscalationReason::ChurnThreat,
-        EscalationSignal::Stalled => EscalationReason::Stalled,
-        EscalationSignal::Complaint => EscalationReason::Complaint,
-        EscalationSignal::Anger | EscalationSignal::Unspecified => {
-            EscalationReason::NegativeSentiment
-        }
-    }
-}
-
-/// The intent's urgency, one level up for a very negative or angry customer or a danger
-/// to people or property, at most urgent.
-fn priority(
-    urgency: i32,
-    sentiment: &AnalyzeResponse,
-    cues: &[kefu_proto::v1::EscalationCue],
-) -> Priority {
+/// The intent's urgency, one level up for a very negative customer or a cue that raises
+/// the priority (danger, anger, as the tenant's policy says), at most urgent.
+fn priority(urgency: i32, sentiment: &AnalyzeResponse, cues: &[EscalationCue]) -> Priority {
     let very_negative = sentiment
         .sentiment
         .as_ref()
         .is_some_and(|s| s.label == SentimentLabel::VeryNegative as i32);
-    let pressing = cues.iter().any(|cue| {
-        [
-            EscalationSignal::Anger,
-            EscalationSignal::SafetyHazard,
-            EscalationSignal::SecurityIncident,
-        ]
-        .contains(&EscalationSignal::try_from(cue.signal).unwrap_or_default())
-    });
+    let pressing = cues.iter().any(|cue| cue.raise_priority);
     let mut level = match Priority::try_from(urgency) {
         Ok(Priority::Unspecified) | Err(_) => Priority::Low as i32,
         Ok(priority) => priority as i32,
@@ -364,7 +297,7 @@ impl Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kefu_proto::v1::{EscalationCue, Sentiment};
+    use kefu_proto::v1::Sentiment;
 
     fn classified(intent: &str, route: Route, urgency: Priority) -> ClassifyResponse {
         ClassifyResponse {
@@ -395,12 +328,14 @@ mod tests {
 
     fn with_cue(
         mut classification: ClassifyResponse,
-        signal: EscalationSignal,
+        reason: EscalationReason,
         effect: CueEffect,
+        raise_priority: bool,
     ) -> ClassifyResponse {
         classification.escalation_cues.push(EscalationCue {
-            signal: signal as i32,
-            effect: effect as i32,
+            reason: reason.as_str().into(),
+            effect: effect.as_str().into(),
+            raise_priority,
         });
         classification
     }
@@ -410,8 +345,9 @@ mod tests {
         let question = classified("account_help", Route::Answer, Priority::Low);
         let hacked = with_cue(
             question.clone(),
-            EscalationSignal::SecurityIncident,
+            EscalationReason::SecurityIncident,
             CueEffect::HandOff,
+            true,
         );
         let decision = decide(
             Some(&hacked),
@@ -426,8 +362,9 @@ mod tests {
         // only with a negative reading
         let grumble = with_cue(
             question.clone(),
-            EscalationSignal::Complaint,
+            EscalationReason::Complaint,
             CueEffect::IfNegative,
+            false,
         );
         let calm = decide(
             Some(&grumble),
@@ -445,7 +382,12 @@ mod tests {
         assert_eq!(upset.reason, Some(EscalationReason::Complaint));
 
         // recorded, never handing off
-        let noted = with_cue(question, EscalationSignal::ChurnThreat, CueEffect::Record);
+        let noted = with_cue(
+            question.clone(),
+            EscalationReason::ChurnThreat,
+            CueEffect::Record,
+            false,
+        );
         let decision = decide(
             Some(&noted),
             &feeling(SentimentLabel::Negative),
@@ -453,6 +395,29 @@ mod tests {
             Conversation::default(),
         );
         assert_eq!(decision.reason, None);
+
+        // a cue the orchestrator cannot read is passed over for the next
+        let mut unknown = with_cue(
+            question,
+            EscalationReason::Stalled,
+            CueEffect::HandOff,
+            false,
+        );
+        unknown.escalation_cues.insert(
+            0,
+            EscalationCue {
+                reason: "alien_abduction".into(),
+                effect: "hand_off".into(),
+                raise_priority: false,
+            },
+        );
+        let decision = decide(
+            Some(&unknown),
+            &feeling(SentimentLabel::Neutral),
+            &Retrieval::Found(answer(true)),
+            Conversation::default(),
+        );
+        assert_eq!(decision.reason, Some(EscalationReason::Stalled));
     }
 
     #[test]
@@ -505,9 +470,11 @@ mod tests {
     }
 
     #[test]
-    fn hands_off_complaints_with_high_priority() {
+    fn a_route_to_a_human_hands_off_with_the_reason_the_router_gives() {
+        let mut complaint = classified("complaint", Route::Human, Priority::High);
+        complaint.route_reason = "complaint".into();
         let decision = decide(
-            Some(&classified("complaint", Route::Human, Priority::High)),
+            Some(&complaint),
             &feeling(SentimentLabel::Negative),
             &Retrieval::NotNeeded,
             Conversation::default(),
@@ -515,6 +482,13 @@ mod tests {
         assert_eq!(decision.reason, Some(EscalationReason::Complaint));
         assert!(decision.open_ticket);
         assert!(decision.priority as i32 >= Priority::High as i32);
+        let decision = decide(
+            Some(&classified("payment_problem", Route::Human, Priority::High)),
+            &feeling(SentimentLabel::Neutral),
+            &Retrieval::NotNeeded,
+            Conversation::default(),
+        );
+        assert_eq!(decision.reason, Some(EscalationReason::IntentRoute));
     }
 
     #[test]

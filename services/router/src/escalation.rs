@@ -1,94 +1,87 @@
-//! The tenant's escalation policy applied to a message: which of its cue lists the
-//! message shows, and the thresholds the orchestrator combines them with sentiment by.
-//! Business rules only; no gRPC here.
+//! The tenant's escalation policy read in a message, for the orchestrator's decision:
+//! the cues found, whether it asks something or says the last answer did not help, the
+//! reason a route to a human is given with, and the sentiment thresholds. Business rules
+//! only; no gRPC here beyond the fields it fills.
 
-use kefu_nlp::cues::{Cues, Message};
-use kefu_proto::v1::{self, EscalationCue, EscalationSignal, EscalationThresholds};
-use kefu_tenant::{CueEffect, CueKind, EscalationPolicy};
+use kefu_nlp::cues::{Message, PolicyMatcher};
+use kefu_proto::v1::{ClassifyResponse, EscalationCue, EscalationThresholds, Route};
+use kefu_tenant::EscalationPolicy;
 
 /// A tenant's policy, its phrases prepared for matching.
-pub struct PolicyMatcher {
-    /// In the policy's order of seriousness.
-    lists: Vec<(CueKind, CueEffect, Cues)>,
-    thresholds: EscalationThresholds,
+pub struct Escalation {
+    policy: EscalationPolicy,
+    matcher: PolicyMatcher,
 }
 
-impl PolicyMatcher {
+impl Escalation {
     pub fn new(policy: &EscalationPolicy) -> Self {
         Self {
-            lists: policy
-                .cues
-                .iter()
-                .map(|(kind, list)| {
-                    (
-                        *kind,
-                        list.effect,
-                        Cues::new(&list.en, &list.zh, list.skip_questions),
-                    )
-                })
-                .collect(),
-            thresholds: EscalationThresholds {
-                hand_off_score: policy.hand_off_score,
-                negative_score: policy.negative_score,
-            },
+            policy: policy.clone(),
+            matcher: PolicyMatcher::new(policy),
         }
     }
 
-    /// The cues found in a message, most serious first.
-    pub fn cues_in(&self, message: &Message) -> Vec<EscalationCue> {
-        self.lists
-            .iter()
-            .filter(|(_, _, cues)| cues.found_in(message))
-            .map(|(kind, effect, _)| EscalationCue {
-                signal: signal_of(*kind) as i32,
-                effect: effect_of(*effect) as i32,
+    /// Fills the escalation fields of a classification of `message` (its intent and
+    /// route already set).
+    pub fn read(&self, message: &Message, classification: &mut ClassifyResponse) {
+        classification.escalation_cues = self
+            .matcher
+            .cues_in(message)
+            .map(|(reason, list)| EscalationCue {
+                reason: reason.as_str().to_owned(),
+                effect: list.effect.as_str().to_owned(),
+                raise_priority: list.raise_priority,
             })
-            .collect()
-    }
-
-    pub fn thresholds(&self) -> EscalationThresholds {
-        self.thresholds
-    }
-}
-
-fn signal_of(kind: CueKind) -> EscalationSignal {
-    match kind {
-        CueKind::SecurityIncident => EscalationSignal::SecurityIncident,
-        CueKind::SafetyHazard => EscalationSignal::SafetyHazard,
-        CueKind::LegalThreat => EscalationSignal::LegalThreat,
-        CueKind::HumanRequest => EscalationSignal::HumanRequest,
-        CueKind::Anger => EscalationSignal::Anger,
-        CueKind::ChurnThreat => EscalationSignal::ChurnThreat,
-        CueKind::Stalled => EscalationSignal::Stalled,
-        CueKind::Complaint => EscalationSignal::Complaint,
-    }
-}
-
-fn effect_of(effect: CueEffect) -> v1::CueEffect {
-    match effect {
-        CueEffect::HandOff => v1::CueEffect::HandOff,
-        CueEffect::IfNegative => v1::CueEffect::IfNegative,
-        CueEffect::Record => v1::CueEffect::Record,
+            .collect();
+        classification.escalation_thresholds = Some(EscalationThresholds {
+            hand_off_score: self.policy.hand_off_score,
+            negative_score: self.policy.negative_score,
+        });
+        classification.question = self.matcher.is_question(message);
+        classification.says_not_helped = self.matcher.says_not_helped(message);
+        classification.route_reason = if classification.route == Route::Human as i32 {
+            self.policy
+                .intent_reason(&classification.intent)
+                .as_str()
+                .to_owned()
+        } else {
+            String::new()
+        };
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kefu_tenant::EscalationSection;
+    use kefu_tenant::{EscalationReason, EscalationSection};
 
-    fn signals(matcher: &PolicyMatcher, text: &str) -> Vec<EscalationSignal> {
-        matcher
-            .cues_in(&Message::new(text))
-            .iter()
-            .map(|cue| EscalationSignal::try_from(cue.signal).unwrap())
+    fn read(escalation: &Escalation, text: &str, intent: &str, route: Route) -> ClassifyResponse {
+        let mut classification = ClassifyResponse {
+            intent: intent.into(),
+            route: route as i32,
+            ..Default::default()
+        };
+        escalation.read(&Message::new(text), &mut classification);
+        classification
+    }
+
+    fn reasons(escalation: &Escalation, text: &str) -> Vec<String> {
+        read(escalation, text, "out_of_scope", Route::Answer)
+            .escalation_cues
+            .into_iter()
+            .map(|cue| cue.reason)
             .collect()
+    }
+
+    fn with(section: &str) -> Escalation {
+        let section: EscalationSection = toml::from_str(section).unwrap();
+        Escalation::new(&EscalationPolicy::with(&section).unwrap())
     }
 
     #[test]
     fn the_default_policy_finds_what_needs_a_person() {
-        let matcher = PolicyMatcher::new(EscalationPolicy::defaults());
-        use EscalationSignal::*;
+        let escalation = Escalation::new(EscalationPolicy::defaults());
+        use EscalationReason::*;
         for (text, want) in [
             ("I think my account was hacked", SecurityIncident),
             ("有人盗用了我的账号", SecurityIncident),
@@ -101,13 +94,19 @@ mod tests {
             ("这笔钱我要找银行拒付", LegalThreat),
             ("I want to talk to a real person, not a bot.", HumanRequest),
             ("转人工", HumanRequest),
-            ("你们就是垃圾", Anger),
+            ("你们就是垃圾", NegativeSentiment),
+            ("This is fucking ridiculous", NegativeSentiment),
             ("I'm cancelling and going to a competitor", ChurnThreat),
             ("Tracking hasn't updated in 9 business days", Stalled),
             ("退款审核通过半个月了，还没到账", Stalled),
             ("我要投诉", Complaint),
+            ("I've complained three times already", Complaint),
         ] {
-            assert_eq!(signals(&matcher, text).first(), Some(&want), "{text}");
+            assert_eq!(
+                reasons(&escalation, text).first().map(String::as_str),
+                Some(want.as_str()),
+                "{text}"
+            );
         }
         for calm in [
             "Thanks!!!",
@@ -121,26 +120,80 @@ mod tests {
             "Is there a phone number I can call?",
             "Does the sensor kit include a smoke alarm?",
             "How do I delete my account?",
+            "Where is the trash folder in the app?",
+            "Can I add an emergency contact who gets the alerts too?",
+            "I'm a lawyer and need a plan for the four people in my office",
+            "Is your service GDPR compliant?",
         ] {
             assert!(
-                signals(&matcher, calm).is_empty(),
+                reasons(&escalation, calm).is_empty(),
                 "{calm}: {:?}",
-                signals(&matcher, calm)
+                reasons(&escalation, calm)
             );
         }
     }
 
     #[test]
+    fn danger_and_anger_raise_the_priority() {
+        let escalation = Escalation::new(EscalationPolicy::defaults());
+        let raised = |text| {
+            read(&escalation, text, "out_of_scope", Route::Answer).escalation_cues[0].raise_priority
+        };
+        assert!(raised("The battery is swollen"));
+        assert!(raised("This is ridiculous"));
+        assert!(!raised("I want to file a formal complaint"));
+    }
+
+    #[test]
     fn a_tenant_policy_changes_what_is_found_and_what_it_does() {
-        let section: EscalationSection =
-            toml::from_str("[cues.complaint]\neffect = \"if_negative\"\nen = [\"not happy\"]\n")
-                .unwrap();
-        let matcher = PolicyMatcher::new(&EscalationPolicy::with(&section).unwrap());
-        let cues = matcher.cues_in(&Message::new("I'm not happy with the camera"));
-        assert_eq!(cues.len(), 1);
-        assert_eq!(cues[0].effect, v1::CueEffect::IfNegative as i32);
-        assert!(matcher
-            .cues_in(&Message::new("I want to complain"))
-            .is_empty());
+        let escalation = with("[cues.complaint]\neffect = \"if_negative\"\nen = [\"not happy\"]\n");
+        let read = read(
+            &escalation,
+            "I'm not happy with the camera",
+            "out_of_scope",
+            Route::Answer,
+        );
+        assert_eq!(read.escalation_cues.len(), 1);
+        assert_eq!(read.escalation_cues[0].effect, "if_negative");
+        assert!(reasons(&escalation, "I want to complain").is_empty());
+    }
+
+    #[test]
+    fn a_route_to_a_human_is_given_the_reason_the_policy_says_the_intent_means() {
+        let defaults = Escalation::new(EscalationPolicy::defaults());
+        let route_reason = |escalation: &Escalation, intent, route| {
+            read(escalation, "hello", intent, route).route_reason
+        };
+        assert_eq!(
+            route_reason(&defaults, "human_agent", Route::Human),
+            "human_request"
+        );
+        assert_eq!(
+            route_reason(&defaults, "complaint", Route::Human),
+            "complaint"
+        );
+        assert_eq!(
+            route_reason(&defaults, "payment_problem", Route::Human),
+            "intent_route"
+        );
+        assert_eq!(route_reason(&defaults, "complaint", Route::Answer), "");
+        let own = with("[intent_reasons]\nbeschwerde = \"complaint\"");
+        assert_eq!(route_reason(&own, "beschwerde", Route::Human), "complaint");
+        assert_eq!(
+            route_reason(&own, "complaint", Route::Human),
+            "intent_route"
+        );
+    }
+
+    #[test]
+    fn says_not_helped_in_the_tenants_words() {
+        let defaults = Escalation::new(EscalationPolicy::defaults());
+        let own = with("not_helped.en = [\"still stuck\"]");
+        let says = |escalation: &Escalation, text| {
+            read(escalation, text, "technical_support", Route::Answer).says_not_helped
+        };
+        assert!(says(&defaults, "I already restarted the router"));
+        assert!(!says(&defaults, "I'm still stuck"));
+        assert!(says(&own, "I'm still stuck"));
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use kefu_nlp::embed::Embedder;
 use kefu_nlp::intent::IntentModel;
-use kefu_nlp::text::{detect_language, Language as Lang};
+use kefu_nlp::text::{detect_language, is_short_follow_up, Language as Lang};
 use kefu_proto::v1::router_service_server::{RouterService, RouterServiceServer};
 use kefu_proto::v1::{
     ClassifyRequest, ClassifyResponse, Embedding, IntentScore, Language, Priority,
@@ -25,15 +25,13 @@ use kefu_tenant::{Tenant, Tenants, Urgency};
 
 mod escalation;
 
-use escalation::PolicyMatcher;
+use escalation::Escalation;
 use prost::Message as _;
 use tonic::{Request, Response, Status};
 
 pub const SPEC: ServiceSpec = ServiceSpec::ROUTER;
 const SERVICE: &str = "kefu-router";
 pub const OUT_OF_SCOPE: &str = "out_of_scope";
-/// A follow-up this short that fits no intent continues the session's last intent.
-const SHORT_FOLLOW_UP_CHARS: usize = 24;
 const CLASSIFICATION_CACHE_TTL: Duration = Duration::from_secs(3600);
 /// Change-notification topic of intent definitions.
 const INTENTS_TOPIC: &str = "intents";
@@ -52,7 +50,7 @@ pub struct Config {
 struct TenantModel {
     tenant: Arc<Tenant>,
     model: IntentModel,
-    escalation: PolicyMatcher,
+    escalation: Escalation,
     /// Identifies what the model learned from and the tenant's definition: part of
     /// every cache key.
     fingerprint: String,
@@ -85,10 +83,6 @@ fn route_of(route: kefu_tenant::Route) -> Route {
         kefu_tenant::Route::Ticket => Route::Ticket,
         kefu_tenant::Route::Human => Route::Human,
     }
-}
-
-fn short_follow_up(text: &str) -> bool {
-    text.chars().filter(|c| !c.is_whitespace()).count() <= SHORT_FOLLOW_UP_CHARS
 }
 
 impl Router {
@@ -126,7 +120,7 @@ impl Router {
         self.models.write().expect("model map lock").insert(
             tenant.id.clone(),
             Arc::new(TenantModel {
-                escalation: PolicyMatcher::new(&tenant.escalation),
+                escalation: Escalation::new(&tenant.escalation),
                 fingerprint: kefu_storage::fingerprint(&[&fingerprint, &tenant.source]),
                 tenant,
                 model,
@@ -204,7 +198,8 @@ impl Router {
         let mut intent = prediction.intent.clone();
         let mut confidence = prediction.confidence;
         let mut out_of_scope = prediction.out_of_scope;
-        if out_of_scope && short_follow_up(text) {
+        // A short follow-up that fits no intent continues the session's last intent.
+        if out_of_scope && is_short_follow_up(text) {
             if let Some(previous) = previous_intents
                 .last()
                 .filter(|p| tenant_model.tenant.intent(p).is_some())
@@ -234,7 +229,7 @@ impl Router {
                 (Route::Answer, Priority::Low, String::new())
             }
         };
-        Ok(ClassifyResponse {
+        let mut classification = ClassifyResponse {
             intent,
             confidence,
             alternatives: prediction
@@ -254,10 +249,10 @@ impl Router {
             } as i32,
             fixed_reply,
             embedding,
-            escalation_cues: tenant_model.escalation.cues_in(&message),
-            escalation_thresholds: Some(tenant_model.escalation.thresholds()),
-            question: message.is_question(),
-        })
+            ..Default::default()
+        };
+        tenant_model.escalation.read(&message, &mut classification);
+        Ok(classification)
     }
 }
 
