@@ -25,7 +25,41 @@ pub use shutdown::Shutdown;
 pub use telemetry::TelemetryArgs;
 pub use tls::TlsArgs;
 
-/// The `main` of every per-service binary: telemetry, start, serve until SIGTERM, drain.
+/// The whole `main.rs` of a per-service binary. Its doc comment is the `--help` text,
+/// the binary is named after its package, and the service crate named last provides
+/// `Config` (its flags), `SPEC` and `start`:
+///
+/// ```ignore
+/// kefu_runtime::service_main! {
+///     /// kefu ticket service: ticket lifecycle, VIP queue, SLA and audit trail (gRPC).
+///     kefu_ticket
+/// }
+/// ```
+#[macro_export]
+macro_rules! service_main {
+    ($(#[doc = $doc:literal])+ $service:ident) => {
+        $(#[doc = $doc])+
+        #[derive(clap::Parser)]
+        #[command(version)]
+        struct Cli {
+            #[command(flatten)]
+            config: $service::Config,
+            #[command(flatten)]
+            telemetry: $crate::TelemetryArgs,
+        }
+
+        #[tokio::main]
+        async fn main() -> std::process::ExitCode {
+            let cli = <Cli as clap::Parser>::parse();
+            $crate::run_service($service::SPEC, &cli.telemetry, |shutdown| {
+                $service::start(cli.config, shutdown)
+            })
+            .await
+        }
+    };
+}
+
+/// What every per-service `main` does: telemetry, start, serve until SIGTERM, drain.
 pub async fn run_service<F, Fut>(
     spec: ServiceSpec,
     telemetry: &TelemetryArgs,
