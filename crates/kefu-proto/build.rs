@@ -14,6 +14,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         prost::Message::encode_to_vec(&fds),
     )?;
     tonic_prost_build::configure().compile_fds(fds)?;
-    println!("cargo:rerun-if-changed={}", proto_root.display());
+    // Each file (an edit), and the folder (a file added or removed).
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    println!("cargo:rerun-if-changed={}", proto_root.join("kefu/v1").display());
     Ok(())
 }

@@ -7,7 +7,6 @@
 //! 不是投诉) does not count, nor a cue inside one of its list's exceptions (投诉建议).
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
 
 use aho_corasick::AhoCorasick;
 use kefu_tenant::{CueList, EscalationPolicy, EscalationReason, Negators, QuestionMarkers};
@@ -301,16 +300,6 @@ impl PolicyMatcher {
     }
 }
 
-/// Whether the customer says the last answer did not help, in kefu's default phrases;
-/// the tenant's own reach the orchestrator from the router
-/// (`ClassifyResponse.says_not_helped`).
-pub fn says_not_helped(message: &Message) -> bool {
-    static DEFAULTS: OnceLock<PolicyMatcher> = OnceLock::new();
-    DEFAULTS
-        .get_or_init(|| PolicyMatcher::new(EscalationPolicy::defaults()))
-        .says_not_helped(message)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,6 +419,7 @@ mod tests {
 
     #[test]
     fn knows_when_an_answer_did_not_help() {
+        let defaults = PolicyMatcher::new(EscalationPolicy::defaults());
         for said in [
             "I already restarted the router",
             "that didn't help",
@@ -437,14 +427,14 @@ mod tests {
             "还是不行",
             "试过了，没用",
         ] {
-            assert!(says_not_helped(&Message::new(said)), "{said}");
+            assert!(defaults.says_not_helped(&Message::new(said)), "{said}");
         }
         for said in [
             "thanks, that helped",
             "How do I restart the hub?",
             "好的，谢谢",
         ] {
-            assert!(!says_not_helped(&Message::new(said)), "{said}");
+            assert!(!defaults.says_not_helped(&Message::new(said)), "{said}");
         }
         let own = matcher("not_helped.en = [\"still stuck\"]");
         assert!(own.says_not_helped(&Message::new("I'm still stuck")));

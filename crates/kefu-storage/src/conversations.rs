@@ -139,18 +139,6 @@ pub struct RatingRecord {
     pub at: i64,
 }
 
-/// A ticket still to be opened for a message (see `handoff_outbox`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct OutboxRecord {
-    pub tenant_id: String,
-    pub customer_id: String,
-    pub message_id: String,
-    pub session_id: String,
-    /// The encoded ticket request, sent as it was meant to be.
-    pub request: Vec<u8>,
-    pub created_at: i64,
-}
-
 #[async_trait]
 pub trait ConversationStore: Send + Sync {
     async fn handler(
@@ -186,17 +174,6 @@ pub trait ConversationStore: Send + Sync {
     ) -> StoreResult<Vec<EventRecord>>;
     /// Stores a rating; false when the ticket was already rated.
     async fn rate(&self, rating: RatingRecord) -> StoreResult<bool>;
-    /// Keeps a ticket request for later (a retry of the same message keeps one row).
-    async fn enqueue_ticket(&self, record: OutboxRecord) -> StoreResult<()>;
-    /// The oldest ticket requests still waiting.
-    async fn pending_tickets(&self, limit: i64) -> StoreResult<Vec<OutboxRecord>>;
-    /// The ticket of a waiting request exists: the row goes, and a session queued
-    /// without a ticket gets this one (with a handler_change event saying so).
-    async fn ticket_opened(
-        &self,
-        record: &OutboxRecord,
-        ticket_id: &str,
-    ) -> StoreResult<Option<EventRecord>>;
 }
 
 pub struct SqlConversationStore {
@@ -213,9 +190,13 @@ impl SqlConversationStore {
     pub fn bus(&self) -> &EventBus {
         &self.bus
     }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
 }
 
-const HANDLER_COLUMNS: &str =
+pub(crate) const HANDLER_COLUMNS: &str =
     "tenant_id, session_id, customer_id, handler, ticket_id, updated_at, version";
 const EVENT_COLUMNS: &str =
     "tenant_id, session_id, event_id, kind, ticket_id, handler, author, text, at";
@@ -224,7 +205,7 @@ const KIND_HANDLER_CHANGE: &str = "handler_change";
 /// Writers racing for a session's next event number (or its handler row) retry.
 const WRITE_ATTEMPTS: usize = 8;
 
-fn handler_from_row(row: &AnyRow) -> Result<HandlerRecord, sqlx::Error> {
+pub(crate) fn handler_from_row(row: &AnyRow) -> Result<HandlerRecord, sqlx::Error> {
     Ok(HandlerRecord {
         tenant_id: row.try_get("tenant_id")?,
         session_id: row.try_get("session_id")?,
@@ -267,11 +248,11 @@ fn is_race(error: &StoreError) -> bool {
     )
 }
 
-type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
+pub(crate) type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
 /// Inserts an event at the session's next number inside `tx`; a concurrent writer that
 /// took the number first makes the insert fail, and the caller retries.
-async fn insert_event(
+pub(crate) async fn insert_event(
     tx: &mut Tx<'_>,
     mut event: EventRecord,
     request_id: Option<&str>,
@@ -307,9 +288,85 @@ async fn insert_event(
     Ok(event)
 }
 
+/// Applies a move inside `tx` and stores its handler_change event there; the caller
+/// commits. A lost race (the handler row changed meanwhile) is an error to retry.
+pub(crate) async fn apply_move(
+    tx: &mut Tx<'_>,
+    tenant_id: &str,
+    session_id: &str,
+    change: &HandlerMove,
+) -> StoreResult<HandlerOutcome> {
+    let current = sqlx::query(&format!(
+        "SELECT {HANDLER_COLUMNS} FROM session_handlers WHERE tenant_id = $1 AND session_id = $2"
+    ))
+    .bind(tenant_id)
+    .bind(session_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .as_ref()
+    .map(handler_from_row)
+    .transpose()?;
+    let Some((handler, ticket_id)) = next_handler(current.as_ref(), change) else {
+        return Ok(HandlerOutcome::Unchanged(current));
+    };
+    let now = crate::now_millis();
+    let changed = match (&current, change) {
+            (Some(current), _) => sqlx::query(
+                "UPDATE session_handlers SET handler = $1, ticket_id = $2, updated_at = $3, version = version + 1 WHERE tenant_id = $4 AND session_id = $5 AND version = $6",
+            )
+            .bind(handler as i64)
+            .bind(ticket_id.as_str())
+            .bind(now)
+            .bind(tenant_id)
+            .bind(session_id)
+            .bind(current.version)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected(),
+            (None, HandlerMove::HandOff { customer_id, .. }) => sqlx::query(&format!(
+                "INSERT INTO session_handlers ({HANDLER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, 0)"
+            ))
+            .bind(tenant_id)
+            .bind(session_id)
+            .bind(customer_id.as_str())
+            .bind(handler as i64)
+            .bind(ticket_id.as_str())
+            .bind(now)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected(),
+            // Only a hand-off starts a handler row; next_handler refuses the others.
+            (None, _) => 0,
+        };
+    if changed == 0 {
+        return Err(StoreError::Other(sqlx::Error::Protocol(
+            "the session's handler changed concurrently".into(),
+        )));
+    }
+    let event_ticket = match change {
+        HandlerMove::HandOff { ticket_id, .. }
+        | HandlerMove::Take { ticket_id }
+        | HandlerMove::Release { ticket_id } => ticket_id.clone(),
+    };
+    let event = insert_event(
+        tx,
+        EventRecord {
+            tenant_id: tenant_id.to_owned(),
+            session_id: session_id.to_owned(),
+            event_id: 0,
+            ticket_id: event_ticket,
+            kind: EventKind::HandlerChange { handler },
+            at: now,
+        },
+        None,
+    )
+    .await?;
+    Ok(HandlerOutcome::Moved(event))
+}
+
 impl SqlConversationStore {
     /// Commits `tx` after asking PostgreSQL to announce the session (delivered on commit).
-    async fn commit_and_announce(
+    pub(crate) async fn commit_and_announce(
         &self,
         mut tx: Tx<'_>,
         tenant_id: &str,
@@ -335,73 +392,11 @@ impl SqlConversationStore {
         change: &HandlerMove,
     ) -> StoreResult<HandlerOutcome> {
         let mut tx = self.db.begin_write().await?;
-        let current = sqlx::query(&format!(
-            "SELECT {HANDLER_COLUMNS} FROM session_handlers WHERE tenant_id = $1 AND session_id = $2"
-        ))
-        .bind(tenant_id)
-        .bind(session_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .as_ref()
-        .map(handler_from_row)
-        .transpose()?;
-        let Some((handler, ticket_id)) = next_handler(current.as_ref(), change) else {
-            return Ok(HandlerOutcome::Unchanged(current));
-        };
-        let now = crate::now_millis();
-        let changed = match (&current, change) {
-            (Some(current), _) => sqlx::query(
-                "UPDATE session_handlers SET handler = $1, ticket_id = $2, updated_at = $3, version = version + 1 WHERE tenant_id = $4 AND session_id = $5 AND version = $6",
-            )
-            .bind(handler as i64)
-            .bind(ticket_id.as_str())
-            .bind(now)
-            .bind(tenant_id)
-            .bind(session_id)
-            .bind(current.version)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
-            (None, HandlerMove::HandOff { customer_id, .. }) => sqlx::query(&format!(
-                "INSERT INTO session_handlers ({HANDLER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, 0)"
-            ))
-            .bind(tenant_id)
-            .bind(session_id)
-            .bind(customer_id.as_str())
-            .bind(handler as i64)
-            .bind(ticket_id.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected(),
-            // Only a hand-off starts a handler row; next_handler refuses the others.
-            (None, _) => 0,
-        };
-        if changed == 0 {
-            return Err(StoreError::Other(sqlx::Error::Protocol(
-                "the session's handler changed concurrently".into(),
-            )));
+        let outcome = apply_move(&mut tx, tenant_id, session_id, change).await?;
+        if matches!(outcome, HandlerOutcome::Moved(_)) {
+            self.commit_and_announce(tx, tenant_id, session_id).await?;
         }
-        let event_ticket = match change {
-            HandlerMove::HandOff { ticket_id, .. }
-            | HandlerMove::Take { ticket_id }
-            | HandlerMove::Release { ticket_id } => ticket_id.clone(),
-        };
-        let event = insert_event(
-            &mut tx,
-            EventRecord {
-                tenant_id: tenant_id.to_owned(),
-                session_id: session_id.to_owned(),
-                event_id: 0,
-                ticket_id: event_ticket,
-                kind: EventKind::HandlerChange { handler },
-                at: now,
-            },
-            None,
-        )
-        .await?;
-        self.commit_and_announce(tx, tenant_id, session_id).await?;
-        Ok(HandlerOutcome::Moved(event))
+        Ok(outcome)
     }
 
     async fn find_reply(
@@ -423,7 +418,7 @@ impl SqlConversationStore {
 }
 
 /// Runs a write that may lose a race again, a bounded number of times.
-async fn with_race_retries<T, F, Fut>(mut write: F) -> StoreResult<T>
+pub(crate) async fn with_race_retries<T, F, Fut>(mut write: F) -> StoreResult<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = StoreResult<T>>,
@@ -544,102 +539,6 @@ impl ConversationStore for SqlConversationStore {
             Err(error) => Err(error.into()),
         }
     }
-
-    async fn enqueue_ticket(&self, record: OutboxRecord) -> StoreResult<()> {
-        let inserted = sqlx::query(&format!(
-            "INSERT INTO handoff_outbox ({OUTBOX_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6)"
-        ))
-        .bind(record.tenant_id.as_str())
-        .bind(record.customer_id.as_str())
-        .bind(record.message_id.as_str())
-        .bind(record.session_id.as_str())
-        .bind(record.request.clone())
-        .bind(record.created_at)
-        .execute(self.db.pool())
-        .await;
-        match inserted {
-            Ok(_) => Ok(()),
-            Err(sqlx::Error::Database(error)) if error.is_unique_violation() => Ok(()),
-            Err(error) => Err(error.into()),
-        }
-    }
-
-    async fn pending_tickets(&self, limit: i64) -> StoreResult<Vec<OutboxRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM handoff_outbox ORDER BY created_at LIMIT $1"
-        ))
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(outbox_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(Into::into)
-    }
-
-    async fn ticket_opened(
-        &self,
-        record: &OutboxRecord,
-        ticket_id: &str,
-    ) -> StoreResult<Option<EventRecord>> {
-        with_race_retries(|| async {
-            let mut tx = self.db.begin_write().await?;
-            sqlx::query("DELETE FROM handoff_outbox WHERE tenant_id = $1 AND customer_id = $2 AND message_id = $3")
-                .bind(record.tenant_id.as_str())
-                .bind(record.customer_id.as_str())
-                .bind(record.message_id.as_str())
-                .execute(&mut *tx)
-                .await?;
-            let attached = sqlx::query("UPDATE session_handlers SET ticket_id = $1, version = version + 1, updated_at = $2 WHERE tenant_id = $3 AND session_id = $4 AND handler <> $5 AND ticket_id = ''")
-                .bind(ticket_id)
-                .bind(crate::now_millis())
-                .bind(record.tenant_id.as_str())
-                .bind(record.session_id.as_str())
-                .bind(HANDLER_BOT as i64)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if attached == 0 {
-                tx.commit().await?;
-                return Ok(None);
-            }
-            let handler: i64 = sqlx::query("SELECT handler FROM session_handlers WHERE tenant_id = $1 AND session_id = $2")
-                .bind(record.tenant_id.as_str())
-                .bind(record.session_id.as_str())
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("handler")?;
-            let event = insert_event(
-                &mut tx,
-                EventRecord {
-                    tenant_id: record.tenant_id.clone(),
-                    session_id: record.session_id.clone(),
-                    event_id: 0,
-                    ticket_id: ticket_id.to_owned(),
-                    kind: EventKind::HandlerChange { handler: handler as i32 },
-                    at: crate::now_millis(),
-                },
-                None,
-            )
-            .await?;
-            self.commit_and_announce(tx, &record.tenant_id, &record.session_id).await?;
-            Ok(Some(event))
-        })
-        .await
-    }
-}
-
-const OUTBOX_COLUMNS: &str = "tenant_id, customer_id, message_id, session_id, request, created_at";
-
-fn outbox_from_row(row: &AnyRow) -> Result<OutboxRecord, sqlx::Error> {
-    Ok(OutboxRecord {
-        tenant_id: row.try_get("tenant_id")?,
-        customer_id: row.try_get("customer_id")?,
-        message_id: row.try_get("message_id")?,
-        session_id: row.try_get("session_id")?,
-        request: row.try_get("request")?,
-        created_at: row.try_get("created_at")?,
-    })
 }
 
 const PG_CHANNEL: &str = "kefu_session_events";

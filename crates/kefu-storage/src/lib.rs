@@ -7,18 +7,19 @@ pub mod cache;
 mod content;
 pub mod conversations;
 mod db;
+pub mod outbox;
 pub mod rate_limit;
 pub mod sessions;
-pub mod testing;
 pub mod tickets;
 
 pub use cache::{fingerprint, Cache, Redis, RedisProbe};
 pub use content::{ContentStore, SqlContentStore, StoredChunk, StoredDocument};
 pub use conversations::{
     ConversationStore, EventBus, EventKind, EventRecord, HandlerMove, HandlerOutcome,
-    HandlerRecord, OutboxRecord, RatingRecord, SqlConversationStore,
+    HandlerRecord, RatingRecord, SqlConversationStore, HANDLER_BOT,
 };
 pub use db::{now_millis, Database, DatabaseProbe};
+pub use outbox::{OutboxEntry, OutboxStats, TicketOutbox, TicketTurn, TicketTurnOutcome};
 pub use rate_limit::{Rate, RateLimiter};
 pub use sessions::{SessionStore, SqlSessionStore, TurnRecord};
 pub use tickets::{

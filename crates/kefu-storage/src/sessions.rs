@@ -76,6 +76,56 @@ fn turn_from_row(row: &AnyRow) -> Result<TurnRecord, sqlx::Error> {
     })
 }
 
+/// Inserts a turn at the end of its session; returns its position. The position is taken
+/// in the insert itself (one statement per turn); a concurrent insert that took it first,
+/// or a message id stored before, is a unique violation.
+pub(crate) async fn insert_turn<'e, E>(executor: E, turn: &TurnRecord) -> Result<i64, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(&format!(
+        "INSERT INTO session_turns ({TURN_COLUMNS}) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM session_turns WHERE tenant_id = $1 AND session_id = $2 RETURNING seq"
+    ))
+    .bind(turn.tenant_id.as_str())
+    .bind(turn.session_id.as_str())
+    .bind(turn.message_id.as_str())
+    .bind(turn.customer_id.as_str())
+    .bind(turn.text.as_str())
+    .bind(turn.reply.as_str())
+    .bind(turn.intent.as_str())
+    .bind(turn.sentiment as i64)
+    .bind(turn.escalated as i64)
+    .bind(turn.ticket_id.as_str())
+    .bind(turn.response.clone())
+    .bind(turn.created_at)
+    .fetch_one(executor)
+    .await?
+    .try_get("seq")
+}
+
+/// The turn stored under a customer's message id.
+pub(crate) async fn turn_by_message_id<'e, E>(
+    executor: E,
+    tenant_id: &str,
+    customer_id: &str,
+    message_id: &str,
+) -> Result<Option<TurnRecord>, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(&format!(
+        "SELECT {TURN_COLUMNS} FROM session_turns WHERE tenant_id = $1 AND customer_id = $2 AND message_id = $3"
+    ))
+    .bind(tenant_id)
+    .bind(customer_id)
+    .bind(message_id)
+    .fetch_optional(executor)
+    .await?
+    .as_ref()
+    .map(turn_from_row)
+    .transpose()
+}
+
 /// Concurrent appends to one session race for the next position; the loser retries.
 const APPEND_ATTEMPTS: usize = 5;
 
@@ -109,42 +159,16 @@ impl SessionStore for SqlSessionStore {
         customer_id: &str,
         message_id: &str,
     ) -> StoreResult<Option<TurnRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {TURN_COLUMNS} FROM session_turns WHERE tenant_id = $1 AND customer_id = $2 AND message_id = $3"
-        ))
-        .bind(tenant_id)
-        .bind(customer_id)
-        .bind(message_id)
-        .fetch_optional(self.db.pool())
-        .await?;
-        Ok(row.as_ref().map(turn_from_row).transpose()?)
+        Ok(turn_by_message_id(self.db.pool(), tenant_id, customer_id, message_id).await?)
     }
 
     async fn append(&self, mut turn: TurnRecord) -> StoreResult<TurnRecord> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            // The next position is taken in the insert itself: one statement per turn.
-            let inserted = sqlx::query(&format!(
-                "INSERT INTO session_turns ({TURN_COLUMNS}) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM session_turns WHERE tenant_id = $1 AND session_id = $2 RETURNING seq"
-            ))
-            .bind(turn.tenant_id.as_str())
-            .bind(turn.session_id.as_str())
-            .bind(turn.message_id.as_str())
-            .bind(turn.customer_id.as_str())
-            .bind(turn.text.as_str())
-            .bind(turn.reply.as_str())
-            .bind(turn.intent.as_str())
-            .bind(turn.sentiment as i64)
-            .bind(turn.escalated as i64)
-            .bind(turn.ticket_id.as_str())
-            .bind(turn.response.clone())
-            .bind(turn.created_at)
-            .fetch_one(self.db.pool())
-            .await;
-            match inserted {
-                Ok(row) => {
-                    turn.seq = row.try_get("seq")?;
+            match insert_turn(self.db.pool(), &turn).await {
+                Ok(seq) => {
+                    turn.seq = seq;
                     return Ok(turn);
                 }
                 Err(sqlx::Error::Database(error)) if error.is_unique_violation() => {

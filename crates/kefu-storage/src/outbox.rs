@@ -1,0 +1,377 @@
+//! The ticket outbox. A ticket a turn needs (a hand-off, or a route that opens one) is a
+//! row written in the same transaction as the turn and the session's move to the queue,
+//! so a committed hand-off always gets its ticket, exactly once (the message id is the
+//! ticket's idempotency key).
+//!
+//! The committing worker holds the new row for a lease and opens the ticket right after
+//! the commit; when that fails, or the worker dies, the drainer of any replica takes the
+//! row once it is due. Claims never wait on each other (`FOR UPDATE SKIP LOCKED` on
+//! PostgreSQL; on SQLite writers take turns and the lease keeps a row to one worker), a
+//! failure backs the row off instead of stopping the others, and a row that keeps failing
+//! is moved to a dead letter that an admin can list and retry.
+use async_trait::async_trait;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::conversations::{apply_move, with_race_retries, HandlerMove, HandlerOutcome, Tx};
+use crate::sessions::{insert_turn, turn_by_message_id};
+use crate::{now_millis, SqlConversationStore, StoreResult, TurnRecord, HANDLER_BOT};
+
+/// A ticket still to be opened for a turn.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutboxEntry {
+    pub outbox_id: String,
+    pub tenant_id: String,
+    pub customer_id: String,
+    pub message_id: String,
+    pub session_id: String,
+    /// The encoded ticket request, sent as it was meant to be.
+    pub request: Vec<u8>,
+    /// Attempts so far, counting the one under way for a claimed entry.
+    pub attempts: i32,
+    pub last_error: String,
+    pub created_at: i64,
+    /// When it was moved to the dead letter; None while it is still tried.
+    pub dead_at: Option<i64>,
+}
+
+/// A turn that needs a ticket, committed as one.
+#[derive(Clone, Debug)]
+pub struct TicketTurn {
+    pub turn: TurnRecord,
+    /// The session moves to the queue (a hand-off); false for a ticket beside an answer.
+    pub hand_off: bool,
+    /// The encoded ticket request.
+    pub request: Vec<u8>,
+    /// How long the committing worker holds the new entry (its attempt right after commit).
+    pub lease_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum TicketTurnOutcome {
+    /// The turn is stored with its entry, held by the caller for its lease; no entry when
+    /// the session already waited for or was with a human (the turn joined its ticket).
+    Committed {
+        turn: TurnRecord,
+        entry: Option<OutboxEntry>,
+    },
+    /// The message was stored before (a retry): its turn, unchanged.
+    Replayed(TurnRecord),
+}
+
+/// What a team lead and an alert need to know of the outbox.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct OutboxStats {
+    /// Entries still being tried.
+    pub pending: i64,
+    pub oldest_pending_at: Option<i64>,
+    pub dead: i64,
+}
+
+#[async_trait]
+pub trait TicketOutbox: Send + Sync {
+    /// Stores the turn, moves the session to the queue (for a hand-off) and writes the
+    /// outbox entry, in one transaction.
+    async fn commit_ticket_turn(&self, turn: TicketTurn) -> StoreResult<TicketTurnOutcome>;
+    /// Claims up to `limit` due entries for `lease_ms`, counting an attempt on each;
+    /// entries another worker holds are skipped, not waited for.
+    async fn claim_due(&self, limit: i64, lease_ms: i64) -> StoreResult<Vec<OutboxEntry>>;
+    /// The ticket exists: the entry goes, and the turn (with `response`, when given) and
+    /// a session queued without a ticket get it, with a handler_change event saying so.
+    async fn ticket_opened(
+        &self,
+        entry: &OutboxEntry,
+        ticket_id: &str,
+        response: Option<Vec<u8>>,
+    ) -> StoreResult<()>;
+    /// The attempt failed: tried again at `retry_at`, or a dead letter when None.
+    async fn attempt_failed(
+        &self,
+        entry: &OutboxEntry,
+        error: &str,
+        retry_at: Option<i64>,
+    ) -> StoreResult<()>;
+    async fn stats(&self) -> StoreResult<OutboxStats>;
+    /// The tenant's dead letters, oldest first.
+    async fn dead_letters(&self, tenant_id: &str, limit: i64) -> StoreResult<Vec<OutboxEntry>>;
+    /// Puts a dead letter back, due now with its attempts reset; false when the tenant
+    /// has no such dead letter.
+    async fn retry_dead_letter(&self, tenant_id: &str, outbox_id: &str) -> StoreResult<bool>;
+}
+
+const OUTBOX_COLUMNS: &str = "outbox_id, tenant_id, customer_id, message_id, session_id, request, created_at, attempts, last_error, dead_at";
+
+fn entry_from_row(row: &AnyRow) -> Result<OutboxEntry, sqlx::Error> {
+    Ok(OutboxEntry {
+        outbox_id: row.try_get("outbox_id")?,
+        tenant_id: row.try_get("tenant_id")?,
+        customer_id: row.try_get("customer_id")?,
+        message_id: row.try_get("message_id")?,
+        session_id: row.try_get("session_id")?,
+        request: row.try_get("request")?,
+        attempts: row.try_get::<i64, _>("attempts")? as i32,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get("created_at")?,
+        dead_at: row.try_get("dead_at")?,
+    })
+}
+
+impl SqlConversationStore {
+    /// One attempt at committing a ticket turn; a lost race is retried by the caller.
+    async fn try_commit_ticket_turn(&self, turn: &TicketTurn) -> StoreResult<TicketTurnOutcome> {
+        let mut stored = turn.turn.clone();
+        let (tenant, session) = (stored.tenant_id.clone(), stored.session_id.clone());
+        let mut tx = self.db().begin_write().await?;
+        if let Some(existing) =
+            turn_by_message_id(&mut *tx, &tenant, &stored.customer_id, &stored.message_id).await?
+        {
+            return Ok(TicketTurnOutcome::Replayed(existing));
+        }
+        let mut opens_ticket = true;
+        if turn.hand_off {
+            let change = HandlerMove::HandOff {
+                customer_id: stored.customer_id.clone(),
+                ticket_id: String::new(),
+            };
+            if let HandlerOutcome::Unchanged(Some(current)) =
+                apply_move(&mut tx, &tenant, &session, &change).await?
+            {
+                // A human has the session already: this message joins that ticket.
+                if current.handler != HANDLER_BOT {
+                    stored.ticket_id = current.ticket_id;
+                    opens_ticket = false;
+                }
+            }
+        }
+        stored.seq = insert_turn(&mut *tx, &stored).await?;
+        let entry = if opens_ticket {
+            Some(insert_entry(&mut tx, &stored, &turn.request, turn.lease_ms).await?)
+        } else {
+            None
+        };
+        self.commit_and_announce(tx, &tenant, &session).await?;
+        Ok(TicketTurnOutcome::Committed {
+            turn: stored,
+            entry,
+        })
+    }
+}
+
+/// Inserts the entry for a turn, held by its committer for `lease_ms` (its first attempt).
+async fn insert_entry(
+    tx: &mut Tx<'_>,
+    turn: &TurnRecord,
+    request: &[u8],
+    lease_ms: i64,
+) -> StoreResult<OutboxEntry> {
+    let entry = OutboxEntry {
+        outbox_id: uuid::Uuid::now_v7().to_string(),
+        tenant_id: turn.tenant_id.clone(),
+        customer_id: turn.customer_id.clone(),
+        message_id: turn.message_id.clone(),
+        session_id: turn.session_id.clone(),
+        request: request.to_vec(),
+        attempts: 1,
+        last_error: String::new(),
+        created_at: turn.created_at,
+        dead_at: None,
+    };
+    sqlx::query(&format!(
+        "INSERT INTO ticket_outbox ({OUTBOX_COLUMNS}, next_attempt_at, claimed_until) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, NULL, $10, $11)"
+    ))
+    .bind(entry.outbox_id.as_str())
+    .bind(entry.tenant_id.as_str())
+    .bind(entry.customer_id.as_str())
+    .bind(entry.message_id.as_str())
+    .bind(entry.session_id.as_str())
+    .bind(entry.request.clone())
+    .bind(entry.created_at)
+    .bind(entry.attempts as i64)
+    .bind("")
+    .bind(entry.created_at)
+    .bind(entry.created_at + lease_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(entry)
+}
+
+#[async_trait]
+impl TicketOutbox for SqlConversationStore {
+    async fn commit_ticket_turn(&self, turn: TicketTurn) -> StoreResult<TicketTurnOutcome> {
+        with_race_retries(|| self.try_commit_ticket_turn(&turn)).await
+    }
+
+    async fn claim_due(&self, limit: i64, lease_ms: i64) -> StoreResult<Vec<OutboxEntry>> {
+        // PostgreSQL: rows another transaction is claiming are skipped, not waited for.
+        // SQLite: one writer at a time, so the subquery and the update see the same rows.
+        let skip_locked = if self.db().postgres_url().is_some() {
+            "FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let now = now_millis();
+        let mut tx = self.db().begin_write().await?;
+        let rows = sqlx::query(&format!(
+            "UPDATE ticket_outbox SET attempts = attempts + 1, claimed_until = $1 WHERE outbox_id IN (SELECT outbox_id FROM ticket_outbox WHERE dead_at IS NULL AND next_attempt_at <= $2 AND claimed_until <= $2 ORDER BY next_attempt_at LIMIT $3 {skip_locked}) RETURNING {OUTBOX_COLUMNS}"
+        ))
+        .bind(now + lease_ms)
+        .bind(now)
+        .bind(limit)
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let mut entries = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        entries.sort_by_key(|entry| entry.created_at);
+        Ok(entries)
+    }
+
+    async fn ticket_opened(
+        &self,
+        entry: &OutboxEntry,
+        ticket_id: &str,
+        response: Option<Vec<u8>>,
+    ) -> StoreResult<()> {
+        with_race_retries(|| async {
+            let mut tx = self.db().begin_write().await?;
+            sqlx::query("DELETE FROM ticket_outbox WHERE outbox_id = $1")
+                .bind(entry.outbox_id.as_str())
+                .execute(&mut *tx)
+                .await?;
+            attach_to_turn(&mut tx, entry, ticket_id, response.clone()).await?;
+            if attach_to_session(&mut tx, entry, ticket_id).await? {
+                self.commit_and_announce(tx, &entry.tenant_id, &entry.session_id)
+                    .await?;
+            } else {
+                tx.commit().await?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn attempt_failed(
+        &self,
+        entry: &OutboxEntry,
+        error: &str,
+        retry_at: Option<i64>,
+    ) -> StoreResult<()> {
+        let (next_attempt_at, dead_at) = match retry_at {
+            Some(at) => (at, None),
+            None => (now_millis(), Some(now_millis())),
+        };
+        sqlx::query("UPDATE ticket_outbox SET last_error = $1, next_attempt_at = $2, dead_at = $3, claimed_until = 0 WHERE outbox_id = $4")
+            .bind(error)
+            .bind(next_attempt_at)
+            .bind(dead_at)
+            .bind(entry.outbox_id.as_str())
+            .execute(self.db().pool())
+            .await?;
+        Ok(())
+    }
+
+    async fn stats(&self) -> StoreResult<OutboxStats> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) - COUNT(dead_at) AS pending, MIN(CASE WHEN dead_at IS NULL THEN created_at END) AS oldest, COUNT(dead_at) AS dead FROM ticket_outbox",
+        )
+        .fetch_one(self.db().pool())
+        .await?;
+        Ok(OutboxStats {
+            pending: row.try_get("pending")?,
+            oldest_pending_at: row.try_get("oldest")?,
+            dead: row.try_get("dead")?,
+        })
+    }
+
+    async fn dead_letters(&self, tenant_id: &str, limit: i64) -> StoreResult<Vec<OutboxEntry>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM ticket_outbox WHERE tenant_id = $1 AND dead_at IS NOT NULL ORDER BY dead_at LIMIT $2"
+        ))
+        .bind(tenant_id)
+        .bind(limit)
+        .fetch_all(self.db().pool())
+        .await?;
+        Ok(rows.iter().map(entry_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn retry_dead_letter(&self, tenant_id: &str, outbox_id: &str) -> StoreResult<bool> {
+        let retried = sqlx::query("UPDATE ticket_outbox SET dead_at = NULL, attempts = 0, next_attempt_at = $1, claimed_until = 0 WHERE tenant_id = $2 AND outbox_id = $3 AND dead_at IS NOT NULL")
+            .bind(now_millis())
+            .bind(tenant_id)
+            .bind(outbox_id)
+            .execute(self.db().pool())
+            .await?
+            .rows_affected();
+        Ok(retried == 1)
+    }
+}
+
+/// The turn gets its ticket (and, from the committing worker, the reply that names it).
+async fn attach_to_turn(
+    tx: &mut Tx<'_>,
+    entry: &OutboxEntry,
+    ticket_id: &str,
+    response: Option<Vec<u8>>,
+) -> StoreResult<()> {
+    let query = match response {
+        Some(response) => sqlx::query("UPDATE session_turns SET ticket_id = $1, response = $2 WHERE tenant_id = $3 AND customer_id = $4 AND message_id = $5")
+            .bind(ticket_id)
+            .bind(response),
+        None => sqlx::query("UPDATE session_turns SET ticket_id = $1 WHERE tenant_id = $2 AND customer_id = $3 AND message_id = $4")
+            .bind(ticket_id),
+    };
+    query
+        .bind(entry.tenant_id.as_str())
+        .bind(entry.customer_id.as_str())
+        .bind(entry.message_id.as_str())
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// A session queued without a ticket gets this one, with a handler_change event; false
+/// when the session is not waiting for it (a ticket beside an answer, or one it has).
+async fn attach_to_session(
+    tx: &mut Tx<'_>,
+    entry: &OutboxEntry,
+    ticket_id: &str,
+) -> StoreResult<bool> {
+    let attached = sqlx::query("UPDATE session_handlers SET ticket_id = $1, version = version + 1, updated_at = $2 WHERE tenant_id = $3 AND session_id = $4 AND handler <> $5 AND ticket_id = ''")
+        .bind(ticket_id)
+        .bind(now_millis())
+        .bind(entry.tenant_id.as_str())
+        .bind(entry.session_id.as_str())
+        .bind(HANDLER_BOT as i64)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if attached == 0 {
+        return Ok(false);
+    }
+    let handler: i64 = sqlx::query(
+        "SELECT handler FROM session_handlers WHERE tenant_id = $1 AND session_id = $2",
+    )
+    .bind(entry.tenant_id.as_str())
+    .bind(entry.session_id.as_str())
+    .fetch_one(&mut **tx)
+    .await?
+    .try_get("handler")?;
+    crate::conversations::insert_event(
+        tx,
+        crate::EventRecord {
+            tenant_id: entry.tenant_id.clone(),
+            session_id: entry.session_id.clone(),
+            event_id: 0,
+            ticket_id: ticket_id.to_owned(),
+            kind: crate::EventKind::HandlerChange {
+                handler: handler as i32,
+            },
+            at: now_millis(),
+        },
+        None,
+    )
+    .await?;
+    Ok(true)
+}
