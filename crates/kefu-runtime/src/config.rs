@@ -12,36 +12,20 @@ pub struct ServiceSpec {
 }
 
 impl ServiceSpec {
-    pub const GATEWAY: Self = Self {
-        name: "gateway",
-        grpc_port: 50051,
-        metrics_port: 9101,
-    };
-    pub const ORCHESTRATOR: Self = Self {
-        name: "orchestrator",
-        grpc_port: 50052,
-        metrics_port: 9102,
-    };
-    pub const ROUTER: Self = Self {
-        name: "router",
-        grpc_port: 50053,
-        metrics_port: 9103,
-    };
-    pub const KNOWLEDGE: Self = Self {
-        name: "knowledge",
-        grpc_port: 50054,
-        metrics_port: 9104,
-    };
-    pub const TICKET: Self = Self {
-        name: "ticket",
-        grpc_port: 50055,
-        metrics_port: 9105,
-    };
-    pub const SENTIMENT: Self = Self {
-        name: "sentiment",
-        grpc_port: 50056,
-        metrics_port: 9106,
-    };
+    const fn new(name: &'static str, grpc_port: u16, metrics_port: u16) -> Self {
+        Self {
+            name,
+            grpc_port,
+            metrics_port,
+        }
+    }
+
+    pub const GATEWAY: Self = Self::new("gateway", 50051, 9101);
+    pub const ORCHESTRATOR: Self = Self::new("orchestrator", 50052, 9102);
+    pub const ROUTER: Self = Self::new("router", 50053, 9103);
+    pub const KNOWLEDGE: Self = Self::new("knowledge", 50054, 9104);
+    pub const TICKET: Self = Self::new("ticket", 50055, 9105);
+    pub const SENTIMENT: Self = Self::new("sentiment", 50056, 9106);
 
     /// `kefu-<name>`: the binary, the OpenTelemetry service.name and the metrics label.
     pub fn full_name(&self) -> String {

@@ -44,6 +44,13 @@ fn request_decode_error_is_invalid_argument<B>(mut response: Response<B>) -> Res
     response
 }
 
+/// The service that `poll_ready` readied, for a call's future to own; a fresh clone
+/// (not yet ready) takes its place for the next `poll_ready`, as tower requires.
+pub(crate) fn take_ready<S: Clone>(service: &mut S) -> S {
+    let clone = service.clone();
+    std::mem::replace(service, clone)
+}
+
 /// Response metadata key carrying the trace id, so a user can look the call up in Jaeger.
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
@@ -158,8 +165,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let path = request.uri().path().to_owned();
         if !is_kefu_rpc(&path) {
             return Box::pin(inner.call(request));
@@ -288,8 +294,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let layer = self.layer.clone();
         let path = request.uri().path().to_owned();
         let (rpc_service, rpc_method) = split_path(&path);

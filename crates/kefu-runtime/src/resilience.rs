@@ -16,6 +16,7 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::{Service, ServiceExt};
 
 use crate::balance::CallError;
+use crate::layers::take_ready;
 
 tokio::task_local! {
     /// When the call being served must be answered by.
@@ -149,8 +150,7 @@ where
     }
 
     fn call(&mut self, request: Request<tonic::body::Body>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let budget = self.budget.clone();
         let own = self.deadline;
         Box::pin(async move {
@@ -325,8 +325,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         // Health checks and reflection are never shed.
         if !request.uri().path().starts_with("/kefu.") {
             return Box::pin(inner.call(request));

@@ -191,13 +191,22 @@ fn ticket_from_row(row: &AnyRow) -> Result<TicketRecord, sqlx::Error> {
     })
 }
 
+/// The `SELECT` of whole tickets where `condition` holds (it may end in ORDER BY, LIMIT).
+fn select_tickets(condition: &str) -> String {
+    format!("SELECT {TICKET_COLUMNS} FROM tickets WHERE {condition}")
+}
+
+const BY_ID: &str = "tenant_id = $1 AND ticket_id = $2";
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 const INSERT_AUDIT: &str = "INSERT INTO ticket_audit (tenant_id, ticket_id, actor, action, from_status, to_status, comment, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 fn insert_audit<'q>(
     tenant_id: &'q str,
     ticket_id: &'q str,
     audit: &'q AuditRecord,
-) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+) -> AnyQuery<'q> {
     sqlx::query(INSERT_AUDIT)
         .bind(tenant_id)
         .bind(ticket_id)
@@ -279,14 +288,9 @@ impl TicketStore for SqlTicketStore {
     }
 
     async fn get(&self, tenant_id: &str, ticket_id: &str) -> StoreResult<Option<TicketRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND ticket_id = $2"
-        ))
-        .bind(tenant_id)
-        .bind(ticket_id)
-        .fetch_optional(self.db.pool())
-        .await?;
-        Ok(row.as_ref().map(ticket_from_row).transpose()?)
+        let sql = select_tickets(BY_ID);
+        self.fetch_ticket(sqlx::query(&sql).bind(tenant_id).bind(ticket_id))
+            .await
     }
 
     async fn audit_trail(&self, tenant_id: &str, ticket_id: &str) -> StoreResult<Vec<AuditRecord>> {
@@ -317,19 +321,15 @@ impl TicketStore for SqlTicketStore {
         status: Option<i32>,
         limit: i64,
     ) -> StoreResult<Vec<TicketRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND ($2 = '' OR customer_id = $2) AND ($3 = 0 OR status = $3) ORDER BY created_at DESC, ticket_id DESC LIMIT $4"
-        ))
-        .bind(tenant_id)
-        .bind(customer_id.unwrap_or_default())
-        .bind(status.unwrap_or(0) as i64)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(ticket_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(Into::into)
+        let sql = select_tickets(
+            "tenant_id = $1 AND ($2 = '' OR customer_id = $2) AND ($3 = 0 OR status = $3) ORDER BY created_at DESC, ticket_id DESC LIMIT $4",
+        );
+        let query = sqlx::query(&sql)
+            .bind(tenant_id)
+            .bind(customer_id.unwrap_or_default())
+            .bind(status.unwrap_or(0) as i64)
+            .bind(limit);
+        self.fetch_tickets(query).await
     }
 
     async fn next_in_queue(
@@ -337,14 +337,11 @@ impl TicketStore for SqlTicketStore {
         tenant_id: &str,
         open_status: i32,
     ) -> StoreResult<Option<TicketRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND status = $2 AND assignee = '' ORDER BY vip_tier DESC, priority DESC, created_at ASC, ticket_id ASC LIMIT 1"
-        ))
-        .bind(tenant_id)
-        .bind(open_status as i64)
-        .fetch_optional(self.db.pool())
-        .await?;
-        Ok(row.as_ref().map(ticket_from_row).transpose()?)
+        let sql = select_tickets(
+            "tenant_id = $1 AND status = $2 AND assignee = '' ORDER BY vip_tier DESC, priority DESC, created_at ASC, ticket_id ASC LIMIT 1",
+        );
+        self.fetch_ticket(sqlx::query(&sql).bind(tenant_id).bind(open_status as i64))
+            .await
     }
 
     async fn queue_stats(
@@ -397,13 +394,11 @@ impl TicketStore for SqlTicketStore {
         insert_audit(tenant_id, ticket_id, &audit)
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query(&format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND ticket_id = $2"
-        ))
-        .bind(tenant_id)
-        .bind(ticket_id)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row = sqlx::query(&select_tickets(BY_ID))
+            .bind(tenant_id)
+            .bind(ticket_id)
+            .fetch_one(&mut *tx)
+            .await?;
         let ticket = ticket_from_row(&row)?;
         tx.commit().await?;
         Ok(UpdateOutcome::Updated(Box::new(ticket)))
@@ -435,19 +430,15 @@ impl TicketStore for SqlTicketStore {
     }
 
     async fn sla_at_risk(&self, now: i64, limit: i64) -> StoreResult<Vec<TicketRecord>> {
-        // created + 0.8 * (due - created) <= now, in integers.
-        let rows = sqlx::query(&format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE status IN (1, 2, 3) AND first_response_at IS NULL AND sla_raised = 0 \
-             AND created_at + (sla_due_at - created_at) * 4 / 5 <= $1 ORDER BY sla_due_at LIMIT $2"
-        ))
-        .bind(now)
-        .bind(limit)
-        .fetch_all(self.db.pool())
-        .await?;
-        rows.iter()
-            .map(ticket_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(Into::into)
+        // Unresolved (1, 2, 3: open, in progress, pending), and created + 0.8 * (due -
+        // created) <= now in integers; the ticket service checks the rule again on the
+        // ticket it re-reads before it raises it.
+        let sql = select_tickets(
+            "status IN (1, 2, 3) AND first_response_at IS NULL AND sla_raised = 0 \
+             AND created_at + (sla_due_at - created_at) * 4 / 5 <= $1 ORDER BY sla_due_at LIMIT $2",
+        );
+        self.fetch_tickets(sqlx::query(&sql).bind(now).bind(limit))
+            .await
     }
 
     async fn get_customer(
@@ -497,14 +488,26 @@ impl SqlTicketStore {
         customer_id: &str,
         key: &str,
     ) -> StoreResult<Option<TicketRecord>> {
-        let row = sqlx::query(&format!(
-            "SELECT {TICKET_COLUMNS} FROM tickets WHERE tenant_id = $1 AND customer_id = $2 AND idempotency_key = $3"
-        ))
-        .bind(tenant_id)
-        .bind(customer_id)
-        .bind(key)
-        .fetch_optional(self.db.pool())
-        .await?;
+        let sql = select_tickets("tenant_id = $1 AND customer_id = $2 AND idempotency_key = $3");
+        self.fetch_ticket(
+            sqlx::query(&sql)
+                .bind(tenant_id)
+                .bind(customer_id)
+                .bind(key),
+        )
+        .await
+    }
+
+    async fn fetch_ticket(&self, query: AnyQuery<'_>) -> StoreResult<Option<TicketRecord>> {
+        let row = query.fetch_optional(self.db.pool()).await?;
         Ok(row.as_ref().map(ticket_from_row).transpose()?)
+    }
+
+    async fn fetch_tickets(&self, query: AnyQuery<'_>) -> StoreResult<Vec<TicketRecord>> {
+        let rows = query.fetch_all(self.db.pool()).await?;
+        rows.iter()
+            .map(ticket_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(Into::into)
     }
 }

@@ -43,6 +43,12 @@ fn required(value: &str, field: &str) -> Result<(), Status> {
     Ok(())
 }
 
+/// Both ids that name a ticket.
+fn required_ticket(tenant_id: &str, ticket_id: &str) -> Result<(), Status> {
+    required(tenant_id, "tenant_id")?;
+    required(ticket_id, "ticket_id")
+}
+
 fn to_proto(record: TicketRecord, audit: Vec<AuditRecord>) -> Ticket {
     let breached = sla_breached(&record, now_millis());
     Ticket {
@@ -162,8 +168,7 @@ impl TicketService for TicketHandle {
         request: Request<GetTicketRequest>,
     ) -> Result<Response<GetTicketResponse>, Status> {
         let request = request.into_inner();
-        required(&request.tenant_id, "tenant_id")?;
-        required(&request.ticket_id, "ticket_id")?;
+        required_ticket(&request.tenant_id, &request.ticket_id)?;
         let (ticket, audit) = self
             .0
             .load_with_audit(&request.tenant_id, &request.ticket_id)
@@ -232,8 +237,7 @@ impl TicketService for TicketHandle {
     ) -> Result<Response<TransitionTicketResponse>, Status> {
         let actor = actor_of(request.metadata());
         let request = request.into_inner();
-        required(&request.tenant_id, "tenant_id")?;
-        required(&request.ticket_id, "ticket_id")?;
+        required_ticket(&request.tenant_id, &request.ticket_id)?;
         let to = match TicketStatus::try_from(request.to_status) {
             Ok(TicketStatus::Unspecified) | Err(_) => {
                 return Err(Status::invalid_argument(
@@ -320,8 +324,7 @@ impl TicketService for TicketHandle {
             .filter(Principal::is_staff)
             .ok_or_else(|| Status::permission_denied("only an agent may reply to a customer"))?;
         let request = request.into_inner();
-        required(&request.tenant_id, "tenant_id")?;
-        required(&request.ticket_id, "ticket_id")?;
+        required_ticket(&request.tenant_id, &request.ticket_id)?;
         required(&request.text, "text")?;
         let request_id = Some(request.request_id.as_str()).filter(|id| !id.trim().is_empty());
         let (event_id, ticket) = self
@@ -345,8 +348,7 @@ impl TicketService for TicketHandle {
         request: Request<GetConversationRequest>,
     ) -> Result<Response<GetConversationResponse>, Status> {
         let request = request.into_inner();
-        required(&request.tenant_id, "tenant_id")?;
-        required(&request.ticket_id, "ticket_id")?;
+        required_ticket(&request.tenant_id, &request.ticket_id)?;
         let (ticket, audit) = self
             .0
             .load_with_audit(&request.tenant_id, &request.ticket_id)
@@ -365,8 +367,7 @@ impl TicketService for TicketHandle {
     ) -> Result<Response<RaisePriorityResponse>, Status> {
         let actor = actor_of(request.metadata());
         let request = request.into_inner();
-        required(&request.tenant_id, "tenant_id")?;
-        required(&request.ticket_id, "ticket_id")?;
+        required_ticket(&request.tenant_id, &request.ticket_id)?;
         let priority = match Priority::try_from(request.priority) {
             Ok(Priority::Unspecified) | Err(_) => {
                 return Err(Status::invalid_argument("priority must be a priority"))
