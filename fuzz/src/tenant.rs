@@ -64,7 +64,7 @@ pub fn check(source: &str) {
             per_second: limit.requests_per_second,
             burst: limit.burst,
         };
-        let limiter = RateLimiter::new(None);
+        let limiter = RateLimiter::new(None, "test");
         for _ in 0..=limit.burst.min(100) {
             let _ = futures::executor::block_on(limiter.admit(&tenant.id, rate));
         }

@@ -16,6 +16,26 @@ use crate::health::{self, Probe};
 use crate::layers::ServerTelemetryLayer;
 use crate::shutdown::Shutdown;
 
+/// Served by every server besides its own services.
+const ALWAYS_SERVED: [&str; 3] = [
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+];
+
+/// Reflection over kefu's contracts that lists only what a server serves: its own
+/// services, health and reflection (the other contracts' types are still described).
+fn reflection(services: &[&'static str]) -> tonic_reflection::server::Builder<'static> {
+    let builder = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(kefu_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+    services
+        .iter()
+        .copied()
+        .chain(ALWAYS_SERVED)
+        .fold(builder, |builder, name| builder.with_service_name(name))
+}
+
 pub struct Server {
     spec: ServiceSpec,
     args: ServerArgs,
@@ -135,14 +155,8 @@ impl Server {
             shutdown.clone(),
         ));
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(kefu_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(kefu_proto::v1::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()?;
+        let reflection_v1 = reflection(&self.grpc_services).build_v1()?;
+        let reflection_v1alpha = reflection(&self.grpc_services).build_v1alpha()?;
         let mut routes = self.routes;
         routes
             .add_service(health_service)

@@ -1,8 +1,11 @@
 //! Per-tenant request rates: a token bucket of `burst` requests refilled at
 //! `requests_per_second`. With Redis the bucket is one for all gateway replicas (GCRA,
 //! one atomic script per request); without it, or while Redis is down, each process
-//! keeps its own.
+//! keeps its own, so that N replicas admit up to N times the rate until Redis is back.
+//! The outage and the recovery are logged once each, and `kefu_rate_limit_shared`
+//! (1 shared, 0 per process) says which holds.
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -44,27 +47,55 @@ return 0
 pub struct RateLimiter {
     redis: Option<Redis>,
     local: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Whether the last request was limited through Redis.
+    shared: AtomicBool,
+    /// The `service` label of the metric.
+    service: &'static str,
 }
 
 impl RateLimiter {
-    pub fn new(redis: Option<Redis>) -> Self {
+    pub fn new(redis: Option<Redis>, service: &'static str) -> Self {
+        if redis.is_some() {
+            metrics::gauge!("kefu_rate_limit_shared", "service" => service).set(1.0);
+        }
         Self {
             redis,
             local: Mutex::new(HashMap::new()),
+            shared: AtomicBool::new(true),
+            service,
         }
     }
 
     /// Admits one request of `tenant`, or says how long to wait before the next one.
     pub async fn admit(&self, tenant: &str, rate: Rate) -> Result<(), Duration> {
         if let Some(redis) = &self.redis {
-            match self.admit_shared(redis, tenant, rate).await {
-                Ok(result) => return result,
-                Err(error) => {
-                    tracing::warn!(%error, "shared rate limit unavailable; limiting in this process")
-                }
+            let shared = self.admit_shared(redis, tenant, rate).await;
+            self.note_shared(shared.as_ref().err());
+            if let Ok(result) = shared {
+                return result;
             }
         }
         self.admit_local(tenant, rate, Instant::now())
+    }
+
+    /// Logs and exports a change between shared and per-process limiting, once.
+    fn note_shared(&self, error: Option<&anyhow::Error>) {
+        let shared = error.is_none();
+        if self.shared.swap(shared, Ordering::Relaxed) == shared {
+            return;
+        }
+        metrics::gauge!("kefu_rate_limit_shared", "service" => self.service).set(if shared {
+            1.0
+        } else {
+            0.0
+        });
+        match error {
+            Some(error) => tracing::warn!(
+                error = %format!("{error:#}"),
+                "shared rate limit unavailable (Redis); each replica limits on its own until it is back"
+            ),
+            None => tracing::info!("shared rate limit is back (Redis)"),
+        }
     }
 
     async fn admit_shared(
@@ -116,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_bucket_allows_the_burst_then_the_rate() {
-        let limiter = RateLimiter::new(None);
+        let limiter = RateLimiter::new(None, "test");
         let rate = Rate {
             per_second: 10.0,
             burst: 3,

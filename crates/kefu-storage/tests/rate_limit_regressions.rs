@@ -5,7 +5,7 @@ use kefu_storage::{Rate, RateLimiter};
 
 #[tokio::test]
 async fn a_tiny_rate_refuses_without_panicking() {
-    let limiter = RateLimiter::new(None);
+    let limiter = RateLimiter::new(None, "test");
     let rate = Rate {
         per_second: 1e-300,
         burst: 1,

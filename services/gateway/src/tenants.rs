@@ -64,29 +64,25 @@ impl LiveTenants {
     }
 
     /// Reloads whenever a tenant file changes, until shutdown.
-    pub fn watch(self: Arc<Self>, shutdown: Shutdown) {
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = tokio::time::sleep(WATCH_INTERVAL) => {}
-                    _ = shutdown.wait() => return,
-                }
-                let changed =
-                    fingerprint(&self.dir) != *self.seen.lock().unwrap_or_else(|e| e.into_inner());
-                if changed {
-                    match self.reload() {
-                        Ok(tenants) => {
-                            tracing::info!(tenants, "tenant files changed; keys reloaded")
-                        }
-                        Err(error) => {
-                            tracing::error!(error = %format!("{error:#}"), "tenant files changed but do not load; keeping the previous keys");
-                            // Not again until the files change once more.
-                            *self.seen.lock().unwrap_or_else(|e| e.into_inner()) =
-                                fingerprint(&self.dir);
-                        }
-                    }
-                }
-            }
+    pub fn watch(self: Arc<Self>, shutdown: &Shutdown) {
+        shutdown.every(WATCH_INTERVAL, move || {
+            self.reload_if_changed();
+            std::future::ready(())
         });
+    }
+
+    fn reload_if_changed(&self) {
+        let seen = fingerprint(&self.dir);
+        if seen == *self.seen.lock().unwrap_or_else(|e| e.into_inner()) {
+            return;
+        }
+        match self.reload() {
+            Ok(tenants) => tracing::info!(tenants, "tenant files changed; keys reloaded"),
+            Err(error) => {
+                tracing::error!(error = %format!("{error:#}"), "tenant files changed but do not load; keeping the previous keys");
+                // Not again until the files change once more.
+                *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = seen;
+            }
+        }
     }
 }

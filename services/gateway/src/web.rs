@@ -1,7 +1,7 @@
 //! kefu in the browser: the customer chat widget and the agent console, bundled from
 //! `web/` at build time (`make web`) and embedded in the binary, served on their own
 //! port; and the rule for which web origins may call the gateway over gRPC-Web.
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,29 +12,13 @@ use axum::routing::get;
 use kefu_runtime::Shutdown;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
+use crate::config::WebArgs;
 use crate::tenants::LiveTenants;
 
 #[derive(rust_embed::Embed)]
 #[folder = "../../web/dist/"]
 #[allow_missing = true]
 struct Pages;
-
-/// Where the pages are served and where they find the gateway.
-#[derive(clap::Args, Clone, Debug)]
-pub struct WebArgs {
-    /// Port of the chat and console pages (0: do not serve them).
-    #[arg(long, env = "KEFU_WEB_PORT", default_value_t = 8080)]
-    pub web_port: u16,
-    /// The gateway's URL as browsers reach it; empty: the pages' host name with the
-    /// gateway's gRPC port.
-    #[arg(long, env = "KEFU_PUBLIC_GATEWAY_URL", default_value = "")]
-    pub public_gateway_url: String,
-    /// More web origins allowed to call the gateway over gRPC-Web, comma-separated (the
-    /// gateway's own pages on 127.0.0.1 and localhost always are); tenants add their
-    /// own with `web_origins`.
-    #[arg(long, env = "KEFU_WEB_ORIGINS", value_delimiter = ',')]
-    pub web_origins: Vec<String>,
-}
 
 /// Headers a gRPC-Web client sends and must be able to read back.
 const REQUEST_HEADERS: [&str; 8] = [
@@ -54,19 +38,59 @@ const RESPONSE_HEADERS: [&str; 4] = [
     "x-trace-id",
 ];
 
-/// Cross-origin gRPC-Web calls from the configured origins and any tenant's own.
-pub fn cors(args: &WebArgs, tenants: Arc<LiveTenants>) -> CorsLayer {
-    let configured: Vec<String> = args
-        .web_origins
-        .iter()
-        .map(|o| o.trim().to_owned())
+/// The origins of the gateway's own pages, which may always call it: the web port on
+/// 127.0.0.1, localhost and the address the gateway binds to (unless it binds every
+/// interface), and with a public gateway URL, the pages on that host (behind the same
+/// proxy as the gateway, or on the web port).
+fn own_origins(args: &WebArgs, bind_host: IpAddr) -> Vec<String> {
+    let port = args.web_port;
+    if port == 0 {
+        return Vec::new();
+    }
+    let mut origins: Vec<String> = Vec::new();
+    let mut allow = |origin: String| {
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    };
+    allow(format!("http://127.0.0.1:{port}"));
+    allow(format!("http://localhost:{port}"));
+    match bind_host {
+        host if host.is_unspecified() => {}
+        IpAddr::V4(host) => allow(format!("http://{host}:{port}")),
+        IpAddr::V6(host) => allow(format!("http://[{host}]:{port}")),
+    }
+    let public = args.public_gateway_url.trim().parse::<http::Uri>().ok();
+    if let Some((scheme, authority)) = public
+        .as_ref()
+        .and_then(|url| Some((url.scheme_str()?, url.authority()?)))
+    {
+        let host = authority.host().to_ascii_lowercase();
+        // A browser leaves the scheme's default port out of an origin.
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        allow(match authority.port_u16() {
+            Some(port) if port != default_port => format!("{scheme}://{host}:{port}"),
+            _ => format!("{scheme}://{host}"),
+        });
+        allow(format!("http://{host}:{port}"));
+    }
+    origins
+}
+
+/// Cross-origin gRPC-Web calls from the gateway's own pages, the configured origins and
+/// any tenant's own.
+pub fn cors(args: &WebArgs, bind_host: IpAddr, tenants: Arc<LiveTenants>) -> CorsLayer {
+    let allowed: Vec<String> = own_origins(args, bind_host)
+        .into_iter()
+        .chain(args.web_origins.iter().map(|o| o.trim().to_owned()))
         .collect();
+    tracing::info!(origins = ?allowed, "web origins allowed besides the tenants' own");
     CorsLayer::new()
         .allow_origin(AllowOrigin::predicate(move |origin, _| {
             let Ok(origin) = origin.to_str() else {
                 return false;
             };
-            configured.iter().any(|allowed| allowed == origin)
+            allowed.iter().any(|allowed| allowed == origin)
                 || tenants
                     .current()
                     .iter()
@@ -166,4 +190,51 @@ pub async fn serve(
     });
     tracing::info!(web = %bound, "serving the chat and console pages");
     Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(public_gateway_url: &str) -> WebArgs {
+        WebArgs {
+            web_port: 8080,
+            public_gateway_url: public_gateway_url.to_owned(),
+            web_origins: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_gateways_own_pages_are_allowed_without_configuration() {
+        let loopback = IpAddr::from([127, 0, 0, 1]);
+        assert_eq!(
+            own_origins(&args(""), loopback),
+            ["http://127.0.0.1:8080", "http://localhost:8080"]
+        );
+        // A pod binds every interface and is reached through a port-forward or the
+        // ingress at the public URL; a host's own address is an origin of its own.
+        assert_eq!(
+            own_origins(&args("https://Kefu.example.com"), IpAddr::from([0; 4])),
+            [
+                "http://127.0.0.1:8080",
+                "http://localhost:8080",
+                "https://kefu.example.com",
+                "http://kefu.example.com:8080"
+            ]
+        );
+        assert!(own_origins(
+            &args("https://kefu.example.com:443"),
+            IpAddr::from([10, 0, 0, 7])
+        )
+        .iter()
+        .any(|o| o == "https://kefu.example.com"));
+        assert!(own_origins(&args(""), IpAddr::from([10, 0, 0, 7]))
+            .iter()
+            .any(|o| o == "http://10.0.0.7:8080"));
+        let off = WebArgs {
+            web_port: 0,
+            ..args("")
+        };
+        assert!(own_origins(&off, loopback).is_empty());
+    }
 }
