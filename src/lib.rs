@@ -3,7 +3,6 @@
 
 pub mod bench;
 pub mod escalation_eval;
-pub mod stack;
 
 use std::net::IpAddr;
 

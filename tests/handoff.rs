@@ -17,7 +17,16 @@ const LIVE: Duration = Duration::from_secs(1);
 type Events = tonic::Streaming<ConversationEvent>;
 
 async fn open_stream(customer: &str, session: &str, after: i64) -> Result<Events, tonic::Status> {
-    common::events_at(&common::stack().gateway(), customer, session, after).await
+    common::conversations()
+        .await
+        .stream_events(StreamEventsRequest {
+            tenant_id: "demo".into(),
+            customer_id: customer.into(),
+            session_id: session.into(),
+            after_event_id: after,
+        })
+        .await
+        .map(|response| response.into_inner())
 }
 
 /// The next event, which must arrive within `within`.
@@ -65,7 +74,17 @@ async fn reply(ticket_id: &str, text: &str) -> ReplyToCustomerResponse {
 }
 
 async fn ticket(ticket_id: &str) -> Ticket {
-    common::ticket(&mut tickets().await, ticket_id).await
+    tickets()
+        .await
+        .get_ticket(GetTicketRequest {
+            tenant_id: "demo".into(),
+            ticket_id: ticket_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -107,7 +126,17 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         );
         assert!(response.intent.is_empty());
     }
-    let listed = common::tickets_of(&mut tickets().await, customer).await;
+    let listed = tickets()
+        .await
+        .list_tickets(ListTicketsRequest {
+            tenant_id: "demo".into(),
+            customer_id: customer.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets;
     assert_eq!(listed.len(), 1, "one hand-off, one ticket");
     let raised = ticket(&ticket_id).await;
     assert!(
@@ -119,7 +148,18 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
     assert!(raised.audit.iter().any(|a| a.action == "priority_raised"));
 
     // An agent takes the queue: the session goes to them.
-    let taken = common::take_next(&mut tickets().await).await;
+    let taken = tickets()
+        .await
+        .next_in_queue(NextInQueueRequest {
+            tenant_id: "demo".into(),
+            take: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .expect("the ticket is in the queue");
     assert_eq!(taken.ticket_id, ticket_id);
     assert_eq!(
         taken.assignee, "demo-agent",
@@ -222,9 +262,16 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         .filter(|e| e.role == Agent as i32)
         .all(|e| e.author == "demo-agent"));
     assert!(!conversation.entries.last().unwrap().sources.is_empty());
-    let session_view = common::session(&mut common::conversations().await, customer, &session)
+    let session_view = common::conversations()
         .await
-        .unwrap();
+        .get_session(GetSessionRequest {
+            tenant_id: "demo".into(),
+            session_id: session.clone(),
+            customer_id: customer.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(
         session_view
             .turns
@@ -275,13 +322,15 @@ async fn a_customer_cannot_follow_or_read_another_customers_session() {
         .await
         .unwrap_err();
     assert_eq!(stolen.code(), Code::PermissionDenied);
-    let read = common::session(
-        &mut common::conversations().await,
-        "thief-1",
-        &first.session_id,
-    )
-    .await
-    .unwrap_err();
+    let read = common::conversations()
+        .await
+        .get_session(GetSessionRequest {
+            tenant_id: "demo".into(),
+            session_id: first.session_id.clone(),
+            customer_id: "thief-1".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(read.code(), Code::PermissionDenied);
     assert!(open_stream("owner-1", &first.session_id, 0).await.is_ok());
     let unknown = open_stream("owner-1", "no-such-session", 0)

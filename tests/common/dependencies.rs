@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kefu::stack::free_ports;
+use super::free_ports;
 
 const START_LIMIT: Duration = Duration::from_secs(30);
 
@@ -26,14 +26,9 @@ pub struct OwnRedis {
 }
 
 impl OwnRedis {
-    /// A free port for it, not started yet: [`OwnRedis::restart`] starts it.
-    pub fn reserve() -> Self {
-        let [port] = free_ports().expect("a free port");
-        Self { port, child: None }
-    }
-
     pub fn start() -> Self {
-        let mut redis = Self::reserve();
+        let [port] = free_ports();
+        let mut redis = Self { port, child: None };
         redis.restart();
         redis
     }
@@ -141,7 +136,7 @@ impl OwnPostgres {
         }
         let data = dir.path().join("data");
         let bin = postgres_bin();
-        let [port] = free_ports().expect("a free port");
+        let [port] = free_ports();
         run_pg(
             &bin.join("initdb"),
             &[

@@ -2,7 +2,7 @@
 //! at 127.0.0.1:5432 (KEFU_TEST_POSTGRES_URL overrides), each test in its own database.
 use std::sync::Arc;
 
-use kefu_test_db::TestDb;
+use kefu_storage::testing::TestDb;
 use kefu_storage::*;
 
 const OPEN: i32 = 1;
@@ -10,11 +10,10 @@ const IN_PROGRESS: i32 = 2;
 const PENDING: i32 = 3;
 
 async fn backends() -> Vec<(TestDb, Database)> {
-    let mut backends = Vec::new();
-    for (guard, url) in [TestDb::sqlite(), TestDb::postgres().await] {
-        backends.push((guard, Database::connect(&url).await.unwrap()));
-    }
-    backends
+    let sqlite = TestDb::sqlite().await;
+    let (guard, url) = TestDb::postgres().await;
+    let postgres = Database::connect(&url).await.unwrap();
+    vec![sqlite, (guard, postgres)]
 }
 
 fn ticket(tenant: &str, customer: &str, key: Option<&str>) -> NewTicket {
