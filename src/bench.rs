@@ -211,38 +211,10 @@ fn open_loop_rate(args: &BenchArgs) -> anyhow::Result<Option<f64>> {
     Ok(Some(measured * args.rate_factor))
 }
 
-/// Waits until the gateway's gRPC health is SERVING (the models load after start).
-pub(crate) async fn wait_until_serving(gateway: &str, limit: Duration) -> anyhow::Result<()> {
-    use tonic_health::pb::health_check_response::ServingStatus;
-    let started = Instant::now();
-    loop {
-        let status = async {
-            let channel = Channel::from_shared(gateway.to_owned())
-                .ok()?
-                .connect()
-                .await
-                .ok()?;
-            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-            let request = tonic_health::pb::HealthCheckRequest::default();
-            Some(health.check(request).await.ok()?.into_inner().status)
-        }
-        .await;
-        if status == Some(ServingStatus::Serving as i32) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            started.elapsed() < limit,
-            "{gateway} is not SERVING after {} s",
-            limit.as_secs()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-}
-
 pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let messages = load_messages(args.messages.as_ref())?;
     let rate = open_loop_rate(&args)?;
-    wait_until_serving(&args.gateway, Duration::from_secs(args.wait_ready)).await?;
+    crate::stack::wait_until_serving(&args.gateway, Duration::from_secs(args.wait_ready)).await?;
     // Several connections, as many customers' apps would open.
     let mut clients = Vec::new();
     for _ in 0..4 {

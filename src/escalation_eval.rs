@@ -4,26 +4,14 @@
 //! ports, an empty database), so the decision is exactly the one the orchestrator makes
 //! in production: router, sentiment, knowledge and the decision together.
 use std::path::Path;
-use std::time::Duration;
 
-use clap::Parser as _;
+use anyhow::Context as _;
 use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
 use kefu_proto::v1::{Channel as MessageChannel, SendMessageRequest};
 use tonic::transport::Channel;
 
 /// Rows sent at once.
 const CONCURRENCY: usize = 8;
-
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
-    let listeners = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    let mut ports = [0; N];
-    for (port, listener) in ports.iter_mut().zip(&listeners) {
-        *port = listener.local_addr()?.port();
-    }
-    Ok(ports)
-}
 
 fn read_rows(path: &Path) -> anyhow::Result<Vec<(String, bool)>> {
     let mut reader = csv::Reader::from_path(path)
@@ -60,43 +48,15 @@ pub async fn escalation(
     models_dir: &Path,
 ) -> anyhow::Result<String> {
     let rows = read_rows(test)?;
-    let data = tempfile::tempdir()?;
-    let ports: [u16; 6] = free_ports()?;
-    let mut args: Vec<String> = vec!["kefu-up".into()];
-    for (flag, port) in [
-        "--gateway-port",
-        "--orchestrator-port",
-        "--router-port",
-        "--knowledge-port",
-        "--ticket-port",
-        "--sentiment-port",
-    ]
-    .iter()
-    .zip(ports)
-    {
-        args.extend([flag.to_string(), port.to_string()]);
-    }
-    let path = |p: &Path| p.display().to_string();
-    args.extend([
-        "--metrics-base-port".into(),
-        "0".into(),
-        "--web-port".into(),
-        "0".into(),
-        "--data-dir".into(),
-        path(data.path()),
-        "--database-url".into(),
-        format!("sqlite://{}/kefu.db?mode=rwc", data.path().display()),
-        "--tenants-dir".into(),
-        path(tenants_dir),
-        "--models-dir".into(),
-        path(models_dir),
-    ]);
-    let up_args = crate::UpArgs::try_parse_from(args)?;
-    let shutdown = kefu_runtime::Shutdown::new();
-    let _servers = crate::up(up_args, shutdown.clone()).await?;
-    let gateway = format!("http://127.0.0.1:{}", ports[0]);
     eprintln!("starting a private kefu for the evaluation (models load, intents train)");
-    crate::bench::wait_until_serving(&gateway, Duration::from_secs(300)).await?;
+    // `kefu up` from this very binary, on free ports and an empty database of its own.
+    let binaries = std::env::current_exe()?;
+    let stack = crate::stack::StackBuilder::all_in_one()
+        .tenants_dir(tenants_dir)
+        .models_dir(models_dir)
+        .start(binaries.parent().context("the binary's directory")?)
+        .await?;
+    let gateway = stack.gateway();
     let client = ConversationServiceClient::new(Channel::from_shared(gateway)?.connect().await?);
 
     eprintln!("deciding {} messages", rows.len());
@@ -123,7 +83,7 @@ pub async fn escalation(
             })?);
         }
     }
-    shutdown.trigger();
+    drop(stack);
 
     let (mut true_positive, mut false_positive, mut false_negative) = (0usize, 0usize, 0usize);
     for ((text, expected), response) in rows.iter().zip(&decided) {

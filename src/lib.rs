@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod escalation_eval;
+pub mod stack;
 
 use std::net::IpAddr;
 
@@ -50,6 +51,8 @@ pub struct UpArgs {
     pub telemetry: TelemetryArgs,
     #[command(flatten)]
     pub sla: kefu_ticket::SlaArgs,
+    #[command(flatten)]
+    pub outbox: kefu_orchestrator::OutboxArgs,
     #[command(flatten)]
     pub web: kefu_gateway::WebArgs,
     /// TLS of the gateway's public port (KEFU_TLS_CERT, KEFU_TLS_KEY); the services
@@ -104,6 +107,7 @@ pub async fn up(
             knowledge_url: args.url(args.knowledge_port),
             ticket_url: args.url(args.ticket_port),
         },
+        outbox: args.outbox.clone(),
     };
     let servers = vec![
         kefu_ticket::start(

@@ -100,6 +100,40 @@ enum TrainCommand {
     },
 }
 
+impl EvalCommand {
+    /// The command's summary line.
+    fn run(self) -> anyhow::Result<String> {
+        match self {
+            EvalCommand::Intents {
+                train,
+                test,
+                models,
+            } => kefu_nlp::eval::intents(&train, &test, &models.models_dir),
+            EvalCommand::Sentiment {
+                test,
+                model,
+                models,
+            } => kefu_nlp::eval::sentiment(&test, model.as_deref(), &models.models_dir),
+            EvalCommand::Escalation {
+                test,
+                tenant,
+                tenants_dir,
+                models,
+            } => tokio_runtime()?.block_on(kefu::escalation_eval::escalation(
+                &test,
+                &tenant,
+                &tenants_dir,
+                &models.models_dir,
+            )),
+            EvalCommand::Retrieval {
+                docs,
+                queries,
+                models,
+            } => kefu_search::eval::retrieval(&docs, &queries, &models.models_dir),
+        }
+    }
+}
+
 async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     let _telemetry = kefu_runtime::telemetry::init("kefu", &args.telemetry)?;
     let shutdown = Shutdown::on_signals();
@@ -149,42 +183,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        Command::Eval(EvalCommand::Intents {
-            train,
-            test,
-            models,
-        }) => print_line(kefu_nlp::eval::intents(&train, &test, &models.models_dir)),
-        Command::Eval(EvalCommand::Sentiment {
-            test,
-            model,
-            models,
-        }) => print_line(kefu_nlp::eval::sentiment(
-            &test,
-            model.as_deref(),
-            &models.models_dir,
-        )),
-        Command::Eval(EvalCommand::Escalation {
-            test,
-            tenant,
-            tenants_dir,
-            models,
-        }) => tokio_runtime().and_then(|rt| {
-            print_line(rt.block_on(kefu::escalation_eval::escalation(
-                &test,
-                &tenant,
-                &tenants_dir,
-                &models.models_dir,
-            )))
-        }),
-        Command::Eval(EvalCommand::Retrieval {
-            docs,
-            queries,
-            models,
-        }) => print_line(kefu_search::eval::retrieval(
-            &docs,
-            &queries,
-            &models.models_dir,
-        )),
+        Command::Eval(eval) => print_line(eval.run()),
         Command::Train(TrainCommand::Sentiment {
             airline,
             waimai,

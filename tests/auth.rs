@@ -65,8 +65,6 @@ struct Shop {
 fn shop() -> &'static Shop {
     static SHOP: OnceLock<Shop> = OnceLock::new();
     SHOP.get_or_init(|| {
-        // SAFETY-free: set before any thread of the stack reads the environment.
-        std::env::set_var(SECRET_ENV, SECRET);
         let dir = tempfile::tempdir().unwrap();
         let tenants = dir.path().join("tenants");
         std::fs::create_dir_all(tenants.join("shop/docs")).unwrap();
@@ -85,11 +83,19 @@ fn shop() -> &'static Shop {
         }
         write_shop(&tenants, "");
         Shop {
-            stack: common::launch(tenants.clone()),
+            stack: common::start_blocking(
+                common::on_repository(common::StackBuilder::all_in_one())
+                    .tenants_dir(&tenants)
+                    .env(SECRET_ENV, SECRET),
+            ),
             tenants,
             _dir: dir,
         }
     })
+}
+
+async fn shop_channel() -> Channel {
+    common::channel(&shop().stack.gateway()).await
 }
 
 fn customer_hash(customer: &str) -> String {
@@ -194,34 +200,34 @@ fn expected(rpc: &str, caller: Caller) -> &'static str {
 /// Calls `rpc` as `caller` and names the outcome: "allowed" when the call passed the
 /// gateway's checks (whatever the service then answered), else the refusal's code.
 async fn outcome(rpc: &str, caller: Caller, fixture: &Fixture) -> String {
-    let channel = Channel::from_shared(shop().stack.gateway.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = shop_channel().await;
     let mut conversations = ConversationServiceClient::new(channel.clone());
     let mut tickets = TicketServiceClient::new(channel.clone());
     let mut admin = AdminServiceClient::new(channel);
     let (tenant, customer) = ("shop".to_owned(), fixture.customer.clone());
     let ticket_id = fixture.ticket_id.clone();
     // A macro, not a closure: each RPC has its own message type.
-    macro_rules! r {
-        ($message:expr) => {
-            request(caller, &customer, $message)
+    macro_rules! call {
+        ($client:ident . $rpc:ident, $message:expr) => {
+            $client
+                .$rpc(request(caller, &customer, $message))
+                .await
+                .map(drop)
         };
     }
     let result: Result<(), tonic::Status> = match rpc {
-        "SendMessage" => conversations
-            .send_message(r!(SendMessageRequest {
+        "SendMessage" => call!(
+            conversations.send_message,
+            SendMessageRequest {
                 tenant_id: tenant,
                 customer_id: customer.clone(),
                 text: "hello".into(),
                 ..Default::default()
-            }))
-            .await
-            .map(drop),
-        "GetSession" => conversations
-            .get_session(r!(GetSessionRequest {
+            }
+        ),
+        "GetSession" => call!(
+            conversations.get_session,
+            GetSessionRequest {
                 tenant_id: tenant,
                 session_id: fixture.session_id.clone(),
                 customer_id: if caller == Caller::Customer {
@@ -229,150 +235,146 @@ async fn outcome(rpc: &str, caller: Caller, fixture: &Fixture) -> String {
                 } else {
                     String::new()
                 },
-            }))
-            .await
-            .map(drop),
-        "StreamEvents" => conversations
-            .stream_events(r!(StreamEventsRequest {
+            }
+        ),
+        "StreamEvents" => call!(
+            conversations.stream_events,
+            StreamEventsRequest {
                 tenant_id: tenant,
                 customer_id: customer.clone(),
                 session_id: fixture.session_id.clone(),
                 after_event_id: 0,
-            }))
-            .await
-            .map(drop),
-        "RateConversation" => conversations
-            .rate_conversation(r!(RateConversationRequest {
+            }
+        ),
+        "RateConversation" => call!(
+            conversations.rate_conversation,
+            RateConversationRequest {
                 tenant_id: tenant,
                 customer_id: customer.clone(),
                 ticket_id,
                 score: 4,
                 comment: String::new(),
-            }))
-            .await
-            .map(drop),
-        "CreateTicket" => tickets
-            .create_ticket(r!(CreateTicketRequest {
+            }
+        ),
+        "CreateTicket" => call!(
+            tickets.create_ticket,
+            CreateTicketRequest {
                 tenant_id: tenant,
                 customer_id: customer.clone(),
                 subject: "matrix".into(),
                 ..Default::default()
-            }))
-            .await
-            .map(drop),
-        "GetTicket" => tickets
-            .get_ticket(r!(GetTicketRequest {
+            }
+        ),
+        "GetTicket" => call!(
+            tickets.get_ticket,
+            GetTicketRequest {
                 tenant_id: tenant,
                 ticket_id
-            }))
-            .await
-            .map(drop),
-        "ListTickets" => tickets
-            .list_tickets(r!(ListTicketsRequest {
+            }
+        ),
+        "ListTickets" => call!(
+            tickets.list_tickets,
+            ListTicketsRequest {
                 tenant_id: tenant,
                 ..Default::default()
-            }))
-            .await
-            .map(drop),
-        "NextInQueue" => tickets
-            .next_in_queue(r!(NextInQueueRequest {
+            }
+        ),
+        "NextInQueue" => call!(
+            tickets.next_in_queue,
+            NextInQueueRequest {
                 tenant_id: tenant,
                 ..Default::default()
-            }))
-            .await
-            .map(drop),
-        "TransitionTicket" => tickets
-            .transition_ticket(r!(TransitionTicketRequest {
+            }
+        ),
+        "TransitionTicket" => call!(
+            tickets.transition_ticket,
+            TransitionTicketRequest {
                 tenant_id: tenant,
                 ticket_id,
                 to_status: TicketStatus::Pending as i32,
                 ..Default::default()
-            }))
-            .await
-            .map(drop),
-        "GetCustomer" => tickets
-            .get_customer(r!(GetCustomerRequest {
+            }
+        ),
+        "GetCustomer" => call!(
+            tickets.get_customer,
+            GetCustomerRequest {
                 tenant_id: tenant,
                 customer_id: customer.clone()
-            }))
-            .await
-            .map(drop),
-        "ReplyToCustomer" => tickets
-            .reply_to_customer(r!(ReplyToCustomerRequest {
+            }
+        ),
+        "ReplyToCustomer" => call!(
+            tickets.reply_to_customer,
+            ReplyToCustomerRequest {
                 tenant_id: tenant,
                 ticket_id,
                 text: "hello from the desk".into(),
                 request_id: String::new(),
-            }))
-            .await
-            .map(drop),
-        "GetConversation" => tickets
-            .get_conversation(r!(GetConversationRequest {
+            }
+        ),
+        "GetConversation" => call!(
+            tickets.get_conversation,
+            GetConversationRequest {
                 tenant_id: tenant,
                 ticket_id
-            }))
-            .await
-            .map(drop),
-        "RaisePriority" => tickets
-            .raise_priority(r!(RaisePriorityRequest {
+            }
+        ),
+        "RaisePriority" => call!(
+            tickets.raise_priority,
+            RaisePriorityRequest {
                 tenant_id: tenant,
                 ticket_id,
                 priority: Priority::High as i32,
                 reason: "matrix".into(),
-            }))
-            .await
-            .map(drop),
-        "UpsertCustomer" => tickets
-            .upsert_customer(r!(UpsertCustomerRequest {
+            }
+        ),
+        "UpsertCustomer" => call!(
+            tickets.upsert_customer,
+            UpsertCustomerRequest {
                 customer: Some(Customer {
                     tenant_id: tenant,
                     customer_id: customer.clone(),
                     display_name: String::new(),
                     vip_tier: VipTier::Silver as i32,
                 }),
-            }))
-            .await
-            .map(drop),
-        "IngestDocuments" => admin
-            .ingest_documents(r!(IngestDocumentsRequest {
+            }
+        ),
+        "IngestDocuments" => call!(
+            admin.ingest_documents,
+            IngestDocumentsRequest {
                 tenant_id: tenant,
                 documents: vec![Document {
                     document_id: "matrix.en".into(),
                     title: "Matrix".into(),
                     text: "# Matrix\n\nA document an admin added.".into(),
                 }],
-            }))
-            .await
-            .map(drop),
-        "DeleteDocument" => admin
-            .delete_document(r!(DeleteDocumentRequest {
+            }
+        ),
+        "DeleteDocument" => call!(
+            admin.delete_document,
+            DeleteDocumentRequest {
                 tenant_id: tenant,
                 document_id: "matrix.en".into()
-            }))
-            .await
-            .map(drop),
-        "Reindex" => admin
-            .reindex(r!(ReindexRequest { tenant_id: tenant }))
-            .await
-            .map(drop),
-        "ReloadTenant" => admin
-            .reload_tenant(r!(ReloadTenantRequest { tenant_id: tenant }))
-            .await
-            .map(drop),
-        "ListDeadLetters" => admin
-            .list_dead_letters(r!(ListDeadLettersRequest {
+            }
+        ),
+        "Reindex" => call!(admin.reindex, ReindexRequest { tenant_id: tenant }),
+        "ReloadTenant" => call!(
+            admin.reload_tenant,
+            ReloadTenantRequest { tenant_id: tenant }
+        ),
+        "ListDeadLetters" => call!(
+            admin.list_dead_letters,
+            ListDeadLettersRequest {
                 tenant_id: tenant,
                 limit: 10
-            }))
-            .await
-            .map(drop),
-        "RetryDeadLetter" => admin
-            .retry_dead_letter(r!(RetryDeadLetterRequest {
+            }
+        ),
+        "RetryDeadLetter" => call!(
+            admin.retry_dead_letter,
+            RetryDeadLetterRequest {
                 tenant_id: tenant,
                 outbox_id: "matrix".into()
-            }))
-            .await
-            .map(drop),
+            }
+        ),
         other => panic!("no call for {other}"),
     };
     match result {
@@ -399,11 +401,7 @@ struct Fixture {
 /// A shop customer handed off to the queue: a session and a ticket to call RPCs on.
 async fn fixture() -> Fixture {
     let customer = "shop-customer-1".to_owned();
-    let channel = Channel::from_shared(shop().stack.gateway.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = shop_channel().await;
     let first = ConversationServiceClient::new(channel)
         .send_message(request(
             Caller::Customer,
@@ -459,11 +457,7 @@ async fn every_rpc_answers_every_caller_as_the_role_matrix_says() {
 
 #[tokio::test]
 async fn a_customer_cannot_act_as_another_even_with_the_apps_key() {
-    let channel = Channel::from_shared(shop().stack.gateway.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = shop_channel().await;
     let mut client = ConversationServiceClient::new(channel);
     let message = |customer: &str| SendMessageRequest {
         tenant_id: "shop".into(),
@@ -516,11 +510,7 @@ async fn a_customer_cannot_act_as_another_even_with_the_apps_key() {
 #[tokio::test]
 async fn the_audit_trail_names_the_keys_agent_and_new_keys_work_without_a_restart() {
     let fixture = fixture().await;
-    let channel = Channel::from_shared(shop().stack.gateway.clone())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
+    let channel = shop_channel().await;
     let mut tickets = TicketServiceClient::new(channel);
     let moved = tickets
         .transition_ticket(request(

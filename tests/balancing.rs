@@ -8,13 +8,13 @@
 //! `cargo test --release --test balancing -- --nocapture` prints the calls per replica.
 mod common;
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::processes::{base_env, build_service_binaries, url_variable, Processes};
-use common::{free_ports, message};
+use common::{free_ports, message, metrics_text, on_repository, Instance, Service, StackBuilder};
 use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
-use kefu_storage::testing::TestDb;
+use kefu_test_db::TestDb;
 
 const NSS_WRAPPER: &str = "/usr/lib/x86_64-linux-gnu/libnss_wrapper.so";
 const NAME: &str = "knowledge.kefu.test";
@@ -35,7 +35,7 @@ fn write_hosts(path: &Path, addresses: &[&str]) {
 }
 
 /// Searches a knowledge replica has served, from its metrics.
-async fn searches(metrics: &str) -> u64 {
+async fn searches(metrics: SocketAddr) -> u64 {
     let body = metrics_text(metrics).await;
     body.lines()
         .filter(|line| {
@@ -44,19 +44,6 @@ async fn searches(metrics: &str) -> u64 {
         })
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-/// The metrics page, fetched over a plain TCP connection (HTTP/1.1).
-async fn metrics_text(address: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut body = String::new();
-    stream.read_to_string(&mut body).await.unwrap();
-    body
 }
 
 async fn ask(gateway: &str, customer: &str, count: usize) {
@@ -84,97 +71,50 @@ async fn calls_spread_over_every_replica_behind_a_name_and_follow_it() {
         Path::new(NSS_WRAPPER).is_file(),
         "{NSS_WRAPPER} is missing: `make test` installs Debian's libnss-wrapper"
     );
-    let binaries = build_service_binaries();
     let (_db, database_url) = TestDb::postgres().await;
-    let data = tempfile::tempdir().unwrap();
-    let hosts: PathBuf = data.path().join("hosts");
+    let hosts_dir = tempfile::tempdir().unwrap();
+    let hosts: PathBuf = hosts_dir.path().join("hosts");
     write_hosts(&hosts, &REPLICAS[..2]);
-    let ports: [u16; 14] = free_ports();
-    let knowledge_port = ports[0];
-    let mut processes = Processes::new(binaries, data.path().join("logs"));
-    let url = |port: u16| format!("http://127.0.0.1:{port}");
-    let env = |extra: &[(&str, String)]| {
-        let mut env = base_env(data.path(), &database_url);
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-        env
+    let [knowledge_port] = free_ports().unwrap();
+    let knowledge = |i: usize| {
+        let host: IpAddr = REPLICAS[i].parse().unwrap();
+        Instance::new(&format!("knowledge-{i}"), Service::Knowledge)
+            .bind(SocketAddr::new(host, knowledge_port))
     };
-
-    let knowledge_metrics = |i: usize| format!("{}:{}", REPLICAS[i], ports[9 + i]);
-    let start_knowledge = |processes: &mut Processes, i: usize| {
-        processes.spawn(
-            &format!("knowledge-{i}"),
-            "knowledge",
-            &env(&[
-                ("KEFU_BIND_HOST", REPLICAS[i].to_owned()),
-                ("KEFU_GRPC_PORT", knowledge_port.to_string()),
-                ("KEFU_METRICS_PORT", ports[9 + i].to_string()),
-            ]),
-        );
-    };
-    for i in 0..2 {
-        start_knowledge(&mut processes, i);
-    }
-    for (service, grpc, metrics) in [("router", 1, 2), ("sentiment", 3, 4), ("ticket", 5, 6)] {
-        processes.spawn(
-            service,
-            service,
-            &env(&[
-                ("KEFU_GRPC_PORT", ports[grpc].to_string()),
-                ("KEFU_METRICS_PORT", ports[metrics].to_string()),
-            ]),
-        );
-    }
-    let (orchestrator_port, gateway_port) = (ports[7], ports[8]);
-    processes.spawn(
-        "orchestrator",
-        "orchestrator",
-        &env(&[
-            ("KEFU_GRPC_PORT", orchestrator_port.to_string()),
-            ("KEFU_METRICS_PORT", ports[12].to_string()),
-            (&url_variable("router"), url(ports[1])),
-            (&url_variable("sentiment"), url(ports[3])),
-            (&url_variable("ticket"), url(ports[5])),
-            (
-                &url_variable("knowledge"),
-                format!("http://{NAME}:{knowledge_port}"),
-            ),
-            ("KEFU_DNS_REFRESH_MS", REFRESH_MS.to_string()),
-            ("LD_PRELOAD", NSS_WRAPPER.to_owned()),
-            ("NSS_WRAPPER_HOSTS", hosts.display().to_string()),
-        ]),
-    );
-    processes.spawn(
-        "gateway",
-        "gateway",
-        &env(&[
-            ("KEFU_GRPC_PORT", gateway_port.to_string()),
-            ("KEFU_METRICS_PORT", ports[13].to_string()),
-            (&url_variable("orchestrator"), url(orchestrator_port)),
-            (&url_variable("ticket"), url(ports[5])),
-            (&url_variable("router"), url(ports[1])),
-            (
-                &url_variable("knowledge"),
-                format!("http://{}:{knowledge_port}", REPLICAS[0]),
-            ),
-        ]),
-    );
-    let gateway = url(gateway_port);
-    for replica in &REPLICAS[..2] {
-        processes
-            .wait_until_serving(&format!("http://{replica}:{knowledge_port}"))
-            .await;
-    }
-    processes.wait_until_serving(&gateway).await;
+    let mut stack = common::start(
+        on_repository(StackBuilder::instances([
+            knowledge(0),
+            knowledge(1),
+            knowledge(2).held_back(),
+            Instance::new("router", Service::Router),
+            Instance::new("sentiment", Service::Sentiment),
+            Instance::new("ticket", Service::Ticket),
+            // The orchestrator finds the knowledge replicas by name, the gateway the first.
+            Instance::new("orchestrator", Service::Orchestrator)
+                .env(
+                    &Service::Knowledge.url_variable(),
+                    format!("http://{NAME}:{knowledge_port}"),
+                )
+                .env("KEFU_DNS_REFRESH_MS", REFRESH_MS.to_string())
+                .env("LD_PRELOAD", NSS_WRAPPER)
+                .env("NSS_WRAPPER_HOSTS", hosts.display().to_string()),
+            Instance::new("gateway", Service::Gateway).calls(Service::Knowledge, "knowledge-0"),
+        ]))
+        .database_url(database_url)
+        .serving(&["knowledge-0", "knowledge-1", "gateway"]),
+    )
+    .await;
+    let gateway = stack.gateway();
+    let metrics: Vec<SocketAddr> = (0..REPLICAS.len())
+        .map(|i| stack.metrics_address(&format!("knowledge-{i}")))
+        .collect();
 
     // Two replicas behind the name: both serve.
-    let before = [
-        searches(&knowledge_metrics(0)).await,
-        searches(&knowledge_metrics(1)).await,
-    ];
+    let before = [searches(metrics[0]).await, searches(metrics[1]).await];
     ask(&gateway, "balanced-a", QUESTIONS).await;
     let two = [
-        searches(&knowledge_metrics(0)).await - before[0],
-        searches(&knowledge_metrics(1)).await - before[1],
+        searches(metrics[0]).await - before[0],
+        searches(metrics[1]).await - before[1],
     ];
     println!("{QUESTIONS} questions over two replicas: {two:?} searches");
     for (i, served) in two.iter().enumerate() {
@@ -185,15 +125,16 @@ async fn calls_spread_over_every_replica_behind_a_name_and_follow_it() {
     }
 
     // A third replica joins the name: it starts receiving calls.
-    start_knowledge(&mut processes, 2);
-    processes
-        .wait_until_serving(&format!("http://{}:{knowledge_port}", REPLICAS[2]))
-        .await;
+    stack.start_held_back("knowledge-2").unwrap();
+    stack
+        .wait_until_serving("knowledge-2")
+        .await
+        .unwrap_or_else(|error| panic!("{error:#}"));
     write_hosts(&hosts, &REPLICAS);
     tokio::time::sleep(Duration::from_millis(3 * REFRESH_MS)).await;
-    let third_before = searches(&knowledge_metrics(2)).await;
+    let third_before = searches(metrics[2]).await;
     ask(&gateway, "balanced-b", QUESTIONS).await;
-    let third = searches(&knowledge_metrics(2)).await - third_before;
+    let third = searches(metrics[2]).await - third_before;
     println!("{QUESTIONS} questions after a third replica joined: it served {third}");
     assert!(
         third as usize >= QUESTIONS / 6,
@@ -201,7 +142,7 @@ async fn calls_spread_over_every_replica_behind_a_name_and_follow_it() {
     );
 
     // A replica dies while the name still lists it: nobody goes without an answer.
-    processes.kill("knowledge-0");
+    stack.kill("knowledge-0");
     ask(&gateway, "balanced-c", QUESTIONS / 2).await;
-    processes.assert_running();
+    stack.running().unwrap_or_else(|error| panic!("{error:#}"));
 }

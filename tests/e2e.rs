@@ -3,6 +3,7 @@
 mod common;
 
 use common::{message, send, tickets};
+use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
 use tonic::Code;
 
@@ -19,11 +20,9 @@ fn has_price(reply: &str) -> bool {
         && reply.chars().any(|c| c.is_ascii_digit())
 }
 
-#[tokio::test]
-async fn chinese_price_question_is_answered_from_knowledge() {
-    let response = send(message("zh-price", "我想了解你们的产品价格"))
-        .await
-        .unwrap();
+/// A price question, answered with a price and no hand-off.
+async fn price_answer(customer: &str, text: &str) -> SendMessageResponse {
+    let response = send(message(customer, text)).await.unwrap();
     assert_eq!(response.intent, "product_inquiry");
     assert!(!response.escalated, "reply: {}", response.reply);
     assert!(
@@ -31,25 +30,19 @@ async fn chinese_price_question_is_answered_from_knowledge() {
         "no price in the reply: {}",
         response.reply
     );
+    response
+}
+
+#[tokio::test]
+async fn chinese_price_question_is_answered_from_knowledge() {
+    let response = price_answer("zh-price", "我想了解你们的产品价格").await;
     assert!(!response.sources.is_empty());
     assert!(response.ticket_id.is_empty());
 }
 
 #[tokio::test]
 async fn english_price_question_is_answered_from_knowledge() {
-    let response = send(message(
-        "en-price",
-        "I'd like to know the prices of your products",
-    ))
-    .await
-    .unwrap();
-    assert_eq!(response.intent, "product_inquiry");
-    assert!(!response.escalated, "reply: {}", response.reply);
-    assert!(
-        has_price(&response.reply),
-        "no price in the reply: {}",
-        response.reply
-    );
+    price_answer("en-price", "I'd like to know the prices of your products").await;
 }
 
 #[tokio::test]
@@ -82,17 +75,7 @@ async fn complaints_are_escalated_with_a_high_priority_ticket() {
             response.priority == Priority::High as i32
                 || response.priority == Priority::Urgent as i32
         );
-        let ticket = tickets()
-            .await
-            .get_ticket(GetTicketRequest {
-                tenant_id: "demo".into(),
-                ticket_id: response.ticket_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .ticket
-            .unwrap();
+        let ticket = common::ticket(&mut tickets().await, &response.ticket_id).await;
         assert_eq!(ticket.customer_id, customer);
         assert_eq!(ticket.status, TicketStatus::Open as i32);
         assert!(
@@ -121,16 +104,10 @@ async fn a_session_keeps_its_turns_across_messages() {
     third.session_id = first.session_id.clone();
     send(third).await.unwrap();
 
-    let session = common::conversations()
+    let mut conversations = common::conversations().await;
+    let session = common::session(&mut conversations, "session-1", &first.session_id)
         .await
-        .get_session(GetSessionRequest {
-            tenant_id: "demo".into(),
-            session_id: first.session_id.clone(),
-            customer_id: "session-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let texts: Vec<_> = session.turns.iter().map(|t| t.text.as_str()).collect();
     assert_eq!(
         texts,
@@ -217,18 +194,22 @@ async fn a_retried_message_is_answered_once_and_opens_one_ticket() {
     assert!(first.escalated);
     assert_eq!(first.ticket_id, second.ticket_id);
     assert_eq!(first.reply, second.reply);
-    let listed = tickets()
-        .await
-        .list_tickets(ListTicketsRequest {
-            tenant_id: "demo".into(),
-            customer_id: "retry-1".into(),
-            ..Default::default()
-        })
+    let listed = common::tickets_of(&mut tickets().await, "retry-1").await;
+    assert_eq!(listed.len(), 1);
+}
+
+/// The ticket after an allowed transition.
+async fn moved(
+    client: &mut TicketServiceClient<common::KeyedChannel>,
+    transition: TransitionTicketRequest,
+) -> Ticket {
+    client
+        .transition_ticket(transition)
         .await
         .unwrap()
         .into_inner()
-        .tickets;
-    assert_eq!(listed.len(), 1);
+        .ticket
+        .unwrap()
 }
 
 #[tokio::test]
@@ -286,13 +267,7 @@ async fn a_ticket_lives_through_the_gateway() {
         .transition_ticket(transition(TicketStatus::Pending))
         .await
         .unwrap();
-    let resolved = client
-        .transition_ticket(transition(TicketStatus::Resolved))
-        .await
-        .unwrap()
-        .into_inner()
-        .ticket
-        .unwrap();
+    let resolved = moved(&mut client, transition(TicketStatus::Resolved)).await;
     assert!(resolved.resolved_at.is_some());
     let invalid = client
         .transition_ticket(transition(TicketStatus::Pending))
@@ -303,13 +278,7 @@ async fn a_ticket_lives_through_the_gateway() {
         .transition_ticket(transition(TicketStatus::Closed))
         .await
         .unwrap();
-    let reopened = client
-        .transition_ticket(transition(TicketStatus::Open))
-        .await
-        .unwrap()
-        .into_inner()
-        .ticket
-        .unwrap();
+    let reopened = moved(&mut client, transition(TicketStatus::Open)).await;
     assert_eq!(reopened.status, TicketStatus::Open as i32);
     let moves: Vec<(i32, i32)> = reopened
         .audit
@@ -429,7 +398,7 @@ async fn bench_customers_go_on_in_their_sessions() {
     let out = tempfile::tempdir().unwrap();
     let json = out.path().join("sessions.json");
     kefu::bench::run(kefu::bench::BenchArgs {
-        gateway: stack.gateway.clone(),
+        gateway: stack.gateway(),
         tenant: "demo".into(),
         customers: 3,
         think_ms: 0,

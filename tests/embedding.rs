@@ -1,23 +1,17 @@
 //! One sentence embedding per turn: the router returns the embedding it classified with
 //! when asked, and the knowledge service searches with a supplied query embedding exactly
-//! as with its own. Router and knowledge run as servers on free ports and are called over
+//! as with its own. Router and knowledge run as processes on free ports and are called over
 //! gRPC, as the orchestrator calls them.
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
-use common::{free_ports, ServingStatus};
+use common::{on_repository, Instance, Service, Stack, StackBuilder};
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use kefu_proto::v1::router_service_client::RouterServiceClient;
 use kefu_proto::v1::*;
-use kefu_runtime::{ContentArgs, DataArgs, ModelArgs, ServerArgs, Shutdown};
 
 const MODEL: &str = "all-MiniLM-L6-v2";
-
-fn url(port: u16) -> String {
-    format!("http://127.0.0.1:{port}")
-}
 
 fn models_dir() -> PathBuf {
     std::env::var("KEFU_MODELS_DIR")
@@ -39,73 +33,19 @@ fn model_installed() -> bool {
     false
 }
 
-fn content() -> ContentArgs {
-    ContentArgs {
-        tenants_dir: Path::new(env!("CARGO_MANIFEST_DIR")).join("tenants"),
-        models: ModelArgs {
-            models_dir: models_dir(),
-        },
-    }
-}
-
-/// Embedded state (SQLite) in a temporary directory.
-fn data(dir: &Path) -> DataArgs {
-    DataArgs {
-        data_dir: dir.to_path_buf(),
-        database_url: None,
-        redis_url: None,
-        redis_prefix: "kefu:".into(),
-    }
-}
-
-/// Waits until the server on `port` is SERVING (its models or indexes are ready).
-async fn wait_serving(port: u16) {
-    let started = Instant::now();
-    while common::health_status(&url(port)).await != Some(ServingStatus::Serving) {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the server on port {port} did not become SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-async fn start_router(
-    port: u16,
-    dir: &Path,
-    shutdown: &Shutdown,
-) -> RouterServiceClient<tonic::transport::Channel> {
-    kefu_router::start(
-        kefu_router::Config {
-            server: ServerArgs::local(port, 0),
-            content: content(),
-            data: data(dir),
-        },
-        shutdown.clone(),
+/// These instances on the repository's tenants and models (each with a cache of its
+/// own), once every one is SERVING.
+async fn start(instances: &[(&str, Service)]) -> Stack {
+    let names: Vec<&str> = instances.iter().map(|(name, _)| *name).collect();
+    common::start(
+        on_repository(StackBuilder::instances(
+            instances
+                .iter()
+                .map(|(name, service)| Instance::new(name, *service)),
+        ))
+        .serving(&names),
     )
     .await
-    .expect("the router starts");
-    wait_serving(port).await;
-    RouterServiceClient::connect(url(port)).await.unwrap()
-}
-
-async fn start_knowledge(
-    port: u16,
-    dir: &Path,
-    shutdown: &Shutdown,
-) -> KnowledgeServiceClient<tonic::transport::Channel> {
-    kefu_knowledge::start(
-        kefu_knowledge::Config {
-            server: ServerArgs::local(port, 0),
-            content: content(),
-            data: data(dir),
-        },
-        shutdown.clone(),
-    )
-    .await
-    .expect("the knowledge service starts");
-    wait_serving(port).await;
-    KnowledgeServiceClient::connect(url(port)).await.unwrap()
 }
 
 fn classify(text: &str, include_embedding: bool) -> ClassifyRequest {
@@ -122,10 +62,10 @@ async fn the_router_returns_its_embedding_only_when_asked() {
     if !model_installed() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = Shutdown::new();
-    let [port] = free_ports();
-    let mut router = start_router(port, dir.path(), &shutdown).await;
+    let stack = start(&[("router", Service::Router)]).await;
+    let mut router = RouterServiceClient::connect(stack.url("router"))
+        .await
+        .unwrap();
     let text = "How much does the Pro plan cost?";
 
     let plain = router
@@ -190,7 +130,6 @@ async fn the_router_returns_its_embedding_only_when_asked() {
         dot(&embedding.values, &paraphrase) > dot(&embedding.values, &unrelated) + 0.2,
         "the embedding is not the message's"
     );
-    shutdown.trigger();
 }
 
 /// The orchestrator passes the router's embedding of the message to knowledge: the reply
@@ -200,13 +139,21 @@ async fn knowledge_answers_the_same_with_the_routers_embedding() {
     if !model_installed() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let shutdown = Shutdown::new();
-    let [router_port, supplied_port, own_port] = free_ports();
-    let mut router = start_router(router_port, dir.path(), &shutdown).await;
     // Two replicas, each with its own cache: one is given the embedding, one never is.
-    let mut supplied = start_knowledge(supplied_port, dir.path(), &shutdown).await;
-    let mut own = start_knowledge(own_port, dir.path(), &shutdown).await;
+    let stack = start(&[
+        ("router", Service::Router),
+        ("supplied", Service::Knowledge),
+        ("own", Service::Knowledge),
+    ])
+    .await;
+    let mut router = RouterServiceClient::connect(stack.url("router"))
+        .await
+        .unwrap();
+    let knowledge = |name: &str| KnowledgeServiceClient::connect(stack.url(name));
+    let (mut supplied, mut own) = (
+        knowledge("supplied").await.unwrap(),
+        knowledge("own").await.unwrap(),
+    );
 
     for query in [
         "How much does the Pro plan cost?",
@@ -245,5 +192,4 @@ async fn knowledge_answers_the_same_with_the_routers_embedding() {
         assert_eq!(with.answer, without.answer, "{query}");
         assert_eq!(with.confident, without.confident, "{query}");
     }
-    shutdown.trigger();
 }

@@ -18,8 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::dependencies::{OwnPostgres, OwnRedis};
-use common::processes::{base_env, build_service_binaries, url_variable, Processes, SERVICES};
-use common::{free_ports, health_status, ServingStatus};
+use common::{health_status, on_repository, Service, ServingStatus, Stack, StackBuilder};
 use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
 use kefu_proto::v1::*;
 use tonic::transport::Channel;
@@ -35,18 +34,6 @@ const CLIENT_DEADLINE: Duration = Duration::from_secs(4);
 const ATTEMPTS: usize = 4;
 /// How an attempt is counted when the client's own connection broke mid-call.
 const CONNECTION_LOST: &str = "ConnectionLost";
-
-/// What the services call, by service (the deployment's wiring).
-const CALLS: &[(&str, &[&str])] = &[
-    (
-        "gateway",
-        &["orchestrator", "ticket", "knowledge", "router"],
-    ),
-    (
-        "orchestrator",
-        &["router", "sentiment", "knowledge", "ticket"],
-    ),
-];
 
 /// Customers' messages: what each should get when everything is up.
 const MESSAGES: [(&str, Expect); 3] = [
@@ -83,80 +70,51 @@ impl Record {
     }
 }
 
-struct Stack {
-    processes: Processes,
-    urls: BTreeMap<&'static str, String>,
+/// The six services as processes of their own, on a PostgreSQL and a Redis of the test's.
+struct Deployment {
+    stack: Stack,
     redis: OwnRedis,
     postgres: OwnPostgres,
-    _data: tempfile::TempDir,
 }
 
-impl Stack {
+impl Deployment {
     async fn start() -> Self {
-        let binaries = build_service_binaries();
         let postgres = OwnPostgres::start();
         let redis = OwnRedis::start();
-        let data = tempfile::tempdir().unwrap();
-        let ports: [u16; 12] = free_ports();
-        let urls: BTreeMap<&'static str, String> = SERVICES
-            .iter()
-            .enumerate()
-            .map(|(i, service)| (*service, format!("http://127.0.0.1:{}", ports[i])))
-            .collect();
-        let mut processes = Processes::new(binaries, data.path().join("logs"));
-        for (i, service) in SERVICES.iter().enumerate() {
-            let mut env = base_env(data.path(), &postgres.url());
-            let calls = CALLS
-                .iter()
-                .find(|(caller, _)| caller == service)
-                .map_or(&[][..], |(_, calls)| calls);
-            env.extend(
-                calls
-                    .iter()
-                    .map(|peer| (url_variable(peer), urls[peer].clone())),
-            );
-            env.extend(
-                [
-                    ("KEFU_GRPC_PORT", ports[i].to_string()),
-                    ("KEFU_METRICS_PORT", ports[SERVICES.len() + i].to_string()),
-                    ("REDIS_URL", redis.url()),
-                    ("KEFU_CALL_TIMEOUT_MS", "3000".to_owned()),
-                    ("RUST_LOG", "warn".to_owned()),
-                ]
-                .map(|(k, v)| (k.to_owned(), v)),
-            );
-            processes.spawn(service, service, &env);
-        }
-        let mut stack = Self {
-            processes,
-            urls,
+        let stack = common::start(
+            on_repository(StackBuilder::each_service())
+                .database_url(postgres.url())
+                .redis_url(&redis.url())
+                .env("KEFU_CALL_TIMEOUT_MS", "3000")
+                .env("RUST_LOG", "warn")
+                .serving(&Service::ALL.map(Service::name)),
+        )
+        .await;
+        Self {
+            stack,
             redis,
             postgres,
-            _data: data,
-        };
-        for service in SERVICES {
-            let url = stack.urls[service].clone();
-            stack.processes.wait_until_serving(&url).await;
         }
-        stack
     }
 
-    /// Waits until every service is SERVING; how long that took.
-    async fn all_serving(&self, limit: Duration) -> Result<Duration, Vec<&'static str>> {
+    /// How long until every service is SERVING again after `part` came back; it must be
+    /// within RECOVERY.
+    async fn recovered_from(&self, part: &str) -> Duration {
         let started = Instant::now();
         loop {
             let mut waiting = Vec::new();
-            for service in SERVICES {
-                if health_status(&self.urls[service]).await != Some(ServingStatus::Serving) {
+            for service in Service::ALL.map(Service::name) {
+                if health_status(&self.stack.url(service)).await != Some(ServingStatus::Serving) {
                     waiting.push(service);
                 }
             }
             if waiting.is_empty() {
-                return Ok(started.elapsed());
+                return started.elapsed();
             }
-            if started.elapsed() > limit {
-                return Err(waiting);
-            }
+            assert!(
+                started.elapsed() < RECOVERY,
+                "{waiting:?} not SERVING {RECOVERY:?} after {part} came back"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
@@ -259,8 +217,8 @@ async fn customer(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
-    let mut stack = Stack::start().await;
-    let gateway = Channel::from_shared(stack.urls["gateway"].clone())
+    let mut deployment = Deployment::start().await;
+    let gateway = Channel::from_shared(deployment.stack.gateway())
         .unwrap()
         .connect_lazy();
     let record = Arc::new(Mutex::new(Record {
@@ -291,42 +249,39 @@ async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
         "gateway",
     ] {
         phase(&format!("{service} down"));
-        stack.processes.kill(service);
+        deployment.stack.kill(service);
         tokio::time::sleep(OUTAGE).await;
         phase(&format!("{service} back"));
         let restarted = Instant::now();
-        stack.processes.restart(service);
-        let url = stack.urls[service].clone();
-        stack.processes.wait_until_serving(&url).await;
+        deployment.stack.restart(service).unwrap();
+        deployment
+            .stack
+            .wait_until_serving(service)
+            .await
+            .unwrap_or_else(|error| panic!("{error:#}"));
         let own = restarted.elapsed();
-        let others = stack.all_serving(RECOVERY).await.unwrap_or_else(|waiting| {
-            panic!("{waiting:?} not SERVING {RECOVERY:?} after {service} came back")
-        });
+        let others = deployment.recovered_from(service).await;
         recovery.push((service.to_owned(), own, others));
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
     phase("redis down");
-    stack.redis.kill();
+    deployment.redis.kill();
     tokio::time::sleep(OUTAGE).await;
     phase("redis back");
-    stack.redis.restart();
-    let others = stack.all_serving(RECOVERY).await.unwrap_or_else(|waiting| {
-        panic!("{waiting:?} not SERVING {RECOVERY:?} after Redis came back")
-    });
+    deployment.redis.restart();
+    let others = deployment.recovered_from("Redis").await;
     recovery.push(("redis".into(), Duration::ZERO, others));
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     phase("postgres down");
-    stack.postgres.stop();
+    deployment.postgres.stop();
     tokio::time::sleep(OUTAGE).await;
     phase("postgres back");
     let restarted = Instant::now();
-    stack.postgres.restart();
+    deployment.postgres.restart();
     let own = restarted.elapsed();
-    let others = stack.all_serving(RECOVERY).await.unwrap_or_else(|waiting| {
-        panic!("{waiting:?} not SERVING {RECOVERY:?} after PostgreSQL came back")
-    });
+    let others = deployment.recovered_from("PostgreSQL").await;
     recovery.push(("postgres".into(), own, others));
     tokio::time::sleep(OUTAGE).await;
 
@@ -334,7 +289,10 @@ async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
     for customer in customers {
         customer.await.unwrap();
     }
-    stack.processes.assert_running();
+    deployment
+        .stack
+        .running()
+        .unwrap_or_else(|error| panic!("{error:#}"));
 
     let record = Arc::try_unwrap(record)
         .ok()
@@ -363,7 +321,7 @@ async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
         }
     }
     assert!(record.wrong.is_empty(), "wrong replies: {:?}", record.wrong);
-    let panics = stack.processes.panics();
+    let panics = deployment.stack.panics();
     assert!(panics.is_empty(), "panics:\n{}", panics.join("\n"));
 
     // Each degraded mode answers as documented.
@@ -405,14 +363,14 @@ async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
     // Every hand-off has its ticket (those whose ticket waited in the outbox too: they
     // are opened once the ticket service is back), and nothing is doubled.
     let outbox_empty = Instant::now();
-    while stack.sql("SELECT count(*) FROM handoff_outbox") != ["0"] {
+    while deployment.sql("SELECT count(*) FROM ticket_outbox") != ["0"] {
         assert!(
             outbox_empty.elapsed() < RECOVERY,
             "the outbox is not drained"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    let tickets: HashMap<String, String> = stack
+    let tickets: HashMap<String, String> = deployment
         .sql("SELECT customer_id || '/' || idempotency_key, ticket_id FROM tickets")
         .into_iter()
         .filter_map(|row| {
@@ -435,7 +393,7 @@ async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
             assert_eq!(stored, Some(&response.ticket_id), "{customer}/{message_id}");
         }
     }
-    let doubled_tickets = stack.sql(
+    let doubled_tickets = deployment.sql(
         "SELECT customer_id, idempotency_key FROM tickets WHERE idempotency_key IS NOT NULL \
          GROUP BY 1, 2 HAVING count(*) > 1",
     );
@@ -443,7 +401,7 @@ async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
         doubled_tickets.is_empty(),
         "two tickets for one message: {doubled_tickets:?}"
     );
-    let doubled_turns = stack
+    let doubled_turns = deployment
         .sql("SELECT customer_id, message_id FROM session_turns GROUP BY 1, 2 HAVING count(*) > 1");
     assert!(
         doubled_turns.is_empty(),
@@ -451,7 +409,7 @@ async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
     );
     // Nothing half-written: every stored hand-off turn names a ticket that exists or
     // waited in the (now drained) outbox.
-    let orphans = stack.sql(
+    let orphans = deployment.sql(
         "SELECT t.customer_id, t.message_id FROM session_turns t WHERE t.escalated = 1 \
          AND t.ticket_id <> '' AND NOT EXISTS \
          (SELECT 1 FROM tickets k WHERE k.tenant_id = t.tenant_id AND k.ticket_id = t.ticket_id)",

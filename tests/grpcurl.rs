@@ -22,7 +22,7 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
 #[test]
 fn grpcurl_lists_checks_health_and_sends_a_message() {
     let stack = common::stack();
-    let address = format!("127.0.0.1:{}", stack.gateway_port);
+    let address = stack.address("gateway").to_string();
 
     let (ok, services) = grpcurl(&["-plaintext", &address, "list"]);
     assert!(ok, "{services}");

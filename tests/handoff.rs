@@ -17,16 +17,7 @@ const LIVE: Duration = Duration::from_secs(1);
 type Events = tonic::Streaming<ConversationEvent>;
 
 async fn open_stream(customer: &str, session: &str, after: i64) -> Result<Events, tonic::Status> {
-    common::conversations()
-        .await
-        .stream_events(StreamEventsRequest {
-            tenant_id: "demo".into(),
-            customer_id: customer.into(),
-            session_id: session.into(),
-            after_event_id: after,
-        })
-        .await
-        .map(|response| response.into_inner())
+    common::events_at(&common::stack().gateway(), customer, session, after).await
 }
 
 /// The next event, which must arrive within `within`.
@@ -74,17 +65,7 @@ async fn reply(ticket_id: &str, text: &str) -> ReplyToCustomerResponse {
 }
 
 async fn ticket(ticket_id: &str) -> Ticket {
-    tickets()
-        .await
-        .get_ticket(GetTicketRequest {
-            tenant_id: "demo".into(),
-            ticket_id: ticket_id.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .ticket
-        .unwrap()
+    common::ticket(&mut tickets().await, ticket_id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -126,17 +107,7 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         );
         assert!(response.intent.is_empty());
     }
-    let listed = tickets()
-        .await
-        .list_tickets(ListTicketsRequest {
-            tenant_id: "demo".into(),
-            customer_id: customer.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .tickets;
+    let listed = common::tickets_of(&mut tickets().await, customer).await;
     assert_eq!(listed.len(), 1, "one hand-off, one ticket");
     let raised = ticket(&ticket_id).await;
     assert!(
@@ -148,18 +119,7 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
     assert!(raised.audit.iter().any(|a| a.action == "priority_raised"));
 
     // An agent takes the queue: the session goes to them.
-    let taken = tickets()
-        .await
-        .next_in_queue(NextInQueueRequest {
-            tenant_id: "demo".into(),
-            take: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .ticket
-        .expect("the ticket is in the queue");
+    let taken = common::take_next(&mut tickets().await).await;
     assert_eq!(taken.ticket_id, ticket_id);
     assert_eq!(
         taken.assignee, "demo-agent",
@@ -262,16 +222,9 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         .filter(|e| e.role == Agent as i32)
         .all(|e| e.author == "demo-agent"));
     assert!(!conversation.entries.last().unwrap().sources.is_empty());
-    let session_view = common::conversations()
+    let session_view = common::session(&mut common::conversations().await, customer, &session)
         .await
-        .get_session(GetSessionRequest {
-            tenant_id: "demo".into(),
-            session_id: session.clone(),
-            customer_id: customer.into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(
         session_view
             .turns
@@ -322,15 +275,13 @@ async fn a_customer_cannot_follow_or_read_another_customers_session() {
         .await
         .unwrap_err();
     assert_eq!(stolen.code(), Code::PermissionDenied);
-    let read = common::conversations()
-        .await
-        .get_session(GetSessionRequest {
-            tenant_id: "demo".into(),
-            session_id: first.session_id.clone(),
-            customer_id: "thief-1".into(),
-        })
-        .await
-        .unwrap_err();
+    let read = common::session(
+        &mut common::conversations().await,
+        "thief-1",
+        &first.session_id,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(read.code(), Code::PermissionDenied);
     assert!(open_stream("owner-1", &first.session_id, 0).await.is_ok());
     let unknown = open_stream("owner-1", "no-such-session", 0)

@@ -11,14 +11,13 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::processes::{base_env, build_service_binaries, url_variable, Processes};
-use common::{free_ports, ApiKey, RedisPrefix, DEMO_AGENT_KEY};
+use common::{
+    conversations_at, on_repository, tickets_at, Instance, RedisPrefix, Service, Stack,
+    StackBuilder, DEMO_AGENT_KEY,
+};
 use kefu_proto::v1::conversation_event::Kind;
-use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
-use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
-use kefu_storage::testing::TestDb;
-use tonic::transport::Channel;
+use kefu_test_db::TestDb;
 use tonic::Code;
 
 const LIVE: Duration = Duration::from_secs(1);
@@ -26,155 +25,49 @@ const REPLIES: usize = 100;
 /// Short enough to watch the SLA policy act (it raises at 80%, 16 s).
 const SLA_SECS: &str = "20";
 
-/// An instance, its service, and the instances it calls by service.
-type Instance = (
-    &'static str,
-    &'static str,
-    &'static [(&'static str, &'static str)],
-);
-
-const TOPOLOGY: &[Instance] = &[
-    ("sentiment", "sentiment", &[]),
-    ("router", "router", &[]),
-    ("knowledge", "knowledge", &[]),
-    ("ticket-a", "ticket", &[]),
-    ("ticket-b", "ticket", &[]),
-    (
-        "orchestrator-a",
-        "orchestrator",
-        &[
-            ("router", "router"),
-            ("sentiment", "sentiment"),
-            ("knowledge", "knowledge"),
-            ("ticket", "ticket-a"),
-        ],
-    ),
-    (
-        "orchestrator-b",
-        "orchestrator",
-        &[
-            ("router", "router"),
-            ("sentiment", "sentiment"),
-            ("knowledge", "knowledge"),
-            ("ticket", "ticket-b"),
-        ],
-    ),
-    (
-        "gateway-a",
-        "gateway",
-        &[
-            ("orchestrator", "orchestrator-a"),
-            ("ticket", "ticket-a"),
-            ("knowledge", "knowledge"),
-            ("router", "router"),
-        ],
-    ),
-    (
-        "gateway-b",
-        "gateway",
-        &[
-            ("orchestrator", "orchestrator-b"),
-            ("ticket", "ticket-b"),
-            ("knowledge", "knowledge"),
-            ("router", "router"),
-        ],
-    ),
-];
+/// One sentiment, router and knowledge; two of each other service, side A and side B.
+fn topology() -> Vec<Instance> {
+    let mut instances = vec![
+        Instance::new("sentiment", Service::Sentiment),
+        Instance::new("router", Service::Router),
+        Instance::new("knowledge", Service::Knowledge),
+    ];
+    for side in ["a", "b"] {
+        let ticket = format!("ticket-{side}");
+        let orchestrator = format!("orchestrator-{side}");
+        instances.extend([
+            Instance::new(&ticket, Service::Ticket),
+            Instance::new(&orchestrator, Service::Orchestrator).calls(Service::Ticket, &ticket),
+            Instance::new(&format!("gateway-{side}"), Service::Gateway)
+                .calls(Service::Orchestrator, &orchestrator)
+                .calls(Service::Ticket, &ticket),
+        ]);
+    }
+    instances
+}
 
 struct Replicas {
-    processes: Processes,
-    urls: Vec<(String, String)>,
-    _data: tempfile::TempDir,
+    stack: Stack,
     _db: TestDb,
     _redis: RedisPrefix,
 }
 
-impl Replicas {
-    fn url(&self, instance: &str) -> &str {
-        &self
-            .urls
-            .iter()
-            .find(|(name, _)| name == instance)
-            .unwrap()
-            .1
-    }
-}
-
 async fn start() -> Replicas {
-    let dir = build_service_binaries();
     let (db, database_url) = TestDb::postgres().await;
     let redis = RedisPrefix::new();
-    let data = tempfile::tempdir().unwrap();
-    let ports: [u16; 18] = free_ports();
-    let urls: Vec<(String, String)> = TOPOLOGY
-        .iter()
-        .enumerate()
-        .map(|(i, (instance, ..))| {
-            (
-                instance.to_string(),
-                format!("http://127.0.0.1:{}", ports[i]),
-            )
-        })
-        .collect();
-    let url_of = |instance: &str| {
-        urls.iter()
-            .find(|(name, _)| name == instance)
-            .unwrap()
-            .1
-            .clone()
-    };
-    let mut processes = Processes::new(dir, data.path().join("logs"));
-    for (i, (instance, service, calls)) in TOPOLOGY.iter().enumerate() {
-        let mut env = base_env(data.path(), &database_url);
-        env.extend(
-            calls
-                .iter()
-                .map(|(peer, target)| (url_variable(peer), url_of(target))),
-        );
-        env.extend(
-            [
-                ("KEFU_GRPC_PORT", ports[i].to_string()),
-                ("KEFU_METRICS_PORT", ports[TOPOLOGY.len() + i].to_string()),
-                ("REDIS_URL", "redis://127.0.0.1:6379".to_owned()),
-                ("KEFU_REDIS_PREFIX", redis.0.clone()),
-                ("KEFU_SLA_URGENT_SECS", SLA_SECS.to_owned()),
-                ("KEFU_SLA_HIGH_SECS", SLA_SECS.to_owned()),
-                ("KEFU_SLA_MEDIUM_SECS", SLA_SECS.to_owned()),
-                ("KEFU_SLA_LOW_SECS", SLA_SECS.to_owned()),
-                ("KEFU_SLA_CHECK_INTERVAL_MS", "500".to_owned()),
-            ]
-            .map(|(k, v)| (k.to_owned(), v)),
-        );
-        processes.spawn(instance, service, &env);
+    let mut builder = on_repository(StackBuilder::instances(topology()))
+        .database_url(database_url)
+        .redis_url("redis://127.0.0.1:6379")
+        .env("KEFU_REDIS_PREFIX", redis.0.clone())
+        .env("KEFU_SLA_CHECK_INTERVAL_MS", "500");
+    for priority in ["URGENT", "HIGH", "MEDIUM", "LOW"] {
+        builder = builder.env(&format!("KEFU_SLA_{priority}_SECS"), SLA_SECS);
     }
-    let mut replicas = Replicas {
-        processes,
-        urls,
-        _data: data,
+    Replicas {
+        stack: common::start(builder).await,
         _db: db,
         _redis: redis,
-    };
-    for instance in ["gateway-a", "gateway-b"] {
-        let url = replicas.url(instance).to_owned();
-        replicas.processes.wait_until_serving(&url).await;
     }
-    replicas
-}
-
-async fn channel(url: &str) -> Channel {
-    Channel::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
-}
-
-async fn customer_client(url: &str) -> ConversationServiceClient<Channel> {
-    ConversationServiceClient::new(channel(url).await)
-}
-
-async fn agent_client(url: &str) -> TicketServiceClient<common::KeyedChannel> {
-    TicketServiceClient::with_interceptor(channel(url).await, ApiKey(DEMO_AGENT_KEY))
 }
 
 fn message(customer: &str, session: &str, text: &str) -> SendMessageRequest {
@@ -202,10 +95,13 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
     let replicas = start().await;
-    let (a, b) = (replicas.url("gateway-a"), replicas.url("gateway-b"));
+    let (a, b) = (
+        &replicas.stack.url("gateway-a"),
+        &replicas.stack.url("gateway-b"),
+    );
     let customer = "replica-customer";
 
-    let first = customer_client(a)
+    let first = conversations_at(a)
         .await
         .send_message(message(customer, "", "I want to speak to a human"))
         .await
@@ -218,22 +114,12 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         first.reply
     );
     let (session, ticket_id) = (first.session_id.clone(), first.ticket_id.clone());
-    let mut events = customer_client(a)
-        .await
-        .stream_events(StreamEventsRequest {
-            tenant_id: "demo".into(),
-            customer_id: customer.into(),
-            session_id: session.clone(),
-            after_event_id: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = common::events_at(a, customer, &session, 0).await.unwrap();
     assert_eq!(next_event(&mut events).await.event_id, 1);
 
     // The session's state is shared: through the other replica, the bot stays silent.
     for text in ["hello? anyone there?", "still waiting"] {
-        let response = customer_client(b)
+        let response = conversations_at(b)
             .await
             .send_message(message(customer, &session, text))
             .await
@@ -247,18 +133,8 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
     }
 
     // The agent works through gateway B; the customer's stream is on gateway A.
-    let mut agent = agent_client(b).await;
-    let taken = agent
-        .next_in_queue(NextInQueueRequest {
-            tenant_id: "demo".into(),
-            take: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .ticket
-        .unwrap();
+    let mut agent = tickets_at(b, DEMO_AGENT_KEY).await;
+    let taken = common::take_next(&mut agent).await;
     assert_eq!(taken.ticket_id, ticket_id);
     let handed = next_event(&mut events).await;
     assert!(
@@ -309,17 +185,9 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         })
         .await
         .unwrap();
-    let mut events = customer_client(b)
+    let mut events = common::events_at(b, customer, &session, last_event)
         .await
-        .stream_events(StreamEventsRequest {
-            tenant_id: "demo".into(),
-            customer_id: customer.into(),
-            session_id: session.clone(),
-            after_event_id: last_event,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     let missed = next_event(&mut events).await;
     assert_eq!(missed.event_id, last_event + 1);
     assert!(
@@ -327,7 +195,7 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
     );
 
     // Resolved on replica A: the stream on B sees the bot return, and B's orchestrator answers.
-    agent_client(a)
+    tickets_at(a, DEMO_AGENT_KEY)
         .await
         .transition_ticket(TransitionTicketRequest {
             tenant_id: "demo".into(),
@@ -341,7 +209,7 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
     assert!(
         matches!(back.kind, Some(Kind::HandlerChange(ref c)) if c.handler == Handler::Bot as i32)
     );
-    let answered = customer_client(b)
+    let answered = conversations_at(b)
         .await
         .send_message(message(
             customer,
@@ -360,12 +228,12 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         score,
         comment: "quick and kind".into(),
     };
-    customer_client(a)
+    conversations_at(a)
         .await
         .rate_conversation(rate(5))
         .await
         .unwrap();
-    let again = customer_client(b)
+    let again = conversations_at(b)
         .await
         .rate_conversation(rate(5))
         .await
@@ -373,7 +241,7 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
     assert_eq!(again.code(), Code::FailedPrecondition);
 
     // Nobody answers this one: at 80% of its SLA it is raised one step, by one replica.
-    let waiting = customer_client(a)
+    let waiting = conversations_at(a)
         .await
         .send_message(message("replica-waiting", "", "I want to speak to a human"))
         .await
@@ -381,16 +249,7 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
         .into_inner();
     let started = Instant::now();
     let raised = loop {
-        let ticket = agent
-            .get_ticket(GetTicketRequest {
-                tenant_id: "demo".into(),
-                ticket_id: waiting.ticket_id.clone(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .ticket
-            .unwrap();
+        let ticket = common::ticket(&mut agent, &waiting.ticket_id).await;
         if ticket.audit.iter().any(|a| a.actor == "sla-policy") {
             break ticket;
         }
@@ -408,17 +267,7 @@ async fn replies_cross_replicas_live_and_the_sla_policy_acts_once() {
     );
     // Both replicas keep checking; a second raise would show up now.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let audit = agent
-        .get_ticket(GetTicketRequest {
-            tenant_id: "demo".into(),
-            ticket_id: waiting.ticket_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .ticket
-        .unwrap()
-        .audit;
+    let audit = common::ticket(&mut agent, &waiting.ticket_id).await.audit;
     assert_eq!(
         audit.iter().filter(|a| a.actor == "sla-policy").count(),
         1,

@@ -4,13 +4,12 @@
 //! and repeated fields, deeply nested unknown messages, junk credentials; then bodies
 //! that are no valid message at all. Every request must get a status that names what
 //! was wrong (never INTERNAL, UNKNOWN, UNIMPLEMENTED or DATA_LOSS), nothing may panic and
-//! every service must stay SERVING. The stack runs in this process, so a panic hook sees
-//! a panic in any of its threads. Runs are seeded: `KEFU_MALFORMED_SEED=<n>` repeats one.
+//! every service must stay SERVING; a panic in any of the stack's threads shows in its
+//! stderr. Runs are seeded: `KEFU_MALFORMED_SEED=<n>` repeats one.
 mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt as _;
@@ -833,27 +832,6 @@ async fn call(channel: Channel, case: &Case) -> Outcome {
     }
 }
 
-/// Panics of the stack's threads (the tests' own threads report theirs themselves).
-static PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
-
-fn count_panics() {
-    static HOOK: Once = Once::new();
-    HOOK.call_once(|| {
-        let previous = std::panic::take_hook();
-        std::panic::set_hook(Box::new(move |info| {
-            let thread = std::thread::current();
-            let name = thread.name().unwrap_or("<unnamed>");
-            let test_thread = name == "main" || name.ends_with("get_expected_codes");
-            if !test_thread {
-                if let Ok(mut panics) = PANICS.lock() {
-                    panics.push(format!("thread {name}: {info}"));
-                }
-            }
-            previous(info);
-        }));
-    });
-}
-
 fn seed() -> u64 {
     std::env::var("KEFU_MALFORMED_SEED")
         .ok()
@@ -870,14 +848,9 @@ fn seed() -> u64 {
 /// status, that the demo tenant still works, that nothing panicked and that every
 /// service is still SERVING. Unexpected outcomes are grouped by `group` of the case.
 async fn run(name: &str, count: usize, make: fn(&mut Gen) -> Case, group: fn(&Case) -> String) {
-    count_panics();
     let seed = seed();
     println!("{name}: seed {seed} (KEFU_MALFORMED_SEED={seed} repeats this run)");
-    let channel = Channel::from_shared(common::stack().gateway.clone())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect to the gateway");
+    let channel = common::channel(&common::stack().gateway()).await;
     let known = known().await;
     let mut generator = Gen::new(seed, &known);
     let started = Instant::now();
@@ -963,26 +936,13 @@ async fn run(name: &str, count: usize, make: fn(&mut Gen) -> Case, group: fn(&Ca
             RECOVERY.as_secs()
         );
     }
-    let serving = serving_services().await;
-    let panics = PANICS.lock().unwrap().clone();
-    let not_serving = serving
-        .iter()
-        .filter(|(_, status)| **status != Some(common::ServingStatus::Serving));
-    for (port, status) in not_serving {
-        let _ = writeln!(
-            failures,
-            "- the service on port {port} is {status:?}, not SERVING"
-        );
+    for (service, status) in serving_services().await {
+        if status != Some(common::ServingStatus::Serving) {
+            let _ = writeln!(failures, "- {service}'s health is {status:?}, not SERVING");
+        }
     }
-    if serving.len() < 6 {
-        let _ = writeln!(
-            failures,
-            "- only {} of the six gRPC servers answer health checks",
-            serving.len()
-        );
-    }
-    for panic in &panics {
-        let _ = writeln!(failures, "- panic in {panic}");
+    for panic in common::stack().panics() {
+        let _ = writeln!(failures, "- a panic:\n{panic}");
     }
     assert!(
         failures.is_empty(),
@@ -1053,24 +1013,22 @@ async fn everyday_calls(known: &Known) -> Vec<String> {
             tenant_id: "demo".into(),
             ..Default::default()
         })
-        .await;
-    if let Err(status) = listed {
-        broken.push(format!(
-            "ListTickets of the demo tenant fails: {}",
-            brief(&status)
-        ));
-    }
+        .await
+        .map(drop);
     let queue = tickets
         .next_in_queue(NextInQueueRequest {
             tenant_id: "demo".into(),
             ..Default::default()
         })
-        .await;
-    if let Err(status) = queue {
-        broken.push(format!(
-            "NextInQueue of the demo tenant fails: {}",
-            brief(&status)
-        ));
+        .await
+        .map(drop);
+    for (rpc, result) in [("ListTickets", listed), ("NextInQueue", queue)] {
+        if let Err(status) = result {
+            broken.push(format!(
+                "{rpc} of the demo tenant fails: {}",
+                brief(&status)
+            ));
+        }
     }
     let mut conversations = common::conversations().await;
     for (customer_id, session_id) in &known.sessions {
@@ -1098,48 +1056,24 @@ async fn everyday_calls(known: &Known) -> Vec<String> {
     broken
 }
 
-/// The health of every gRPC server this process listens on (the six of the stack), by
-/// port: the listening sockets in /proc/self/net/tcp that belong to this process.
-async fn serving_services() -> BTreeMap<u16, Option<common::ServingStatus>> {
-    let inodes: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
-        })
-        .collect();
-    let tcp = std::fs::read_to_string("/proc/self/net/tcp").unwrap();
-    let mut statuses = BTreeMap::new();
-    for line in tcp.lines().skip(1) {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let listening = fields.get(3) == Some(&"0A");
-        let ours = fields
-            .get(9)
-            .is_some_and(|inode| inodes.iter().any(|i| i == inode));
-        let port = fields
-            .get(1)
-            .and_then(|address| address.split(':').nth(1))
-            .and_then(|port| u16::from_str_radix(port, 16).ok());
-        if let (true, true, Some(port)) = (listening, ours, port) {
-            let url = format!("http://127.0.0.1:{port}");
-            let mut status = None;
-            // A server whose probes just ran late gets a few seconds to say SERVING again.
-            for _ in 0..20 {
-                status = tokio::time::timeout(Duration::from_secs(2), common::health_status(&url))
-                    .await
-                    .ok()
-                    .flatten();
-                if status.is_none() || status == Some(common::ServingStatus::Serving) {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
+/// The health of each of the six services (None: it does not answer).
+async fn serving_services() -> Vec<(&'static str, Option<common::ServingStatus>)> {
+    let mut statuses = Vec::new();
+    for service in common::Service::ALL.map(common::Service::name) {
+        let url = common::stack().url(service);
+        let mut status = None;
+        // A server whose probes just ran late gets a few seconds to say SERVING again.
+        for _ in 0..20 {
+            status = tokio::time::timeout(Duration::from_secs(2), common::health_status(&url))
+                .await
+                .ok()
+                .flatten();
+            if status.is_none() || status == Some(common::ServingStatus::Serving) {
+                break;
             }
-            // Ports that do not speak gRPC (metrics) have no health.
-            if status.is_some() {
-                statuses.insert(port, status);
-            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
+        statuses.push((service, status));
     }
     statuses
 }

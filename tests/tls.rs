@@ -6,9 +6,10 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::{on_repository, Instance, Service, Stack, StackBuilder};
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::{CreateTicketRequest, Priority};
-use kefu_runtime::{ClientArgs, ContentArgs, DataArgs, ModelArgs, ServerArgs, Shutdown, TlsArgs};
+use kefu_runtime::{ClientArgs, TlsArgs};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
@@ -30,13 +31,26 @@ fn issue(dir: &Path) {
     }
 }
 
-fn server_tls(dir: &Path, mutual: bool) -> TlsArgs {
-    TlsArgs {
-        tls_cert: Some(dir.join("server.pem")),
-        tls_key: Some(dir.join("server.key")),
-        tls_client_ca: mutual.then(|| dir.join("ca.pem")),
-        tls_ca: None,
+/// `service` alone, serving TLS with the "server" certificate of newly issued ones (in
+/// the directory returned); with `mutual`, only to callers with a client certificate of
+/// their CA. Its peers are unreachable.
+async fn serve_tls(service: Service, mutual: bool) -> (tempfile::TempDir, Stack) {
+    let certs = tempfile::tempdir().unwrap();
+    issue(certs.path());
+    let path = |file: &str| certs.path().join(file).display().to_string();
+    let mut instance = Instance::new(service.name(), service)
+        .env("KEFU_TLS_CERT", path("server.pem"))
+        .env("KEFU_TLS_KEY", path("server.key"));
+    if mutual {
+        instance = instance.env("KEFU_TLS_CLIENT_CA", path("ca.pem"));
     }
+    let stack = common::start(
+        on_repository(StackBuilder::instances([instance]))
+            .env("KEFU_CALL_TIMEOUT_MS", "1000")
+            .serving(&[]),
+    )
+    .await;
+    (certs, stack)
 }
 
 fn grpcurl(args: &[&str]) -> (bool, String) {
@@ -52,47 +66,10 @@ fn grpcurl(args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
-// Multi-threaded: grpcurl runs as a blocking child process while the server serves.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test]
 async fn grpcurl_verifies_the_gateways_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    issue(certs.path());
-    let [port] = common::free_ports();
-    let shutdown = Shutdown::new();
-    let mut server = ServerArgs::local(port, 0);
-    server.tls = server_tls(certs.path(), false);
-    kefu_gateway::start(
-        kefu_gateway::Config {
-            server,
-            clients: ClientArgs {
-                call_timeout_ms: 1000,
-                ..Default::default()
-            },
-            content: ContentArgs {
-                tenants_dir: common::repo_root().join("tenants"),
-                models: ModelArgs {
-                    models_dir: common::repo_root().join("models"),
-                },
-            },
-            max_message_bytes: 4096,
-            orchestrator_url: "http://127.0.0.1:1".into(),
-            ticket_url: "http://127.0.0.1:1".into(),
-            knowledge_url: "http://127.0.0.1:1".into(),
-            router_url: "http://127.0.0.1:1".into(),
-            web: kefu_gateway::WebArgs {
-                web_port: 0,
-                public_gateway_url: String::new(),
-                web_origins: Vec::new(),
-            },
-            redis_url: None,
-            redis_prefix: "kefu:".into(),
-            max_in_flight: 128,
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
-    let address = format!("127.0.0.1:{port}");
+    let (certs, stack) = serve_tls(Service::Gateway, false).await;
+    let address = stack.address("gateway").to_string();
     let ca = certs.path().join("ca.pem");
     let (ok, listed) = grpcurl(&[
         "-connect-timeout",
@@ -113,36 +90,12 @@ async fn grpcurl_verifies_the_gateways_certificate() {
         !ok,
         "a certificate from an unknown CA must not be trusted: {unverified}"
     );
-    shutdown.trigger();
 }
 
 #[tokio::test]
 async fn an_internal_service_in_mutual_tls_refuses_callers_without_a_client_certificate() {
-    let certs = tempfile::tempdir().unwrap();
-    issue(certs.path());
-    let data = tempfile::tempdir().unwrap();
-    let [port] = common::free_ports();
-    let shutdown = Shutdown::new();
-    let mut server = ServerArgs::local(port, 0);
-    server.tls = server_tls(certs.path(), true);
-    kefu_ticket::start(
-        kefu_ticket::Config {
-            server,
-            data: DataArgs {
-                data_dir: data.path().to_owned(),
-                database_url: Some(format!(
-                    "sqlite://{}/kefu.db?mode=rwc",
-                    data.path().display()
-                )),
-                redis_url: None,
-                redis_prefix: "kefu:".into(),
-            },
-            sla: Default::default(),
-        },
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let (certs, stack) = serve_tls(Service::Ticket, true).await;
+    let port = stack.address("ticket").port();
     let ca = Certificate::from_pem(std::fs::read(certs.path().join("ca.pem")).unwrap());
     let call = |tls: ClientTlsConfig| async move {
         let channel = Channel::from_shared(format!("https://localhost:{port}"))
@@ -212,5 +165,4 @@ async fn an_internal_service_in_mutual_tls_refuses_callers_without_a_client_cert
         })
         .await
         .unwrap();
-    shutdown.trigger();
 }

@@ -10,8 +10,6 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,8 +25,7 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-use common::free_ports;
-use common::processes::{base_env, build_service_binaries, url_variable, Processes, SERVICES};
+use common::{on_repository, Service, StackBuilder};
 
 /// A refund demand in anger: the refund intent needs the knowledge base and a ticket,
 /// the anger escalates it, so every service takes part in the one trace.
@@ -211,46 +208,6 @@ fn leaked_fragment(haystack: &str, fragments: &[String]) -> Option<String> {
         .cloned()
 }
 
-// ---------------------------------------------------------------- the six processes
-
-fn start_services(dir: PathBuf, data: &Path, otlp_port: u16) -> (Processes, String) {
-    let database_url = format!("sqlite://{}/kefu.db?mode=rwc", data.display());
-    // The schema first, so the services do not race each other migrating one file.
-    let migrate = Command::new(env!("CARGO_BIN_EXE_kefu"))
-        .args(["migrate", "--data-dir"])
-        .arg(data)
-        .args(["--database-url", &database_url])
-        .output()
-        .expect("run kefu migrate");
-    assert!(
-        migrate.status.success(),
-        "kefu migrate failed: {}",
-        String::from_utf8_lossy(&migrate.stderr)
-    );
-
-    let ports: [u16; SERVICES.len() * 2] = free_ports();
-    let grpc_port = |service: &str| ports[SERVICES.iter().position(|s| *s == service).unwrap()];
-    let url = |service: &str| format!("http://127.0.0.1:{}", grpc_port(service));
-    let mut processes = Processes::new(dir, data.join("logs"));
-    for (index, service) in SERVICES.into_iter().enumerate() {
-        let mut env = base_env(data, &database_url);
-        env.extend(SERVICES.iter().map(|peer| (url_variable(peer), url(peer))));
-        env.extend([
-            ("KEFU_GRPC_PORT".to_owned(), ports[index].to_string()),
-            (
-                "KEFU_METRICS_PORT".to_owned(),
-                ports[SERVICES.len() + index].to_string(),
-            ),
-            (
-                "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
-                format!("http://127.0.0.1:{otlp_port}"),
-            ),
-        ]);
-        processes.spawn(service, service, &env);
-    }
-    (processes, url("gateway"))
-}
-
 // ---------------------------------------------------------------- the trace
 
 struct Trace {
@@ -334,7 +291,7 @@ impl Trace {
 
     /// Complete when all six services have sent spans and every parent link resolves.
     fn is_complete(&self) -> bool {
-        self.services().len() == SERVICES.len()
+        self.services().len() == Service::ALL.len()
             && self.roots().len() == 1
             && self.orphans().is_empty()
     }
@@ -385,11 +342,13 @@ fn is_hex_trace_id(value: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_leaves_one_connected_trace_across_the_six_services() {
-    let dir = build_service_binaries();
     let (receiver, otlp_port) = start_receiver();
-    let data = tempfile::tempdir().expect("a temporary data directory");
-    let (mut processes, gateway) = start_services(dir, data.path(), otlp_port);
-    processes.wait_until_serving(&gateway).await;
+    let mut stack = common::start(on_repository(StackBuilder::each_service()).env(
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        format!("http://127.0.0.1:{otlp_port}"),
+    ))
+    .await;
+    let gateway = stack.gateway();
 
     // The customer's message, as a client application sends it.
     let mut client = ConversationServiceClient::connect(gateway.clone())
@@ -432,7 +391,7 @@ async fn one_message_leaves_one_connected_trace_across_the_six_services() {
         if trace.is_complete() || waited.elapsed() > EXPORT_LIMIT {
             break trace;
         }
-        processes.assert_running();
+        stack.running().unwrap_or_else(|error| panic!("{error:#}"));
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let tree = trace.tree();
@@ -447,9 +406,9 @@ async fn one_message_leaves_one_connected_trace_across_the_six_services() {
     );
 
     // All six services, in one trace whose links all resolve, rooted at the gateway.
-    let expected: BTreeSet<String> = SERVICES
+    let expected: BTreeSet<String> = Service::ALL
         .iter()
-        .map(|service| format!("kefu-{service}"))
+        .map(|service| format!("kefu-{}", service.name()))
         .collect();
     let present: BTreeSet<String> = trace.services().into_iter().map(str::to_owned).collect();
     assert_eq!(present, expected, "services in trace {trace_id}\n{tree}");
@@ -554,42 +513,27 @@ async fn one_message_leaves_one_connected_trace_across_the_six_services() {
         .as_str_name();
     let decide = &trace.one("workflow.decide").span.attributes;
     assert_eq!(
-        string_attribute(decide, "kefu.intent"),
-        Some(reply.intent.clone()),
-        "{tree}"
-    );
-    assert_eq!(
         attribute(decide, "kefu.escalated").and_then(|v| v.value.clone()),
         Some(any_value::Value::BoolValue(true)),
         "{tree}"
     );
-    assert_eq!(
-        string_attribute(decide, "kefu.priority").as_deref(),
-        Some(priority),
-        "{tree}"
-    );
-    assert_eq!(
-        string_attribute(decide, "kefu.escalation_reason"),
-        Some(reply.escalation_reason.clone()),
-        "{tree}"
-    );
-    assert_eq!(
-        string_attribute(
-            &trace.one("workflow.understand").span.attributes,
-            "kefu.intent"
+    for (step, key, expected) in [
+        ("workflow.decide", "kefu.intent", reply.intent.as_str()),
+        ("workflow.decide", "kefu.priority", priority),
+        (
+            "workflow.decide",
+            "kefu.escalation_reason",
+            &reply.escalation_reason,
         ),
-        Some(reply.intent.clone()),
-        "{tree}"
-    );
-    assert_eq!(
-        string_attribute(
-            &trace.one("workflow.ticket").span.attributes,
-            "kefu.priority"
-        )
-        .as_deref(),
-        Some(priority),
-        "{tree}"
-    );
+        ("workflow.understand", "kefu.intent", &reply.intent),
+        ("workflow.ticket", "kefu.priority", priority),
+    ] {
+        assert_eq!(
+            string_attribute(&trace.one(step).span.attributes, key).as_deref(),
+            Some(expected),
+            "{key} of {step}\n{tree}"
+        );
+    }
 
     // The customer's words appear in no span, event or resource.
     let fragments = windows(MESSAGE, 8);
@@ -614,7 +558,7 @@ async fn one_message_leaves_one_connected_trace_across_the_six_services() {
         .filter(|r| r.service == "kefu-ticket")
         .map(|r| hex(&r.span.span_id))
         .collect();
-    let ticket_log = std::fs::read_to_string(processes.stdout_path("ticket")).unwrap();
+    let ticket_log = std::fs::read_to_string(stack.log("ticket")).unwrap();
     let created = ticket_log
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
@@ -631,8 +575,8 @@ async fn one_message_leaves_one_connected_trace_across_the_six_services() {
     let span_id = created["span_id"].as_str().unwrap_or_default();
     assert!(ticket_spans.contains(span_id), "span_id {span_id:?} of the log line is not a kefu-ticket span of the trace {ticket_spans:?}");
     let long_fragments = windows(MESSAGE, 16);
-    for service in SERVICES {
-        let log = std::fs::read_to_string(processes.stdout_path(service)).unwrap();
+    for service in Service::ALL.map(Service::name) {
+        let log = std::fs::read_to_string(stack.log(service)).unwrap();
         for line in log.lines() {
             let json: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|error| {
                 panic!("kefu-{service} wrote a log line that is not JSON ({error}): {line}")

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::free_ports;
+use kefu::stack::free_ports;
 
 const START_LIMIT: Duration = Duration::from_secs(30);
 
@@ -26,9 +26,14 @@ pub struct OwnRedis {
 }
 
 impl OwnRedis {
+    /// A free port for it, not started yet: [`OwnRedis::restart`] starts it.
+    pub fn reserve() -> Self {
+        let [port] = free_ports().expect("a free port");
+        Self { port, child: None }
+    }
+
     pub fn start() -> Self {
-        let [port] = free_ports();
-        let mut redis = Self { port, child: None };
+        let mut redis = Self::reserve();
         redis.restart();
         redis
     }
@@ -136,7 +141,7 @@ impl OwnPostgres {
         }
         let data = dir.path().join("data");
         let bin = postgres_bin();
-        let [port] = free_ports();
+        let [port] = free_ports().expect("a free port");
         run_pg(
             &bin.join("initdb"),
             &[

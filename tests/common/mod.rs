@@ -1,149 +1,136 @@
-//! Starts the whole kefu stack (six gRPC servers on free loopback ports, an embedded
-//! SQLite database in a temporary directory) once per test binary, and hands out
-//! clients of the gateway, as a customer's application would use it.
+//! Test conveniences on top of `kefu::stack`: stacks on the repository's tenants and
+//! models, the one stack a test binary shares (`kefu up`, started on first use), the
+//! binaries to start, and clients of a gateway as a customer's application and an
+//! agent's or admin's tool use them.
 #![allow(dead_code)]
 
 pub mod dependencies;
-pub mod processes;
 
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use clap::Parser;
+// Each test binary uses its own part of these.
+#[allow(unused_imports)]
+pub use kefu::stack::{
+    free_ports, health_status, Instance, Service, ServingStatus, Stack, StackBuilder,
+};
 use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
-use kefu_proto::v1::{Channel as MessageChannel, SendMessageRequest, SendMessageResponse};
+use kefu_proto::v1::{
+    Channel as MessageChannel, ConversationEvent, GetSessionRequest, GetSessionResponse,
+    GetTicketRequest, ListTicketsRequest, NextInQueueRequest, SendMessageRequest,
+    SendMessageResponse, StreamEventsRequest, Ticket,
+};
 use tonic::transport::Channel;
-pub use tonic_health::pb::health_check_response::ServingStatus;
-
-pub struct Stack {
-    pub gateway: String,
-    pub gateway_port: u16,
-    _data: tempfile::TempDir,
-}
-
-static STACK: OnceLock<Stack> = OnceLock::new();
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Distinct free ports: all listeners are held until every port is chosen.
-pub fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<_> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").expect("a free port"))
-        .collect();
-    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+/// The model directory the services load from, checked to hold the encoder.
+pub fn models_dir() -> PathBuf {
+    let models = std::env::var("KEFU_MODELS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo_root().join("models"));
+    assert!(
+        models.join("all-MiniLM-L6-v2/model.safetensors").is_file(),
+        "the MiniLM model is missing under {}; `make models` fetches it",
+        models.display()
+    );
+    models
 }
 
-/// The stack of this test binary, started on first use and ready (gateway SERVING).
-pub fn stack() -> &'static Stack {
-    STACK.get_or_init(|| launch(repo_root().join("tenants")))
+/// `builder` on the repository's tenants and models.
+pub fn on_repository(builder: StackBuilder) -> StackBuilder {
+    builder
+        .tenants_dir(&repo_root().join("tenants"))
+        .models_dir(&models_dir())
 }
 
-/// Starts a stack serving the tenants of `tenants_dir`.
-pub fn launch(tenants_dir: PathBuf) -> Stack {
-    {
-        let data = tempfile::tempdir().expect("a temporary data directory");
-        let ports: [u16; 6] = free_ports();
-        let root = repo_root();
-        let mut args: Vec<String> = vec!["kefu-up".into()];
-        for (flag, port) in [
-            "--gateway-port",
-            "--orchestrator-port",
-            "--router-port",
-            "--knowledge-port",
-            "--ticket-port",
-            "--sentiment-port",
-        ]
-        .iter()
-        .zip(&ports)
+/// Where cargo put the `kefu` binary it built for these tests: enough for `kefu up`.
+pub fn kefu_binaries() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_kefu"))
+        .parent()
+        .expect("the kefu binary's directory")
+}
+
+/// Builds the workspace's binaries with the profile of this test (a no-op when they are
+/// up to date), so that a test never runs service binaries older than the code under
+/// test, and returns their directory (target/<profile>/). The whole workspace, not the
+/// six packages alone: with the same package selection as `cargo test --workspace`,
+/// dependencies keep their features and are not built again.
+pub fn service_binaries() -> PathBuf {
+    let dir = kefu_binaries().to_path_buf();
+    let profile = match dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") => "dev",
+        Some(profile) => profile,
+        None => "release",
+    };
+    let target_dir = dir.parent().expect("target/<profile> has a parent");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut command = Command::new(&cargo);
+    // What cargo sets for a running test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR, OUT_DIR…)
+    // is not the environment of a build: build scripts that watch those names (ring's
+    // does) would run again, and everything above them be rebuilt here and once more by
+    // the next `cargo build` from a shell.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || name.starts_with("CARGO_BIN_")
+            || name.starts_with("CARGO_MANIFEST_")
+            || [
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
         {
-            args.push(flag.to_string());
-            args.push(port.to_string());
+            command.env_remove(name.as_ref());
         }
-        args.extend([
-            "--metrics-base-port".into(),
-            "0".into(),
-            // No pages: tests of the pages start their own stack.
-            "--web-port".into(),
-            "0".into(),
-            "--data-dir".into(),
-            data.path().display().to_string(),
-            "--database-url".into(),
-            format!("sqlite://{}/kefu.db?mode=rwc", data.path().display()),
-            "--tenants-dir".into(),
-            tenants_dir.display().to_string(),
-            "--models-dir".into(),
-            std::env::var("KEFU_MODELS_DIR")
-                .unwrap_or_else(|_| root.join("models").display().to_string()),
-        ]);
-        let up_args = kefu::UpArgs::parse_from(args);
-        let gateway = format!("http://127.0.0.1:{}", ports[0]);
-        let (serving, ready) = std::sync::mpsc::channel();
-        let url = gateway.clone();
-        // The servers live on their own runtime for the whole test binary.
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(4)
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async move {
-                let shutdown = kefu_runtime::Shutdown::new();
-                let servers = kefu::up(up_args, shutdown.clone())
-                    .await
-                    .expect("the stack starts");
-                wait_until_serving(&url).await;
-                serving.send(()).unwrap();
-                for server in servers {
-                    let _ = server.wait().await;
-                }
-            });
+    }
+    let status = command
+        .current_dir(repo_root())
+        .args(["build", "--workspace", "--bins", "--profile", profile])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .status()
+        .unwrap_or_else(|error| {
+            panic!("cannot run {cargo} to build the service binaries: {error}")
         });
-        ready
-            .recv_timeout(STARTUP_LIMIT)
-            .expect("the stack becomes SERVING in time");
-        Stack {
-            gateway,
-            gateway_port: ports[0],
-            _data: data,
-        }
-    }
+    assert!(status.success(), "building the service binaries failed ({status}); run `cargo build --release --workspace` to see why");
+    dir
 }
 
-/// Model loading and training happen at start; on this 2-core machine that takes well under this.
-const STARTUP_LIMIT: Duration = Duration::from_secs(300);
-
-/// Polls the gateway's health until it (and so everything behind it) is SERVING.
-async fn wait_until_serving(url: &str) {
-    while health_status(url).await != Some(ServingStatus::Serving) {
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+/// Starts a stack of service instances from the binaries of this build.
+pub async fn start(builder: StackBuilder) -> Stack {
+    builder
+        .start(&service_binaries())
+        .await
+        .unwrap_or_else(|error| panic!("the stack does not start: {error:#}"))
 }
 
-/// The overall gRPC health status of the server at `url`; None when it cannot be reached.
-pub async fn health_status(url: &str) -> Option<ServingStatus> {
-    let channel = Channel::from_shared(url.to_owned())
-        .ok()?
-        .connect()
-        .await
-        .ok()?;
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
-    let response = health
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .ok()?;
-    ServingStatus::try_from(response.into_inner().status).ok()
+/// Starts a `kefu up` stack from synchronous code as well as from inside a test's runtime.
+pub fn start_blocking(builder: StackBuilder) -> Stack {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime")
+            .block_on(builder.start(kefu_binaries()))
+    })
+    .join()
+    .expect("the starting thread")
+    .unwrap_or_else(|error| panic!("the stack does not start: {error:#}"))
 }
 
-pub async fn conversations() -> ConversationServiceClient<Channel> {
-    ConversationServiceClient::connect(stack().gateway.clone())
-        .await
-        .expect("connect to the gateway")
+/// The stack of this test binary (`kefu up` on the repository's tenants, SQLite), started
+/// on first use and SERVING.
+pub fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| start_blocking(on_repository(StackBuilder::all_in_one())))
 }
 
 /// The bundled demo tenant's published keys (README).
@@ -167,22 +154,117 @@ impl tonic::service::Interceptor for ApiKey {
 
 pub type KeyedChannel = tonic::codegen::InterceptedService<Channel, ApiKey>;
 
-async fn gateway_channel() -> Channel {
-    Channel::from_shared(stack().gateway.clone())
+pub async fn channel(url: &str) -> Channel {
+    Channel::from_shared(url.to_owned())
         .unwrap()
         .connect()
         .await
-        .expect("connect to the gateway")
+        .unwrap_or_else(|error| panic!("connect to {url}: {error}"))
+}
+
+/// The conversation API of the gateway at `url`, as a customer's application uses it.
+pub async fn conversations_at(url: &str) -> ConversationServiceClient<Channel> {
+    ConversationServiceClient::new(channel(url).await)
+}
+
+/// The ticket API of the gateway at `url` with `key`.
+pub async fn tickets_at(url: &str, key: &'static str) -> TicketServiceClient<KeyedChannel> {
+    TicketServiceClient::with_interceptor(channel(url).await, ApiKey(key))
+}
+
+pub async fn conversations() -> ConversationServiceClient<Channel> {
+    conversations_at(&stack().gateway()).await
 }
 
 /// The ticket API as the demo tenant's agent ("demo-agent") uses it.
 pub async fn tickets() -> TicketServiceClient<KeyedChannel> {
-    TicketServiceClient::with_interceptor(gateway_channel().await, ApiKey(DEMO_AGENT_KEY))
+    tickets_at(&stack().gateway(), DEMO_AGENT_KEY).await
 }
 
 /// The ticket API with the demo tenant's admin key (VIP tiers).
 pub async fn admin_tickets() -> TicketServiceClient<KeyedChannel> {
-    TicketServiceClient::with_interceptor(gateway_channel().await, ApiKey(DEMO_ADMIN_KEY))
+    tickets_at(&stack().gateway(), DEMO_ADMIN_KEY).await
+}
+
+/// A demo ticket by id, as the agent reads it.
+pub async fn ticket(tickets: &mut TicketServiceClient<KeyedChannel>, ticket_id: &str) -> Ticket {
+    tickets
+        .get_ticket(GetTicketRequest {
+            tenant_id: "demo".into(),
+            ticket_id: ticket_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .expect("a ticket")
+}
+
+/// The demo tickets of a customer.
+pub async fn tickets_of(
+    tickets: &mut TicketServiceClient<KeyedChannel>,
+    customer: &str,
+) -> Vec<Ticket> {
+    tickets
+        .list_tickets(ListTicketsRequest {
+            tenant_id: "demo".into(),
+            customer_id: customer.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .tickets
+}
+
+/// The agent takes the first ticket of the demo tenant's queue.
+pub async fn take_next(tickets: &mut TicketServiceClient<KeyedChannel>) -> Ticket {
+    tickets
+        .next_in_queue(NextInQueueRequest {
+            tenant_id: "demo".into(),
+            take: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .ticket
+        .expect("a ticket in the queue")
+}
+
+/// A demo session as `customer` reads it.
+pub async fn session(
+    conversations: &mut ConversationServiceClient<Channel>,
+    customer: &str,
+    session_id: &str,
+) -> Result<GetSessionResponse, tonic::Status> {
+    conversations
+        .get_session(GetSessionRequest {
+            tenant_id: "demo".into(),
+            customer_id: customer.into(),
+            session_id: session_id.into(),
+        })
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+/// A customer's live events of a demo session at the gateway at `url`, after `after`.
+pub async fn events_at(
+    url: &str,
+    customer: &str,
+    session_id: &str,
+    after: i64,
+) -> Result<tonic::Streaming<ConversationEvent>, tonic::Status> {
+    conversations_at(url)
+        .await
+        .stream_events(StreamEventsRequest {
+            tenant_id: "demo".into(),
+            customer_id: customer.into(),
+            session_id: session_id.into(),
+            after_event_id: after,
+        })
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 pub fn message(customer: &str, text: &str) -> SendMessageRequest {
@@ -201,6 +283,19 @@ pub async fn send(request: SendMessageRequest) -> Result<SendMessageResponse, to
         .send_message(request)
         .await
         .map(|r| r.into_inner())
+}
+
+/// The metrics page at `address`, fetched over a plain TCP connection (HTTP/1.1).
+pub async fn metrics_text(address: SocketAddr) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).await.unwrap();
+    body
 }
 
 /// Keys of one test under their own prefix in the real Redis, deleted afterwards.

@@ -2,18 +2,19 @@
 //! at 127.0.0.1:5432 (KEFU_TEST_POSTGRES_URL overrides), each test in its own database.
 use std::sync::Arc;
 
-use kefu_storage::testing::TestDb;
 use kefu_storage::*;
+use kefu_test_db::TestDb;
 
 const OPEN: i32 = 1;
 const IN_PROGRESS: i32 = 2;
 const PENDING: i32 = 3;
 
 async fn backends() -> Vec<(TestDb, Database)> {
-    let sqlite = TestDb::sqlite().await;
-    let (guard, url) = TestDb::postgres().await;
-    let postgres = Database::connect(&url).await.unwrap();
-    vec![sqlite, (guard, postgres)]
+    let mut backends = Vec::new();
+    for (guard, url) in [TestDb::sqlite(), TestDb::postgres().await] {
+        backends.push((guard, Database::connect(&url).await.unwrap()));
+    }
+    backends
 }
 
 fn ticket(tenant: &str, customer: &str, key: Option<&str>) -> NewTicket {
@@ -535,5 +536,183 @@ async fn the_sla_policy_finds_tickets_past_80_percent_without_a_reply() {
                 .collect::<Vec<_>>(),
             [due_soon.ticket_id.as_str()]
         );
+    }
+}
+
+fn ticket_turn(customer: &str, message: &str, hand_off: bool) -> TicketTurn {
+    TicketTurn {
+        turn: TurnRecord {
+            tenant_id: "t1".into(),
+            session_id: format!("session-of-{customer}"),
+            seq: 0,
+            message_id: message.into(),
+            customer_id: customer.into(),
+            text: "I want to speak to a human".into(),
+            reply: "passed on".into(),
+            intent: "human_agent".into(),
+            sentiment: 3,
+            escalated: hand_off,
+            ticket_id: String::new(),
+            response: vec![1],
+            created_at: now_millis(),
+        },
+        hand_off,
+        request: vec![7, 7, 7],
+        lease_ms: 60_000,
+    }
+}
+
+#[tokio::test]
+async fn a_hand_off_commits_its_turn_queue_move_and_ticket_entry_together() {
+    use kefu_storage::conversations::HANDLER_QUEUED;
+    for (_guard, db) in backends().await {
+        let store = SqlConversationStore::new(db.clone());
+        let sessions = SqlSessionStore::new(db);
+        let TicketTurnOutcome::Committed { turn, entry } = store
+            .commit_ticket_turn(ticket_turn("c1", "m1", true))
+            .await
+            .unwrap()
+        else {
+            panic!("a new message commits");
+        };
+        let entry = entry.expect("a hand-off writes an outbox entry");
+        assert_eq!((turn.seq, entry.attempts), (1, 1));
+        let handler = store
+            .handler("t1", &turn.session_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (handler.handler, handler.ticket_id.as_str()),
+            (HANDLER_QUEUED, "")
+        );
+        // The committing worker holds its entry: the drainer does not take it meanwhile.
+        assert!(store.claim_due(10, 1000).await.unwrap().is_empty());
+        // A retry of the message is the turn stored first, with nothing written again.
+        assert!(matches!(
+            store.commit_ticket_turn(ticket_turn("c1", "m1", true)).await.unwrap(),
+            TicketTurnOutcome::Replayed(ref replayed) if replayed.seq == 1
+        ));
+        // Another message of the queued session joins it: no second entry.
+        let mut second = ticket_turn("c1", "m2", true);
+        second.turn.session_id = turn.session_id.clone();
+        assert!(matches!(
+            store.commit_ticket_turn(second).await.unwrap(),
+            TicketTurnOutcome::Committed { entry: None, .. }
+        ));
+        store
+            .ticket_opened(&entry, "T-1", Some(vec![9]))
+            .await
+            .unwrap();
+        let handler = store
+            .handler("t1", &turn.session_id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(handler.ticket_id, "T-1", "the session gets its ticket");
+        let stored = sessions
+            .find_by_message_id("t1", "c1", "m1")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (stored.ticket_id.as_str(), stored.response.as_slice()),
+            ("T-1", &[9u8][..])
+        );
+        let events = store
+            .events_after("t1", &turn.session_id, 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(events.len(), 2, "queued, then queued with its ticket");
+        assert_eq!(store.stats().await.unwrap(), OutboxStats::default());
+    }
+}
+
+#[tokio::test]
+async fn failing_entries_back_off_and_die_without_holding_up_the_others() {
+    for (_guard, db) in backends().await {
+        let store = SqlConversationStore::new(db);
+        let mut entries = Vec::new();
+        for i in 0..3 {
+            let mut turn = ticket_turn(&format!("c{i}"), "m1", false);
+            turn.lease_ms = 0; // as if the committing worker died at once
+            match store.commit_ticket_turn(turn).await.unwrap() {
+                TicketTurnOutcome::Committed {
+                    entry: Some(entry), ..
+                } => entries.push(entry),
+                other => panic!("{other:?}"),
+            }
+        }
+        let claimed = store.claim_due(2, 60_000).await.unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(claimed.iter().all(|entry| entry.attempts == 2));
+        // A second drainer meanwhile gets only the entry nobody holds.
+        let other = store.claim_due(10, 60_000).await.unwrap();
+        assert_eq!(other.len(), 1);
+        assert!(!claimed.contains(&other[0]));
+        // One is tried again later, one goes to the dead letter, one is opened.
+        let far = now_millis() + 3_600_000;
+        store
+            .attempt_failed(&claimed[0], "Internal: refused", Some(far))
+            .await
+            .unwrap();
+        store
+            .attempt_failed(&claimed[1], "Internal: refused", None)
+            .await
+            .unwrap();
+        store.ticket_opened(&other[0], "T-9", None).await.unwrap();
+        assert!(
+            store.claim_due(10, 60_000).await.unwrap().is_empty(),
+            "nothing due"
+        );
+        let stats = store.stats().await.unwrap();
+        assert_eq!((stats.pending, stats.dead), (1, 1));
+        let dead = store.dead_letters("t1", 10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].outbox_id, claimed[1].outbox_id);
+        assert_eq!(dead[0].last_error, "Internal: refused");
+        assert!(
+            store.dead_letters("t2", 10).await.unwrap().is_empty(),
+            "per tenant"
+        );
+        assert!(!store
+            .retry_dead_letter("t2", &dead[0].outbox_id)
+            .await
+            .unwrap());
+        assert!(store
+            .retry_dead_letter("t1", &dead[0].outbox_id)
+            .await
+            .unwrap());
+        let again = store.claim_due(10, 60_000).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert_eq!(
+            (again[0].outbox_id.as_str(), again[0].attempts),
+            (dead[0].outbox_id.as_str(), 1)
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_drainers_never_claim_the_same_entry() {
+    for (_guard, db) in backends().await {
+        let store = Arc::new(SqlConversationStore::new(db));
+        for i in 0..40 {
+            let mut turn = ticket_turn(&format!("c{i}"), "m1", false);
+            turn.lease_ms = 0;
+            store.commit_ticket_turn(turn).await.unwrap();
+        }
+        let drainers: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                tokio::spawn(async move { store.claim_due(15, 60_000).await.unwrap() })
+            })
+            .collect();
+        let mut claimed = Vec::new();
+        for drainer in drainers {
+            claimed.extend(drainer.await.unwrap().into_iter().map(|e| e.outbox_id));
+        }
+        let distinct: std::collections::HashSet<_> = claimed.iter().collect();
+        assert_eq!(distinct.len(), claimed.len(), "an entry was claimed twice");
+        assert_eq!(claimed.len(), 40, "every entry was claimed by someone");
     }
 }
