@@ -89,8 +89,8 @@ web-tools:
 	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 # The rehearsal (deploy/tests/test_rehearsal.py) starts the release binaries as the chart
-# and the compose file would.
-helm-test: tools models build ## Check the Helm chart, the compose file and the Dockerfile, and rehearse each deployment
+# and the compose file would, and opens their chat page in Chromium.
+helm-test: tools models build web-tools ## Check the Helm chart, the compose file and the Dockerfile, and rehearse each deployment
 	$(VENV)/bin/python -m pytest -p no:cacheprovider helm/tests deploy/tests -q
 
 helm-rules: ## Copy monitoring/rules into the chart after changing them

@@ -76,8 +76,8 @@ def settings_from_sources(repo: Path = REPO) -> set[str]:
 
 def web_port_from_sources(repo: Path = REPO) -> int:
     """The gateway's default port of the chat and console pages."""
-    found = _WEB_PORT.findall((repo / "services/gateway/src/web.rs").read_text(encoding="utf-8"))
-    assert len(found) == 1, "KEFU_WEB_PORT's default not found in services/gateway/src/web.rs"
+    found = _WEB_PORT.findall((repo / "services/gateway/src/config.rs").read_text(encoding="utf-8"))
+    assert len(found) == 1, "KEFU_WEB_PORT's default not found in services/gateway/src/config.rs"
     return int(found[0])
 
 

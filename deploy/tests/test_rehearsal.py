@@ -4,7 +4,10 @@ chart (default values, values-production.yaml with mutual TLS, public TLS on the
 only) or from the compose file: the image's ENV, then the ConfigMap / compose
 `environment`, then `env`. Every service must reach SERVING, every probe must pass as
 rendered (the kubelet's gRPC probe, or grpc_health_probe's flags over TLS), a message
-must come back through the gateway, and its pages must tell browsers where it is. Under
+must come back through the gateway, and its pages must tell browsers where it is and,
+where they call the gateway itself, work there: Chromium opens the chat page and the bot
+answers the price question, with no web origin configured beyond what the deployment
+renders. Under
 TLS the gateway must answer a client that verifies it with the CA and has no client
 certificate, and a service demanding client certificates must refuse such a client.
 
@@ -77,6 +80,8 @@ from stack import NEEDS_DATABASE, NEEDS_MODELS, NEEDS_TENANTS, REPO, SERVICES
 RELEASE_DIR = REPO / "target" / "release"
 MODEL = REPO / "models" / "all-MiniLM-L6-v2" / "model.safetensors"
 GRPCURL = Path(sys.executable).parent / "grpcurl"
+CHAT_PAGE = REPO / "web" / "tests" / "chat.mjs"
+CHROMIUM = Path("/usr/bin/chromium")
 POSTGRES_ADMIN_URL = os.environ.get("KEFU_TEST_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = "redis://127.0.0.1:6379"
 STORE_VARIABLES = ("DATABASE_URL", "REDIS_URL")
@@ -400,14 +405,28 @@ def dockerfile() -> Dockerfile:
     assert not missing, f"{missing} not in {RELEASE_DIR}: run `make build`"
     assert MODEL.is_file(), f"{MODEL} is missing: run `make models`"
     assert GRPCURL.is_file(), f"{GRPCURL} is missing: run `make tools`"
+    assert CHROMIUM.is_file(), f"{CHROMIUM} is missing: run `make web-tools`"
+    assert (REPO / "web" / "node_modules" / "playwright-core").is_dir(), "web/node_modules is missing: run `make web`"
     return parse_dockerfile()
+
+
+def pages(gateway: Process) -> str:
+    return f"http://{gateway.address}:{gateway.env['KEFU_WEB_PORT']}"
 
 
 def web_config(gateway: Process) -> dict[str, Any]:
     """What the gateway's pages learn from /config.json."""
-    url = f"http://{gateway.address}:{gateway.env['KEFU_WEB_PORT']}/config.json"
-    with urllib.request.urlopen(url, timeout=5) as response:
+    with urllib.request.urlopen(f"{pages(gateway)}/config.json", timeout=5) as response:
         return json.load(response)
+
+
+def ask_in_the_browser(gateway: Process) -> tuple[bool, str]:
+    """Chromium on the chat page asks the price; the bot's answer as JSON, or why not.
+    A TLS gateway's certificate comes from the run's CA, which Chromium does not know."""
+    trust = ["--trust-any-certificate"] if "KEFU_TLS_CERT" in gateway.env else []
+    result = subprocess.run(["node", str(CHAT_PAGE), pages(gateway), *trust], capture_output=True, text=True,
+                            timeout=90, cwd=REPO / "web")
+    return result.returncode == 0, (result.stdout if result.returncode == 0 else result.stderr).strip()
 
 
 @pytest.mark.parametrize("deployment", list(DEPLOYMENTS))
@@ -467,6 +486,14 @@ def test_the_deployment_comes_up_and_answers(deployment: str, dockerfile: Docker
         else:
             assert urlsplit(public_url).netloc == gateway.grpc, public_url
             assert "KEFU_TLS_CERT" in gateway.env or public_url == f"http://{gateway.grpc}", public_url
+        # Chromium on the pages, where they call the gateway itself (a public URL names an
+        # ingress, which is not stood in for)
+        if gateway.env.get("KEFU_PUBLIC_GATEWAY_URL"):
+            browser = "no browser check (the pages call the ingress)"
+        else:
+            ok, out = ask_in_the_browser(gateway)
+            assert ok, failure(f"{deployment}: the chat page in Chromium: {out}", processes)
+            browser = f"the chat page in Chromium answered with {json.loads(out)['sources']}"
     # Kubernetes and compose stop a container with SIGTERM and wait 30 s before killing it
     exits = {p.service: p.popen.returncode for p in processes}
     assert set(exits.values()) == {0}, failure(f"{deployment}: not a clean stop on SIGTERM: {exits}", processes)
@@ -486,4 +513,4 @@ def test_the_deployment_comes_up_and_answers(deployment: str, dockerfile: Docker
         print(f"  SendMessage via the gateway ({' '.join(customer[:1])}): {replied_after:.2f} s, "
               f"intent {answer.get('intent')!r}, reply {answer['reply'][:60]!r}...; "
               f"{len(refusing)} services refused callers without a client certificate; "
-              f"pages point at {public_url}; all stopped with exit 0 on SIGTERM")
+              f"pages point at {public_url}; {browser}; all stopped with exit 0 on SIGTERM")

@@ -1,4 +1,5 @@
-// The hand-off as people live it, in a real Chromium against `kefu up`: a customer on a
+// The hand-off as people live it, in a real Chromium against a plain `kefu up`, started
+// as the README and `make run` start it (default ports, no flags): a customer on a
 // phone asks the bot, asks for a human, an agent in the console takes the ticket and
 // replies, the reply reaches the customer's page live, the agent resolves and the
 // customer rates. Each step prints a line and leaves a screenshot in web/test-results/.
@@ -10,7 +11,7 @@ import os from "node:os";
 import path from "node:path";
 import { after, before, test } from "node:test";
 import { setTimeout as delay } from "node:timers/promises";
-import { chromium } from "playwright-core";
+import { askThePrice, launchChromium } from "./chat.mjs";
 
 const repo = path.resolve(import.meta.dirname, "../..");
 const kefuBinary = path.join(repo, "target/release/kefu");
@@ -20,22 +21,25 @@ const FLOW_LIMIT_MS = 90_000;
 /** How long one step may wait for the page to show what it expects. */
 const WAIT_MS = 15_000;
 
-/** Distinct free loopback ports: every listener is held until all are chosen. */
-async function freePorts(count) {
-  const servers = await Promise.all(
-    Array.from(
-      { length: count },
-      () =>
-        new Promise((resolve, reject) => {
-          const server = net.createServer();
-          server.once("error", reject);
-          server.listen(0, "127.0.0.1", () => resolve(server));
-        }),
-    ),
+/** What `kefu up` listens on by default: the six gRPC ports, the pages, the six /metrics ports. */
+const DEFAULT_PORTS = [50051, 50052, 50053, 50054, 50055, 50056, 8080, 9101, 9102, 9103, 9104, 9105, 9106];
+
+/** Fails, naming them, when any of the default ports is taken (a `make run` still running, say). */
+async function assertPortsFree(ports) {
+  const taken = [];
+  for (const port of ports) {
+    const free = await new Promise((resolve) => {
+      const server = net.createServer();
+      server.once("error", () => resolve(false));
+      server.listen(port, "127.0.0.1", () => server.close(() => resolve(true)));
+    });
+    if (!free) taken.push(port);
+  }
+  assert.deepEqual(
+    taken,
+    [],
+    `kefu up needs its default ports, but ${taken.join(", ")} ${taken.length > 1 ? "are" : "is"} taken: stop what listens there (e.g. a running \`make run\`)`,
   );
-  const ports = servers.map((server) => server.address().port);
-  await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
-  return ports;
 }
 
 const SERVING = 1;
@@ -61,32 +65,25 @@ let dataDir;
 let webUrl;
 let browser;
 
-/** Starts `kefu up` on free ports with its own database; resolves when its pages and a SERVING gateway answer. */
+/** Starts a plain `kefu up` from the repository, as `make run` does, with a data directory
+ * of its own; resolves when its pages and a SERVING gateway answer. */
 async function startKefu() {
+  await assertPortsFree(DEFAULT_PORTS);
   dataDir = await mkdtemp(path.join(os.tmpdir(), "kefu-web-"));
-  const [web, ...grpc] = await freePorts(7);
-  webUrl = `http://127.0.0.1:${web}`;
-  const services = ["gateway", "orchestrator", "router", "knowledge", "ticket", "sentiment"];
-  const flags = {
-    ...Object.fromEntries(services.map((service, i) => [`${service}-port`, grpc[i]])),
-    "web-port": web,
-    // The pages' origin, on its free port, may call the gateway.
-    "web-origins": webUrl,
-    "metrics-base-port": 0,
-    "data-dir": dataDir,
-    "database-url": `sqlite://${dataDir}/kefu.db?mode=rwc`,
-    "tenants-dir": path.join(repo, "tenants"),
-    "models-dir": process.env.KEFU_MODELS_DIR ?? path.join(repo, "models"),
-    "log-format": "json",
-  };
+  webUrl = "http://127.0.0.1:8080";
   const log = await open(path.join(results, "kefu.log"), "w");
-  kefu = spawn(
-    kefuBinary,
-    ["up", ...Object.entries(flags).flatMap(([flag, value]) => [`--${flag}`, String(value)])],
-    {
-      stdio: ["ignore", log.fd, log.fd],
-    },
+  // Nothing of this shell's kefu settings but the models' place (make test-web names it).
+  const env = Object.fromEntries(
+    Object.entries(process.env).filter(
+      ([name]) => name === "KEFU_MODELS_DIR" || !/^(KEFU_|DATABASE_URL$|REDIS_URL$)/.test(name),
+    ),
   );
+  kefu = spawn(kefuBinary, ["up"], {
+    cwd: repo,
+    env: { ...env, KEFU_DATA_DIR: dataDir },
+    stdio: ["ignore", log.fd, log.fd],
+  });
+  await log.close(); // the child holds its own copy
   // Whatever happens to the test, kefu does not outlive it.
   process.once("exit", () => kefu.kill("SIGKILL"));
   const exited = new Promise((_, reject) =>
@@ -118,18 +115,7 @@ before(
     await rm(results, { recursive: true, force: true });
     await mkdir(results, { recursive: true });
     await startKefu();
-    browser = await chromium.launch({
-      executablePath: "/usr/bin/chromium",
-      headless: true,
-      args: [
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-      ],
-    });
+    browser = await launchChromium();
   },
   { timeout: STARTUP_LIMIT_MS },
 );
@@ -202,11 +188,7 @@ test("a customer is handed to an agent and back, in the browser", { timeout: FLO
   const messages = (role) => customer.locator(`[data-testid=chat-message][data-role=${role}]`);
 
   await step("the customer asks the price and the bot answers with a source", async () => {
-    await customer.goto(`${webUrl}/chat?tenant=demo`);
-    await say("How much does the Pro plan cost?");
-    const answer = messages("bot").first();
-    await answer.locator(".source").first().waitFor();
-    const sources = await answer.locator(".source").allTextContents();
+    const { sources } = await askThePrice(customer, webUrl);
     assert.ok(sources.includes("Plans and prices"), `sources: ${sources}`);
     assert.equal(await handler.textContent(), "bot");
     await shoot(customer, "1-chat-bot-answer");
