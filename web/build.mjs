@@ -1,6 +1,7 @@
 // Bundles the two pages into dist/: chat.html and console.html, and everything they
-// load under dist/assets/, which the gateway embeds and serves as it is.
-import { copyFile, mkdir, rm } from "node:fs/promises";
+// load under dist/assets/, which the gateway embeds and serves as it is. Both pages are
+// one HTML shell (src/shared/page.html) that loads the page's own script and styles.
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import * as esbuild from "esbuild";
 
 const pages = ["chat", "console"];
@@ -16,6 +17,7 @@ await esbuild.build({
   logLevel: "warning",
 });
 await mkdir("dist", { recursive: true });
+const shell = await readFile("src/shared/page.html", "utf8");
 for (const page of pages) {
-  await copyFile(`src/${page}/${page}.html`, `dist/${page}.html`);
+  await writeFile(`dist/${page}.html`, shell.replaceAll("{{page}}", page));
 }

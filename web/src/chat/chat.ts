@@ -15,7 +15,7 @@ import {
 import { fill, h } from "../shared/dom";
 import { clock, localize } from "../shared/i18n";
 import { Code, codeOf, describe, openTransport, randomId, withRetry } from "../shared/rpc";
-import { sourceTitles } from "../shared/sources";
+import { sourcesLine } from "../shared/sources";
 
 const { lang, t } = localize({
   en: {
@@ -156,18 +156,11 @@ function addMessage(
 ): HTMLLIElement {
   const name = who === "customer" ? t.you : who === "bot" ? t.bot : extra.author || t.agent;
   const at = extra.at ? timestampDate(extra.at) : new Date();
-  const titles = sourceTitles(extra.sources ?? []);
   const item = h(
     "li",
     { class: `message ${who}`, "data-testid": "chat-message", "data-role": who },
     h("div", { class: "bubble" }, text),
-    titles.length > 0 &&
-      h(
-        "div",
-        { class: "sources" },
-        t.sources,
-        ...titles.map((title) => h("span", { class: "pill source" }, title)),
-      ),
+    sourcesLine(t.sources, extra.sources ?? []),
     h("div", { class: "meta muted" }, `${name} · ${clock(lang, at)}`),
   );
   messages.append(item);

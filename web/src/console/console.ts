@@ -17,7 +17,7 @@ import {
 import { fill, h } from "../shared/dom";
 import { clock, localize } from "../shared/i18n";
 import { Code, codeOf, describe, openTransport, randomId, withRetry } from "../shared/rpc";
-import { sourceTitles } from "../shared/sources";
+import { sourcesLine } from "../shared/sources";
 
 const { lang, t } = localize({
   en: {
@@ -218,7 +218,6 @@ const ROLES: Partial<Record<Role, string>> = {
 function entryView(entry: ConversationEntry): HTMLLIElement {
   const role = ROLES[entry.role] ?? "customer";
   const sentiment = t.sentiment[entry.sentiment as keyof typeof t.sentiment];
-  const titles = sourceTitles(entry.sources);
   return h(
     "li",
     { class: `entry ${role}`, "data-testid": "conversation-entry", "data-role": role },
@@ -231,13 +230,7 @@ function entryView(entry: ConversationEntry): HTMLLIElement {
       entry.intent && h("span", { class: "pill intent" }, entry.intent),
     ),
     h("div", { class: "entry-text" }, entry.text),
-    titles.length > 0 &&
-      h(
-        "div",
-        { class: "sources muted" },
-        t.sources,
-        ...titles.map((title) => h("span", { class: "pill" }, title)),
-      ),
+    sourcesLine(t.sources, entry.sources),
   );
 }
 
