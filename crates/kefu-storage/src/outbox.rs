@@ -77,7 +77,7 @@ pub trait TicketOutbox: Send + Sync {
     /// entries another worker holds are skipped, not waited for.
     async fn claim_due(&self, limit: i64, lease_ms: i64) -> StoreResult<Vec<OutboxEntry>>;
     /// The ticket exists: the entry goes, and the turn (with `response`, when given) and
-    /// a session queued without a ticket get it, with a handler_change event saying so.
+    /// a session queued without a ticket get it.
     async fn ticket_opened(
         &self,
         entry: &OutboxEntry,
@@ -241,12 +241,8 @@ impl TicketOutbox for SqlConversationStore {
                 .execute(&mut *tx)
                 .await?;
             attach_to_turn(&mut tx, entry, ticket_id, response.clone()).await?;
-            if attach_to_session(&mut tx, entry, ticket_id).await? {
-                self.commit_and_announce(tx, &entry.tenant_id, &entry.session_id)
-                    .await?;
-            } else {
-                tx.commit().await?;
-            }
+            attach_to_session(&mut tx, entry, ticket_id).await?;
+            tx.commit().await?;
             Ok(())
         })
         .await
@@ -331,47 +327,20 @@ async fn attach_to_turn(
     Ok(())
 }
 
-/// A session queued without a ticket gets this one, with a handler_change event; false
-/// when the session is not waiting for it (a ticket beside an answer, or one it has).
+/// A session queued without a ticket gets this one. No event: the customer was told of
+/// the hand-off when it was committed, and a ticket number changes nothing they can do.
 async fn attach_to_session(
     tx: &mut Tx<'_>,
     entry: &OutboxEntry,
     ticket_id: &str,
-) -> StoreResult<bool> {
-    let attached = sqlx::query("UPDATE session_handlers SET ticket_id = $1, version = version + 1, updated_at = $2 WHERE tenant_id = $3 AND session_id = $4 AND handler <> $5 AND ticket_id = ''")
+) -> StoreResult<()> {
+    sqlx::query("UPDATE session_handlers SET ticket_id = $1, version = version + 1, updated_at = $2 WHERE tenant_id = $3 AND session_id = $4 AND handler <> $5 AND ticket_id = ''")
         .bind(ticket_id)
         .bind(now_millis())
         .bind(entry.tenant_id.as_str())
         .bind(entry.session_id.as_str())
         .bind(HANDLER_BOT as i64)
         .execute(&mut **tx)
-        .await?
-        .rows_affected();
-    if attached == 0 {
-        return Ok(false);
-    }
-    let handler: i64 = sqlx::query(
-        "SELECT handler FROM session_handlers WHERE tenant_id = $1 AND session_id = $2",
-    )
-    .bind(entry.tenant_id.as_str())
-    .bind(entry.session_id.as_str())
-    .fetch_one(&mut **tx)
-    .await?
-    .try_get("handler")?;
-    crate::conversations::insert_event(
-        tx,
-        crate::EventRecord {
-            tenant_id: entry.tenant_id.clone(),
-            session_id: entry.session_id.clone(),
-            event_id: 0,
-            ticket_id: ticket_id.to_owned(),
-            kind: crate::EventKind::HandlerChange {
-                handler: handler as i32,
-            },
-            at: now_millis(),
-        },
-        None,
-    )
-    .await?;
-    Ok(true)
+        .await?;
+    Ok(())
 }

@@ -623,7 +623,7 @@ async fn a_hand_off_commits_its_turn_queue_move_and_ticket_entry_together() {
             .events_after("t1", &turn.session_id, 0, 10)
             .await
             .unwrap();
-        assert_eq!(events.len(), 2, "queued, then queued with its ticket");
+        assert_eq!(events.len(), 1, "one event: the hand-off");
         assert_eq!(store.stats().await.unwrap(), OutboxStats::default());
     }
 }
