@@ -172,4 +172,49 @@ mod tests {
             .admit_local("t", rate, start + Duration::from_millis(110))
             .is_err());
     }
+
+    /// Redis down: each process limits on its own; Redis up again: shared again. A
+    /// redis-server of the test's own, on a port that first has nothing listening.
+    #[tokio::test]
+    async fn an_outage_limits_in_the_process_until_redis_is_back() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port();
+        let redis = Redis::connect(&format!("redis://127.0.0.1:{port}"), "rate-test:").unwrap();
+        let limiter = RateLimiter::new(Some(redis), "test");
+        let rate = Rate {
+            per_second: 0.001,
+            burst: 2,
+        };
+        assert!(limiter.admit("t", rate).await.is_ok());
+        assert!(!limiter.shared.load(Ordering::Relaxed));
+        assert!(limiter.admit("t", rate).await.is_ok());
+        assert!(
+            limiter.admit("t", rate).await.is_err(),
+            "the burst, per process"
+        );
+
+        let mut server = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !limiter.shared.load(Ordering::Relaxed) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = limiter.admit("u", rate).await;
+        }
+        let shared = limiter.shared.load(Ordering::Relaxed);
+        server.kill().ok();
+        server.wait().ok();
+        assert!(shared, "shared again once Redis answers");
+    }
 }
