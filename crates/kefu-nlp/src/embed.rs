@@ -110,10 +110,10 @@ impl Embedder {
         text: &str,
         supplied: Option<(&str, &'a [f32])>,
     ) -> Result<Cow<'a, [f32]>> {
-        match self.reusable(supplied) {
-            Some(values) => Ok(Cow::Borrowed(values)),
-            None => Ok(Cow::Owned(self.embed(&[text])?.remove(0))),
-        }
+        Ok(match self.reusable(supplied) {
+            Some(values) => values.into(),
+            None => self.embed(&[text])?.remove(0).into(),
+        })
     }
 
     /// Like [`reuse_or_embed`](Self::reuse_or_embed) for a request being served: a text
@@ -123,10 +123,10 @@ impl Embedder {
         text: &str,
         supplied: Option<(&str, &'a [f32])>,
     ) -> Result<Cow<'a, [f32]>> {
-        match self.reusable(supplied) {
-            Some(values) => Ok(Cow::Borrowed(values)),
-            None => Ok(Cow::Owned(self.embed_batched(text).await?)),
-        }
+        Ok(match self.reusable(supplied) {
+            Some(values) => values.into(),
+            None => self.embed_batched(text).await?.into(),
+        })
     }
 
     fn reusable<'a>(&self, supplied: Option<(&str, &'a [f32])>) -> Option<&'a [f32]> {

@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::artifact::{self, Artifact};
 use crate::embed::{dot, Embedder};
 use crate::features::{FeatureConfig, SparseRow, Vectorizer};
 use crate::linear::{self, softmax, Data, Linear, TrainOptions};
@@ -155,154 +156,35 @@ impl IntentModel {
                 bail!("{} embeddings for {} examples", e.len(), examples.len());
             }
         }
-        let mut labels: Vec<String> = examples.iter().map(|(_, i)| i.clone()).collect();
-        labels.sort();
-        labels.dedup();
-        if labels.len() < 2 {
-            bail!(
-                "need examples of at least two intents, got {}",
-                labels.len()
-            );
-        }
-        let y: Vec<u32> = examples
-            .iter()
-            .map(|(_, i)| labels.binary_search(i).map(|p| p as u32))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|_| anyhow!("label lookup failed"))?;
+        let (labels, classes) = label_classes(examples)?;
         let texts: Vec<&str> = examples.iter().map(|(t, _)| t.as_str()).collect();
-        let n = texts.len();
-        let fcfg = FeatureConfig {
-            word_ngrams: config.word_ngrams,
-            char_min: config.char_min,
-            char_max: config.char_max,
-            cjk_min: 1,
-            cjk_max: config.cjk_max,
-            word_weight: config.word_weight,
-            char_weight: config.char_weight,
-            min_df: if n >= 2000 { 2 } else { 1 },
-            negation: false,
-            lexicon: false,
-        };
-        let vectorizer = Vectorizer::fit(&texts, fcfg);
-        let rows: Vec<SparseRow> = {
-            use rayon::prelude::*;
-            texts.par_iter().map(|t| vectorizer.transform(t)).collect()
-        };
+        let vectorizer = Vectorizer::fit(&texts, feature_config(config, texts.len()));
         let dense_weight = if embeddings.is_some() {
             config.dense_weight
         } else {
             0.0
         };
-        let dense: Option<Vec<Vec<f32>>> = embeddings.map(|e| {
-            e.iter()
-                .zip(&texts)
-                .map(|(v, t)| {
-                    let w = dense_weight * language_factor(t, config.zh_dense_factor);
-                    v.iter().map(|x| x * w).collect()
-                })
-                .collect()
-        });
+        let set = TrainingSet {
+            rows: {
+                use rayon::prelude::*;
+                texts.par_iter().map(|t| vectorizer.transform(t)).collect()
+            },
+            dense: embeddings
+                .map(|e| weighted_embeddings(e, &texts, dense_weight, config.zh_dense_factor)),
+            classes,
+            n_sparse: vectorizer.len(),
+            n_classes: labels.len(),
+        };
         tracing::info!(
-            examples = n,
+            examples = texts.len(),
             intents = labels.len(),
             features = vectorizer.len(),
-            embeddings = dense.is_some(),
+            embeddings = set.dense.is_some(),
             "intent training: features ready"
         );
-
-        // Held-out fold (stratified, deterministic): every class with >= 3 examples gives
-        // about `holdout` of them, at least one.
-        let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); labels.len()];
-        for (i, &c) in y.iter().enumerate() {
-            by_class[c as usize].push(i);
-        }
-        let mut held = vec![false; n];
-        for members in &by_class {
-            if members.len() >= 3 {
-                let k = ((members.len() as f32 * config.holdout).round() as usize).max(1);
-                // spread the held-out examples over the class
-                let step = members.len() as f32 / k as f32;
-                for j in 0..k {
-                    held[members[(j as f32 * step) as usize]] = true;
-                }
-            }
-        }
-        let opts = |m: usize| TrainOptions {
-            l2: 1.0 / (config.c * m as f32),
-            max_iter: config.max_iter,
-            tol: 1e-5,
-        };
-        let k = labels.len();
-        let fit_idx: Vec<usize> = (0..n).filter(|&i| !held[i]).collect();
-        let held_idx: Vec<usize> = (0..n).filter(|&i| held[i]).collect();
-
-        let (temperature, min_similarity, warm) = if held_idx.len() >= 2 {
-            let sub_rows: Vec<SparseRow> = fit_idx.iter().map(|&i| rows[i].clone()).collect();
-            let sub_dense: Option<Vec<Vec<f32>>> = dense
-                .as_ref()
-                .map(|d| fit_idx.iter().map(|&i| d[i].clone()).collect());
-            let sub_y: Vec<u32> = fit_idx.iter().map(|&i| y[i]).collect();
-            let data = Data {
-                sparse: &sub_rows,
-                dense: sub_dense.as_deref(),
-                n_sparse: vectorizer.len(),
-                labels: &sub_y,
-                weights: None,
-                n_classes: k,
-            };
-            let fold = linear::train(&data, opts(sub_y.len()), None);
-            let held_logits: Vec<Vec<f32>> = held_idx
-                .iter()
-                .map(|&i| fold.logits(&rows[i], dense.as_ref().map(|d| d[i].as_slice())))
-                .collect();
-            let held_y: Vec<u32> = held_idx.iter().map(|&i| y[i]).collect();
-            let t = fit_temperature(&held_logits, &held_y);
-            let correct = held_logits
-                .iter()
-                .zip(&held_y)
-                .filter(|(z, &c)| argmax(z) == c as usize)
-                .count();
-            // Similarity of held-out examples to their nearest fitted example: the 2nd
-            // percentile bounds how far an in-scope message may be.
-            let sim = match embeddings {
-                Some(e) => {
-                    let mut sims: Vec<f32> = held_idx
-                        .iter()
-                        .map(|&i| {
-                            fit_idx
-                                .iter()
-                                .map(|&j| dot(&e[i], &e[j]))
-                                .fold(f32::MIN, f32::max)
-                        })
-                        .collect();
-                    sims.sort_by(|a, b| a.total_cmp(b));
-                    let p = sims[(sims.len() as f32 * 0.02) as usize];
-                    p.clamp(0.15, 0.4)
-                }
-                None => 0.0,
-            };
-            tracing::info!(
-                held_out = held_idx.len(),
-                held_out_accuracy = correct as f32 / held_idx.len() as f32,
-                temperature = t,
-                min_similarity = sim,
-                elapsed_ms = start.elapsed().as_millis() as u64,
-                "intent training: calibrated on held-out fold"
-            );
-            (t, sim, Some(fold))
-        } else {
-            (1.0, if embeddings.is_some() { 0.25 } else { 0.0 }, None)
-        };
-
-        let data = Data {
-            sparse: &rows,
-            dense: dense.as_deref(),
-            n_sparse: vectorizer.len(),
-            labels: &y,
-            weights: None,
-            n_classes: k,
-        };
-        let linear = linear::train(&data, opts(n), warm.as_ref());
+        let held = held_out_fold(&set.classes, set.n_classes, config.holdout);
+        let calibration = Calibration::fit(&set, &held, embeddings, config, start);
+        let linear = set.fit(config, calibration.warm.as_ref());
         let example_embeddings: Vec<i8> = embeddings
             .map(|e| e.iter().flat_map(|v| quantize(v)).collect())
             .unwrap_or_default();
@@ -317,9 +199,9 @@ impl IntentModel {
             linear,
             dense_weight,
             zh_dense_factor: config.zh_dense_factor,
-            temperature,
+            temperature: calibration.temperature,
             min_confidence: config.min_confidence,
-            min_similarity,
+            min_similarity: calibration.min_similarity,
             example_embeddings,
         })
     }
@@ -478,24 +360,12 @@ impl IntentModel {
 
     /// Serialises everything learned (vocabulary, weights, calibration).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(MAGIC);
-        out.extend(postcard::to_allocvec(self).unwrap_or_default());
-        out
+        artifact::to_bytes(self)
     }
 
     /// Restores a model written by [`IntentModel::to_bytes`] of the same model version.
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
-        let body = b
-            .strip_prefix(MAGIC)
-            .ok_or_else(|| anyhow!("not an intent model"))?;
-        let m: Self = postcard::from_bytes(body).context("decoding the intent model")?;
-        if m.version != MODEL_VERSION {
-            bail!(
-                "intent model version {} (expected {MODEL_VERSION})",
-                m.version
-            );
-        }
+        let m: Self = artifact::from_bytes(b)?;
         let cols = m.vectorizer.len() + m.linear.dense_dim;
         if m.linear.w.len() != cols * m.labels.len() || m.linear.b.len() != m.labels.len() {
             bail!("intent model is inconsistent");
@@ -504,7 +374,204 @@ impl IntentModel {
     }
 }
 
-const MAGIC: &[u8] = b"KEFUINT1";
+impl Artifact for IntentModel {
+    const MAGIC: &'static [u8] = b"KEFUINT1";
+    const VERSION: &'static str = MODEL_VERSION;
+    const NAME: &'static str = "intent model";
+
+    fn version(&self) -> &str {
+        &self.version
+    }
+}
+
+/// The distinct intents, sorted, and each example's intent as an index into them.
+fn label_classes(examples: &[(String, String)]) -> Result<(Vec<String>, Vec<u32>)> {
+    let mut labels: Vec<String> = examples.iter().map(|(_, i)| i.clone()).collect();
+    labels.sort();
+    labels.dedup();
+    if labels.len() < 2 {
+        bail!(
+            "need examples of at least two intents, got {}",
+            labels.len()
+        );
+    }
+    let classes = examples
+        .iter()
+        .map(|(_, i)| labels.binary_search(i).map(|p| p as u32))
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| anyhow!("label lookup failed"))?;
+    Ok((labels, classes))
+}
+
+/// The sparse features of `config` for a training set of `n` examples: terms seen once
+/// are kept unless the set is large.
+fn feature_config(config: &TrainConfig, n: usize) -> FeatureConfig {
+    FeatureConfig {
+        word_ngrams: config.word_ngrams,
+        char_min: config.char_min,
+        char_max: config.char_max,
+        cjk_min: 1,
+        cjk_max: config.cjk_max,
+        word_weight: config.word_weight,
+        char_weight: config.char_weight,
+        min_df: if n >= 2000 { 2 } else { 1 },
+        negation: false,
+        lexicon: false,
+    }
+}
+
+/// The embeddings as the linear model sees them: scaled by the block weight and the
+/// factor of each text's language.
+fn weighted_embeddings(
+    embeddings: &[Vec<f32>],
+    texts: &[&str],
+    dense_weight: f32,
+    zh_dense_factor: f32,
+) -> Vec<Vec<f32>> {
+    embeddings
+        .iter()
+        .zip(texts)
+        .map(|(v, t)| {
+            let w = dense_weight * language_factor(t, zh_dense_factor);
+            v.iter().map(|x| x * w).collect()
+        })
+        .collect()
+}
+
+/// The examples the linear model is fitted to: per example its sparse row, its weighted
+/// embedding (when trained with embeddings) and its class.
+struct TrainingSet {
+    rows: Vec<SparseRow>,
+    dense: Option<Vec<Vec<f32>>>,
+    classes: Vec<u32>,
+    n_sparse: usize,
+    n_classes: usize,
+}
+
+impl TrainingSet {
+    fn subset(&self, indices: &[usize]) -> Self {
+        Self {
+            rows: indices.iter().map(|&i| self.rows[i].clone()).collect(),
+            dense: self
+                .dense
+                .as_ref()
+                .map(|d| indices.iter().map(|&i| d[i].clone()).collect()),
+            classes: indices.iter().map(|&i| self.classes[i]).collect(),
+            n_sparse: self.n_sparse,
+            n_classes: self.n_classes,
+        }
+    }
+
+    /// The linear model fitted to every example, starting from `warm` when given.
+    fn fit(&self, config: &TrainConfig, warm: Option<&Linear>) -> Linear {
+        let data = Data {
+            sparse: &self.rows,
+            dense: self.dense.as_deref(),
+            n_sparse: self.n_sparse,
+            labels: &self.classes,
+            weights: None,
+            n_classes: self.n_classes,
+        };
+        let options = TrainOptions {
+            l2: 1.0 / (config.c * self.classes.len() as f32),
+            max_iter: config.max_iter,
+            tol: 1e-5,
+        };
+        linear::train(&data, options, warm)
+    }
+
+    fn logits(&self, model: &Linear, i: usize) -> Vec<f32> {
+        model.logits(&self.rows[i], self.dense.as_ref().map(|d| d[i].as_slice()))
+    }
+}
+
+/// The held-out fold (stratified, deterministic): every class with >= 3 examples gives
+/// about `share` of them, at least one, spread over the class.
+fn held_out_fold(classes: &[u32], n_classes: usize, share: f32) -> Vec<bool> {
+    let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); n_classes];
+    for (i, &c) in classes.iter().enumerate() {
+        by_class[c as usize].push(i);
+    }
+    let mut held = vec![false; classes.len()];
+    for members in by_class.iter().filter(|m| m.len() >= 3) {
+        let k = ((members.len() as f32 * share).round() as usize).max(1);
+        let step = members.len() as f32 / k as f32;
+        for j in 0..k {
+            held[members[(j as f32 * step) as usize]] = true;
+        }
+    }
+    held
+}
+
+/// What the held-out fold settles: the temperature, the similarity bound for out of
+/// scope, and the model fitted without the fold, which warm-starts the final fit.
+struct Calibration {
+    temperature: f32,
+    min_similarity: f32,
+    warm: Option<Linear>,
+}
+
+impl Calibration {
+    /// Fits a model to the examples outside the fold and calibrates it on the fold; with
+    /// fewer than two held-out examples, no temperature and a fixed similarity bound.
+    fn fit(
+        set: &TrainingSet,
+        held: &[bool],
+        embeddings: Option<&[Vec<f32>]>,
+        config: &TrainConfig,
+        start: Instant,
+    ) -> Self {
+        let fit_idx: Vec<usize> = (0..held.len()).filter(|&i| !held[i]).collect();
+        let held_idx: Vec<usize> = (0..held.len()).filter(|&i| held[i]).collect();
+        if held_idx.len() < 2 {
+            return Self {
+                temperature: 1.0,
+                min_similarity: if embeddings.is_some() { 0.25 } else { 0.0 },
+                warm: None,
+            };
+        }
+        let fold = set.subset(&fit_idx).fit(config, None);
+        let held_logits: Vec<Vec<f32>> = held_idx.iter().map(|&i| set.logits(&fold, i)).collect();
+        let held_y: Vec<u32> = held_idx.iter().map(|&i| set.classes[i]).collect();
+        let temperature = fit_temperature(&held_logits, &held_y);
+        let correct = held_logits
+            .iter()
+            .zip(&held_y)
+            .filter(|(z, &c)| argmax(z) == c as usize)
+            .count();
+        let min_similarity = embeddings.map_or(0.0, |e| similarity_bound(e, &held_idx, &fit_idx));
+        tracing::info!(
+            held_out = held_idx.len(),
+            held_out_accuracy = correct as f32 / held_idx.len() as f32,
+            temperature,
+            min_similarity,
+            elapsed_ms = start.elapsed().as_millis() as u64,
+            "intent training: calibrated on held-out fold"
+        );
+        Self {
+            temperature,
+            min_similarity,
+            warm: Some(fold),
+        }
+    }
+}
+
+/// Similarity of held-out examples to their nearest fitted example: the 2nd percentile
+/// bounds how far an in-scope message may be.
+fn similarity_bound(embeddings: &[Vec<f32>], held_idx: &[usize], fit_idx: &[usize]) -> f32 {
+    let mut sims: Vec<f32> = held_idx
+        .iter()
+        .map(|&i| {
+            fit_idx
+                .iter()
+                .map(|&j| dot(&embeddings[i], &embeddings[j]))
+                .fold(f32::MIN, f32::max)
+        })
+        .collect();
+    sims.sort_by(|a, b| a.total_cmp(b));
+    let p = sims[(sims.len() as f32 * 0.02) as usize];
+    p.clamp(0.15, 0.4)
+}
 
 fn language_factor(text: &str, zh_factor: f32) -> f32 {
     match detect_language(text) {

@@ -11,6 +11,7 @@
 //! `cargo run --release -p kefu-nlp --example nlp_eval -- intents data/eval/banking77_train.csv
 //! data/eval/banking77_val.csv models`.
 
+mod artifact;
 mod bert;
 pub mod cues;
 pub mod embed;

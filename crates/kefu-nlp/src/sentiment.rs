@@ -19,16 +19,16 @@
 
 use std::sync::OnceLock;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::artifact::{self, Artifact};
 use crate::features::Vectorizer;
 use crate::linear::{softmax, Linear};
 use crate::text::{detect_language, Language};
 
 /// Changes whenever the features or the artefact format change.
 pub const SENTIMENT_VERSION: &str = "kefu-sentiment-4";
-const MAGIC: &[u8] = b"KEFUSNT1";
 static BUNDLED: &[u8] = include_bytes!("../assets/sentiment.bin");
 
 /// Class order of the softmax.
@@ -178,22 +178,11 @@ impl SentimentModel {
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        out.extend(postcard::to_allocvec(self).unwrap_or_default());
-        out
+        artifact::to_bytes(self)
     }
 
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
-        let body = b
-            .strip_prefix(MAGIC)
-            .ok_or_else(|| anyhow!("not a sentiment model"))?;
-        let m: Self = postcard::from_bytes(body).context("decoding the sentiment model")?;
-        if m.version != SENTIMENT_VERSION {
-            bail!(
-                "sentiment model version {} (expected {SENTIMENT_VERSION})",
-                m.version
-            );
-        }
+        let m: Self = artifact::from_bytes(b)?;
         let consistent = |l: &Linear, dense_dim: usize| {
             l.n_classes == 3
                 && l.n_sparse == m.vectorizer.len()
@@ -209,6 +198,16 @@ impl SentimentModel {
     /// Number of terms the model knows.
     pub fn vocabulary_size(&self) -> usize {
         self.vectorizer.len()
+    }
+}
+
+impl Artifact for SentimentModel {
+    const MAGIC: &'static [u8] = b"KEFUSNT1";
+    const VERSION: &'static str = SENTIMENT_VERSION;
+    const NAME: &'static str = "sentiment model";
+
+    fn version(&self) -> &str {
+        &self.version
     }
 }
 

@@ -168,21 +168,38 @@ fn quantize_rows_with(x: &[f32], m: usize, k: usize, range: impl Fn(&[f32]) -> (
     rows
 }
 
+/// The lane-wise smallest and largest values of a row, as two vectors of `$lanes`
+/// lanes: the tail beyond the last whole vector seeds every lane.
+#[cfg(target_arch = "x86_64")]
+macro_rules! lane_range {
+    ($row:expr, $lanes:literal, $set1:ident, $load:ident, $min:ident, $max:ident) => {{
+        let chunks = $row.chunks_exact($lanes);
+        let tail = chunks.remainder().iter();
+        let (low, high) = tail.fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+        let (mut lows, mut highs) = ($set1(low), $set1(high));
+        for c in chunks {
+            let v = $load(c.as_ptr());
+            lows = $min(lows, v);
+            highs = $max(highs, v);
+        }
+        (lows, highs)
+    }};
+}
+
 /// The smallest and the largest value of a row, sixteen lanes at a time (written out:
 /// the compiler left the portable form scalar).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn range_avx512(row: &[f32]) -> (f32, f32) {
     use std::arch::x86_64::*;
-    let chunks = row.chunks_exact(16);
-    let tail = chunks.remainder().iter();
-    let (low, high) = tail.fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-    let (mut lows, mut highs) = (_mm512_set1_ps(low), _mm512_set1_ps(high));
-    for c in chunks {
-        let v = _mm512_loadu_ps(c.as_ptr());
-        lows = _mm512_min_ps(lows, v);
-        highs = _mm512_max_ps(highs, v);
-    }
+    let (lows, highs) = lane_range!(
+        row,
+        16,
+        _mm512_set1_ps,
+        _mm512_loadu_ps,
+        _mm512_min_ps,
+        _mm512_max_ps
+    );
     (_mm512_reduce_min_ps(lows), _mm512_reduce_max_ps(highs))
 }
 
@@ -191,15 +208,14 @@ unsafe fn range_avx512(row: &[f32]) -> (f32, f32) {
 #[target_feature(enable = "avx2")]
 unsafe fn range_avx2(row: &[f32]) -> (f32, f32) {
     use std::arch::x86_64::*;
-    let chunks = row.chunks_exact(8);
-    let tail = chunks.remainder().iter();
-    let (low, high) = tail.fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
-    let (mut lows, mut highs) = (_mm256_set1_ps(low), _mm256_set1_ps(high));
-    for c in chunks {
-        let v = _mm256_loadu_ps(c.as_ptr());
-        lows = _mm256_min_ps(lows, v);
-        highs = _mm256_max_ps(highs, v);
-    }
+    let (lows, highs) = lane_range!(
+        row,
+        8,
+        _mm256_set1_ps,
+        _mm256_loadu_ps,
+        _mm256_min_ps,
+        _mm256_max_ps
+    );
     let (mut l, mut h) = ([0f32; 8], [0f32; 8]);
     _mm256_storeu_ps(l.as_mut_ptr(), lows);
     _mm256_storeu_ps(h.as_mut_ptr(), highs);

@@ -641,26 +641,20 @@ mod avx512 {
             let half =
                 |q: *const u16| _mm512_cvtph_ps(_mm256_loadu_si256(q.add(c) as *const __m256i));
             let (v0, v1, v2, v3) = (half(q0), half(q1), half(q2), half(q3));
-            let x0 = _mm512_loadu_ps(p0.add(c));
-            a00 = _mm512_fmadd_ps(x0, v0, a00);
-            a10 = _mm512_fmadd_ps(x0, v1, a10);
-            a20 = _mm512_fmadd_ps(x0, v2, a20);
-            a30 = _mm512_fmadd_ps(x0, v3, a30);
-            let x1 = _mm512_loadu_ps(p1.add(c));
-            a01 = _mm512_fmadd_ps(x1, v0, a01);
-            a11 = _mm512_fmadd_ps(x1, v1, a11);
-            a21 = _mm512_fmadd_ps(x1, v2, a21);
-            a31 = _mm512_fmadd_ps(x1, v3, a31);
-            let x2 = _mm512_loadu_ps(p2.add(c));
-            a02 = _mm512_fmadd_ps(x2, v0, a02);
-            a12 = _mm512_fmadd_ps(x2, v1, a12);
-            a22 = _mm512_fmadd_ps(x2, v2, a22);
-            a32 = _mm512_fmadd_ps(x2, v3, a32);
-            let x3 = _mm512_loadu_ps(p3.add(c));
-            a03 = _mm512_fmadd_ps(x3, v0, a03);
-            a13 = _mm512_fmadd_ps(x3, v1, a13);
-            a23 = _mm512_fmadd_ps(x3, v2, a23);
-            a33 = _mm512_fmadd_ps(x3, v3, a33);
+            // One input row times the four weight rows, into that row's accumulators.
+            macro_rules! row {
+                ($p:ident => $a0:ident, $a1:ident, $a2:ident, $a3:ident) => {
+                    let x = _mm512_loadu_ps($p.add(c));
+                    $a0 = _mm512_fmadd_ps(x, v0, $a0);
+                    $a1 = _mm512_fmadd_ps(x, v1, $a1);
+                    $a2 = _mm512_fmadd_ps(x, v2, $a2);
+                    $a3 = _mm512_fmadd_ps(x, v3, $a3);
+                };
+            }
+            row!(p0 => a00, a10, a20, a30);
+            row!(p1 => a01, a11, a21, a31);
+            row!(p2 => a02, a12, a22, a32);
+            row!(p3 => a03, a13, a23, a33);
             c += 16;
         }
         let sum = |v: __m512| _mm512_reduce_add_ps(v);
