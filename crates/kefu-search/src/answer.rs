@@ -277,15 +277,16 @@ mod tests {
         }
     }
 
+    /// The answer to `query` from a single passage.
+    fn answer_from(query: &str, text: &str, confidence: f32) -> Answer {
+        compose_answer(query, &[passage("doc", text, confidence)]).expect("answer")
+    }
+
     #[test]
     fn quotes_the_most_relevant_sentences_verbatim() {
         let text = "We offer four plans. Plan: Basic; Monthly: $8\nPlan: Pro; Monthly: $18\nPaying yearly gives you two months free. \
 Schools get 30% off.";
-        let answer = compose_answer(
-            "How much is the Pro plan per month?",
-            &[passage("pricing", text, 0.9)],
-        )
-        .expect("answer");
+        let answer = answer_from("How much is the Pro plan per month?", text, 0.9);
         assert_eq!(answer.text, "Plan: Pro; Monthly: $18");
         assert!(answer.confident);
         assert_eq!(answer.sources.len(), 1);
@@ -297,8 +298,7 @@ Schools get 30% off.";
     #[test]
     fn chinese_answers_keep_chinese_punctuation_and_no_spaces() {
         let text = "订单在一个工作日内发出。普通快递 3 到 6 个工作日送达。加急快递 1 到 2 个工作日送达。发票随包裹寄出。";
-        let answer =
-            compose_answer("加急快递几天到", &[passage("shipping.zh", text, 0.3)]).expect("answer");
+        let answer = answer_from("加急快递几天到", text, 0.3);
         assert_eq!(answer.text, "加急快递 1 到 2 个工作日送达。");
         assert!(!answer.confident);
         for s in split_sentences(&answer.text) {
@@ -309,10 +309,8 @@ Schools get 30% off.";
     #[test]
     fn sentences_on_separate_lines_stay_on_separate_lines() {
         let text = "To reset your password:\n1. Open the sign-in page.\n2. Choose Forgot password and enter your email.";
-        let answer = compose_answer("forgot password email reset", &[passage("pw", text, 0.9)])
-            .expect("answer");
         assert_eq!(
-            answer.text,
+            answer_from("forgot password email reset", text, 0.9).text,
             "To reset your password:\n2. Choose Forgot password and enter your email."
         );
     }
@@ -320,10 +318,8 @@ Schools get 30% off.";
     #[test]
     fn a_paraphrase_without_shared_terms_quotes_the_opening() {
         let text = "Card refunds take 5 to 10 business days. Wallet refunds are faster. Contact us if nothing arrives.";
-        let answer = compose_answer("when do I see my money again", &[passage("r", text, 0.7)])
-            .expect("answer");
         assert_eq!(
-            answer.text,
+            answer_from("when do I see my money again", text, 0.7).text,
             "Card refunds take 5 to 10 business days. Wallet refunds are faster."
         );
     }

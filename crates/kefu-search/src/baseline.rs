@@ -97,19 +97,11 @@ impl CharBigramBm25 {
 mod tests {
     use super::*;
 
-    fn doc(id: &str, title: &str, text: &str) -> Document {
-        Document {
-            id: id.into(),
-            title: title.into(),
-            text: text.into(),
-        }
-    }
-
     #[test]
     fn ranks_by_shared_bigrams_weighted_by_rarity() {
         let index = CharBigramBm25::new(&[
-            doc("return", "退货流程", "七天内可以申请退货退款"),
-            doc("invoice", "开发票", "订单完成后可以申请开具发票"),
+            Document::new("return", "退货流程", "七天内可以申请退货退款"),
+            Document::new("invoice", "开发票", "订单完成后可以申请开具发票"),
         ]);
         assert_eq!(index.search("怎么申请退货", 10), vec!["return", "invoice"]);
         assert_eq!(index.search("发票怎么开", 1), vec!["invoice"]);

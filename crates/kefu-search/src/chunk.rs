@@ -438,20 +438,12 @@ fn cut_sentence(sentence: &str) -> Vec<String> {
 mod tests {
     use super::*;
 
-    fn doc(id: &str, title: &str, text: &str) -> Document {
-        Document {
-            id: id.into(),
-            title: title.into(),
-            text: text.into(),
-        }
-    }
-
     #[test]
     fn markdown_sections_keep_headings_and_clean_text() {
         let text = "# Plans and pricing\n\nWe offer **three** plans. See [the pricing page](https://example.com/p).\n\n\
 ## Pro plan\n\nThe Pro plan costs $29 per month.\n\n### Limits\n\n- Up to 10 seats\n- 100 GB storage\n\n\
 ## Comparison\n\n| Plan | Price |\n|---|---|\n| Basic | $9 |\n| Pro | $29 |\n";
-        let chunks = chunk_document(&doc("pricing", "Plans and pricing", text));
+        let chunks = chunk_document(&Document::new("pricing", "Plans and pricing", text));
         let got: Vec<(&str, &str)> = chunks
             .iter()
             .map(|c| (c.heading.as_str(), c.text.as_str()))
@@ -485,7 +477,7 @@ mod tests {
             .map(|i| format!("Paragraph {i}. {}", [sentence; 6].join(" ")))
             .collect();
         let text = format!("## Refund policy\n\n{}", body.join("\n\n"));
-        let chunks = chunk_document(&doc("refunds", "Refunds", &text));
+        let chunks = chunk_document(&Document::new("refunds", "Refunds", &text));
         assert!(chunks.len() >= 3, "{} chunks", chunks.len());
         for (i, c) in chunks.iter().enumerate() {
             let w = word_count(&c.text);
@@ -521,7 +513,7 @@ mod tests {
     fn chinese_text_counts_characters_as_half_words() {
         let sentence = "如果您需要退款，请在订单页面点击申请退款按钮，我们会在三个工作日内处理。";
         let text = format!("# 退款说明\n\n## 如何申请退款\n\n{}", sentence.repeat(40));
-        let chunks = chunk_document(&doc("refund.zh", "退款说明", &text));
+        let chunks = chunk_document(&Document::new("refund.zh", "退款说明", &text));
         assert!(chunks.len() >= 2);
         for c in &chunks {
             assert_eq!(c.heading, "如何申请退款");
@@ -539,14 +531,16 @@ mod tests {
     #[test]
     fn plain_text_by_paragraphs() {
         let text = "Our office is open Monday to Friday.\nWe close on public holidays.\n\nCall us at 555-0100 for urgent issues.";
-        let chunks = chunk_document(&doc("hours", "Opening hours", text));
+        let chunks = chunk_document(&Document::new("hours", "Opening hours", text));
         assert_eq!(chunks.len(), 1);
         assert_eq!(
             chunks[0].text,
             "Our office is open Monday to Friday. We close on public holidays.\n\nCall us at 555-0100 for urgent issues."
         );
         assert_eq!(chunks[0].heading, "");
-        assert!(chunk_document(&doc("empty", "Empty", "  \n\n# Only a title\n")).is_empty());
+        assert!(
+            chunk_document(&Document::new("empty", "Empty", "  \n\n# Only a title\n")).is_empty()
+        );
     }
 
     #[test]
@@ -584,19 +578,19 @@ mod tests {
             "# T\n## H\n### I\n",
         ];
         for text in odd {
-            for c in chunk_document(&doc("odd", "Odd", text)) {
+            for c in chunk_document(&Document::new("odd", "Odd", text)) {
                 assert!(!c.text.trim().is_empty(), "{text:?} gave an empty chunk");
             }
         }
         let text = "Hello [link](http://x) and <b>bold</b> and `code` end.";
-        let chunks = chunk_document(&doc("x", "X", text));
+        let chunks = chunk_document(&Document::new("x", "X", text));
         assert_eq!(chunks[0].text, "Hello link and bold and code end.");
     }
 
     #[test]
     fn code_fences_are_kept_verbatim() {
         let text = "## API\n\nCall it like this:\n\n```\n## not a heading\ncurl -X POST\n```\n";
-        let chunks = chunk_document(&doc("api", "API", text));
+        let chunks = chunk_document(&Document::new("api", "API", text));
         assert_eq!(chunks.len(), 1);
         assert!(chunks[0].text.contains("## not a heading\ncurl -X POST"));
     }

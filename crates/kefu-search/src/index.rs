@@ -3,7 +3,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockWriteGuard};
 
 use anyhow::{anyhow, bail, Context, Result};
 use kefu_nlp::embed::{dot, Embedder};
@@ -30,6 +30,46 @@ pub enum Fusion {
     /// Score fusion: `(1 - w) * bm25 / max_bm25 + w * normalised cosine`, the cosine
     /// min-max scaled over the dense candidates.
     Score,
+}
+
+impl Fusion {
+    /// The fused score of every chunk in either ranking, `w` being the dense weight.
+    fn fuse(
+        self,
+        lexical: &[(u64, f32)],
+        dense: &[(u64, f32)],
+        cosines: &HashMap<u64, f32>,
+        w: f32,
+    ) -> HashMap<u64, f32> {
+        let mut fused: HashMap<u64, f32> = HashMap::new();
+        match self {
+            Fusion::Rrf { k: rrf_k } => {
+                for (ranking, weight) in [(lexical, 1.0 - w), (dense, w)] {
+                    for (rank, (key, _)) in ranking.iter().enumerate() {
+                        *fused.entry(*key).or_default() += weight / (rrf_k + rank as f32 + 1.0);
+                    }
+                }
+            }
+            Fusion::Score => {
+                let max_bm25 = lexical.first().map_or(1.0, |x| x.1.max(f32::EPSILON));
+                for (key, s) in lexical {
+                    *fused.entry(*key).or_default() += (1.0 - w) * s / max_bm25;
+                }
+                let top = dense.first().map_or(0.0, |x| x.1);
+                let floor = dense.last().map_or(0.0, |x| x.1);
+                let span = (top - floor).max(f32::EPSILON);
+                for (key, _) in dense {
+                    fused.entry(*key).or_default();
+                }
+                for (key, score) in fused.iter_mut() {
+                    if let Some(c) = cosines.get(key) {
+                        *score += w * ((c - floor) / span).max(0.0);
+                    }
+                }
+            }
+        }
+        fused
+    }
 }
 
 /// Retrieval settings. The default is what the evaluation selected (see the crate README).
@@ -85,6 +125,28 @@ impl Default for SearchConfig {
     }
 }
 
+impl SearchConfig {
+    /// The dense ranking's weight in the fusion: all of it when it ranks alone, none
+    /// when it ranks nothing.
+    fn dense_weight(
+        &self,
+        language: Language,
+        lexical: &[(u64, f32)],
+        dense: &[(u64, f32)],
+    ) -> f32 {
+        if dense.is_empty() {
+            0.0
+        } else if lexical.is_empty() {
+            1.0
+        } else {
+            match language {
+                Language::En => self.dense_weight_en,
+                Language::Zh => self.dense_weight_zh,
+            }
+        }
+    }
+}
+
 struct Fields {
     key: Field,
     doc_id: Field,
@@ -103,6 +165,19 @@ struct Entry {
     terms: HashSet<String>,
     /// Distinct Chinese characters of title, heading and text.
     chars: HashSet<char>,
+}
+
+impl Entry {
+    fn passage(&self, score: f32, evidence: &Evidence) -> Passage {
+        Passage {
+            chunk_id: self.chunk.id.clone(),
+            doc_id: self.chunk.doc_id.clone(),
+            title: self.chunk.title.clone(),
+            text: self.chunk.text.clone(),
+            score,
+            confidence: crate::answer::confidence(evidence),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -187,6 +262,52 @@ impl State {
         let n = self.entries.len() as f32;
         let df = df as f32;
         (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+    }
+
+    /// Cosine similarity of the query to every chunk with a vector (none without a query vector).
+    fn cosines(&self, query: Option<&[f32]>) -> HashMap<u64, f32> {
+        match query {
+            Some(q) if !self.dense_keys.is_empty() => self
+                .dense_keys
+                .iter()
+                .zip(self.dense.chunks_exact(q.len()))
+                .map(|(&key, v)| (key, dot(q, v)))
+                .collect(),
+            _ => HashMap::new(),
+        }
+    }
+
+    /// The fused chunks still indexed, best first.
+    fn ranked(&self, fused: HashMap<u64, f32>, cosines: &HashMap<u64, f32>) -> Vec<(u64, f32)> {
+        let mut ranked: Vec<(u64, f32)> = fused
+            .into_iter()
+            .filter(|(key, _)| self.entries.contains_key(key))
+            .collect();
+        // ties (chunks found by only one ranking with weight 0) go by cosine
+        let cosine_of = |key: &u64| cosines.get(key).copied().unwrap_or(f32::NEG_INFINITY);
+        ranked.sort_by(|a, b| {
+            b.1.total_cmp(&a.1)
+                .then(cosine_of(&b.0).total_cmp(&cosine_of(&a.0)))
+                .then(a.0.cmp(&b.0))
+        });
+        ranked
+    }
+
+    fn evidence(&self, query: &AnalyzedQuery, entry: &Entry, cosine: Option<f32>) -> Evidence {
+        Evidence {
+            cosine,
+            coverage: weighted_share(
+                &query.terms,
+                |t| entry.terms.contains(t),
+                |t| self.idf(self.df.get(t).copied().unwrap_or(0)),
+            ),
+            char_coverage: weighted_share(
+                &query.chars,
+                |c| entry.chars.contains(c),
+                |c| self.idf(self.char_df.get(c).copied().unwrap_or(0)),
+            ),
+            chinese: query.language == Language::Zh,
+        }
     }
 }
 
@@ -345,14 +466,7 @@ impl SearchIndex {
     /// a vector are embedded here when the index has an embedder.
     pub fn add_chunks(&self, mut chunks: Vec<Chunk>) -> Result<()> {
         self.embed_chunks(&mut chunks)?;
-        let mut writer = self
-            .writer
-            .lock()
-            .map_err(|_| anyhow!("index writer lock poisoned"))?;
-        let mut state = self
-            .state
-            .write()
-            .map_err(|_| anyhow!("index state lock poisoned"))?;
+        let (mut writer, mut state) = self.lock_for_change()?;
         let expected = self
             .embedder
             .as_ref()
@@ -401,8 +515,7 @@ impl SearchIndex {
                 },
             ));
         }
-        writer.commit().context("committing the index")?;
-        self.reader.reload().context("reloading the index reader")?;
+        self.commit(&mut writer)?;
         for doc_id in &doc_ids {
             state.remove_doc(doc_id);
         }
@@ -412,39 +525,45 @@ impl SearchIndex {
         Ok(())
     }
 
-    /// Removes every chunk of a document. Returns whether the document was indexed.
-    pub fn delete_document(&self, doc_id: &str) -> Result<bool> {
-        let mut writer = self
+    /// The index writer and the state, locked for a change (always in this order).
+    fn lock_for_change(
+        &self,
+    ) -> Result<(MutexGuard<'_, IndexWriter>, RwLockWriteGuard<'_, State>)> {
+        let writer = self
             .writer
             .lock()
             .map_err(|_| anyhow!("index writer lock poisoned"))?;
-        let mut state = self
+        let state = self
             .state
             .write()
             .map_err(|_| anyhow!("index state lock poisoned"))?;
+        Ok((writer, state))
+    }
+
+    /// Commits the writer's changes and shows them to searches.
+    fn commit(&self, writer: &mut IndexWriter) -> Result<()> {
+        writer.commit().context("committing the index")?;
+        self.reader.reload().context("reloading the index reader")?;
+        Ok(())
+    }
+
+    /// Removes every chunk of a document. Returns whether the document was indexed.
+    pub fn delete_document(&self, doc_id: &str) -> Result<bool> {
+        let (mut writer, mut state) = self.lock_for_change()?;
         if !state.by_doc.contains_key(doc_id) {
             return Ok(false);
         }
         writer.delete_term(Term::from_field_text(self.fields.doc_id, doc_id));
-        writer.commit().context("committing the index")?;
-        self.reader.reload().context("reloading the index reader")?;
+        self.commit(&mut writer)?;
         state.remove_doc(doc_id);
         Ok(true)
     }
 
     /// Removes everything.
     pub fn clear(&self) -> Result<()> {
-        let mut writer = self
-            .writer
-            .lock()
-            .map_err(|_| anyhow!("index writer lock poisoned"))?;
-        let mut state = self
-            .state
-            .write()
-            .map_err(|_| anyhow!("index state lock poisoned"))?;
+        let (mut writer, mut state) = self.lock_for_change()?;
         writer.delete_all_documents()?;
-        writer.commit().context("committing the index")?;
-        self.reader.reload().context("reloading the index reader")?;
+        self.commit(&mut writer)?;
         let next_key = state.next_key;
         *state = State {
             next_key,
@@ -526,16 +645,7 @@ impl SearchIndex {
         if k == 0 || query.trim().is_empty() {
             return Ok(Vec::new());
         }
-        let mut analyzer = self.analyzer.clone();
-        let query_terms = distinct_terms(&mut analyzer, query);
-        let mut query_chars: Vec<char> = query_terms
-            .iter()
-            .flat_map(|t| t.chars())
-            .filter(|&c| is_cjk(c))
-            .collect();
-        query_chars.sort_unstable();
-        query_chars.dedup();
-        let language = detect_language(query);
+        let analyzed = AnalyzedQuery::new(&mut self.analyzer.clone(), query);
         // Embed before taking the lock: it is the slow part.
         let query_vector = self.query_vector(query, query_embedding)?;
         let state = self
@@ -546,114 +656,39 @@ impl SearchIndex {
             return Ok(Vec::new());
         }
         let lexical = if self.config.lexical {
-            let query_grams = if self.config.chinese_grams > 0.0 {
-                distinct_terms(&mut self.grams_analyzer.clone(), query)
-            } else {
-                Vec::new()
-            };
-            self.lexical_ranking(&query_terms, &query_grams)?
+            self.lexical_ranking(&analyzed.terms, &self.query_grams(query))?
         } else {
             Vec::new()
         };
-        let cosines: HashMap<u64, f32> = match &query_vector {
-            Some(q) if !state.dense_keys.is_empty() => {
-                let dim = q.len();
-                state
-                    .dense_keys
-                    .iter()
-                    .zip(state.dense.chunks_exact(dim))
-                    .map(|(&key, v)| (key, dot(q, v)))
-                    .collect()
-            }
-            _ => HashMap::new(),
-        };
-        let mut dense: Vec<(u64, f32)> = cosines.iter().map(|(&k, &c)| (k, c)).collect();
-        dense.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        dense.truncate(self.config.candidates);
-
-        let w = if dense.is_empty() {
-            0.0
-        } else if lexical.is_empty() {
-            1.0
-        } else {
-            match language {
-                Language::En => self.config.dense_weight_en,
-                Language::Zh => self.config.dense_weight_zh,
-            }
-        };
-        let mut fused: HashMap<u64, f32> = HashMap::new();
-        match self.config.fusion {
-            Fusion::Rrf { k: rrf_k } => {
-                for (ranking, weight) in [(&lexical, 1.0 - w), (&dense, w)] {
-                    for (rank, (key, _)) in ranking.iter().enumerate() {
-                        *fused.entry(*key).or_default() += weight / (rrf_k + rank as f32 + 1.0);
-                    }
-                }
-            }
-            Fusion::Score => {
-                let max_bm25 = lexical.first().map_or(1.0, |x| x.1.max(f32::EPSILON));
-                for (key, s) in &lexical {
-                    *fused.entry(*key).or_default() += (1.0 - w) * s / max_bm25;
-                }
-                let top = dense.first().map_or(0.0, |x| x.1);
-                let floor = dense.last().map_or(0.0, |x| x.1);
-                let span = (top - floor).max(f32::EPSILON);
-                for (key, _) in &dense {
-                    fused.entry(*key).or_default();
-                }
-                for (key, score) in fused.iter_mut() {
-                    if let Some(c) = cosines.get(key) {
-                        *score += w * ((c - floor) / span).max(0.0);
-                    }
-                }
-            }
-        }
-        let mut ranked: Vec<(u64, f32)> = fused
-            .into_iter()
-            .filter(|(key, _)| state.entries.contains_key(key))
-            .collect();
-        // ties (chunks found by only one ranking with weight 0) go by cosine
-        let cosine_of = |key: &u64| cosines.get(key).copied().unwrap_or(f32::NEG_INFINITY);
-        ranked.sort_by(|a, b| {
-            b.1.total_cmp(&a.1)
-                .then(cosine_of(&b.0).total_cmp(&cosine_of(&a.0)))
-                .then(a.0.cmp(&b.0))
-        });
+        let cosines = state.cosines(query_vector.as_deref());
+        let dense = best_first(&cosines, self.config.candidates);
+        let w = self
+            .config
+            .dense_weight(analyzed.language, &lexical, &dense);
+        let fused = self.config.fusion.fuse(&lexical, &dense, &cosines, w);
         let mut seen_docs: HashSet<&str> = HashSet::new();
         let mut out = Vec::with_capacity(k);
-        for (key, score) in ranked {
+        for (key, score) in state.ranked(fused, &cosines) {
             let entry = &state.entries[&key];
             if per_document && !seen_docs.insert(entry.chunk.doc_id.as_str()) {
                 continue;
             }
-            let evidence = Evidence {
-                cosine: cosines.get(&key).copied(),
-                coverage: weighted_share(
-                    &query_terms,
-                    |t| entry.terms.contains(t),
-                    |t| state.idf(state.df.get(t).copied().unwrap_or(0)),
-                ),
-                char_coverage: weighted_share(
-                    &query_chars,
-                    |c| entry.chars.contains(c),
-                    |c| state.idf(state.char_df.get(c).copied().unwrap_or(0)),
-                ),
-                chinese: language == Language::Zh,
-            };
-            let passage = Passage {
-                chunk_id: entry.chunk.id.clone(),
-                doc_id: entry.chunk.doc_id.clone(),
-                title: entry.chunk.title.clone(),
-                text: entry.chunk.text.clone(),
-                score,
-                confidence: crate::answer::confidence(&evidence),
-            };
-            out.push((passage, evidence));
+            let evidence = state.evidence(&analyzed, entry, cosines.get(&key).copied());
+            out.push((entry.passage(score, &evidence), evidence));
             if out.len() == k {
                 break;
             }
         }
         Ok(out)
+    }
+
+    /// The query's Chinese n-grams for BM25 (none when their weight is 0).
+    fn query_grams(&self, query: &str) -> Vec<String> {
+        if self.config.chinese_grams > 0.0 {
+            distinct_terms(&mut self.grams_analyzer.clone(), query)
+        } else {
+            Vec::new()
+        }
     }
 
     /// BM25 ranking of chunk keys for the analyzed query terms and Chinese n-grams, each
@@ -734,6 +769,41 @@ fn weighted_share<T>(units: &[T], found: impl Fn(&T) -> bool, idf: impl Fn(&T) -
     } else {
         0.0
     }
+}
+
+/// The query as the index reads it.
+struct AnalyzedQuery {
+    /// Distinct analyzed terms.
+    terms: Vec<String>,
+    /// Distinct Chinese characters of the terms.
+    chars: Vec<char>,
+    language: Language,
+}
+
+impl AnalyzedQuery {
+    fn new(analyzer: &mut TextAnalyzer, query: &str) -> Self {
+        let terms = distinct_terms(analyzer, query);
+        let mut chars: Vec<char> = terms
+            .iter()
+            .flat_map(|t| t.chars())
+            .filter(|&c| is_cjk(c))
+            .collect();
+        chars.sort_unstable();
+        chars.dedup();
+        Self {
+            terms,
+            chars,
+            language: detect_language(query),
+        }
+    }
+}
+
+/// The `n` best chunks by cosine, best first (ties by key).
+fn best_first(cosines: &HashMap<u64, f32>, n: usize) -> Vec<(u64, f32)> {
+    let mut ranking: Vec<(u64, f32)> = cosines.iter().map(|(&k, &c)| (k, c)).collect();
+    ranking.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranking.truncate(n);
+    ranking
 }
 
 #[cfg(test)]

@@ -47,6 +47,15 @@ pub struct Chunk {
 }
 
 impl Document {
+    /// A help article from its id, title and text.
+    pub fn new(id: &str, title: &str, text: &str) -> Self {
+        Self {
+            id: id.to_string(),
+            title: title.to_string(),
+            text: text.to_string(),
+        }
+    }
+
     /// A help article from a Markdown file: the title is the first `# ` heading
     /// (the id when there is none).
     pub fn from_markdown(id: &str, text: &str) -> Self {
@@ -56,11 +65,7 @@ impl Document {
             .map(|t| t.trim().trim_end_matches('#').trim().to_string())
             .filter(|t| !t.is_empty())
             .unwrap_or_else(|| id.to_string());
-        Self {
-            id: id.to_string(),
-            title,
-            text: text.to_string(),
-        }
+        Self::new(id, &title, text)
     }
 }
 

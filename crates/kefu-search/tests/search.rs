@@ -41,40 +41,32 @@ fn embedder() -> Option<Arc<Embedder>> {
         .clone()
 }
 
-fn doc(id: &str, title: &str, text: &str) -> Document {
-    Document {
-        id: id.into(),
-        title: title.into(),
-        text: text.into(),
-    }
-}
-
 fn fixtures() -> Vec<Document> {
     vec![
-        doc(
+        Document::new(
             "refunds.en",
             "Refunds",
             "# Refunds\n\n## Subscription refunds\n\nThe first payment of any paid plan is refunded in full if you ask within 14 days. \
 Monthly renewals are not refunded.\n\n## How long it takes\n\nCard refunds reach your account within 5 to 10 business days.",
         ),
-        doc(
+        Document::new(
             "shipping.en",
             "Shipping",
             "# Shipping\n\n## Delivery times\n\nOrders leave our warehouse within one business day. Standard delivery takes 3 to 6 business days; \
 express delivery takes 1 to 2 business days.\n\n## Customs\n\nParcels to the United States are delivered without import fees.",
         ),
-        doc(
+        Document::new(
             "password.en",
             "Passwords",
             "# Passwords\n\nTo reset your password, open the sign-in page and choose Forgot password. We email you a link that is valid for one hour. \
 If the email does not arrive, check your spam folder.",
         ),
-        doc(
+        Document::new(
             "refunds.zh",
             "退款说明",
             "# 退款说明\n\n## 订阅退款\n\n任意付费套餐的首次付款，在 14 天内申请即可全额退款。月付续费不支持退款。\n\n## 到账时间\n\n支付宝和微信支付的退款 1 到 3 个工作日到账，信用卡退款需要 5 到 10 个工作日。",
         ),
-        doc(
+        Document::new(
             "shipping.zh",
             "配送说明",
             "# 配送说明\n\n## 发货时间\n\n订单在一个工作日内从仓库发出。普通快递 3 到 6 个工作日送达，加急快递 1 到 2 个工作日送达。",
@@ -144,7 +136,7 @@ fn delete_and_replace_documents() {
     );
 
     // replace: the new text is found, the old text is gone, nothing is duplicated
-    let new = doc(
+    let new = Document::new(
         "password.en",
         "Passwords",
         "Passwords are reset from the account page by the team administrator.",
