@@ -101,12 +101,11 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
         .serving(&["orchestrator-a", "orchestrator-b"]),
     )
     .await;
-    let mut a = OrchestratorServiceClient::connect(stack.url("orchestrator-a"))
-        .await
-        .unwrap();
-    let mut b = OrchestratorServiceClient::connect(stack.url("orchestrator-b"))
-        .await
-        .unwrap();
+    let orchestrator = |replica: &str| OrchestratorServiceClient::connect(stack.url(replica));
+    let (mut a, mut b) = (
+        orchestrator("orchestrator-a").await.unwrap(),
+        orchestrator("orchestrator-b").await.unwrap(),
+    );
 
     // A session started on one replica continues on the other.
     let first = handle(
@@ -132,12 +131,11 @@ async fn replicas_share_sessions_and_documents_and_tenants_stay_apart() {
     }
 
     // A document ingested through one knowledge replica is found through the other.
-    let mut knowledge_one = KnowledgeServiceClient::connect(stack.url("knowledge-a"))
-        .await
-        .unwrap();
-    let mut knowledge_two = KnowledgeServiceClient::connect(stack.url("knowledge-b"))
-        .await
-        .unwrap();
+    let knowledge = |replica: &str| KnowledgeServiceClient::connect(stack.url(replica));
+    let (mut knowledge_one, mut knowledge_two) = (
+        knowledge("knowledge-a").await.unwrap(),
+        knowledge("knowledge-b").await.unwrap(),
+    );
     let document = Document {
         document_id: "extended-warranty.en".into(),
         title: "Extended warranty".into(),
