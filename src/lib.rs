@@ -9,7 +9,8 @@ use std::net::IpAddr;
 
 use clap::Parser;
 use kefu_runtime::{
-    ClientArgs, ContentArgs, DataArgs, ServerArgs, ServiceSpec, Shutdown, TelemetryArgs,
+    ClientArgs, ContentArgs, DataArgs, ServerArgs, ServiceArgs, ServiceSpec, Shutdown,
+    TelemetryArgs,
 };
 
 #[derive(Parser, Clone, Debug)]
@@ -98,8 +99,10 @@ pub async fn up(
     shutdown: Shutdown,
 ) -> anyhow::Result<Vec<kefu_runtime::RunningServer>> {
     let peers = kefu_orchestrator::Config {
-        server: args.server(args.orchestrator_port, 1),
-        clients: args.clients.clone(),
+        service: ServiceArgs {
+            server: args.server(args.orchestrator_port, 1),
+            clients: args.clients.clone(),
+        },
         data: args.data.clone(),
         peers: kefu_orchestrator::Peers {
             router_url: args.url(args.router_port),
@@ -148,11 +151,13 @@ pub async fn up(
         kefu_orchestrator::start(peers, shutdown.clone()).await?,
         kefu_gateway::start(
             kefu_gateway::Config {
-                server: ServerArgs {
-                    tls: args.gateway_tls.clone(),
-                    ..args.server(args.gateway_port, 0)
+                service: ServiceArgs {
+                    server: ServerArgs {
+                        tls: args.gateway_tls.clone(),
+                        ..args.server(args.gateway_port, 0)
+                    },
+                    clients: args.clients.clone(),
                 },
-                clients: args.clients.clone(),
                 content: args.content.clone(),
                 max_message_bytes: args.max_message_bytes,
                 orchestrator_url: args.url(args.orchestrator_port),

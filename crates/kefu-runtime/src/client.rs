@@ -106,13 +106,18 @@ impl Connector {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn an_unreachable_peer_is_unavailable_and_a_spent_deadline_is_not_called() {
+    /// A connector without TLS whose calls have one second.
+    fn plain_connector() -> Connector {
         let clients = ClientArgs {
             call_timeout_ms: 1000,
             ..Default::default()
         };
-        let connector = Connector::new("test", &clients, &TlsArgs::default()).unwrap();
+        Connector::new("test", &clients, &TlsArgs::default()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_peer_is_unavailable_and_a_spent_deadline_is_not_called() {
+        let connector = plain_connector();
         let [port] = {
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             [listener.local_addr().unwrap().port()]
@@ -148,11 +153,7 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_malformed_urls_and_plaintext_under_tls() {
-        let clients = ClientArgs {
-            call_timeout_ms: 1000,
-            ..Default::default()
-        };
-        let plain = Connector::new("test", &clients, &TlsArgs::default()).unwrap();
+        let plain = plain_connector();
         assert!(plain.raw_channel("not a url").is_err());
         assert!(plain.raw_channel("http://127.0.0.1:1").is_ok());
     }

@@ -119,6 +119,35 @@ impl Default for ClientArgs {
     }
 }
 
+/// How a service that calls others listens and calls them.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub clients: ClientArgs,
+}
+
+impl ServiceArgs {
+    /// The connector of `caller` (its full name): the client settings, and the server's
+    /// TLS settings, which are also the ones its calls present.
+    pub fn connector(&self, caller: &str) -> anyhow::Result<crate::Connector> {
+        crate::Connector::new(caller, &self.clients, &self.server.tls)
+    }
+}
+
+/// The whole configuration of a service that serves what it derives from the tenants'
+/// content (the router's intent models, the knowledge indexes), kept in the database.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ContentServiceArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub content: ContentArgs,
+    #[command(flatten)]
+    pub data: DataArgs,
+}
+
 /// Where persistent state lives.
 #[derive(clap::Args, Clone, Debug)]
 pub struct DataArgs {

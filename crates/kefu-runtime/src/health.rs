@@ -38,6 +38,22 @@ impl ReadyFlag {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+
+    /// Runs a service's start-up work (learning models, building indexes) in the
+    /// background and sets the flag once it succeeds; a failure is logged as `failure`
+    /// and leaves the service NOT_SERVING.
+    pub fn set_once_done<F>(&self, work: F, failure: &'static str)
+    where
+        F: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        let ready = self.clone();
+        tokio::spawn(async move {
+            match work.await {
+                Ok(()) => ready.set(true),
+                Err(error) => tracing::error!(error = %format!("{error:#}"), "{failure}"),
+            }
+        });
+    }
 }
 
 impl Probe for ReadyFlag {

@@ -55,7 +55,7 @@ pub(crate) fn take_ready<S: Clone>(service: &mut S) -> S {
 pub const TRACE_ID_HEADER: &str = "x-trace-id";
 
 /// Only kefu's own RPCs are traced and counted; health checks and reflection are noise.
-fn is_kefu_rpc(path: &str) -> bool {
+pub(crate) fn is_kefu_rpc(path: &str) -> bool {
     path.starts_with("/kefu.")
 }
 

@@ -17,10 +17,13 @@ pub mod telemetry;
 pub mod tls;
 
 pub use client::{Connector, GrpcChannel};
-pub use config::{ClientArgs, ContentArgs, DataArgs, ModelArgs, ServerArgs, ServiceSpec};
+pub use config::{
+    ClientArgs, ContentArgs, ContentServiceArgs, DataArgs, ModelArgs, ServerArgs, ServiceArgs,
+    ServiceSpec,
+};
 pub use health::{Probe, ReadyFlag};
 pub use principal::{Principal, Role};
-pub use server::{RunningServer, Server};
+pub use server::{serve_http, RunningServer, Server};
 pub use shutdown::Shutdown;
 pub use telemetry::TelemetryArgs;
 pub use tls::TlsArgs;

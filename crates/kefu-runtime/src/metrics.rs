@@ -94,10 +94,6 @@ pub async fn serve(
 ) -> anyhow::Result<SocketAddr> {
     handle();
     metrics::gauge!("kefu_build_info", "service" => service.clone(), "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot bind the metrics port {addr}: {error}"))?;
-    let bound = listener.local_addr()?;
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -110,15 +106,7 @@ pub async fn serve(
             }
         }),
     );
-    tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
-        if let Err(error) = result {
-            tracing::error!(%error, "metrics server failed");
-        }
-    });
-    Ok(bound)
+    crate::server::serve_http("metrics", addr, app, shutdown).await
 }
 
 #[cfg(test)]

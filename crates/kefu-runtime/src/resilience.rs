@@ -16,7 +16,7 @@ use tower::retry::budget::{Budget as _, TpsBudget};
 use tower::{Service, ServiceExt};
 
 use crate::balance::CallError;
-use crate::layers::take_ready;
+use crate::layers::{is_kefu_rpc, take_ready};
 
 tokio::task_local! {
     /// When the call being served must be answered by.
@@ -327,7 +327,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let mut inner = take_ready(&mut self.inner);
         // Health checks and reflection are never shed.
-        if !request.uri().path().starts_with("/kefu.") {
+        if !is_kefu_rpc(request.uri().path()) {
             return Box::pin(inner.call(request));
         }
         match self.permits.clone().try_acquire_owned() {

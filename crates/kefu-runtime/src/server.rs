@@ -207,3 +207,27 @@ impl Server {
         })
     }
 }
+
+/// Binds `addr` and serves the HTTP `app` in the background until `shutdown`; returns
+/// the bound address. `port` names the port in errors ("metrics", "web").
+pub async fn serve_http(
+    port: &str,
+    addr: SocketAddr,
+    app: axum::Router,
+    shutdown: Shutdown,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| anyhow::anyhow!("cannot bind the {port} port {addr}: {error}"))?;
+    let bound = listener.local_addr()?;
+    let port = port.to_owned();
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "the {port} server failed");
+        }
+    });
+    Ok(bound)
+}

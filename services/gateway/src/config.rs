@@ -1,12 +1,10 @@
 //! The gateway's typed configuration: environment variables, each also a flag.
-use kefu_runtime::{ClientArgs, ContentArgs, ServerArgs, ServiceSpec};
+use kefu_runtime::{ContentArgs, ServiceArgs, ServiceSpec};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
     #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub clients: ClientArgs,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub content: ContentArgs,
     /// Largest accepted message text, in bytes.

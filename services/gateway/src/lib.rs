@@ -14,7 +14,7 @@ use kefu_proto::v1::router_service_client::RouterServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::ticket_service_server::TicketServiceServer;
 use kefu_runtime::health::DownstreamProbe;
-use kefu_runtime::{Connector, RunningServer, ServiceSpec, Shutdown};
+use kefu_runtime::{RunningServer, ServiceSpec, Shutdown};
 use kefu_storage::{RateLimiter, Redis};
 
 mod access;
@@ -40,7 +40,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     tenants.clone().watch(&shutdown);
     // The gateway's own certificate is for its public port; calls inward use TLS only
     // where the cluster's CA is named.
-    let connect = Connector::new(SERVICE, &config.clients, &config.server.tls)?;
+    let connect = config.service.connector(SERVICE)?;
     let client = |target: &str, url: &str| connect.channel(target, url);
     let redis = match config.redis_url.as_deref().map(str::trim) {
         Some(url) if !url.is_empty() => Some(Redis::connect(url, &config.redis_prefix)?),
@@ -62,9 +62,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         shutdown: shutdown.clone(),
     }));
     if config.web.web_port != 0 {
-        let bind = std::net::SocketAddr::new(config.server.bind_host, config.web.web_port);
-        let grpc_port = config.server.grpc_addr(SPEC).port();
-        let tls = config.server.tls.tls_cert.is_some();
+        let bind = std::net::SocketAddr::new(config.service.server.bind_host, config.web.web_port);
+        let grpc_port = config.service.server.grpc_addr(SPEC).port();
+        let tls = config.service.server.tls.tls_cert.is_some();
         web::serve(bind, &config.web, grpc_port, tls, shutdown.clone()).await?;
     }
     // Browsers call the same services over gRPC-Web; either way the access layer
@@ -72,10 +72,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let public = tower::ServiceBuilder::new()
         .layer(tonic_web::GrpcWebLayer::new())
         .layer(access);
-    let cors = web::cors(&config.web, config.server.bind_host, tenants);
+    let cors = web::cors(&config.web, config.service.server.bind_host, tenants);
     // Readiness follows what customers and agents need; the admin calls to knowledge
     // and router fail on their own while those are down.
-    kefu_runtime::Server::new(SPEC, config.server)
+    kefu_runtime::Server::new(SPEC, config.service.server)
         .shed_above(config.max_in_flight)
         .browser_access(cors)
         .add_service(public.service(ConversationServiceServer::new(gateway.clone())))

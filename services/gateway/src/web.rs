@@ -176,18 +176,7 @@ pub async fn serve(
             "/{*path}",
             get(|Path(path): Path<String>| async move { asset(&path) }),
         );
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .map_err(|error| anyhow::anyhow!("cannot bind the web port {bind}: {error}"))?;
-    let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "the web pages server failed");
-        }
-    });
+    let bound = kefu_runtime::serve_http("web", bind, app, shutdown).await?;
     tracing::info!(web = %bound, "serving the chat and console pages");
     Ok(bound)
 }

@@ -1,12 +1,10 @@
 //! The orchestrator's configuration: flags with environment variables behind them.
-use kefu_runtime::{ClientArgs, DataArgs, ServerArgs, ServiceSpec};
+use kefu_runtime::{DataArgs, ServiceArgs, ServiceSpec};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct Config {
     #[command(flatten)]
-    pub server: ServerArgs,
-    #[command(flatten)]
-    pub clients: ClientArgs,
+    pub service: ServiceArgs,
     #[command(flatten)]
     pub data: DataArgs,
     #[command(flatten)]

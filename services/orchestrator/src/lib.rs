@@ -10,7 +10,7 @@ use kefu_proto::v1::router_service_client::RouterServiceClient;
 use kefu_proto::v1::sentiment_service_client::SentimentServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_runtime::health::DownstreamProbe;
-use kefu_runtime::{Connector, RunningServer, ServiceSpec, Shutdown};
+use kefu_runtime::{RunningServer, ServiceSpec, Shutdown};
 use kefu_storage::{Cache, Database, Redis, SqlConversationStore, SqlSessionStore};
 
 mod config;
@@ -39,7 +39,7 @@ const SESSION_CONTEXT_TTL: std::time::Duration = std::time::Duration::from_secs(
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
     let db = Database::connect(&config.data.database_url()).await?;
     let redis = Redis::from_args(&config.data)?;
-    let connect = Connector::new(workflow::SERVICE, &config.clients, &config.server.tls)?;
+    let connect = config.service.connector(workflow::SERVICE)?;
     let peers = &config.peers;
     let conversations = Arc::new(SqlConversationStore::new(db.clone()));
     let downstream = downstream::Downstream {
@@ -72,7 +72,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         downstream,
         opener,
     };
-    let mut server = kefu_runtime::Server::new(SPEC, config.server)
+    let mut server = kefu_runtime::Server::new(SPEC, config.service.server)
         .add_service(OrchestratorServiceServer::new(OrchestratorHandle(
             Arc::new(orchestrator),
         )))
