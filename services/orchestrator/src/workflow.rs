@@ -292,9 +292,15 @@ impl Orchestrator {
             decision.priority = ticket_priority(decision.priority, vip_tier);
             span.record("kefu.priority", decision.priority.as_str_name());
             let ticket = ticket_request(incoming, &understanding, &decision);
-            self.commit_with_ticket(incoming, &understanding, ticket, &decision, &reply_for)
-                .instrument(span)
-                .await?
+            self.commit_with_ticket(
+                incoming,
+                &understanding,
+                ticket,
+                &decision,
+                &reply_for,
+                span,
+            )
+            .await?
         } else {
             let response = reply_for(&decision, "");
             let turn = turn_record(incoming, &understanding, &response);
@@ -323,6 +329,7 @@ impl Orchestrator {
         ticket: CreateTicketRequest,
         decision: &Decision,
         reply_for: &(dyn Fn(&Decision, &str) -> SendMessageResponse + Sync),
+        ticket_span: tracing::Span,
     ) -> Result<SendMessageResponse, Status> {
         let mut pending = reply_for(decision, "");
         if decision.escalated() {
@@ -338,6 +345,7 @@ impl Orchestrator {
                 request: ticket.encode_to_vec(),
                 lease_ms: LEASE_MS,
             })
+            .instrument(tracing::info_span!("workflow.store_turn", kefu.tenant = %incoming.request.tenant_id))
             .await?;
         let (turn, entry) = match committed {
             TicketTurnOutcome::Replayed(turn) => return decode_response(&turn.response),
@@ -346,8 +354,13 @@ impl Orchestrator {
         let mut response = pending;
         if let Some(entry) = entry {
             let named = |ticket_id: &str| reply_for(decision, ticket_id).encode_to_vec();
-            if let Some(ticket_id) = self.opener.open(&entry, Some(&named)).await? {
-                tracing::Span::current().record("kefu.ticket_created", true);
+            let opened = self
+                .opener
+                .open(&entry, Some(&named))
+                .instrument(ticket_span.clone())
+                .await?;
+            ticket_span.record("kefu.ticket_created", opened.is_some());
+            if let Some(ticket_id) = opened {
                 response = reply_for(decision, &ticket_id);
             }
         } else {
