@@ -18,6 +18,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for file in &files {
         println!("cargo:rerun-if-changed={}", file.display());
     }
-    println!("cargo:rerun-if-changed={}", proto_root.join("kefu/v1").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        proto_root.join("kefu/v1").display()
+    );
     Ok(())
 }
