@@ -124,6 +124,8 @@ eval: models build ## Measure intents, sentiment and retrieval on validation dat
 	$(KEFU) eval sentiment --test eval/sentiment/reviews_zh_written.csv
 	$(KEFU) eval retrieval --docs eval/retrieval/docs.jsonl --queries eval/retrieval/queries.csv
 	$(KEFU) eval retrieval --docs eval/retrieval/zh_faq_docs.jsonl --queries eval/retrieval/zh_faq_queries.csv
+	@# real bank customers' questions against near-duplicate entries (BQ corpus, see eval/split.py)
+	$(KEFU) eval retrieval --docs data/eval/bq_faq_docs.jsonl --queries data/eval/bq_faq_queries.csv
 	$(KEFU) eval escalation --test eval/escalation/demo.csv --tenant demo
 
 BENCH_DIR ?= target/bench

@@ -8,12 +8,19 @@ not depend on file order and never changes between runs. Rows with the same
 (case-insensitive, whitespace-collapsed) text always land on the same side, so no
 validation text is seen in training.
 
+It also builds a Chinese FAQ retrieval set from the BQ bank question-matching corpus
+(data/eval/bq_faq_{docs.jsonl,queries.csv}): every distinct first question is an FAQ
+entry (the non-matching pairs make many of them near-duplicates of each other), and the
+second question of a matching pair, asked in other words, is a query whose answer is its
+first question's entry. Nothing kefu ships is trained on it.
+
 Usage: python3 eval/split.py [--datasets ../shared/datasets] [--out data/eval]
 """
 
 import argparse
 import csv
 import hashlib
+import json
 import os
 import sys
 from collections import defaultdict
@@ -59,6 +66,37 @@ def write(path, fieldnames, rows):
         w.writerows(rows)
 
 
+BQ_PAIRS = os.path.join("zh_pairs", "bq_corpus.csv")
+# Enough queries for a stable MRR@10, few enough for `make eval` to stay short.
+BQ_QUERIES = 2000
+
+
+def bq_faq(datasets, out):
+    """Writes the BQ FAQ set; returns (entries, queries)."""
+    with open(os.path.join(datasets, BQ_PAIRS), newline="", encoding="utf-8") as f:
+        pairs = [r for r in csv.DictReader(f) if r["text_a"].strip() and r["text_b"].strip()]
+    entries = {}
+    for pair in pairs:
+        entries.setdefault(key(pair["text_a"]), pair["text_a"].strip())
+    ids = {k: f"bq-{i}" for i, k in enumerate(sorted(entries, key=rank))}
+    queries = {}
+    for pair in pairs:
+        asked = key(pair["text_b"])
+        # a paraphrase that is itself an entry would find itself
+        if pair["label"] == "1" and asked not in entries and asked != key(pair["text_a"]):
+            queries.setdefault(asked, (pair["text_b"].strip(), ids[key(pair["text_a"])]))
+    chosen = sorted(queries, key=rank)[:BQ_QUERIES]
+    with open(os.path.join(out, "bq_faq_docs.jsonl"), "w", encoding="utf-8") as f:
+        for k in sorted(entries, key=lambda k: ids[k]):
+            f.write(json.dumps({"id": ids[k], "title": entries[k], "text": entries[k]}, ensure_ascii=False) + "\n")
+    write(
+        os.path.join(out, "bq_faq_queries.csv"),
+        ["text", "doc_id"],
+        [{"text": queries[k][0], "doc_id": queries[k][1]} for k in chosen],
+    )
+    return len(entries), len(chosen)
+
+
 def main():
     here = os.path.dirname(os.path.abspath(__file__))
     repo = os.path.dirname(here)
@@ -80,6 +118,8 @@ def main():
         write(os.path.join(args.out, f"{name}_train.csv"), fieldnames, train)
         write(os.path.join(args.out, f"{name}_val.csv"), fieldnames, val)
         print(f"{name}: train={len(train)} val={len(val)} labels={len({r[label_col] for r in rows})}")
+    entries, queries = bq_faq(args.datasets, args.out)
+    print(f"bq_faq: entries={entries} queries={queries}")
     return 0
 
 

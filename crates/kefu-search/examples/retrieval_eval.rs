@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use kefu_nlp::embed::Embedder;
+use kefu_search::baseline::Grams;
 use kefu_search::eval::{baseline, evaluate, ingest, load_corpus, load_queries};
 use kefu_search::{Fusion, SearchConfig, SearchIndex};
 
@@ -67,10 +68,10 @@ fn main() -> Result<()> {
     let queries = load_queries(&queries)?;
     let report = evaluate(&index, &queries)?;
     println!("{mode} {config:?}\n{report}");
-    println!(
-        "baseline (BM25 over character bigrams): {}",
-        baseline(&corpus, &queries)?
-    );
+    for grams in [Grams::UnigramsAndBigrams, Grams::Bigrams] {
+        let figures = baseline(&corpus, &queries, grams)?;
+        println!("baseline ({}): {figures}", grams.describe());
+    }
     if misses {
         for q in &queries {
             let found = index.search(&q.text, 10)?;

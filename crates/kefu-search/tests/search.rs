@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use kefu_nlp::embed::Embedder;
+use kefu_search::baseline::Grams;
 use kefu_search::eval::{
     baseline, evaluate, ingest, load_documents, load_markdown_dir, load_queries,
 };
@@ -389,7 +390,7 @@ fn chinese_ranking_beats_bm25_over_character_bigrams() {
     let index = SearchIndex::new(None).expect("index");
     ingest(&index, &docs).expect("ingest");
     let ours = evaluate(&index, &queries).expect("evaluate");
-    let textbook = baseline(&docs, &queries).expect("baseline");
+    let textbook = baseline(&docs, &queries, Grams::Bigrams).expect("baseline");
     assert!(
         ours.mrr_at_10 > textbook.mrr_at_10 + 0.03,
         "kefu {ours} vs BM25 over character bigrams {textbook}"
