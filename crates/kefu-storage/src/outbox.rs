@@ -254,9 +254,10 @@ impl TicketOutbox for SqlConversationStore {
         error: &str,
         retry_at: Option<i64>,
     ) -> StoreResult<()> {
+        let now = now_millis();
         let (next_attempt_at, dead_at) = match retry_at {
             Some(at) => (at, None),
-            None => (now_millis(), Some(now_millis())),
+            None => (now, Some(now)),
         };
         sqlx::query("UPDATE ticket_outbox SET last_error = $1, next_attempt_at = $2, dead_at = $3, claimed_until = 0 WHERE outbox_id = $4")
             .bind(error)
