@@ -8,11 +8,12 @@ not depend on file order and never changes between runs. Rows with the same
 (case-insensitive, whitespace-collapsed) text always land on the same side, so no
 validation text is seen in training.
 
-It also builds a Chinese FAQ retrieval set from the BQ bank question-matching corpus
-(data/eval/bq_faq_{docs.jsonl,queries.csv}): every distinct first question is an FAQ
-entry (the non-matching pairs make many of them near-duplicates of each other), and the
-second question of a matching pair, asked in other words, is a query whose answer is its
-first question's entry. Nothing kefu ships is trained on it.
+It also builds a Chinese FAQ retrieval set from the test split of the BQ bank
+question-matching corpus (data/eval/bq_faq_{docs.jsonl,queries.csv}): every distinct first
+question is an FAQ entry (the non-matching pairs make many of them near-duplicates of each
+other), and the second question of a matching pair, asked in other words, is a query whose
+answer is its first question's entry. The Chinese encoder trains on BQ's dev split only,
+without any pair that shares a text with this set (`bq_validation_texts`).
 
 Usage: python3 eval/split.py [--datasets ../shared/datasets] [--out data/eval]
 """
@@ -71,10 +72,26 @@ BQ_PAIRS = os.path.join("zh_pairs", "bq_corpus.csv")
 BQ_QUERIES = 2000
 
 
+BQ_VALIDATION_SPLIT = "test"
+
+
+def bq_validation_pairs(datasets):
+    with open(os.path.join(datasets, BQ_PAIRS), newline="", encoding="utf-8") as f:
+        return [
+            r
+            for r in csv.DictReader(f)
+            if r["split"] == BQ_VALIDATION_SPLIT and r["text_a"].strip() and r["text_b"].strip()
+        ]
+
+
+def bq_validation_texts(datasets):
+    """The keys of every text in the BQ validation set: training leaves them out."""
+    return {key(r[side]) for r in bq_validation_pairs(datasets) for side in ("text_a", "text_b")}
+
+
 def bq_faq(datasets, out):
     """Writes the BQ FAQ set; returns (entries, queries)."""
-    with open(os.path.join(datasets, BQ_PAIRS), newline="", encoding="utf-8") as f:
-        pairs = [r for r in csv.DictReader(f) if r["text_a"].strip() and r["text_b"].strip()]
+    pairs = bq_validation_pairs(datasets)
     entries = {}
     for pair in pairs:
         entries.setdefault(key(pair["text_a"]), pair["text_a"].strip())

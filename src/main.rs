@@ -74,25 +74,59 @@ enum EvalCommand {
         #[command(flatten)]
         models: ModelArgs,
     },
+    /// Leave one domain out: per Chinese sentiment domain, a model trained on the others
+    /// reads it (a table on stdout).
+    SentimentDomains {
+        #[command(flatten)]
+        sources: SentimentSourceArgs,
+        #[command(flatten)]
+        models: ModelArgs,
+    },
     /// Ingest DOCS.jsonl as a tenant's documents, run QUERIES.csv (text,doc_id) through search.
     Retrieval {
         #[arg(long)]
         docs: PathBuf,
         #[arg(long)]
         queries: PathBuf,
+        /// Fail when kefu's MRR@10 is below this (a check of the committed models).
+        #[arg(long, value_name = "MRR")]
+        min_mrr: Option<f64>,
         #[command(flatten)]
         models: ModelArgs,
     },
 }
 
+/// The sentiment training sets.
+#[derive(clap::Args)]
+struct SentimentSourceArgs {
+    /// Airline tweets (English), text,sentiment.
+    #[arg(long, default_value = "../shared/datasets/airline_sentiment/train.csv")]
+    airline: PathBuf,
+    /// Food-delivery reviews (Chinese), text,sentiment.
+    #[arg(long, default_value = "../shared/datasets/waimai_sentiment/train.csv")]
+    waimai: PathBuf,
+    /// The folder of Chinese sentiment from other domains (Weibo, car forums, helpdesk).
+    #[arg(long, default_value = "../shared/datasets/zh_sentiment")]
+    zh_sentiment: PathBuf,
+}
+
+impl SentimentSourceArgs {
+    fn sources(self) -> kefu_nlp::eval::SentimentSources {
+        kefu_nlp::eval::SentimentSources {
+            airline_csv: self.airline,
+            waimai_csv: self.waimai,
+            zh_sentiment_dir: self.zh_sentiment,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum TrainCommand {
-    /// Train the sentiment model on the airline (en) and waimai (zh) datasets.
+    /// Train the sentiment model on airline tweets (en), waimai reviews and the Chinese
+    /// sentiment of other domains.
     Sentiment {
-        #[arg(long, default_value = "../shared/datasets/airline_sentiment/train.csv")]
-        airline: PathBuf,
-        #[arg(long, default_value = "../shared/datasets/waimai_sentiment/train.csv")]
-        waimai: PathBuf,
+        #[command(flatten)]
+        sources: SentimentSourceArgs,
         #[arg(long, default_value = "crates/kefu-nlp/assets/sentiment.bin")]
         out: PathBuf,
         #[command(flatten)]
@@ -114,6 +148,9 @@ impl EvalCommand {
                 model,
                 models,
             } => kefu_nlp::eval::sentiment(&test, model.as_deref(), &models.models_dir),
+            EvalCommand::SentimentDomains { sources, models } => {
+                kefu_nlp::eval::sentiment_domains(&sources.sources(), &models.models_dir)
+            }
             EvalCommand::Escalation {
                 test,
                 tenant,
@@ -128,8 +165,9 @@ impl EvalCommand {
             EvalCommand::Retrieval {
                 docs,
                 queries,
+                min_mrr,
                 models,
-            } => kefu_search::eval::retrieval(&docs, &queries, &models.models_dir),
+            } => kefu_search::eval::retrieval(&docs, &queries, &models.models_dir, min_mrr),
         }
     }
 }
@@ -185,13 +223,11 @@ fn main() -> ExitCode {
         }),
         Command::Eval(eval) => print_line(eval.run()),
         Command::Train(TrainCommand::Sentiment {
-            airline,
-            waimai,
+            sources,
             out,
             models,
         }) => print_line(kefu_nlp::eval::train_sentiment(
-            &airline,
-            &waimai,
+            &sources.sources(),
             &models.models_dir,
             &out,
         )),

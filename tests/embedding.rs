@@ -82,8 +82,12 @@ async fn the_router_returns_its_embedding_only_when_asked() {
         .unwrap()
         .into_inner();
     let embedding = with.embedding.clone().expect("asked for, sent");
-    assert_eq!(embedding.model, MODEL);
-    assert_eq!(embedding.values.len(), 384);
+    assert!(
+        embedding.model.starts_with(&format!("{MODEL}+kefu-zh-")),
+        "{}",
+        embedding.model
+    );
+    assert_eq!(embedding.values.len(), 384 + 192);
     let norm = embedding.values.iter().map(|x| x * x).sum::<f32>().sqrt();
     assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
     assert_eq!(
@@ -129,6 +133,14 @@ async fn the_router_returns_its_embedding_only_when_asked() {
     assert!(
         dot(&embedding.values, &paraphrase) > dot(&embedding.values, &unrelated) + 0.2,
         "the embedding is not the message's"
+    );
+    // Chinese is read by the Chinese encoder, just as well
+    let question = vector("专业版一个月多少钱").await;
+    let paraphrase = vector("专业版每个月的价格是多少").await;
+    let unrelated = vector("摄像头亮红灯，连不上网").await;
+    assert!(
+        dot(&question, &paraphrase) > dot(&question, &unrelated) + 0.2,
+        "the Chinese embedding is not the message's"
     );
 }
 

@@ -1,5 +1,13 @@
-//! Sentence embeddings with all-MiniLM-L6-v2 (BERT, 6 layers, 384 dimensions) on the CPU:
-//! mean pooling over the tokens, then L2 normalisation, as the model was trained.
+//! Sentence embeddings on the CPU, English and Chinese: all-MiniLM-L6-v2 (BERT, 6 layers,
+//! 384 dimensions) reads English, and kefu's own Chinese encoder (BERT, 2 layers, 192
+//! dimensions over characters and English word pieces, trained by
+//! `zh-encoder/train.py` (`make zh-model`) and compiled into the binary) reads Chinese and
+//! mixed text.
+//!
+//! An embedding has one block per encoder, [English | Chinese]; a text fills the block of
+//! its language ([`detect_language`]) and leaves the other at zero. Both blocks are mean
+//! pooled and L2-normalised, so the whole vector has unit length, a dot product compares
+//! texts of one language, and a linear model over the vector learns weights per language.
 //!
 //! The configuration and weights are read with candle (candle-transformers' BERT config,
 //! safetensors); the forward pass is [`crate::bert`], tuned for short texts.
@@ -14,41 +22,69 @@ use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
 
 use crate::bert::{mean_pool, Bert};
+use crate::text::{detect_language, Language};
 
 mod batching;
 
 pub use batching::BatchSettings;
 use batching::Batcher;
 
-/// Name of the model's folder inside the models directory.
+/// Name of the English model's folder inside the models directory.
 pub const MODEL_NAME: &str = "all-MiniLM-L6-v2";
 /// Longest input in tokens (including [CLS] and [SEP]); longer texts are truncated.
 pub const MAX_TOKENS: usize = 128;
 
-/// A loaded sentence encoder. Cheap to share: wrap it in an `Arc` and use it from any thread.
-pub struct Embedder {
+static CHINESE_CONFIG: &str = include_str!("../zh-encoder/config.json");
+static CHINESE_TOKENIZER: &[u8] = include_bytes!("../zh-encoder/tokenizer.json");
+static CHINESE_WEIGHTS: &[u8] = include_bytes!("../zh-encoder/model.safetensors");
+
+/// One BERT encoder with its tokenizer and its batching queue.
+struct Encoder {
     model: Arc<Bert>,
     /// Groups the texts of concurrent requests into one forward pass ([`Self::embed_batched`]).
     batcher: Batcher,
     tokenizer: Tokenizer,
-    /// The model's folder name, e.g. "all-MiniLM-L6-v2".
-    model_id: String,
 }
 
-impl Embedder {
-    /// Loads the model from a directory holding `config.json`, `tokenizer.json` and
+impl Encoder {
+    /// Loads a model from a directory holding `config.json`, `tokenizer.json` and
     /// `model.safetensors`.
-    pub fn load(model_dir: &Path) -> Result<Self> {
+    fn load(model_dir: &Path) -> Result<Self> {
         let config_path = model_dir.join("config.json");
-        let config: Config = serde_json::from_str(
-            &std::fs::read_to_string(&config_path)
-                .with_context(|| format!("reading {}", config_path.display()))?,
-        )
-        .with_context(|| format!("parsing {}", config_path.display()))?;
-
+        let config = std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?;
         let tokenizer_path = model_dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+        let tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| anyhow!("loading {}: {e}", tokenizer_path.display()))?;
+        let weights = model_dir.join("model.safetensors");
+        if !weights.is_file() {
+            return Err(anyhow!("model weights not found at {}", weights.display()));
+        }
+        let model = Bert::load(&weights, &parse_config(&config, &config_path.display())?)
+            .with_context(|| format!("loading BERT weights from {}", weights.display()))?;
+        tracing::info!(model = %model_dir.display(), precision = model.precision(), "sentence encoder loaded");
+        Self::new(model, tokenizer)
+    }
+
+    /// The Chinese encoder compiled into the binary.
+    fn chinese() -> Result<Self> {
+        let source = "the bundled Chinese encoder";
+        let config = parse_config(CHINESE_CONFIG, &source)?;
+        let tokenizer = Tokenizer::from_bytes(CHINESE_TOKENIZER)
+            .map_err(|e| anyhow!("loading the tokenizer of {source}: {e}"))?;
+        let model = Bert::from_safetensors(CHINESE_WEIGHTS, &config, source)?;
+        Self::new(model, tokenizer)
+    }
+
+    /// Names the bundled Chinese encoder by its weights: "kefu-zh-" and the start of
+    /// their SHA-256, so that every retrained model has a name of its own.
+    fn chinese_name() -> String {
+        use sha2::{Digest, Sha256};
+        let digest = hex::encode(Sha256::digest(CHINESE_WEIGHTS));
+        format!("kefu-zh-{}", &digest[..12])
+    }
+
+    fn new(model: Bert, mut tokenizer: Tokenizer) -> Result<Self> {
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_TOKENS,
@@ -56,40 +92,99 @@ impl Embedder {
             }))
             .map_err(|e| anyhow!("configuring truncation: {e}"))?;
         tokenizer.with_padding(None);
-
-        let weights = model_dir.join("model.safetensors");
-        if !weights.is_file() {
-            return Err(anyhow!("model weights not found at {}", weights.display()));
-        }
-        let model = Bert::load(&weights, &config)
-            .with_context(|| format!("loading BERT weights from {}", weights.display()))?;
-        tracing::info!(model = %model_dir.display(), precision = model.precision(), "sentence encoder loaded");
-        let model_id = model_dir
-            .file_name()
-            .and_then(|name| name.to_str())
-            .unwrap_or(MODEL_NAME)
-            .to_owned();
         let model = Arc::new(model);
         Ok(Self {
             batcher: Batcher::new(model.clone(), BatchSettings::from_env()?),
             model,
             tokenizer,
-            model_id,
         })
     }
 
-    /// Loads `models_dir/all-MiniLM-L6-v2`.
+    fn dim(&self) -> usize {
+        self.model.hidden_size()
+    }
+
+    async fn embed_batched(&self, text: &str) -> Result<Vec<f32>> {
+        let ids = self.token_ids(text)?;
+        self.batcher.embed(ids).await
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let ids = texts
+            .iter()
+            .map(|t| self.token_ids(t))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(match ids.as_slice() {
+            [] => Vec::new(),
+            [one] => embeddings(&self.model, &[one.as_slice()], true),
+            _ => ids
+                .par_chunks(BULK_BATCH)
+                .flat_map_iter(|chunk| {
+                    let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
+                    embeddings(&self.model, &seqs, false)
+                })
+                .collect(),
+        })
+    }
+
+    fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
+        let encoding = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        let mut ids = encoding.get_ids().to_vec();
+        // The Chinese encoder adds no [CLS]/[SEP]: a text without tokens (empty, or only
+        // spaces) is read as one unknown token rather than as nothing to average.
+        if ids.is_empty() {
+            ids.extend(self.tokenizer.token_to_id("[UNK]"));
+        }
+        Ok(ids)
+    }
+}
+
+fn parse_config(json: &str, source: &dyn std::fmt::Display) -> Result<Config> {
+    serde_json::from_str(json).with_context(|| format!("parsing the configuration {source}"))
+}
+
+/// The sentence encoder of both languages. Cheap to share: wrap it in an `Arc` and use it
+/// from any thread.
+pub struct Embedder {
+    english: Encoder,
+    chinese: Encoder,
+    /// Names both encoders, e.g. "all-MiniLM-L6-v2+kefu-zh-0123456789ab".
+    model_id: String,
+}
+
+impl Embedder {
+    /// Loads the English model from `english_dir` (`config.json`, `tokenizer.json`,
+    /// `model.safetensors`) and the bundled Chinese encoder.
+    pub fn load(english_dir: &Path) -> Result<Self> {
+        let english = Encoder::load(english_dir)?;
+        let chinese = Encoder::chinese()?;
+        let english_id = english_dir
+            .file_name()
+            .and_then(|name| name.to_str())
+            .unwrap_or(MODEL_NAME);
+        Ok(Self {
+            english,
+            chinese,
+            model_id: format!("{english_id}+{}", Encoder::chinese_name()),
+        })
+    }
+
+    /// Loads `models_dir/all-MiniLM-L6-v2` and the bundled Chinese encoder.
     pub fn from_models_dir(models_dir: &Path) -> Result<Self> {
         Self::load(&models_dir.join(MODEL_NAME))
     }
 
-    /// Embedding size (384 for all-MiniLM-L6-v2).
+    /// Embedding size: the English block, then the Chinese one (384 + 192).
     pub fn dim(&self) -> usize {
-        self.model.hidden_size()
+        self.english.dim() + self.chinese.dim()
     }
 
-    /// Names the encoder: its folder name ("all-MiniLM-L6-v2" for [`MODEL_NAME`]). Another
-    /// service's embedding can stand in for this encoder's when it names the same model.
+    /// Names the encoders, e.g. "all-MiniLM-L6-v2+kefu-zh-0123456789ab" (the Chinese
+    /// encoder by a hash of its weights). Another service's embedding can stand in for
+    /// this encoder's when it names the same models.
     pub fn model_id(&self) -> &str {
         &self.model_id
     }
@@ -144,44 +239,63 @@ impl Embedder {
         }
     }
 
+    /// The encoder of a text's language and where its block starts in the embedding.
+    fn encoder_for(&self, text: &str) -> (&Encoder, usize) {
+        match detect_language(text) {
+            Language::Zh => (&self.chinese, self.english.dim()),
+            Language::En => (&self.english, 0),
+        }
+    }
+
+    /// `block` placed at `offset` in an otherwise zero embedding.
+    fn place(&self, block: Vec<f32>, offset: usize) -> Vec<f32> {
+        let mut v = vec![0.0; self.dim()];
+        v[offset..offset + block.len()].copy_from_slice(&block);
+        v
+    }
+
     /// The embedding of one text of a request being served. The text waits (a bounded
     /// moment, see [`BatchSettings`]) to share a forward pass with the texts of other
     /// requests, on a pool of compute threads sized to the cores; the caller's thread is
     /// free meanwhile.
     pub async fn embed_batched(&self, text: &str) -> Result<Vec<f32>> {
-        let ids = self.token_ids(text)?;
-        self.batcher.embed(ids).await
+        let (encoder, offset) = self.encoder_for(text);
+        Ok(self.place(encoder.embed_batched(text).await?, offset))
     }
 
     /// Embeds texts: one L2-normalised vector per text, in input order. Every text gets a
-    /// vector (an empty text is embedded as "[CLS] [SEP]"). Blocks: for bulk and offline
-    /// work (indexing, evaluation). Texts are packed into forward passes of a few at a
-    /// time, run in parallel; a single text shares its larger matrix products over the
-    /// thread pool.
+    /// vector (an empty text is embedded as "[CLS] [SEP]" by the English model). Blocks:
+    /// for bulk and offline work (indexing, evaluation). Texts are packed into forward
+    /// passes of a few at a time, run in parallel; a single text shares its larger matrix
+    /// products over the thread pool.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let ids = texts
+        let chinese: Vec<bool> = texts
             .iter()
-            .map(|t| self.token_ids(t))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(match ids.as_slice() {
-            [] => Vec::new(),
-            [one] => embeddings(&self.model, &[one.as_slice()], true),
-            _ => ids
-                .par_chunks(BULK_BATCH)
-                .flat_map_iter(|chunk| {
-                    let seqs: Vec<&[u32]> = chunk.iter().map(Vec::as_slice).collect();
-                    embeddings(&self.model, &seqs, false)
-                })
-                .collect(),
-        })
-    }
-
-    fn token_ids(&self, text: &str) -> Result<Vec<u32>> {
-        let encoding = self
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| anyhow!("tokenizing: {e}"))?;
-        Ok(encoding.get_ids().to_vec())
+            .map(|t| detect_language(t) == Language::Zh)
+            .collect();
+        let of = |zh: bool| -> Vec<&str> {
+            texts
+                .iter()
+                .zip(&chinese)
+                .filter(|(_, &c)| c == zh)
+                .map(|(t, _)| *t)
+                .collect()
+        };
+        let mut english = self.english.embed(&of(false))?.into_iter();
+        let mut zh = self.chinese.embed(&of(true))?.into_iter();
+        let offset = self.english.dim();
+        chinese
+            .iter()
+            .map(|&c| {
+                let (block, at) = if c {
+                    (zh.next(), offset)
+                } else {
+                    (english.next(), 0)
+                };
+                let block = block.context("an encoder returned fewer vectors than texts")?;
+                Ok(self.place(block, at))
+            })
+            .collect()
     }
 }
 
@@ -299,27 +413,46 @@ pub(crate) mod tests {
     #[test]
     fn similar_sentences_are_closer() {
         let Some(e) = test_embedder() else { return };
-        assert_eq!(e.dim(), 384);
+        assert_eq!(e.dim(), 384 + 192);
         let v = e
             .embed(&[
                 "My card has not arrived yet",
                 "I am still waiting for my new card to be delivered",
                 "What is the exchange rate for euros?",
                 "",
+                "我的银行卡丢了怎么办",
+                "银行卡丢失了应该怎么处理",
+                "今天的外卖送得太慢了",
             ])
             .unwrap();
-        assert_eq!(v.len(), 4);
+        assert_eq!(v.len(), 7);
         for x in &v {
-            assert_eq!(x.len(), 384);
+            assert_eq!(x.len(), 384 + 192);
             let norm: f32 = dot(x, x).sqrt();
             assert!((norm - 1.0).abs() < 1e-3, "norm {norm}");
+        }
+        // each text fills the block of its language and leaves the other at zero
+        for (i, x) in v.iter().enumerate() {
+            let (english, chinese) = x.split_at(384);
+            let (own, other) = if i >= 4 {
+                (chinese, english)
+            } else {
+                (english, chinese)
+            };
+            assert!(own.iter().any(|&y| y != 0.0), "text {i}");
+            assert!(other.iter().all(|&y| y == 0.0), "text {i}");
         }
         let close = dot(&v[0], &v[1]);
         let far = dot(&v[0], &v[2]);
         assert!(close > far + 0.2, "close {close} far {far}");
+        let close = dot(&v[4], &v[5]);
+        let far = dot(&v[4], &v[6]);
+        assert!(close > far + 0.2, "Chinese: close {close} far {far}");
         // Batch results equal single results.
         let single = e.embed(&["What is the exchange rate for euros?"]).unwrap();
         assert!(dot(&single[0], &v[2]) > 0.9999);
+        let single = e.embed(&["银行卡丢失了应该怎么处理"]).unwrap();
+        assert!(dot(&single[0], &v[5]) > 0.9999);
     }
 
     /// Texts packed into one forward pass get the embeddings they get alone, however
@@ -335,24 +468,32 @@ pub(crate) mod tests {
             long.as_str(),
             "",
             "Can I change the delivery address after the order shipped?",
+            "我的iPhone充不进电了",
         ];
         let alone: Vec<Vec<f32>> = texts
             .iter()
             .map(|t| e.embed(&[t]).unwrap().remove(0))
             .collect();
-        let packed = embeddings(
-            &e.model,
-            &texts
-                .iter()
-                .map(|t| e.token_ids(t).unwrap())
-                .collect::<Vec<_>>()
-                .iter()
-                .map(Vec::as_slice)
-                .collect::<Vec<_>>(),
-            false,
-        );
-        for ((text, a), p) in texts.iter().zip(&alone).zip(&packed) {
-            assert!(dot(a, p) > 0.9999, "{text:?}: packed cosine {}", dot(a, p));
+        for encoder in [&e.english, &e.chinese] {
+            let packed = embeddings(
+                &encoder.model,
+                &texts
+                    .iter()
+                    .map(|t| encoder.token_ids(t).unwrap())
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(Vec::as_slice)
+                    .collect::<Vec<_>>(),
+                false,
+            );
+            for (text, p) in texts.iter().zip(&packed) {
+                let a = encoder.embed(&[text]).unwrap().remove(0);
+                assert!(
+                    dot(&a, p) > 0.9999,
+                    "{text:?}: packed cosine {}",
+                    dot(&a, p)
+                );
+            }
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -391,16 +532,47 @@ pub(crate) mod tests {
     #[test]
     fn accepts_only_embeddings_of_the_same_model() {
         let Some(e) = test_embedder() else { return };
-        assert_eq!(e.model_id(), MODEL_NAME);
+        let id = e.model_id().to_owned();
+        assert!(id.starts_with(&format!("{MODEL_NAME}+kefu-zh-")), "{id}");
         let v = e.embed(&["Where is my parcel?"]).unwrap().remove(0);
-        assert!(e.accepts(MODEL_NAME, &v));
+        assert!(e.accepts(&id, &v));
+        assert!(!e.accepts(MODEL_NAME, &v));
         assert!(!e.accepts("paraphrase-multilingual-MiniLM-L12-v2", &v));
-        assert!(!e.accepts(MODEL_NAME, &v[..128]));
-        assert!(!e.accepts(MODEL_NAME, &vec![0.0; 384]));
-        assert!(!e.accepts(MODEL_NAME, &vec![f32::NAN; 384]));
+        assert!(!e.accepts(&id, &v[..384]));
+        assert!(!e.accepts(&id, &vec![0.0; 576]));
+        assert!(!e.accepts(&id, &vec![f32::NAN; 576]));
     }
 
-    /// The fast forward pass agrees with candle-transformers' reference BERT.
+    /// The bundled Chinese encoder gives the embeddings its training script computed in
+    /// PyTorch for the same texts (`zh-encoder/reference.json`): the export, the tokenizer
+    /// and the forward pass agree.
+    #[test]
+    fn chinese_encoder_matches_its_training() {
+        #[derive(serde::Deserialize)]
+        struct Reference {
+            text: String,
+            embedding: Vec<f32>,
+        }
+        let references: Vec<Reference> =
+            serde_json::from_str(include_str!("../zh-encoder/reference.json")).unwrap();
+        let chinese = Encoder::chinese().unwrap();
+        assert!(references.len() >= 5);
+        assert_eq!(Encoder::chinese_name(), Encoder::chinese_name());
+        assert_eq!(Encoder::chinese_name().len(), "kefu-zh-".len() + 12);
+        for r in &references {
+            let got = chinese.embed(&[&r.text]).unwrap().remove(0);
+            let cos = dot(&got, &r.embedding);
+            assert!(
+                cos > 0.99,
+                "{:?}: cosine {cos} ({})",
+                r.text,
+                chinese.model.precision()
+            );
+        }
+    }
+
+    /// The fast forward pass agrees with candle-transformers' reference BERT, for both
+    /// encoders.
     #[test]
     fn matches_candle_reference_model() {
         use candle_core::{DType, Device, Tensor};
@@ -408,11 +580,11 @@ pub(crate) mod tests {
         use candle_transformers::models::bert::BertModel;
         let Some(e) = test_embedder() else { return };
         let dir = models_dir().join(MODEL_NAME);
-        let config: Config =
+        let english_config: Config =
             serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
                 .unwrap();
         // SAFETY: read-only mapping of a file nobody writes during the test.
-        let vb = unsafe {
+        let english = unsafe {
             VarBuilder::from_mmaped_safetensors(
                 &[dir.join("model.safetensors")],
                 DType::F32,
@@ -420,39 +592,57 @@ pub(crate) mod tests {
             )
         }
         .unwrap();
-        let reference = BertModel::load(vb, &config).unwrap();
-        for text in [
-            "I am still waiting on my card?",
-            "我的银行卡丢了怎么办",
-            "hi",
-            &"long text ".repeat(80),
+        let chinese = VarBuilder::from_buffered_safetensors(
+            CHINESE_WEIGHTS.to_vec(),
+            DType::F32,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let chinese_config: Config = serde_json::from_str(CHINESE_CONFIG).unwrap();
+        for (encoder, vb, config) in [
+            (&e.english, english, english_config),
+            (&e.chinese, chinese, chinese_config),
         ] {
-            let ids = e.tokenizer.encode(text, true).unwrap().get_ids().to_vec();
-            let n = ids.len();
-            let ids_t = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
-            let hidden = reference
-                .forward(&ids_t, &ids_t.zeros_like().unwrap(), None)
-                .unwrap();
-            let want: Vec<f32> = hidden
-                .mean(1)
-                .unwrap()
-                .squeeze(0)
-                .unwrap()
-                .to_vec1()
-                .unwrap();
-            let norm = dot(&want, &want).sqrt();
-            let want: Vec<f32> = want.iter().map(|x| x / norm).collect();
-            let got = e.embed(&[text]).unwrap().remove(0);
-            let cos = dot(&want, &got);
-            let min = match e.model.precision() {
-                "int8" => 0.99,
-                _ => 0.9999,
-            };
-            assert!(
-                cos > min,
-                "{text:?}: cosine {cos} ({})",
-                e.model.precision()
-            );
+            let reference = BertModel::load(vb, &config).unwrap();
+            for text in [
+                "I am still waiting on my card?",
+                "我的银行卡丢了怎么办",
+                "hi",
+                &"long text ".repeat(80),
+                &"很长的文字".repeat(40),
+            ] {
+                let ids = encoder
+                    .tokenizer
+                    .encode(text, true)
+                    .unwrap()
+                    .get_ids()
+                    .to_vec();
+                let n = ids.len();
+                let ids_t = Tensor::from_vec(ids, (1, n), &Device::Cpu).unwrap();
+                let hidden = reference
+                    .forward(&ids_t, &ids_t.zeros_like().unwrap(), None)
+                    .unwrap();
+                let want: Vec<f32> = hidden
+                    .mean(1)
+                    .unwrap()
+                    .squeeze(0)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                let norm = dot(&want, &want).sqrt();
+                let want: Vec<f32> = want.iter().map(|x| x / norm).collect();
+                let got = encoder.embed(&[text]).unwrap().remove(0);
+                let cos = dot(&want, &got);
+                let min = match encoder.model.precision() {
+                    "int8" => 0.99,
+                    _ => 0.9999,
+                };
+                assert!(
+                    cos > min,
+                    "{text:?}: cosine {cos} ({})",
+                    encoder.model.precision()
+                );
+            }
         }
     }
 }

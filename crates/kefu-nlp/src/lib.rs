@@ -1,15 +1,15 @@
 //! kefu-nlp: the language understanding of kefu.
 //!
 //! - [`text`]: language detection, normalisation, word segmentation (jieba for Chinese)
-//! - [`embed`]: sentence embeddings with all-MiniLM-L6-v2 on the CPU (candle)
+//! - [`embed`]: sentence embeddings on the CPU: all-MiniLM-L6-v2 for English, kefu's own
+//!   encoder for Chinese (`zh-encoder/`, trained by `make zh-model`)
 //! - [`intent`]: intent classification from a tenant's examples, calibrated, with out-of-scope
 //! - [`sentiment`]: five-level sentiment (bundled model: sparse terms and the embedding)
 //! - [`cues`]: cue phrases of a tenant's escalation policy, found on words and not after negations
 //! - [`eval`]: training and evaluation entry points used by `kefu eval`
 //!
-//! Validation: `python3 eval/split.py` writes stratified splits to `data/eval/`; then e.g.
-//! `cargo run --release -p kefu-nlp --example nlp_eval -- intents data/eval/banking77_train.csv
-//! data/eval/banking77_val.csv models`.
+//! Validation: `make eval` writes stratified splits to `data/eval/` (`eval/split.py`) and
+//! runs the `kefu eval` commands over them.
 
 mod artifact;
 mod bert;

@@ -4,18 +4,20 @@
 //!
 //! Polarity is learned: a 3-class softmax (negative / neutral / positive) over sparse
 //! TF-IDF features (with the Chinese sentiment lexicon's reading, [`crate::lexicon`]) and
-//! the MiniLM sentence embedding, trained by [`crate::eval::train_sentiment`] on airline
-//! tweets (3 classes), Chinese food-delivery reviews (negative / positive) and hand-written
-//! seed sets from other domains (`assets/sentiment_seed.csv`: products, hotels, banking,
-//! telecom, service requests; `assets/sentiment_seed_zh_domains.csv`: Chinese reviews of
-//! thirteen more domains).
+//! the sentence embedding ([`crate::embed`]: MiniLM for English, kefu's encoder for
+//! Chinese), trained by [`crate::eval::train_sentiment`] on airline tweets (3 classes),
+//! Chinese food-delivery reviews (negative / positive), Chinese Weibo posts, car forum
+//! reviews and helpdesk dialogues (3 classes, [`crate::eval::ZH_SENTIMENT_DOMAINS`]) and
+//! hand-written seed sets from other domains (`assets/sentiment_seed.csv`: products,
+//! hotels, banking, telecom, service requests; `assets/sentiment_seed_zh_domains.csv`:
+//! Chinese reviews of thirteen more domains).
 //! The embedding carries what the two source domains do not share with a customer's
 //! message; the seeds keep the domain priors of airline tweets (mostly complaints) from
 //! deciding. A second softmax over the sparse features alone serves when no embedding
 //! model is installed. The vocabulary is pruned to the most useful terms and the model is
 //! bundled into the binary (`assets/sentiment.bin`).
 //!
-//! Reproduce the artefact (about 2 minutes): `make sentiment-model`.
+//! Reproduce the artefact (a few minutes): `make sentiment-model`.
 
 use std::sync::OnceLock;
 
@@ -28,7 +30,7 @@ use crate::linear::{softmax, Linear};
 use crate::text::{detect_language, Language};
 
 /// Changes whenever the features or the artefact format change.
-pub const SENTIMENT_VERSION: &str = "kefu-sentiment-4";
+pub const SENTIMENT_VERSION: &str = "kefu-sentiment-5";
 static BUNDLED: &[u8] = include_bytes!("../assets/sentiment.bin");
 
 /// Class order of the softmax.
@@ -80,6 +82,8 @@ pub struct SentimentAnalysis {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SentimentModel {
     version: String,
+    /// The encoder whose embeddings the model was trained on ([`crate::embed::Embedder::model_id`]).
+    encoder: String,
     vectorizer: Vectorizer,
     /// Sparse terms and the sentence embedding (scaled by `dense_weight`).
     linear: Linear,
@@ -93,6 +97,7 @@ const VERY: f32 = 0.95;
 
 impl SentimentModel {
     pub(crate) fn new(
+        encoder: String,
         vectorizer: Vectorizer,
         linear: Linear,
         dense_weight: f32,
@@ -100,11 +105,18 @@ impl SentimentModel {
     ) -> Self {
         Self {
             version: SENTIMENT_VERSION.to_string(),
+            encoder,
             vectorizer,
             linear,
             dense_weight,
             lexical,
         }
+    }
+
+    /// The encoder the model was trained with ([`crate::embed::Embedder::model_id`]);
+    /// empty when it was trained without embeddings.
+    pub fn encoder(&self) -> &str {
+        &self.encoder
     }
 
     /// Size of the sentence embedding the model was trained with.
@@ -240,6 +252,16 @@ mod tests {
             .as_ref()
     }
 
+    /// The bundled model reads the embeddings of the encoders kefu ships: after a
+    /// retrained encoder (`make zh-model`) comes `make sentiment-model`.
+    #[test]
+    fn bundled_model_was_trained_on_the_shipped_encoders() {
+        let Some(e) = embedder() else { return };
+        let model = SentimentModel::bundled();
+        assert_eq!(model.encoder(), e.model_id());
+        assert_eq!(model.embedding_dim(), e.dim());
+    }
+
     /// Analyses `text` with the lexical half alone and, when the encoder is installed,
     /// with the sentence embedding too: both paths must hold up.
     fn analyses(text: &str) -> Vec<SentimentAnalysis> {
@@ -256,10 +278,10 @@ mod tests {
     fn bundled_model_loads_and_roundtrips() {
         let m = SentimentModel::bundled();
         assert!(m.vocabulary_size() > 1000);
-        assert_eq!(m.embedding_dim(), 384);
+        assert_eq!(m.embedding_dim(), 384 + 192);
         assert!(BUNDLED.len() < 4 * 1024 * 1024);
         let again = SentimentModel::from_bytes(&m.to_bytes()).unwrap();
-        let e = vec![0.05f32; 384];
+        let e = vec![0.05f32; 384 + 192];
         assert_eq!(
             again.probabilities("great service", Some(&e)),
             m.probabilities("great service", Some(&e))

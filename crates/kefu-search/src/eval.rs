@@ -177,8 +177,13 @@ pub fn baseline(docs: &[Document], queries: &[Query], grams: Grams) -> Result<Re
 /// The benchmark with the production settings: hybrid retrieval with the
 /// all-MiniLM-L6-v2 model from `models_dir`, then the baselines on the same set. Returns
 /// `mrr@10=… recall@1=… recall@5=… n=… p50_ms=… p99_ms=…` and a line with each
-/// baseline's figures.
-pub fn retrieval(docs_jsonl: &Path, queries_csv: &Path, models_dir: &Path) -> Result<String> {
+/// baseline's figures; an error when kefu's MRR@10 is below `min_mrr`.
+pub fn retrieval(
+    docs_jsonl: &Path,
+    queries_csv: &Path,
+    models_dir: &Path,
+    min_mrr: Option<f64>,
+) -> Result<String> {
     let docs = load_documents(docs_jsonl)?;
     let queries = load_queries(queries_csv)?;
     let embedder = kefu_nlp::eval::load_embedder(models_dir)?;
@@ -193,6 +198,12 @@ pub fn retrieval(docs_jsonl: &Path, queries_csv: &Path, models_dir: &Path) -> Re
         queries.len()
     );
     let report = evaluate(&index, &queries)?;
+    if let Some(floor) = min_mrr.filter(|&floor| report.mrr_at_10 < floor) {
+        anyhow::bail!(
+            "MRR@10 {:.4} is below the floor {floor} ({report})",
+            report.mrr_at_10
+        );
+    }
     let mut out = report.to_string();
     for grams in [Grams::UnigramsAndBigrams, Grams::Bigrams] {
         let figures = baseline(&docs, &queries, grams)?;

@@ -220,7 +220,7 @@ fn hybrid_ranks_the_relevant_document_first_for_a_paraphrase() {
     index.embed_chunks(&mut chunks).expect("embed");
     assert!(chunks
         .iter()
-        .all(|c| c.vector.as_ref().is_some_and(|v| v.len() == 384)));
+        .all(|c| c.vector.as_ref().is_some_and(|v| v.len() == 384 + 192)));
     index.add_chunks(chunks).expect("add");
     let found = index.search(query, 3).expect("search");
     assert_eq!(found[0].doc_id, "password.en", "{found:?}");

@@ -19,6 +19,8 @@ pub struct StoredChunk {
     pub text: String,
     /// Empty when the chunk was indexed without embeddings.
     pub vector: Vec<f32>,
+    /// The encoder the vector came from (`Embedder::model_id`); empty without a vector.
+    pub vector_model: String,
 }
 
 #[async_trait]
@@ -141,7 +143,7 @@ impl ContentStore for SqlContentStore {
             .execute(&mut *tx)
             .await?;
         for (seq, chunk) in chunks.iter().enumerate() {
-            sqlx::query("INSERT INTO document_chunks (tenant_id, document_id, seq, chunk_id, heading, body, vector) VALUES ($1, $2, $3, $4, $5, $6, $7)")
+            sqlx::query("INSERT INTO document_chunks (tenant_id, document_id, seq, chunk_id, heading, body, vector, vector_model) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
                 .bind(tenant_id)
                 .bind(document.document_id.as_str())
                 .bind(seq as i64)
@@ -149,6 +151,7 @@ impl ContentStore for SqlContentStore {
                 .bind(chunk.heading.as_str())
                 .bind(chunk.text.as_str())
                 .bind(vector_to_bytes(&chunk.vector))
+                .bind(chunk.vector_model.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -197,7 +200,7 @@ impl ContentStore for SqlContentStore {
             .into_iter()
             .map(|d| (d, Vec::new()))
             .collect();
-        let rows = sqlx::query("SELECT document_id, chunk_id, heading, body, vector FROM document_chunks WHERE tenant_id = $1 ORDER BY document_id, seq")
+        let rows = sqlx::query("SELECT document_id, chunk_id, heading, body, vector, vector_model FROM document_chunks WHERE tenant_id = $1 ORDER BY document_id, seq")
             .bind(tenant_id)
             .fetch_all(self.db.pool())
             .await?;
@@ -209,6 +212,7 @@ impl ContentStore for SqlContentStore {
                 heading: row.try_get("heading")?,
                 text: row.try_get("body")?,
                 vector: vector_from_bytes(&vector),
+                vector_model: row.try_get("vector_model")?,
             };
             if let Some((_, chunks)) = grouped
                 .iter_mut()

@@ -289,6 +289,7 @@ async fn documents_keep_their_chunks_and_vectors() {
             heading: String::new(),
             text: "14 days.".into(),
             vector: vec![0.5, -0.25],
+            vector_model: "encoder-a".into(),
         }];
         let before = store.documents_generation("t1").await.unwrap();
         store.put_document("t1", &document, &chunks).await.unwrap();
@@ -328,6 +329,7 @@ async fn replicas_writing_the_same_document_at_once_all_succeed() {
                             heading: String::new(),
                             text: format!("part {n}"),
                             vector: vec![n as f32],
+                            vector_model: "encoder-a".into(),
                         })
                         .collect();
                     store.put_document("t1", &document, &chunks).await

@@ -92,6 +92,11 @@ impl Knowledge {
         documents: Vec<Document>,
     ) -> Result<usize, Status> {
         let mut total = 0;
+        let vector_model = self
+            .embedder
+            .as_ref()
+            .map_or("", |e| e.model_id())
+            .to_owned();
         for (document, chunks) in self.prepare(documents).await? {
             total += chunks.len();
             let stored = StoredDocument {
@@ -105,6 +110,11 @@ impl Knowledge {
                     chunk_id: c.id,
                     heading: c.heading,
                     text: c.text,
+                    vector_model: if c.vector.is_some() {
+                        vector_model.clone()
+                    } else {
+                        String::new()
+                    },
                     vector: c.vector.unwrap_or_default(),
                 })
                 .collect();
@@ -119,6 +129,8 @@ impl Knowledge {
         let stored = self.store.chunks(tenant_id).await?;
         let embedder = self.embedder.clone();
         let (index, counts) = tokio::task::spawn_blocking(move || {
+            let model = embedder.as_ref().map(|e| e.model_id().to_owned());
+            let model = model.as_deref();
             let index = SearchIndex::new(embedder)?;
             let mut chunks: Vec<Chunk> = stored
                 .iter()
@@ -129,11 +141,12 @@ impl Knowledge {
                         title: document.title.clone(),
                         heading: c.heading.clone(),
                         text: c.text.clone(),
-                        vector: (!c.vector.is_empty()).then(|| c.vector.clone()),
+                        vector: (!c.vector.is_empty() && model == Some(c.vector_model.as_str()))
+                            .then(|| c.vector.clone()),
                     })
                 })
                 .collect();
-            // Chunks stored without vectors (model added later) are embedded now.
+            // Chunks stored without vectors, or with another encoder's, are embedded now.
             index.embed_chunks(&mut chunks)?;
             let counts = (stored.len(), chunks.len());
             index.add_chunks(chunks)?;

@@ -60,11 +60,8 @@ impl Router {
     /// Learns a tenant's intents, or loads what was learned from the same examples before.
     fn train(&self, tenant: Arc<Tenant>) -> anyhow::Result<(usize, usize)> {
         let examples = tenant.training_examples();
-        let variant = if self.embedder.is_some() {
-            "dense"
-        } else {
-            "sparse"
-        };
+        // a model learned with other encoders (or none) is not this one's
+        let variant = self.embedder.as_ref().map_or("sparse", |e| e.model_id());
         let fingerprint = format!("{}-{variant}", IntentModel::fingerprint(&examples));
         let cache_file = self
             .cache_dir

@@ -213,12 +213,22 @@ mod tests {
         let own_score = own.sentiment.unwrap().score;
 
         // The text's own embedding, supplied: the same answer as embedding it here.
-        let supplied = analyze(&analyzer, text, Some(embedding_of(text, MODEL_NAME))).await;
+        let supplied = analyze(
+            &analyzer,
+            text,
+            Some(embedding_of(text, embedder.model_id())),
+        )
+        .await;
         assert_eq!(supplied, own);
 
         // A furious message's embedding under the text: a supplied embedding is used.
         let furious = "This is the worst service I have ever had, I am disgusted and furious!";
-        let used = analyze(&analyzer, text, Some(embedding_of(furious, MODEL_NAME))).await;
+        let used = analyze(
+            &analyzer,
+            text,
+            Some(embedding_of(furious, embedder.model_id())),
+        )
+        .await;
         let used_score = used.sentiment.unwrap().score;
         assert!(
             used_score < own_score - 0.1,
@@ -229,13 +239,14 @@ mod tests {
         // normalised: ignored, the text is embedded here.
         for foreign in [
             embedding_of(furious, "paraphrase-multilingual-MiniLM-L12-v2"),
+            embedding_of(furious, MODEL_NAME),
             Embedding {
-                values: embedding_of(furious, MODEL_NAME).values[..256].to_vec(),
-                ..embedding_of(furious, MODEL_NAME)
+                values: embedding_of(furious, embedder.model_id()).values[..256].to_vec(),
+                ..embedding_of(furious, embedder.model_id())
             },
             Embedding {
                 values: vec![0.0; embedder.dim()],
-                ..embedding_of(furious, MODEL_NAME)
+                ..embedding_of(furious, embedder.model_id())
             },
         ] {
             assert_eq!(analyze(&analyzer, text, Some(foreign)).await, own);

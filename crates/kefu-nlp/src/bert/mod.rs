@@ -83,14 +83,29 @@ pub(crate) struct Bert {
 
 impl Bert {
     pub fn load(weights: &Path, config: &Config) -> Result<Self> {
+        let tensors = candle_core::safetensors::load(weights, &Device::Cpu)
+            .with_context(|| format!("reading {}", weights.display()))?;
+        Self::from_tensors(&tensors, config, &weights.display().to_string())
+    }
+
+    /// The model from the bytes of a safetensors file (a model compiled into the binary).
+    pub fn from_safetensors(bytes: &[u8], config: &Config, source: &str) -> Result<Self> {
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .with_context(|| format!("reading {source}"))?;
+        Self::from_tensors(&tensors, config, source)
+    }
+
+    fn from_tensors(
+        tensors: &std::collections::HashMap<String, Tensor>,
+        config: &Config,
+        source: &str,
+    ) -> Result<Self> {
         if !matches!(config.hidden_act, HiddenAct::Gelu) {
             bail!(
                 "unsupported activation {:?} (expected gelu)",
                 config.hidden_act
             );
         }
-        let tensors = candle_core::safetensors::load(weights, &Device::Cpu)
-            .with_context(|| format!("reading {}", weights.display()))?;
         let prefix = if tensors.contains_key("embeddings.word_embeddings.weight") {
             ""
         } else {
@@ -99,7 +114,7 @@ impl Bert {
         let get = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
             let t: &Tensor = tensors
                 .get(&format!("{prefix}{name}"))
-                .ok_or_else(|| anyhow!("tensor {prefix}{name} missing in {}", weights.display()))?;
+                .ok_or_else(|| anyhow!("tensor {prefix}{name} missing in {source}"))?;
             if t.dims() != shape {
                 bail!("tensor {name} has shape {:?}, expected {shape:?}", t.dims());
             }
