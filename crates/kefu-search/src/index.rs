@@ -80,9 +80,9 @@ pub struct SearchConfig {
     /// Rank with embeddings (only when the index has an embedder).
     pub dense: bool,
     pub fusion: Fusion,
-    /// Weight of the dense ranking for English queries (the embedding model's language).
+    /// Weight of the dense ranking for English queries (MiniLM's block of the embedding).
     pub dense_weight_en: f32,
-    /// Weight of the dense ranking for Chinese queries.
+    /// Weight of the dense ranking for Chinese queries (kefu's Chinese encoder).
     pub dense_weight_zh: f32,
     /// Stem English words.
     pub stem: bool,
@@ -112,7 +112,7 @@ impl Default for SearchConfig {
             dense: true,
             fusion: Fusion::Score,
             dense_weight_en: 0.7,
-            dense_weight_zh: 0.0,
+            dense_weight_zh: 0.4,
             stem: true,
             cjk_bigrams: true,
             chinese_grams: 1.0,
