@@ -15,8 +15,10 @@ English word pieces, shaped like all-MiniLM-L6-v2 so that kefu's own forward pas
    sets' non-matching partners as hard negatives.
 
 BQ's test split is kefu's Chinese FAQ validation set (eval/split.py); no pair that shares
-a text with it is used here. Fixed seed and step counts: the same data gives the same model; the run
-takes about 25 minutes on 2 cores. Writes config.json, tokenizer.json,
+a text with it is used here. Fixed seed and step counts; the run
+takes about 28 minutes on 2 cores. The WordPiece trainer of `tokenizers` breaks ties
+between equally frequent tokens in hash order, so a retrain is an equivalent model, not
+the same bits. Writes config.json, tokenizer.json,
 model.safetensors (half precision) and reference.json (a few texts' embeddings, for
 kefu's test that it reads the model as PyTorch does) to --out.
 """
