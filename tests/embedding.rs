@@ -10,6 +10,8 @@ use common::{on_repository, Instance, Service, Stack, StackBuilder};
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use kefu_proto::v1::router_service_client::RouterServiceClient;
 use kefu_proto::v1::*;
+use kefu_test_db::TestDb;
+use sqlx::Connection as _;
 
 const MODEL: &str = "all-MiniLM-L6-v2";
 
@@ -204,4 +206,63 @@ async fn knowledge_answers_the_same_with_the_routers_embedding() {
         assert_eq!(with.answer, without.answer, "{query}");
         assert_eq!(with.confident, without.confident, "{query}");
     }
+}
+
+/// Chunks stored with an earlier encoder's vectors (MiniLM's alone, 384 dimensions, as
+/// kefu stored them before its Chinese encoder) are embedded again when a replica builds
+/// its index: it starts, and answers as it did when it embedded them itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_of_an_earlier_encoder_are_embedded_again() {
+    if !model_installed() {
+        return;
+    }
+    let (_db, database_url) = TestDb::postgres().await;
+    let mut stack = common::start(
+        on_repository(StackBuilder::instances([Instance::new(
+            "knowledge",
+            Service::Knowledge,
+        )]))
+        .database_url(&database_url)
+        .serving(&["knowledge"]),
+    )
+    .await;
+    let queries = ["专业版一个月多少钱", "When will my refund arrive?"];
+    let answers = |url: String| async move {
+        let mut knowledge = KnowledgeServiceClient::connect(url).await.unwrap();
+        let mut out = Vec::new();
+        for query in queries {
+            let reply = knowledge
+                .search(SearchRequest {
+                    tenant_id: "demo".into(),
+                    query: query.into(),
+                    top_k: 3,
+                    query_embedding: None,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let ranking: Vec<String> = reply
+                .sources
+                .iter()
+                .map(|s| s.document_id.clone())
+                .collect();
+            out.push((ranking, reply.answer, reply.confident));
+        }
+        out
+    };
+    let before = answers(stack.url("knowledge")).await;
+    assert!(before.iter().all(|(ranking, _, _)| !ranking.is_empty()));
+
+    stack.kill("knowledge");
+    let mut db = sqlx::PgConnection::connect(&database_url).await.unwrap();
+    let earlier =
+        sqlx::query("UPDATE document_chunks SET vector = $1, vector_model = 'all-MiniLM-L6-v2'")
+            .bind(vec![0u8; 384 * 4])
+            .execute(&mut db)
+            .await
+            .unwrap();
+    assert!(earlier.rows_affected() > 0);
+    stack.restart("knowledge").unwrap();
+    stack.wait_until_serving("knowledge").await.unwrap();
+    assert_eq!(answers(stack.url("knowledge")).await, before);
 }

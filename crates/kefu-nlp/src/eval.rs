@@ -571,6 +571,30 @@ mod tests {
         assert!((f1 - (2.0 / 3.0 + 0.8) / 2.0).abs() < 1e-9, "{f1}");
     }
 
+    /// A helpdesk dialogue is read as its customer's turns; other rows as written.
+    #[test]
+    fn helpdesk_dialogues_are_read_as_the_customers_turns() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("helpdesk.csv"),
+            "text,sentiment,satisfaction_mean\n\
+             \"客户: 宽带又断了 || 客服: 您好，已为您报修 || 客户: 三天了还没人来\",negative,-1.2\n\
+             \"客服: 您好 || 客服: 请问还在吗\",neutral,0\n\
+             这个价格还可以,positive,1\n",
+        )
+        .unwrap();
+        assert_eq!(
+            read_zh_sentiment(dir.path(), "helpdesk").unwrap(),
+            vec![
+                (
+                    "宽带又断了 三天了还没人来".to_string(),
+                    "negative".to_string()
+                ),
+                ("这个价格还可以".to_string(), "positive".to_string()),
+            ]
+        );
+    }
+
     #[test]
     fn sentiment_training_and_eval_roundtrip() {
         let dir = tempfile::tempdir().unwrap();

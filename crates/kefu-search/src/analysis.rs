@@ -11,7 +11,8 @@
 use kefu_nlp::text::{is_cjk, normalize, words};
 use pinyin::ToPinyin;
 use tantivy::tokenizer::{
-    Language, Stemmer, StopWordFilter, TextAnalyzer, Token, TokenStream, Tokenizer,
+    Language, RemoveLongFilter, Stemmer, StopWordFilter, TextAnalyzer, Token, TokenStream,
+    Tokenizer,
 };
 
 /// Name under which the analyzer is registered in the tantivy index.
@@ -359,11 +360,17 @@ pub(crate) fn grams_analyzer(pinyin: bool) -> TextAnalyzer {
     TextAnalyzer::builder(ChineseGrams { pinyin }).build()
 }
 
+/// Terms longer than this are left out of the index: no one searches for them, and the
+/// stemmer takes time that grows faster than their length (a 1 MB "word" took 14 s).
+const MAX_TERM_BYTES: usize = 64;
+
 /// The analyzer: segmentation, stop words, English stemming.
 pub(crate) fn analyzer(cjk_bigrams: bool, stem: bool) -> TextAnalyzer {
-    let builder = TextAnalyzer::builder(Segmenter { cjk_bigrams }).filter(StopWordFilter::remove(
-        STOP_WORDS.iter().map(|w| w.to_string()),
-    ));
+    let builder = TextAnalyzer::builder(Segmenter { cjk_bigrams })
+        .filter(RemoveLongFilter::limit(MAX_TERM_BYTES))
+        .filter(StopWordFilter::remove(
+            STOP_WORDS.iter().map(|w| w.to_string()),
+        ));
     if stem {
         builder.filter(Stemmer::new(Language::English)).build()
     } else {
