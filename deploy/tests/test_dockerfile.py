@@ -129,7 +129,7 @@ def test_runtime_base_cleans_the_package_lists(dockerfile: Dockerfile) -> None:
 def test_build_context_filter(dockerfile: Dockerfile) -> None:
     ignored = {line.strip() for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
                if line.strip() and not line.startswith("#")}
-    assert {"target", ".git", "models", ".venv"} <= ignored
+    assert {"target", ".git", "models", ".venv", ".venv-train"} <= ignored
     # what the build reads must stay in the context
     for needed in ("tenants", "Cargo.toml", "Cargo.lock", "proto", "crates", "services", "src"):
         assert needed not in ignored
