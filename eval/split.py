@@ -70,8 +70,6 @@ def write(path, fieldnames, rows):
 BQ_PAIRS = os.path.join("zh_pairs", "bq_corpus.csv")
 # Enough queries for a stable MRR@10, few enough for `make eval` to stay short.
 BQ_QUERIES = 2000
-
-
 BQ_VALIDATION_SPLIT = "test"
 
 

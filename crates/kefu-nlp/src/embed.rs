@@ -16,7 +16,7 @@ use std::borrow::Cow;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use candle_transformers::models::bert::Config;
 use rayon::prelude::*;
 use tokenizers::{Tokenizer, TruncationParams};
@@ -269,33 +269,30 @@ impl Embedder {
     /// passes of a few at a time, run in parallel; a single text shares its larger matrix
     /// products over the thread pool.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let chinese: Vec<bool> = texts
-            .iter()
-            .map(|t| detect_language(t) == Language::Zh)
-            .collect();
-        let of = |zh: bool| -> Vec<&str> {
-            texts
-                .iter()
-                .zip(&chinese)
-                .filter(|(_, &c)| c == zh)
-                .map(|(t, _)| *t)
-                .collect()
-        };
-        let mut english = self.english.embed(&of(false))?.into_iter();
-        let mut zh = self.chinese.embed(&of(true))?.into_iter();
-        let offset = self.english.dim();
-        chinese
-            .iter()
-            .map(|&c| {
-                let (block, at) = if c {
-                    (zh.next(), offset)
-                } else {
-                    (english.next(), 0)
-                };
-                let block = block.context("an encoder returned fewer vectors than texts")?;
-                Ok(self.place(block, at))
-            })
-            .collect()
+        let routes: Vec<(&Encoder, usize)> = texts.iter().map(|t| self.encoder_for(t)).collect();
+        let mut vectors = vec![Vec::new(); texts.len()];
+        // one bulk pass per encoder (told apart by where their blocks start)
+        for offset in [0, self.english.dim()] {
+            let members: Vec<usize> = (0..texts.len())
+                .filter(|&i| routes[i].1 == offset)
+                .collect();
+            let Some(&first) = members.first() else {
+                continue;
+            };
+            let batch: Vec<&str> = members.iter().map(|&i| texts[i]).collect();
+            let blocks = routes[first].0.embed(&batch)?;
+            if blocks.len() != members.len() {
+                bail!(
+                    "an encoder returned {} vectors for {} texts",
+                    blocks.len(),
+                    members.len()
+                );
+            }
+            for (i, block) in members.into_iter().zip(blocks) {
+                vectors[i] = self.place(block, offset);
+            }
+        }
+        Ok(vectors)
     }
 }
 

@@ -189,10 +189,8 @@ pub fn sentiment_with(
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);
         predicted.push(if three_way {
             a.level.polarity()
-        } else if a.score >= 0.0 {
-            "positive"
         } else {
-            "negative"
+            a.sign()
         });
     }
     let gold: Vec<&str> = test.iter().map(|(_, l)| l.as_str()).collect();
@@ -423,6 +421,9 @@ pub fn read_zh_sentiment(dir: &Path, domain: &str) -> Result<Vec<(String, String
         .collect())
 }
 
+/// (text, label) pairs.
+type LabelledRows = Vec<(String, String)>;
+
 /// The training sets of the bundled model: airline tweets (en), waimai reviews (zh) and
 /// every domain of `zh_sentiment_dir`.
 #[derive(Debug, Clone)]
@@ -434,7 +435,7 @@ pub struct SentimentSources {
 
 impl SentimentSources {
     /// Every source's rows by domain name.
-    fn read(&self) -> Result<Vec<(String, Vec<(String, String)>)>> {
+    fn read(&self) -> Result<Vec<(String, LabelledRows)>> {
         let mut domains = vec![
             ("airline".to_string(), read_labelled_csv(&self.airline_csv)?),
             ("waimai".to_string(), read_labelled_csv(&self.waimai_csv)?),
@@ -495,15 +496,13 @@ pub fn sentiment_domains(sources: &SentimentSources, models_dir: &Path) -> Resul
         .filter(|(_, (n, _))| n != "airline")
     {
         let (from, to) = bounds[held];
-        let keep = |i: usize| i < from || i >= to;
-        let rows: Vec<(String, String)> = (0..everything.len())
-            .filter(|&i| keep(i))
-            .map(|i| everything[i].clone())
-            .collect();
-        let vectors: Vec<Vec<f32>> = (0..everything.len())
-            .filter(|&i| keep(i))
-            .map(|i| dense[i].clone())
-            .collect();
+        let (rows, vectors): (Vec<(String, String)>, Vec<Vec<f32>>) = everything
+            .iter()
+            .zip(&dense)
+            .enumerate()
+            .filter(|&(i, _)| i < from || i >= to)
+            .map(|(_, (row, vector))| (row.clone(), vector.clone()))
+            .unzip();
         let model = fit_sentiment(&rows, Some((embedder.model_id(), &vectors)), &config)?;
         let (mut polar, mut polar_right) = (0usize, 0usize);
         let (mut gold, mut predicted) = (Vec::new(), Vec::new());
@@ -511,12 +510,7 @@ pub fn sentiment_domains(sources: &SentimentSources, models_dir: &Path) -> Resul
             let a = model.analyze(text, Some(&dense[from + i]));
             if label != "neutral" {
                 polar += 1;
-                let sign = if a.score >= 0.0 {
-                    "positive"
-                } else {
-                    "negative"
-                };
-                polar_right += usize::from(sign == label);
+                polar_right += usize::from(a.sign() == label);
             }
             gold.push(label.as_str());
             predicted.push(a.level.polarity());

@@ -78,6 +78,18 @@ pub struct SentimentAnalysis {
     pub language: Language,
 }
 
+impl SentimentAnalysis {
+    /// "positive" or "negative" by the sign of the score: the reading of data labelled
+    /// with those two classes only.
+    pub fn sign(&self) -> &'static str {
+        if self.score >= 0.0 {
+            "positive"
+        } else {
+            "negative"
+        }
+    }
+}
+
 /// A trained sentiment model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SentimentModel {

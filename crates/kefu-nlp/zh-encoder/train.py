@@ -203,6 +203,16 @@ def batch_ids(tok, texts):
     return out
 
 
+def optimizer_step(opt, loss, lr):
+    """One update at learning rate `lr`; returns the loss."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def pretrain(model, tok, texts, steps, rng):
     """Masked-language modelling: 15% of the tokens (not [CLS]/[SEP]), 80% of them masked,
     10% replaced by a random token, 10% kept."""
@@ -224,13 +234,7 @@ def pretrain(model, tok, texts, steps, rng):
         x, _ = model.hidden(ids)
         sel = labels != -100
         loss = F.cross_entropy(model.mlm_logits(x[sel]), labels[sel])
-        lr = 1e-3 * min(1.0, (step + 1) / 200)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(opt, loss, 1e-3 * min(1.0, (step + 1) / 200)))
         if (step + 1) % 100 == 0:
             log(f"pretraining: step {step + 1}/{steps}, loss {np.mean(losses[-100:]):.3f}, {time.time() - start:.0f} s")
 
@@ -255,13 +259,7 @@ def contrast(model, tok, positives, negatives, steps, rng, batch=96, temperature
         logits = ea @ eb.T / temperature
         target = torch.arange(len(a))
         loss = F.cross_entropy(logits, target) + F.cross_entropy(logits[:, : len(a)].T, target)
-        lr = 5e-4 * min(1.0, (step + 1) / 100) * max(0.05, 1 - step / steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
+        losses.append(optimizer_step(opt, loss, 5e-4 * min(1.0, (step + 1) / 100) * max(0.05, 1 - step / steps)))
         if (step + 1) % 50 == 0:
             log(f"pairs: step {step + 1}/{steps}, loss {np.mean(losses[-50:]):.3f}, {time.time() - start:.0f} s")
     log(f"pairs: {steps * batch / len(order):.1f} passes over {len(order)} pairs")
