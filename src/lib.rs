@@ -3,6 +3,7 @@
 
 pub mod bench;
 pub mod escalation_eval;
+pub mod report_bench;
 pub mod stack;
 
 use std::net::IpAddr;

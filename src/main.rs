@@ -38,6 +38,8 @@ enum Command {
     Train(TrainCommand),
     /// Load a running kefu through its gateway and report turns/s, latency and errors.
     Bench(kefu::bench::BenchArgs),
+    /// Load a PostgreSQL database of its own with a million turns and time the support report.
+    BenchReports(kefu::report_bench::ReportBenchArgs),
 }
 
 #[derive(Subcommand)]
@@ -212,6 +214,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => {
             tokio_runtime().and_then(|rt| print_line(rt.block_on(kefu::bench::run(args))))
+        }
+        Command::BenchReports(args) => {
+            tokio_runtime().and_then(|rt| print_line(rt.block_on(kefu::report_bench::run(args))))
         }
         Command::Up(args) => tokio_runtime().and_then(|rt| rt.block_on(run_up(args))),
         Command::Migrate { data } => tokio_runtime().and_then(|rt| {

@@ -64,11 +64,13 @@ enum Rpc {
     DeleteDocument,
     Reindex,
     ReloadTenant,
+    GetSupportReport,
+    ListKnowledgeGaps,
 }
 
 /// Every public RPC with how often it is called: the ones that rebuild an index or
 /// retrain the router when they get through are called less, to keep the run short.
-const RPCS: [(Rpc, u32); 18] = [
+const RPCS: [(Rpc, u32); 20] = [
     (Rpc::SendMessage, 8),
     (Rpc::GetSession, 6),
     (Rpc::StreamEvents, 6),
@@ -87,6 +89,8 @@ const RPCS: [(Rpc, u32); 18] = [
     (Rpc::DeleteDocument, 4),
     (Rpc::Reindex, 1),
     (Rpc::ReloadTenant, 1),
+    (Rpc::GetSupportReport, 4),
+    (Rpc::ListKnowledgeGaps, 4),
 ];
 
 /// The least a caller needs, as in the README's table.
@@ -106,6 +110,7 @@ impl Rpc {
             Rpc::IngestDocuments | Rpc::DeleteDocument | Rpc::Reindex | Rpc::ReloadTenant => {
                 "AdminService"
             }
+            Rpc::GetSupportReport | Rpc::ListKnowledgeGaps => "ReportsService",
             _ => "TicketService",
         }
     }
@@ -362,6 +367,21 @@ impl<'a> Gen<'a> {
         value
     }
 
+    /// A moment: mostly the last weeks, else the epoch, before it, or beyond any calendar.
+    fn timestamp(&mut self) -> prost_types::Timestamp {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        prost_types::Timestamp {
+            seconds: match self.rng.random_range(0..4) {
+                0 => self.one(&[0, -1, i64::MIN, i64::MAX, now + 400 * 86_400]),
+                _ => now - self.rng.random_range(0..40 * 86_400),
+            },
+            nanos: self.one(&[0, 500_000_000, 999_999_999, -1, i32::MAX]),
+        }
+    }
+
     fn number(&mut self) -> i32 {
         match self.rng.random_range(0..3) {
             0 => self.rng.random_range(1..=5),
@@ -502,6 +522,21 @@ impl<'a> Gen<'a> {
             .encode_to_vec(),
             Rpc::Reindex => ReindexRequest { tenant_id }.encode_to_vec(),
             Rpc::ReloadTenant => ReloadTenantRequest { tenant_id }.encode_to_vec(),
+            Rpc::GetSupportReport => GetSupportReportRequest {
+                tenant_id,
+                from: self.chance(0.9).then(|| self.timestamp()),
+                to: self.chance(0.9).then(|| self.timestamp()),
+                channel: self.enumeration("channel", 6),
+                language: self.enumeration("language", 2),
+            }
+            .encode_to_vec(),
+            Rpc::ListKnowledgeGaps => ListKnowledgeGapsRequest {
+                tenant_id,
+                language: self.enumeration("language", 2),
+                include_covered: self.chance(0.5),
+                limit: self.number(),
+            }
+            .encode_to_vec(),
         }
     }
 

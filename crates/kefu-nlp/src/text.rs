@@ -14,6 +14,16 @@ pub enum Language {
     Zh,
 }
 
+/// The contracts' name of a language.
+impl From<Language> for kefu_proto::v1::Language {
+    fn from(language: Language) -> Self {
+        match language {
+            Language::En => Self::En,
+            Language::Zh => Self::Zh,
+        }
+    }
+}
+
 impl Language {
     /// ISO 639-1 code ("en" / "zh"), as used in tenant files.
     pub fn code(self) -> &'static str {

@@ -59,11 +59,11 @@ impl SqlContentStore {
     }
 }
 
-fn vector_to_bytes(vector: &[f32]) -> Vec<u8> {
+pub(crate) fn vector_to_bytes(vector: &[f32]) -> Vec<u8> {
     vector.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn vector_from_bytes(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn vector_from_bytes(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))

@@ -7,8 +7,10 @@ pub mod cache;
 mod content;
 pub mod conversations;
 mod db;
+pub mod gaps;
 pub mod outbox;
 pub mod rate_limit;
+pub mod reports;
 pub mod sessions;
 pub mod tickets;
 
@@ -19,9 +21,11 @@ pub use conversations::{
     HandlerRecord, RatingRecord, SqlConversationStore, HANDLER_BOT,
 };
 pub use db::{now_millis, Database, DatabaseProbe};
+pub use gaps::SqlGaps;
 pub use outbox::{OutboxEntry, OutboxStats, TicketOutbox, TicketTurn, TicketTurnOutcome};
 pub use rate_limit::{Rate, RateLimiter};
-pub use sessions::{SessionStore, SqlSessionStore, TurnRecord};
+pub use reports::{ReportRows, ReportScope, SqlReports};
+pub use sessions::{SessionStore, SqlSessionStore, TurnRecord, Unanswered};
 pub use tickets::{
     AuditRecord, CustomerRecord, NewTicket, QueueStats, SqlTicketStore, TicketChange, TicketRecord,
     TicketStore, UpdateOutcome,

@@ -23,6 +23,47 @@ pub struct TurnRecord {
     /// The encoded response given for this turn, replayed on a retry.
     pub response: Vec<u8>,
     pub created_at: i64,
+    /// The channel and language of the customer's message (`Channel`, `Language`).
+    pub channel: i32,
+    pub language: i32,
+    /// Why the bot left a question unanswered; `Unanswered::None` when it did not.
+    pub unanswered: Unanswered,
+}
+
+/// Why the bot left a customer's question unanswered, as reports and knowledge gaps
+/// read it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Unanswered {
+    /// Answered, or not the bot's to answer (a hand-off for a complaint, say).
+    #[default]
+    None,
+    /// Nothing in the knowledge base answered it.
+    Miss,
+    /// Handed off because nothing answered it.
+    NoAnswer,
+    /// The customer said the previous answer did not help: the question is the
+    /// previous turn's.
+    NotHelped,
+}
+
+impl Unanswered {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::Miss => "miss",
+            Self::NoAnswer => "no_answer",
+            Self::NotHelped => "not_helped",
+        }
+    }
+
+    pub fn parse(stored: &str) -> Self {
+        match stored {
+            "miss" => Self::Miss,
+            "no_answer" => Self::NoAnswer,
+            "not_helped" => Self::NotHelped,
+            _ => Self::None,
+        }
+    }
 }
 
 #[async_trait]
@@ -56,7 +97,7 @@ impl SqlSessionStore {
     }
 }
 
-const TURN_COLUMNS: &str = "tenant_id, session_id, seq, message_id, customer_id, text, reply, intent, sentiment, escalated, ticket_id, response, created_at";
+const TURN_COLUMNS: &str = "tenant_id, session_id, seq, message_id, customer_id, text, reply, intent, sentiment, escalated, ticket_id, response, created_at, channel, language, unanswered";
 
 fn turn_from_row(row: &AnyRow) -> Result<TurnRecord, sqlx::Error> {
     Ok(TurnRecord {
@@ -73,6 +114,9 @@ fn turn_from_row(row: &AnyRow) -> Result<TurnRecord, sqlx::Error> {
         ticket_id: row.try_get("ticket_id")?,
         response: row.try_get("response")?,
         created_at: row.try_get("created_at")?,
+        channel: row.try_get::<i64, _>("channel")? as i32,
+        language: row.try_get::<i64, _>("language")? as i32,
+        unanswered: Unanswered::parse(row.try_get("unanswered")?),
     })
 }
 
@@ -84,7 +128,7 @@ where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
     sqlx::query(&format!(
-        "INSERT INTO session_turns ({TURN_COLUMNS}) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM session_turns WHERE tenant_id = $1 AND session_id = $2 RETURNING seq"
+        "INSERT INTO session_turns ({TURN_COLUMNS}) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 FROM session_turns WHERE tenant_id = $1 AND session_id = $2 RETURNING seq"
     ))
     .bind(turn.tenant_id.as_str())
     .bind(turn.session_id.as_str())
@@ -98,6 +142,9 @@ where
     .bind(turn.ticket_id.as_str())
     .bind(turn.response.clone())
     .bind(turn.created_at)
+    .bind(turn.channel as i64)
+    .bind(turn.language as i64)
+    .bind(turn.unanswered.as_str())
     .fetch_one(executor)
     .await?
     .try_get("seq")

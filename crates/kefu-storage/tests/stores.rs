@@ -226,6 +226,9 @@ async fn sessions_keep_order_replay_by_message_id_and_stay_in_their_tenant() {
             ticket_id: String::new(),
             response: vec![1, 2, 3],
             created_at: now_millis(),
+            channel: 1,
+            language: 1,
+            unanswered: Unanswered::None,
         };
         for message in ["m1", "m2", "m3"] {
             store.append(turn("t1", message)).await.unwrap();
@@ -557,6 +560,9 @@ fn ticket_turn(customer: &str, message: &str, hand_off: bool) -> TicketTurn {
             ticket_id: String::new(),
             response: vec![1],
             created_at: now_millis(),
+            channel: 1,
+            language: 1,
+            unanswered: Unanswered::None,
         },
         hand_off,
         request: vec![7, 7, 7],

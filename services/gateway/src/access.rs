@@ -75,6 +75,8 @@ addressed!(
     ReloadTenantRequest,
     ListDeadLettersRequest,
     RetryDeadLetterRequest,
+    GetSupportReportRequest,
+    ListKnowledgeGapsRequest,
 );
 
 impl Addressed for UpsertCustomerRequest {
@@ -146,6 +148,8 @@ rules! {
     "/kefu.v1.AdminService/ReloadTenant" (ReloadTenantRequest) => Admin,
     "/kefu.v1.AdminService/ListDeadLetters" (ListDeadLettersRequest) => Admin,
     "/kefu.v1.AdminService/RetryDeadLetter" (RetryDeadLetterRequest) => Admin,
+    "/kefu.v1.ReportsService/GetSupportReport" (GetSupportReportRequest) => Staff,
+    "/kefu.v1.ReportsService/ListKnowledgeGaps" (ListKnowledgeGapsRequest) => Staff,
 }
 
 fn rule(path: &str) -> Option<&'static Rule> {
@@ -399,6 +403,7 @@ mod tests {
 
     use kefu_proto::v1::admin_service_server::AdminServiceServer;
     use kefu_proto::v1::conversation_service_server::ConversationServiceServer;
+    use kefu_proto::v1::reports_service_server::ReportsServiceServer;
     use kefu_proto::v1::ticket_service_server::TicketServiceServer;
     use prost::Message as _;
 
@@ -406,10 +411,11 @@ mod tests {
     use crate::service::GatewayHandle;
 
     /// The gateway's public services, by the names their generated servers answer to.
-    const SERVED: [&str; 3] = [
+    const SERVED: [&str; 4] = [
         <ConversationServiceServer<GatewayHandle> as NamedService>::NAME,
         <TicketServiceServer<GatewayHandle> as NamedService>::NAME,
         <AdminServiceServer<GatewayHandle> as NamedService>::NAME,
+        <ReportsServiceServer<GatewayHandle> as NamedService>::NAME,
     ];
 
     /// Every method of the served services, from the contracts' descriptors: path to

@@ -10,6 +10,7 @@ use kefu_proto::v1::admin_service_server::AdminServiceServer;
 use kefu_proto::v1::conversation_service_server::ConversationServiceServer;
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use kefu_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
+use kefu_proto::v1::reports_service_server::ReportsServiceServer;
 use kefu_proto::v1::router_service_client::RouterServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::ticket_service_server::TicketServiceServer;
@@ -80,7 +81,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .browser_access(cors)
         .add_service(public.service(ConversationServiceServer::new(gateway.clone())))
         .add_service(public.service(TicketServiceServer::new(gateway.clone())))
-        .add_service(public.service(AdminServiceServer::new(gateway)))
+        .add_service(public.service(AdminServiceServer::new(gateway.clone())))
+        .add_service(public.service(ReportsServiceServer::new(gateway)))
         .probe(Arc::new(DownstreamProbe::new(
             "orchestrator",
             connect.raw_channel(&config.orchestrator_url)?,

@@ -2,7 +2,8 @@
 //! gets here (`access`); a handler takes the caller's principal, checks and completes
 //! the request (`validate`) and forwards it with the principal: conversations to the
 //! orchestrator, tickets to the ticket service, the tenant's knowledge and intents to
-//! the knowledge and router services.
+//! the knowledge and router services, reports to the orchestrator (conversations) and the
+//! knowledge service (gaps).
 use std::sync::Arc;
 
 use futures::StreamExt as _;
@@ -10,6 +11,7 @@ use kefu_proto::v1::admin_service_server::AdminService;
 use kefu_proto::v1::conversation_service_server::ConversationService;
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use kefu_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
+use kefu_proto::v1::reports_service_server::ReportsService;
 use kefu_proto::v1::router_service_client::RouterServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::ticket_service_server::TicketService;
@@ -140,5 +142,14 @@ forwarding! {
             )));
         }
         self.0.router.clone().reload_tenant(principal.request(message)).await
+    }
+}
+
+forwarding! {
+    impl ReportsService {
+        get_support_report(GetSupportReportRequest) -> GetSupportReportResponse
+            => orchestrator.get_support_report;
+        list_knowledge_gaps(ListKnowledgeGapsRequest) -> ListKnowledgeGapsResponse
+            => knowledge.list_knowledge_gaps;
     }
 }

@@ -103,6 +103,8 @@ bounded! {
     ReloadTenantRequest {}
     ListDeadLettersRequest {}
     RetryDeadLetterRequest { outbox_id: required_id }
+    GetSupportReportRequest {}
+    ListKnowledgeGapsRequest {}
 }
 
 impl Prepare for SendMessageRequest {

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 
 use kefu_nlp::embed::Embedder;
 use kefu_search::{chunk_document, Chunk, Document, SearchIndex};
-use kefu_storage::{Cache, ContentStore, Redis, StoredChunk, StoredDocument};
+use kefu_storage::{Cache, ContentStore, Redis, SqlGaps, StoredChunk, StoredDocument};
 use kefu_tenant::Tenants;
 use tonic::Status;
 
@@ -20,6 +20,7 @@ pub(crate) struct TenantIndex {
 pub(crate) struct Knowledge {
     pub(crate) embedder: Option<Arc<Embedder>>,
     pub(crate) store: Arc<dyn ContentStore>,
+    pub(crate) gaps: SqlGaps,
     pub(crate) known_tenants: Tenants,
     pub(crate) indexes: RwLock<HashMap<String, Arc<TenantIndex>>>,
     pub(crate) cache: Cache,

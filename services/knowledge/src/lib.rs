@@ -1,16 +1,18 @@
 //! Knowledge service: a hybrid (BM25 + sentence embeddings) index per tenant over its
 //! documents, answering with the best passages and their sources. Documents, chunks and
 //! vectors live in the database, so every replica builds the same index without
-//! recomputing; a change made through one replica reaches the others over Redis.
+//! recomputing; a change made through one replica reaches the others over Redis. The
+//! questions it could not answer are grouped into knowledge gaps (`gaps`).
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use kefu_proto::v1::knowledge_service_server::KnowledgeServiceServer;
 use kefu_runtime::{ReadyFlag, RunningServer, ServiceSpec, Shutdown};
-use kefu_storage::{Cache, Database, Redis, SqlContentStore};
+use kefu_storage::{Cache, Database, Redis, SqlContentStore, SqlGaps};
 use kefu_tenant::Tenants;
 
+mod gaps;
 mod index;
 mod service;
 
@@ -22,6 +24,8 @@ use service::KnowledgeHandle;
 pub const SPEC: ServiceSpec = ServiceSpec::KNOWLEDGE;
 const SERVICE: &str = "kefu-knowledge";
 const RETRIEVAL_CACHE_TTL: Duration = Duration::from_secs(600);
+/// How often each tenant's new unanswered questions are grouped (listing them does too).
+const GAP_GROUPING_INTERVAL: Duration = Duration::from_secs(30);
 /// Change-notification topic of documents.
 const DOCUMENTS_TOPIC: &str = "documents";
 
@@ -32,6 +36,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let knowledge = Arc::new(Knowledge {
         embedder: kefu_nlp::embed::load_optional(&config.content.models.models_dir),
         store: Arc::new(SqlContentStore::new(db.clone())),
+        gaps: SqlGaps::new(db.clone()),
         known_tenants,
         indexes: RwLock::new(HashMap::new()),
         cache: Cache::new("retrieval", SERVICE, RETRIEVAL_CACHE_TTL, redis.clone()),
@@ -62,7 +67,12 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             }
         });
     }
-    let server = server.start(shutdown).await?;
+    let server = server.start(shutdown.clone()).await?;
+    let grouper = knowledge.clone();
+    shutdown.every(GAP_GROUPING_INTERVAL, move || {
+        let knowledge = grouper.clone();
+        async move { knowledge.refresh_all_gaps().await }
+    });
     ready.set_once_done(
         async move {
             knowledge

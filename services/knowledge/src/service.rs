@@ -5,8 +5,8 @@ use std::sync::Arc;
 use kefu_proto::v1::knowledge_service_server::KnowledgeService;
 use kefu_proto::v1::{
     DeleteDocumentRequest, DeleteDocumentResponse, Embedding, IngestDocumentsRequest,
-    IngestDocumentsResponse, ReindexRequest, ReindexResponse, SearchRequest, SearchResponse,
-    Source,
+    IngestDocumentsResponse, ListKnowledgeGapsRequest, ListKnowledgeGapsResponse, ReindexRequest,
+    ReindexResponse, SearchRequest, SearchResponse, Source,
 };
 use kefu_search::{compose_answer, Document};
 use kefu_storage::fingerprint;
@@ -214,5 +214,15 @@ impl KnowledgeService for KnowledgeHandle {
             documents: documents as i32,
             chunks: chunks as i32,
         }))
+    }
+
+    async fn list_knowledge_gaps(
+        &self,
+        request: Request<ListKnowledgeGapsRequest>,
+    ) -> Result<Response<ListKnowledgeGapsResponse>, Status> {
+        self.0
+            .list_gaps(request.into_inner())
+            .await
+            .map(Response::new)
     }
 }

@@ -4,6 +4,7 @@ use kefu_proto::v1::{
     AnalyzeResponse, ClassifyResponse, EscalationCue, EscalationThresholds, Language, Priority,
     Route, SearchResponse, SentimentLabel, VipTier,
 };
+use kefu_storage::Unanswered;
 use kefu_tenant::CueEffect;
 /// Why a customer goes to a human: the tenant policy's type, named as clients read it.
 pub use kefu_tenant::EscalationReason;
@@ -21,6 +22,8 @@ pub struct Decision {
     /// The last answer did not help (the customer says so, or it would be given again):
     /// the next best passage, or an offer of a person, instead of the same reply.
     pub next_best: bool,
+    /// The question this message leaves unanswered, for reports and knowledge gaps.
+    pub unanswered: Unanswered,
 }
 
 /// What the conversation so far says about this message.
@@ -84,6 +87,7 @@ pub fn decide(
             answered_from_knowledge: false,
             clarify: false,
             next_best: false,
+            unanswered: Unanswered::None,
         };
     };
     let knowledge = retrieval.found();
@@ -144,6 +148,30 @@ pub fn decide(
         answered_from_knowledge: reason.is_none() && !next_best && !fixed_reply && confident_answer,
         clarify,
         next_best,
+        unanswered: unanswered(reason, clarify, conversation),
+    }
+}
+
+/// Which question a decision leaves unanswered, each once: a miss, a hand-off for want of
+/// an answer, or an answer the customer says did not help (that earlier question). After
+/// a miss, "that did not help" is no new question: the miss was counted.
+fn unanswered(
+    reason: Option<EscalationReason>,
+    clarify: bool,
+    conversation: Conversation,
+) -> Unanswered {
+    if conversation.not_helped {
+        if conversation.previous_missed {
+            Unanswered::None
+        } else {
+            Unanswered::NotHelped
+        }
+    } else if reason == Some(EscalationReason::NoAnswer) {
+        Unanswered::NoAnswer
+    } else if clarify {
+        Unanswered::Miss
+    } else {
+        Unanswered::None
     }
 }
 
@@ -523,6 +551,34 @@ mod tests {
             .reply("", None, "", Language::En, "")
             .contains("rephrase"));
         assert_eq!(miss(true).reason, Some(EscalationReason::NoAnswer));
+    }
+
+    #[test]
+    fn each_unanswered_question_is_recorded_once() {
+        let decision = |conversation, confident| {
+            decide(
+                Some(&classified("billing", Route::Answer, Priority::Low)),
+                &feeling(SentimentLabel::Neutral),
+                &Retrieval::Found(answer(confident)),
+                conversation,
+            )
+            .unanswered
+        };
+        let not_helped = |previous_missed| Conversation {
+            previous_missed,
+            not_helped: true,
+        };
+        assert_eq!(decision(Conversation::default(), true), Unanswered::None);
+        assert_eq!(decision(Conversation::default(), false), Unanswered::Miss);
+        let rephrased = Conversation {
+            previous_missed: true,
+            not_helped: false,
+        };
+        assert_eq!(decision(rephrased, false), Unanswered::NoAnswer);
+        // the answer before did not help: that question was left unanswered
+        assert_eq!(decision(not_helped(false), true), Unanswered::NotHelped);
+        // after a miss, already counted
+        assert_eq!(decision(not_helped(true), false), Unanswered::None);
     }
 
     #[test]

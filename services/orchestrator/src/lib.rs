@@ -1,7 +1,8 @@
 //! Orchestrator: runs the workflow of one customer message (`workflow`, deciding with
 //! the pure rules of `decision` and `context`), opens the tickets it needs from a
 //! transactional outbox (`outbox`), streams a session's events to its customer and takes
-//! their rating (`session`, `events`). This file only wires them together.
+//! their rating (`session`, `events`), and reports on the stored conversations
+//! (`reports`). This file only wires them together.
 use std::sync::Arc;
 
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
@@ -11,7 +12,7 @@ use kefu_proto::v1::sentiment_service_client::SentimentServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_runtime::health::DownstreamProbe;
 use kefu_runtime::{RunningServer, ServiceSpec, Shutdown};
-use kefu_storage::{Cache, Database, Redis, SqlConversationStore, SqlSessionStore};
+use kefu_storage::{Cache, Database, Redis, SqlConversationStore, SqlReports, SqlSessionStore};
 
 mod config;
 mod context;
@@ -19,6 +20,7 @@ mod decision;
 mod downstream;
 mod events;
 mod outbox;
+pub mod reports;
 mod service;
 mod session;
 mod workflow;
@@ -60,6 +62,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     opener.clone().spawn_drainer(&shutdown);
     let orchestrator = Orchestrator {
         sessions: Arc::new(SqlSessionStore::new(db.clone())),
+        reports: SqlReports::new(db.clone()),
         bus: conversations.bus().clone(),
         conversations,
         shutdown: shutdown.clone(),

@@ -74,4 +74,14 @@ impl OrchestratorService for OrchestratorHandle {
             .await
             .map(Response::new)
     }
+
+    async fn get_support_report(
+        &self,
+        request: Request<GetSupportReportRequest>,
+    ) -> Result<Response<GetSupportReportResponse>, Status> {
+        let request = request.into_inner();
+        let scope = crate::reports::scope_of(&request)?;
+        let rows = self.0.reports.rows(&scope).await?;
+        Ok(Response::new(crate::reports::report(&scope, &rows)))
+    }
 }

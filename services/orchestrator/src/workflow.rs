@@ -11,7 +11,7 @@ use kefu_proto::v1::*;
 use kefu_runtime::Shutdown;
 use kefu_storage::{
     now_millis, Cache, ConversationStore, EventBus, HandlerRecord, SessionStore, TicketTurn,
-    TicketTurnOutcome, TurnRecord,
+    TicketTurnOutcome, TurnRecord, Unanswered,
 };
 use prost::Message as _;
 use tonic::Status;
@@ -31,6 +31,7 @@ const CONTEXT_TURNS: i64 = 6;
 
 pub struct Orchestrator {
     pub(crate) sessions: Arc<dyn SessionStore>,
+    pub(crate) reports: kefu_storage::SqlReports,
     pub(crate) conversations: Arc<dyn ConversationStore>,
     pub(crate) bus: EventBus,
     pub(crate) shutdown: Shutdown,
@@ -222,7 +223,7 @@ impl Orchestrator {
         let label = SentimentLabel::try_from(label_of(&sentiment)).unwrap_or_default();
         span.record("kefu.sentiment", label.as_str_name());
         let language = classification.as_ref().map_or_else(
-            || kefu_nlp::text::detect_language(&request.text) as i32,
+            || Language::from(kefu_nlp::text::detect_language(&request.text)) as i32,
             |c| c.language,
         );
         Ok(Understanding {
@@ -303,7 +304,7 @@ impl Orchestrator {
             .await?
         } else {
             let response = reply_for(&decision, "");
-            let turn = turn_record(incoming, &understanding, &response);
+            let turn = turn_record(incoming, &understanding, &decision, &response);
             self.store_turn(turn, incoming.opens_session).await?
         };
         let tenant = request.tenant_id.clone();
@@ -340,7 +341,7 @@ impl Orchestrator {
         let committed = self
             .conversations_outbox()
             .commit_ticket_turn(TicketTurn {
-                turn: turn_record(incoming, understanding, &pending),
+                turn: turn_record(incoming, understanding, decision, &pending),
                 hand_off: decision.escalated(),
                 request: ticket.encode_to_vec(),
                 lease_ms: LEASE_MS,
@@ -429,6 +430,9 @@ impl Orchestrator {
             ticket_id: handler.ticket_id,
             response: response.encode_to_vec(),
             created_at: now_millis(),
+            channel: request.channel,
+            language: Language::from(kefu_nlp::text::detect_language(&request.text)) as i32,
+            unanswered: Unanswered::None,
         };
         let stored = self.store_turn(turn, false).await?;
         metrics::counter!("kefu_messages_total", "service" => SERVICE, "tenant" => tenant, "outcome" => "with_human").increment(1);
@@ -596,6 +600,7 @@ fn response_of(
 fn turn_record(
     incoming: &Incoming<'_>,
     understanding: &Understanding,
+    decision: &Decision,
     response: &SendMessageResponse,
 ) -> TurnRecord {
     let request = incoming.request;
@@ -613,6 +618,9 @@ fn turn_record(
         ticket_id: response.ticket_id.clone(),
         response: response.encode_to_vec(),
         created_at: now_millis(),
+        channel: request.channel,
+        language: understanding.language,
+        unanswered: decision.unanswered,
     }
 }
 

@@ -214,10 +214,7 @@ impl Router {
             out_of_scope,
             route: route as i32,
             urgency: urgency as i32,
-            language: match language {
-                Lang::En => Language::En,
-                Lang::Zh => Language::Zh,
-            } as i32,
+            language: Language::from(language) as i32,
             fixed_reply,
             embedding,
             ..Default::default()

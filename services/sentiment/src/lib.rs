@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use kefu_nlp::embed::Embedder;
 use kefu_nlp::sentiment::{SentimentAnalysis, SentimentLevel, SentimentModel};
-use kefu_nlp::text::Language as Lang;
 use kefu_proto::v1::sentiment_service_server::{SentimentService, SentimentServiceServer};
 use kefu_proto::v1::{
     AnalyzeRequest, AnalyzeResponse, Embedding, Language, Sentiment, SentimentLabel,
@@ -70,13 +69,6 @@ pub fn label_of(level: SentimentLevel) -> SentimentLabel {
     }
 }
 
-pub fn language_of(language: Lang) -> Language {
-    match language {
-        Lang::En => Language::En,
-        Lang::Zh => Language::Zh,
-    }
-}
-
 fn truncate_at_char_boundary(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
@@ -111,7 +103,7 @@ impl SentimentService for Analyzer {
                 label: label as i32,
                 score: analysis.score.clamp(-1.0, 1.0),
             }),
-            language: language_of(analysis.language) as i32,
+            language: Language::from(analysis.language) as i32,
         }))
     }
 }
