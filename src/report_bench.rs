@@ -48,6 +48,14 @@ SELECT $1, 's' || (g / 4), (g % 4) + 1, 'm' || g, 'c' || ((g / 4) % 50000),
     CASE WHEN g % 4 = 1 AND (g / 4) % 7 = 0 THEN 'miss' ELSE '' END
 FROM generate_series(0, $4 - 1) AS g";
 
+/// Each conversation's row, as the turns' inserts keep it.
+const LOAD_CONVERSATIONS: &str = "
+INSERT INTO conversations (tenant_id, session_id, customer_id, started_at, last_at, channel,
+    language, turns, handed_off, unanswered)
+SELECT tenant_id, session_id, MIN(customer_id), MIN(created_at), MAX(created_at), MIN(channel),
+    MIN(language), COUNT(*), MAX(escalated), SUM(CASE WHEN unanswered <> '' THEN 1 ELSE 0 END)
+FROM session_turns WHERE tenant_id = $1 GROUP BY tenant_id, session_id";
+
 const LOAD_TICKETS: &str = "
 INSERT INTO tickets (tenant_id, ticket_id, customer_id, session_id, subject, status, priority,
     intent, channel, vip_tier, escalation_reason, created_at, updated_at, sla_due_at,
@@ -98,7 +106,7 @@ pub async fn run(args: ReportBenchArgs) -> anyhow::Result<String> {
     let url = own_database(&args.database_url)?;
     admin(
         &args.database_url,
-        &format!("DROP DATABASE IF EXISTS {DATABASE}"),
+        &format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"),
     )
     .await?;
     admin(&args.database_url, &format!("CREATE DATABASE {DATABASE}")).await?;
@@ -120,6 +128,11 @@ pub async fn run(args: ReportBenchArgs) -> anyhow::Result<String> {
         .execute(db.pool())
         .await
         .context("loading turns")?;
+    sqlx::query(LOAD_CONVERSATIONS)
+        .bind(TENANT)
+        .execute(db.pool())
+        .await
+        .context("loading conversations")?;
     let tickets = sqlx::query(LOAD_TICKETS)
         .bind(TENANT)
         .execute(db.pool())
@@ -145,6 +158,7 @@ pub async fn run(args: ReportBenchArgs) -> anyhow::Result<String> {
         to_ms: now + DAY_MS,
         channel: None,
         language: None,
+        as_of_ms: now,
     };
     let scopes = [
         (format!("all {} days", args.days), whole.clone()),
@@ -192,7 +206,7 @@ pub async fn run(args: ReportBenchArgs) -> anyhow::Result<String> {
     if !args.keep {
         admin(
             &args.database_url,
-            &format!("DROP DATABASE IF EXISTS {DATABASE}"),
+            &format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"),
         )
         .await?;
     }

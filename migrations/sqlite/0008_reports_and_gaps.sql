@@ -6,11 +6,30 @@
 ALTER TABLE session_turns ADD COLUMN channel BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE session_turns ADD COLUMN language BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE session_turns ADD COLUMN unanswered TEXT NOT NULL DEFAULT '';
--- A conversation starts with its first turn.
-CREATE INDEX session_turns_starts ON session_turns (tenant_id, created_at) WHERE seq = 1;
-CREATE INDEX session_turns_customer_time ON session_turns (tenant_id, customer_id, created_at);
 CREATE INDEX session_turns_unanswered ON session_turns (tenant_id, created_at) WHERE unanswered <> '';
 CREATE INDEX tickets_period ON tickets (tenant_id, created_at);
+
+-- One row per session, written with each of its turns: what reports read of a
+-- conversation (its first message's time, channel and language, its last message's
+-- time, whether any turn was handed off, how many questions were left unanswered).
+CREATE TABLE conversations (
+    tenant_id    TEXT    NOT NULL,
+    session_id   TEXT    NOT NULL,
+    customer_id  TEXT    NOT NULL,
+    started_at   BIGINT  NOT NULL,
+    last_at      BIGINT  NOT NULL,
+    channel      BIGINT  NOT NULL,
+    language     BIGINT  NOT NULL,
+    turns        BIGINT  NOT NULL,
+    handed_off   BIGINT  NOT NULL,
+    unanswered   BIGINT  NOT NULL,
+    PRIMARY KEY (tenant_id, session_id)
+);
+CREATE INDEX conversations_period ON conversations (tenant_id, started_at);
+-- Sessions from before, summed from their turns (channel and language unknown).
+INSERT INTO conversations (tenant_id, session_id, customer_id, started_at, last_at, channel, language, turns, handed_off, unanswered)
+SELECT tenant_id, session_id, MIN(customer_id), MIN(created_at), MAX(created_at), 0, 0, COUNT(*), MAX(escalated), 0
+FROM session_turns GROUP BY tenant_id, session_id;
 CREATE INDEX conversation_ratings_period ON conversation_ratings (tenant_id, at);
 
 -- Groups of similar unanswered questions, per tenant and language. The centroid is the

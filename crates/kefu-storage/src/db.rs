@@ -117,6 +117,17 @@ impl Database {
         }
     }
 
+    /// Begins a transaction for a report's queries: one snapshot for all of them. On
+    /// PostgreSQL without JIT compilation, which costs a report's scans of a few hundred
+    /// thousand rows about a second more than it saves.
+    pub async fn begin_report(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+        }
+        Ok(tx)
+    }
+
     /// The PostgreSQL URL when this is PostgreSQL (for LISTEN/NOTIFY), else None.
     pub fn postgres_url(&self) -> Option<&str> {
         (self.backend == Backend::Postgres).then_some(&*self.url)

@@ -1,11 +1,11 @@
 //! Support reports read from the stored conversations, tickets and ratings: the same SQL
 //! on SQLite and PostgreSQL. What the figures mean is defined here, once:
 //! - a conversation is a session whose first turn falls in the period; its channel and
-//!   language are its first message's;
+//!   language are its first message's (the `conversations` table, kept with the turns);
 //! - it was handed off when any of its turns was escalated;
 //! - the bot resolved it when it was never handed off, no question in it was left
 //!   unanswered (`Unanswered`), and its customer started no other conversation within
-//!   24 hours after its last turn;
+//!   24 hours after its last turn; until those 24 hours have passed it awaits;
 //! - hand-offs are the tickets opened in the period with an escalation reason, their
 //!   times measured from the ticket's opening to an agent's first reply and to
 //!   resolution.
@@ -27,6 +27,9 @@ pub struct ReportScope {
     /// Only this channel (`Channel`) or language (`Language`); None for all.
     pub channel: Option<i32>,
     pub language: Option<i32>,
+    /// The time the report is made: a conversation that ended less than the return
+    /// window before it awaits its outcome.
+    pub as_of_ms: i64,
 }
 
 /// Conversations started on one UTC day, on one channel, in one language.
@@ -39,6 +42,8 @@ pub struct ConversationCell {
     pub conversations: i64,
     pub resolved_by_bot: i64,
     pub handed_off: i64,
+    /// Resolved so far, but the return window is still open.
+    pub awaiting: i64,
 }
 
 /// A hand-off ticket's times, in milliseconds from its opening; None until they happen.
@@ -70,7 +75,7 @@ pub struct SqlReports {
 /// channel, $5 language, 0 meaning any.
 macro_rules! ticket_in_scope {
     () => {
-        "($4 = 0 OR k.channel = $4) AND ($5 = 0 OR EXISTS (SELECT 1 FROM session_turns s WHERE s.tenant_id = $1 AND s.session_id = k.session_id AND s.seq = 1 AND s.language = $5))"
+        "($4 = 0 OR k.channel = $4) AND ($5 = 0 OR EXISTS (SELECT 1 FROM conversations c WHERE c.tenant_id = $1 AND c.session_id = k.session_id AND c.language = $5))"
     };
 }
 
@@ -80,7 +85,7 @@ impl SqlReports {
     }
 
     pub async fn rows(&self, scope: &ReportScope) -> StoreResult<ReportRows> {
-        let pool = self.db.pool();
+        let mut tx = self.db.begin_report().await?;
         let bind = |sql: &'static str| {
             sqlx::query(sql)
                 .bind(scope.tenant_id.as_str())
@@ -92,7 +97,8 @@ impl SqlReports {
         let conversations = bind(CONVERSATIONS_SQL)
             .bind(RETURN_WINDOW_MS)
             .bind(DAY_MS)
-            .fetch_all(pool)
+            .bind(scope.as_of_ms)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|row| {
@@ -103,18 +109,19 @@ impl SqlReports {
                     conversations: row.try_get("conversations")?,
                     resolved_by_bot: row.try_get("resolved")?,
                     handed_off: row.try_get("handed_off")?,
+                    awaiting: row.try_get("awaiting")?,
                 })
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let handoff_reasons = bind(HANDOFF_REASONS_SQL)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|row| Ok((row.try_get("escalation_reason")?, row.try_get("tickets")?)))
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let handoffs = bind(HANDOFF_TIMES_SQL)
             .bind(VIP_TIER_GOLD)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|row| {
@@ -126,7 +133,7 @@ impl SqlReports {
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         let ratings = bind(RATINGS_SQL)
-            .fetch_all(pool)
+            .fetch_all(&mut *tx)
             .await?
             .iter()
             .map(|row| {
@@ -136,6 +143,7 @@ impl SqlReports {
                 ))
             })
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        tx.commit().await?;
         Ok(ReportRows {
             conversations,
             handoff_reasons,
@@ -148,32 +156,27 @@ impl SqlReports {
 /// Gold and Platinum customers are VIP (`VipTier`).
 const VIP_TIER_GOLD: i64 = 3;
 
-/// Conversations by day, channel and language. $6: the return window, $7: a day.
+/// Conversations by day, channel and language. A conversation's next one by the same
+/// customer (on any channel) is found among those started up to the return window
+/// after the period. $6: the return window, $7: a day, $8: the time of the report.
 const CONVERSATIONS_SQL: &str = "
-WITH started AS (
-    SELECT session_id, customer_id, created_at AS started_at, channel, language
-    FROM session_turns
-    WHERE tenant_id = $1 AND seq = 1 AND created_at >= $2 AND created_at < $3
-      AND ($4 = 0 OR channel = $4) AND ($5 = 0 OR language = $5)
-), conversations AS (
-    SELECT c.session_id, c.customer_id, c.started_at, c.channel, c.language,
-           MAX(t.created_at) AS last_at,
-           MAX(t.escalated) AS handed_off,
-           MAX(CASE WHEN t.unanswered <> '' THEN 1 ELSE 0 END) AS unanswered
-    FROM started c
-    JOIN session_turns t ON t.tenant_id = $1 AND t.session_id = c.session_id
-    GROUP BY c.session_id, c.customer_id, c.started_at, c.channel, c.language
+WITH c AS (
+    SELECT started_at, last_at, channel, language, handed_off, unanswered,
+           LEAD(started_at) OVER (PARTITION BY customer_id ORDER BY started_at) AS next_started
+    FROM conversations
+    WHERE tenant_id = $1 AND started_at >= $2 AND started_at < $3 + $6
 )
 SELECT started_at / $7 AS day, channel, language,
        COUNT(*) AS conversations,
-       CAST(SUM(handed_off) AS BIGINT) AS handed_off,
-       CAST(SUM(CASE WHEN handed_off = 0 AND unanswered = 0 AND NOT EXISTS (
-               SELECT 1 FROM session_turns r
-               WHERE r.tenant_id = $1 AND r.customer_id = c.customer_id
-                 AND r.created_at > c.last_at AND r.created_at <= c.last_at + $6
-                 AND r.session_id <> c.session_id)
-           THEN 1 ELSE 0 END) AS BIGINT) AS resolved
-FROM conversations c
+       CAST(SUM(CASE WHEN handed_off <> 0 THEN 1 ELSE 0 END) AS BIGINT) AS handed_off,
+       CAST(SUM(CASE WHEN handed_off = 0 AND unanswered = 0
+                      AND (next_started > last_at + $6 OR (next_started IS NULL AND last_at + $6 <= $8))
+                     THEN 1 ELSE 0 END) AS BIGINT) AS resolved,
+       CAST(SUM(CASE WHEN handed_off = 0 AND unanswered = 0
+                      AND next_started IS NULL AND last_at + $6 > $8
+                     THEN 1 ELSE 0 END) AS BIGINT) AS awaiting
+FROM c
+WHERE started_at < $3 AND ($4 = 0 OR channel = $4) AND ($5 = 0 OR language = $5)
 GROUP BY started_at / $7, channel, language
 ORDER BY day, channel, language";
 

@@ -120,14 +120,15 @@ fn turn_from_row(row: &AnyRow) -> Result<TurnRecord, sqlx::Error> {
     })
 }
 
-/// Inserts a turn at the end of its session; returns its position. The position is taken
-/// in the insert itself (one statement per turn); a concurrent insert that took it first,
-/// or a message id stored before, is a unique violation.
-pub(crate) async fn insert_turn<'e, E>(executor: E, turn: &TurnRecord) -> Result<i64, sqlx::Error>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
-    sqlx::query(&format!(
+/// Inserts a turn at the end of its session and counts it in its conversation (the
+/// caller's transaction makes the two one); returns its position. The position is taken
+/// in the insert itself; a concurrent insert that took it first, or a message id stored
+/// before, is a unique violation.
+pub(crate) async fn insert_turn(
+    connection: &mut sqlx::AnyConnection,
+    turn: &TurnRecord,
+) -> Result<i64, sqlx::Error> {
+    let seq = sqlx::query(&format!(
         "INSERT INTO session_turns ({TURN_COLUMNS}) SELECT $1, $2, COALESCE(MAX(seq), 0) + 1, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15 FROM session_turns WHERE tenant_id = $1 AND session_id = $2 RETURNING seq"
     ))
     .bind(turn.tenant_id.as_str())
@@ -145,10 +146,34 @@ where
     .bind(turn.channel as i64)
     .bind(turn.language as i64)
     .bind(turn.unanswered.as_str())
-    .fetch_one(executor)
+    .fetch_one(&mut *connection)
     .await?
-    .try_get("seq")
+    .try_get("seq")?;
+    sqlx::query(COUNT_IN_CONVERSATION)
+        .bind(turn.tenant_id.as_str())
+        .bind(turn.session_id.as_str())
+        .bind(turn.customer_id.as_str())
+        .bind(turn.created_at)
+        .bind(turn.channel as i64)
+        .bind(turn.language as i64)
+        .bind(turn.escalated as i64)
+        .bind((turn.unanswered != Unanswered::None) as i64)
+        .execute(&mut *connection)
+        .await?;
+    Ok(seq)
 }
+
+/// A turn in its conversation's row: the first one opens it with its channel and
+/// language, each one moves its last time, a hand-off or an unanswered question stays.
+const COUNT_IN_CONVERSATION: &str = "
+INSERT INTO conversations (tenant_id, session_id, customer_id, started_at, last_at, channel,
+    language, turns, handed_off, unanswered)
+VALUES ($1, $2, $3, $4, $4, $5, $6, 1, $7, $8)
+ON CONFLICT (tenant_id, session_id) DO UPDATE SET
+    last_at = CASE WHEN excluded.last_at > conversations.last_at THEN excluded.last_at ELSE conversations.last_at END,
+    turns = conversations.turns + 1,
+    handed_off = CASE WHEN excluded.handed_off > conversations.handed_off THEN excluded.handed_off ELSE conversations.handed_off END,
+    unanswered = conversations.unanswered + excluded.unanswered";
 
 /// The turn stored under a customer's message id.
 pub(crate) async fn turn_by_message_id<'e, E>(
@@ -213,7 +238,12 @@ impl SessionStore for SqlSessionStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match insert_turn(self.db.pool(), &turn).await {
+            let mut tx = self.db.begin_write().await?;
+            let inserted = match insert_turn(&mut tx, &turn).await {
+                Ok(seq) => tx.commit().await.map(|()| seq),
+                failed => failed,
+            };
+            match inserted {
                 Ok(seq) => {
                     turn.seq = seq;
                     return Ok(turn);

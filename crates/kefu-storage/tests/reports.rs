@@ -170,6 +170,7 @@ async fn conversations_resolutions_handoffs_and_ratings_are_counted_as_defined()
             to_ms: DAY0 + 2 * DAY_MS,
             channel: None,
             language: None,
+            as_of_ms: now_millis(),
         };
         let rows = reports.rows(&scope).await.unwrap();
         let day = DAY0 / DAY_MS;
@@ -181,6 +182,7 @@ async fn conversations_resolutions_handoffs_and_ratings_are_counted_as_defined()
                 conversations,
                 resolved_by_bot,
                 handed_off,
+                awaiting: 0,
             };
         assert_eq!(
             rows.conversations,
@@ -208,6 +210,21 @@ async fn conversations_resolutions_handoffs_and_ratings_are_counted_as_defined()
             }
         );
         assert_eq!(rows.ratings, [(2, 1), (5, 1)]);
+        // Three hours into the first day, s1 and s3 might still see their customers back.
+        let early = reports
+            .rows(&ReportScope {
+                as_of_ms: DAY0 + 3 * HOUR,
+                ..scope.clone()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            early.conversations[0],
+            ConversationCell {
+                awaiting: 2,
+                ..cell(day, WEB, EN, 4, 0, 0)
+            }
+        );
 
         // Filters: the Chinese conversations, their ticket and its rating only.
         let zh = reports

@@ -27,13 +27,18 @@ fn millis(timestamp: Option<&Timestamp>, name: &str) -> Result<i64, Status> {
         .ok_or_else(|| Status::invalid_argument(format!("{name} is out of range")))
 }
 
-/// The scope a request asks for, or INVALID_ARGUMENT naming what is wrong with it.
-pub fn scope_of(request: &GetSupportReportRequest) -> Result<ReportScope, Status> {
+/// The share of conversations the bot should resolve, and the satisfaction to stay above.
+pub const RESOLVED_BY_BOT_TARGET: f64 = 0.8;
+pub const SATISFACTION_TARGET: f64 = 4.5;
+
+/// The scope a request asks for, reported at `now_ms`, or INVALID_ARGUMENT naming what is
+/// wrong with it.
+pub fn scope_of(request: &GetSupportReportRequest, now_ms: i64) -> Result<ReportScope, Status> {
     let from_ms = millis(request.from.as_ref(), "from")?;
     let to_ms = millis(request.to.as_ref(), "to")?;
     if to_ms <= from_ms {
         return Err(Status::invalid_argument(
-            "the period is empty or reversed: `to` must come after `from`",
+            "the period is empty or reversed: its end must come after its start",
         ));
     }
     if to_ms - from_ms > MAX_PERIOD_DAYS * DAY_MS {
@@ -51,6 +56,7 @@ pub fn scope_of(request: &GetSupportReportRequest) -> Result<ReportScope, Status
         to_ms,
         channel: (channel != Channel::Unspecified).then_some(channel as i32),
         language: (language != Language::Unspecified).then_some(language as i32),
+        as_of_ms: now_ms,
     })
 }
 
@@ -78,6 +84,7 @@ fn duration_stats(mut millis: Vec<i64>, target_ms: Option<i64>) -> DurationStats
         within_target: target_ms.map_or(0, |target| {
             millis.iter().filter(|ms| **ms <= target).count() as i64
         }),
+        target_seconds: target_ms.map_or(0.0, |target| target as f64 / 1000.0),
     }
 }
 
@@ -100,6 +107,7 @@ fn add(total: &mut ConversationCounts, cell: &ConversationCell) {
     total.conversations += cell.conversations;
     total.resolved_by_bot += cell.resolved_by_bot;
     total.handed_off += cell.handed_off;
+    total.awaiting_return_window += cell.awaiting;
 }
 
 /// The report from the rows of a scope: every day of the period in order (empty ones
@@ -150,7 +158,13 @@ pub fn report(scope: &ReportScope, rows: &ReportRows) -> GetSupportReportRespons
     GetSupportReportResponse {
         conversations: total.conversations,
         resolved_by_bot: total.resolved_by_bot,
-        resolved_by_bot_share: share(total.resolved_by_bot, total.conversations),
+        resolved_by_bot_share: share(
+            total.resolved_by_bot,
+            total.conversations - total.awaiting_return_window,
+        ),
+        awaiting_return_window: total.awaiting_return_window,
+        resolved_by_bot_target: RESOLVED_BY_BOT_TARGET,
+        satisfaction_target: SATISFACTION_TARGET,
         handed_off: total.handed_off,
         daily: daily.into_values().collect(),
         breakdown: breakdown.into_values().collect(),
@@ -213,7 +227,10 @@ mod tests {
     fn refuses_reversed_empty_missing_and_overlong_periods() {
         let day = DAY_MS / 1000;
         for (bad, expected) in [
-            (request(day, 0), "reversed"),
+            (
+                request(day, 0),
+                "reversed: its end must come after its start",
+            ),
             (request(day, day), "reversed"),
             (request(0, 367 * day), "longer than 366 days"),
             (
@@ -231,11 +248,11 @@ mod tests {
                 "unknown channel",
             ),
         ] {
-            let status = scope_of(&bad).unwrap_err();
+            let status = scope_of(&bad, 0).unwrap_err();
             assert_eq!(status.code(), tonic::Code::InvalidArgument);
             assert!(status.message().contains(expected), "{}", status.message());
         }
-        let scope = scope_of(&request(0, 366 * day)).unwrap();
+        let scope = scope_of(&request(0, 366 * day), 0).unwrap();
         assert_eq!((scope.channel, scope.language), (None, None));
     }
 
@@ -249,6 +266,7 @@ mod tests {
             to_ms: 1_764_806_400_000,
             channel: None,
             language: None,
+            as_of_ms: 0,
         };
         let day = from / DAY_MS;
         let cell = |day, channel, conversations, resolved_by_bot, handed_off| ConversationCell {
@@ -258,6 +276,7 @@ mod tests {
             conversations,
             resolved_by_bot,
             handed_off,
+            awaiting: 0,
         };
         let rows = ReportRows {
             conversations: vec![
@@ -317,10 +336,14 @@ mod tests {
             to_ms: DAY_MS,
             channel: None,
             language: None,
+            as_of_ms: DAY_MS,
         };
         let report = report(&scope, &rows);
         let vip = report.first_response_vip.unwrap();
-        assert_eq!((vip.count, vip.within_target), (3, 2));
+        assert_eq!(
+            (vip.count, vip.within_target, vip.target_seconds),
+            (3, 2, 30.0)
+        );
         assert!((vip.p50_seconds - 20.0).abs() < 1e-9);
         assert!((vip.p90_seconds - 36.0).abs() < 1e-9, "{}", vip.p90_seconds);
         let others = report.first_response.unwrap();

@@ -80,7 +80,7 @@ impl OrchestratorService for OrchestratorHandle {
         request: Request<GetSupportReportRequest>,
     ) -> Result<Response<GetSupportReportResponse>, Status> {
         let request = request.into_inner();
-        let scope = crate::reports::scope_of(&request)?;
+        let scope = crate::reports::scope_of(&request, kefu_storage::now_millis())?;
         let rows = self.0.reports.rows(&scope).await?;
         Ok(Response::new(crate::reports::report(&scope, &rows)))
     }

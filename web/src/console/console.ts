@@ -1,6 +1,7 @@
 // The agents' console: the live queue, one ticket's conversation with reply and
-// resolve, and for admins the tenant's knowledge documents. Every call carries the
-// signed-in key; the gateway decides what that key may do.
+// resolve, for admins the tenant's knowledge documents, and the Insights view (#insights)
+// with the tenant's reports. Every call carries the signed-in key; the gateway decides
+// what that key may do.
 import "../shared/base.css";
 import "./console.css";
 import { timestampDate, timestampMs } from "@bufbuild/protobuf/wkt";
@@ -8,6 +9,7 @@ import { createClient, type Client } from "@connectrpc/connect";
 import { AdminService } from "../gen/kefu/v1/admin_pb";
 import { Priority, SentimentLabel, TicketStatus, VipTier } from "../gen/kefu/v1/common_pb";
 import { Role } from "../gen/kefu/v1/conversation_pb";
+import { ReportsService } from "../gen/kefu/v1/reports_pb";
 import {
   TicketService,
   type ConversationEntry,
@@ -18,6 +20,8 @@ import { fill, h } from "../shared/dom";
 import { clock, localize } from "../shared/i18n";
 import { Code, codeOf, describe, openTransport, randomId, withRetry } from "../shared/rpc";
 import { sourcesLine } from "../shared/sources";
+import { duration } from "./format";
+import { insightsViewFor } from "./insights";
 
 const { lang, t } = localize({
   en: {
@@ -31,6 +35,8 @@ const { lang, t } = localize({
     agent: "agent",
     admin: "admin",
     queue: "Queue",
+    insights: "Insights",
+    views: "Views",
     waiting: (n: number) => `${n} waiting`,
     takeNext: "Take next",
     queueEmpty: "The queue is empty.",
@@ -61,7 +67,7 @@ const { lang, t } = localize({
     },
     slaLeft: (d: string) => `SLA ${d} left`,
     slaOver: (d: string) => `SLA overdue ${d}`,
-    units: { d: "d", h: "h", min: "min" },
+    units: { d: "d", h: "h", min: "min", s: "s" },
     assignedTo: (agent: string) => `with ${agent}`,
     customer: "customer",
     sources: "Sources:",
@@ -91,6 +97,8 @@ const { lang, t } = localize({
     agent: "客服",
     admin: "管理员",
     queue: "排队",
+    insights: "数据洞察",
+    views: "视图",
     waiting: (n: number) => `${n} 人等待`,
     takeNext: "接入下一位",
     queueEmpty: "队列为空。",
@@ -121,7 +129,7 @@ const { lang, t } = localize({
     },
     slaLeft: (d: string) => `SLA 剩余 ${d}`,
     slaOver: (d: string) => `SLA 已超时 ${d}`,
-    units: { d: "天", h: "小时", min: "分钟" },
+    units: { d: "天", h: "小时", min: "分钟", s: "秒" },
     assignedTo: (agent: string) => `由 ${agent} 处理`,
     customer: "客户",
     sources: "参考：",
@@ -164,14 +172,8 @@ function every(ms: number, task: () => Promise<void>): () => void {
   };
 }
 
-/** "3 h 5 min" */
-function duration(ms: number): string {
-  const minutes = Math.max(0, Math.round(ms / 60_000));
-  const { d, h: hours, min } = t.units;
-  if (minutes < 60) return `${minutes} ${min}`;
-  if (minutes < 48 * 60) return `${Math.floor(minutes / 60)} ${hours} ${minutes % 60} ${min}`;
-  return `${Math.floor(minutes / 1440)} ${d} ${Math.floor((minutes % 1440) / 60)} ${hours}`;
-}
+/** An SLA's time, to the minute: "3 h 5 min". */
+const slaTime = (ms: number) => duration(ms / 1000, t.units, "min");
 
 /** The facts an agent scans a ticket for: VIP tier, priority, status, who has it, SLA. */
 function ticketFacts(ticket: Ticket): HTMLElement[] {
@@ -196,7 +198,7 @@ function ticketFacts(ticket: Ticket): HTMLElement[] {
       h(
         "span",
         { class: late ? "pill late" : "pill" },
-        late ? t.slaOver(duration(-left)) : t.slaLeft(duration(left)),
+        late ? t.slaOver(slaTime(-left)) : t.slaLeft(slaTime(left)),
       ),
     );
   }
@@ -238,6 +240,7 @@ async function main(): Promise<void> {
   const transport = await openTransport(() => apiKey);
   const tickets = createClient(TicketService, transport);
   const admin = createClient(AdminService, transport);
+  const reports = createClient(ReportsService, transport);
   document.title = t.title;
 
   // Sign-in.
@@ -316,6 +319,15 @@ async function main(): Promise<void> {
   );
 
   const documentsPanel = documentsPanelFor(admin);
+  const queueView = h("div", {}, h("div", { class: "columns" }, queuePanel, ticketPanel), documentsPanel.element);
+  const insights = insightsViewFor(reports, () => tenantId);
+  const views = [
+    { hash: "#queue", name: t.queue, element: queueView },
+    { hash: "#insights", name: t.insights, element: insights.element },
+  ].map((view) => ({
+    ...view,
+    link: h("a", { href: view.hash, "data-testid": `nav-${view.hash.slice(1)}` }, view.name),
+  }));
   const workspace = h(
     "div",
     { class: "workspace" },
@@ -323,11 +335,11 @@ async function main(): Promise<void> {
       "header",
       { class: "topbar" },
       h("h1", {}, t.title),
+      h("nav", { class: "views", "aria-label": t.views }, ...views.map((view) => view.link)),
       who,
       h("button", { type: "button", class: "secondary", onclick: signOut }, t.signOut),
     ),
-    h("div", { class: "columns" }, queuePanel, ticketPanel),
-    documentsPanel.element,
+    ...views.map((view) => view.element),
   );
 
   fill(document.getElementById("app")!, signInForm, workspace);
@@ -381,10 +393,29 @@ async function main(): Promise<void> {
     documentsPanel.show();
     signInForm.hidden = true;
     workspace.hidden = false;
-    stopQueue();
-    stopQueue = every(POLL_MS, refreshQueue);
-    select(selected);
+    showView();
   }
+
+  /** Shows the view the URL's hash names (the queue by default); only the queue polls. */
+  function showView(): void {
+    const shown = views.find((view) => view.hash === location.hash) ?? views[0];
+    for (const view of views) {
+      view.element.hidden = view !== shown;
+      if (view === shown) view.link.setAttribute("aria-current", "page");
+      else view.link.removeAttribute("aria-current");
+    }
+    stopQueue();
+    stopTicket();
+    if (shown.element === queueView) {
+      stopQueue = every(POLL_MS, refreshQueue);
+      select(selected);
+    } else {
+      void insights.load();
+    }
+  }
+  window.addEventListener("hashchange", () => {
+    if (apiKey && !workspace.hidden) showView();
+  });
 
   /**
    * No RPC says who the caller is, so ask something only an admin may ask and that
