@@ -143,7 +143,7 @@ impl SqlConversationStore {
                 }
             }
         }
-        stored.seq = insert_turn(&mut *tx, &stored).await?;
+        stored.seq = insert_turn(&mut tx, &stored).await?;
         let entry = if opens_ticket {
             Some(insert_entry(&mut tx, &stored, &turn.request, turn.lease_ms).await?)
         } else {
