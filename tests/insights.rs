@@ -13,11 +13,17 @@ use kefu_proto::v1::*;
 use prost_types::Timestamp;
 use tonic::Code;
 
-/// Three ways to ask about something the demo knowledge base does not cover.
+/// Three ways to ask about something the demo knowledge base does not cover, in English
+/// and in Chinese.
 const GIFT_CARD_QUESTIONS: [&str; 3] = [
     "Do you sell gift cards?",
     "Can I buy a gift card for my friend?",
     "Where can I purchase a gift card?",
+];
+const GIFT_CARD_QUESTIONS_ZH: [&str; 3] = [
+    "你们卖礼品卡吗？",
+    "我想买一张礼品卡送给朋友",
+    "在哪里可以买到礼品卡？",
 ];
 
 async fn reports(key: &'static str) -> ReportsServiceClient<common::KeyedChannel> {
@@ -36,10 +42,10 @@ fn gaps_request(include_covered: bool) -> ListKnowledgeGapsRequest {
     }
 }
 
-/// The group holding every gift card question, if there is one.
-fn gift_card_gap(gaps: &[KnowledgeGap]) -> Option<&KnowledgeGap> {
+/// The group holding every one of `questions`, if there is one.
+fn gap_of<'a>(gaps: &'a [KnowledgeGap], questions: &[&str]) -> Option<&'a KnowledgeGap> {
     gaps.iter().find(|gap| {
-        GIFT_CARD_QUESTIONS
+        questions
             .iter()
             .all(|q| gap.examples.iter().any(|e| e == q))
     })
@@ -47,7 +53,8 @@ fn gift_card_gap(gaps: &[KnowledgeGap]) -> Option<&KnowledgeGap> {
 
 #[tokio::test]
 async fn unanswered_questions_form_a_gap_that_a_new_article_covers() {
-    for (n, question) in GIFT_CARD_QUESTIONS.iter().enumerate() {
+    let questions = GIFT_CARD_QUESTIONS.iter().chain(&GIFT_CARD_QUESTIONS_ZH);
+    for (n, question) in questions.enumerate() {
         let response = send(message(&format!("gift-{n}"), question)).await.unwrap();
         assert!(
             response.sources.is_empty() && !response.escalated,
@@ -60,9 +67,13 @@ async fn unanswered_questions_form_a_gap_that_a_new_article_covers() {
         .await
         .unwrap()
         .into_inner();
-    let gap = gift_card_gap(&listed.gaps)
+    let gap = gap_of(&listed.gaps, &GIFT_CARD_QUESTIONS)
         .unwrap_or_else(|| panic!("no group of the gift card questions in {listed:#?}"))
         .clone();
+    let zh = gap_of(&listed.gaps, &GIFT_CARD_QUESTIONS_ZH)
+        .unwrap_or_else(|| panic!("no group of the Chinese gift card questions in {listed:#?}"));
+    println!("in Chinese: {zh:#?}");
+    assert_eq!((zh.questions, zh.language), (3, Language::Zh as i32));
     println!("before the article: {gap:#?}");
     assert_eq!(gap.questions, 3);
     assert_eq!(gap.last_7_days, 3);

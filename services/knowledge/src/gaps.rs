@@ -18,7 +18,10 @@ use tonic::Status;
 use crate::index::{internal, Knowledge, TenantIndex};
 
 /// The cosine similarity to a group's centroid from which a question is of that group.
-pub(crate) const GROUP_SIMILARITY: f32 = 0.6;
+/// With both encoders, questions on one topic asked differently score 0.58 to 0.73 and
+/// questions on other topics below 0.32 (on a hand-written set); LCQMC's paraphrase pairs
+/// all score above 0.5.
+pub(crate) const GROUP_SIMILARITY: f32 = 0.5;
 /// How long one replica may group a tenant's questions before another may take over.
 const LEASE_MS: i64 = 60_000;
 /// Questions grouped per run; the rest wait for the next.
