@@ -3,7 +3,8 @@
 //! escalating message must come back with its trace id and leave one connected trace
 //! across all six services: the workflow steps with their attributes, every downstream
 //! server span under the client span that called it, log lines that carry the trace
-//! id, and nowhere the customer's words.
+//! id, and nowhere the customer's words (nor those of a question kept for the knowledge
+//! gaps).
 //!
 //! `cargo test --release -p kefu --test trace -- --nocapture` prints the span tree.
 
@@ -14,7 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
-use kefu_proto::v1::{Channel as MessageChannel, Priority, SendMessageRequest};
+use kefu_proto::v1::reports_service_client::ReportsServiceClient;
+use kefu_proto::v1::{
+    Channel as MessageChannel, ListKnowledgeGapsRequest, Priority, SendMessageRequest,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -25,12 +29,16 @@ use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::Span;
 
-use common::{on_repository, Service, StackBuilder};
+use common::{on_repository, ApiKey, Service, StackBuilder, DEMO_AGENT_KEY};
 
 /// A refund demand in anger: the refund intent needs the knowledge base and a ticket,
 /// the anger escalates it, so every service takes part in the one trace.
 const MESSAGE: &str =
     "The camera arrived broken and your service is terrible, I want my money back now";
+
+/// A question the demo cannot answer: it is kept for the knowledge gaps, shown to staff,
+/// and still logged nowhere.
+const UNANSWERED: &str = "Can I pay for the gift voucher with seashells?";
 
 /// Spans are exported in batches (every 5 s by default).
 const EXPORT_LIMIT: Duration = Duration::from_secs(20);
@@ -548,6 +556,37 @@ async fn one_message_leaves_one_connected_trace_across_the_six_services() {
         }
     }
 
+    // A question the bot misses is grouped into the knowledge gaps and shown to staff.
+    let missed = client
+        .send_message(SendMessageRequest {
+            tenant_id: "demo".into(),
+            customer_id: "trace-2".into(),
+            channel: MessageChannel::Web as i32,
+            text: UNANSWERED.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("the question is handled")
+        .into_inner();
+    assert!(missed.sources.is_empty(), "{missed:?}");
+    let gaps = ReportsServiceClient::with_interceptor(
+        common::channel(&gateway).await,
+        ApiKey(DEMO_AGENT_KEY),
+    )
+    .list_knowledge_gaps(ListKnowledgeGapsRequest {
+        tenant_id: "demo".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("the gaps are listed")
+    .into_inner();
+    assert!(
+        gaps.gaps
+            .iter()
+            .any(|g| g.examples.iter().any(|e| e == UNANSWERED)),
+        "{gaps:?}"
+    );
+
     // Logs: a line written while handling the message carries the trace and span ids,
     // so an operator can go from a log line to the trace; no log line holds the text:
     // the request's lines not even 8 characters of it, the others (startup, health,
@@ -574,7 +613,8 @@ async fn one_message_leaves_one_connected_trace_across_the_six_services() {
     assert_eq!(created["trace_id"], trace_id.as_str(), "{created}");
     let span_id = created["span_id"].as_str().unwrap_or_default();
     assert!(ticket_spans.contains(span_id), "span_id {span_id:?} of the log line is not a kefu-ticket span of the trace {ticket_spans:?}");
-    let long_fragments = windows(MESSAGE, 16);
+    let mut long_fragments = windows(MESSAGE, 16);
+    long_fragments.extend(windows(UNANSWERED, 16));
     for service in Service::ALL.map(Service::name) {
         let log = std::fs::read_to_string(stack.log(service)).unwrap();
         for line in log.lines() {
