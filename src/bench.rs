@@ -335,17 +335,20 @@ struct Report {
     max: f64,
 }
 
+/// The `q` quantile (0..=1) of sorted values, by nearest rank; 0 without values.
+pub(crate) fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        0.0
+    } else {
+        sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    }
+}
+
 impl Report {
     fn new(mode: &str, seconds: u64, mut tally: Tally) -> Self {
         tally.latencies_ms.sort_by(f64::total_cmp);
         let latencies = &tally.latencies_ms;
-        let at = |q: f64| {
-            if latencies.is_empty() {
-                0.0
-            } else {
-                latencies[((latencies.len() - 1) as f64 * q).round() as usize]
-            }
-        };
+        let at = |q: f64| percentile(latencies, q);
         Self {
             mode: mode.to_owned(),
             seconds,

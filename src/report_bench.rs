@@ -1,13 +1,15 @@
 //! `kefu bench reports`: loads a database of its own with a million turns of support
 //! conversations (and their hand-off tickets and ratings) and times the support report
 //! over them, as GetSupportReport computes it: the same queries, the same summing.
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser;
 use kefu_orchestrator::reports::report;
 use kefu_storage::reports::{ReportScope, DAY_MS};
 use kefu_storage::{now_millis, Database, SqlReports};
+
+use crate::bench::percentile;
 
 #[derive(Parser, Clone, Debug)]
 pub struct ReportBenchArgs {
@@ -74,10 +76,6 @@ const LOAD_RATINGS: &str = "
 INSERT INTO conversation_ratings (tenant_id, ticket_id, customer_id, score, at)
 SELECT tenant_id, ticket_id, customer_id, 1 + ascii(right(ticket_id, 1)) % 5, resolved_at
 FROM tickets WHERE tenant_id = $1 AND ascii(right(ticket_id, 1)) % 2 = 0";
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
 
 async fn admin(url: &str, statement: &str) -> anyhow::Result<()> {
     let db = Database::connect_without_migrating(url).await?;
@@ -189,17 +187,17 @@ pub async fn run(args: ReportBenchArgs) -> anyhow::Result<String> {
             let started = Instant::now();
             let rows = reports.rows(&scope).await?;
             figures = Some(report(&scope, &rows));
-            times.push(started.elapsed());
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
         }
-        times.sort();
+        times.sort_by(f64::total_cmp);
         let figures = figures.expect("at least one run");
         lines.push(format!(
             "  {name}: {} conversations, {:.1}% resolved by the bot: p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
             figures.conversations,
             100.0 * figures.resolved_by_bot_share,
-            percentile(&times, 0.5).as_secs_f64() * 1000.0,
-            percentile(&times, 0.99).as_secs_f64() * 1000.0,
-            times.last().expect("a run").as_secs_f64() * 1000.0,
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times.last().expect("a run"),
         ));
     }
     db.pool().close().await;

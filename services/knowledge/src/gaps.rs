@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use kefu_nlp::embed::dot;
+use kefu_proto::timestamp_from_millis;
 use kefu_proto::v1::{KnowledgeGap, Language, ListKnowledgeGapsRequest, ListKnowledgeGapsResponse};
 use kefu_search::compose_answer;
 use kefu_storage::gaps::{GapQuestion, GapRecord, PendingQuestion};
@@ -130,13 +131,6 @@ fn check(index: &TenantIndex, title: &str, examples: &[String]) -> anyhow::Resul
         closest,
         answered_by,
     })
-}
-
-fn timestamp(millis: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp {
-        seconds: millis.div_euclid(1000),
-        nanos: (millis.rem_euclid(1000) * 1_000_000) as i32,
-    }
 }
 
 impl Knowledge {
@@ -338,9 +332,9 @@ impl Knowledge {
                 closest_document_id: group.closest_document_id,
                 closest_document_title: group.closest_document_title,
                 closeness: group.closeness as f32,
-                first_asked: Some(timestamp(group.first_asked)),
-                last_asked: Some(timestamp(group.last_asked)),
-                covered_at: group.covered_at.map(timestamp),
+                first_asked: Some(timestamp_from_millis(group.first_asked)),
+                last_asked: Some(timestamp_from_millis(group.last_asked)),
+                covered_at: group.covered_at.map(timestamp_from_millis),
                 covered_by_document_id: group.covered_by_document_id,
             });
         }

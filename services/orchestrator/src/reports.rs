@@ -7,8 +7,8 @@ use kefu_proto::v1::{
     Channel, ConversationCounts, DurationStats, GetSupportReportRequest, GetSupportReportResponse,
     HandoffReason, Language,
 };
+use kefu_proto::Timestamp;
 use kefu_storage::reports::{ConversationCell, HandoffTimes, ReportRows, ReportScope, DAY_MS};
-use prost_types::Timestamp;
 use tonic::Status;
 
 /// The longest period a report covers.
