@@ -1,4 +1,4 @@
-//! The all-in-one stack: the six kefu services in one process, each on its own port and
+//! The all-in-one stack: the seven kefu services in one process, each on its own port and
 //! talking to the others over gRPC, as `kefu up` runs them (and the end-to-end tests).
 
 pub mod bench;
@@ -32,7 +32,9 @@ pub struct UpArgs {
     pub ticket_port: u16,
     #[arg(long, env = "KEFU_SENTIMENT_PORT", default_value_t = ServiceSpec::SENTIMENT.grpc_port)]
     pub sentiment_port: u16,
-    /// First of six consecutive /metrics ports (gateway, orchestrator, router, knowledge, ticket, sentiment).
+    #[arg(long, env = "KEFU_CHANNELS_PORT", default_value_t = ServiceSpec::CHANNELS.grpc_port)]
+    pub channels_port: u16,
+    /// First of seven consecutive /metrics ports (gateway, orchestrator, router, knowledge, ticket, sentiment, channels).
     #[arg(long, env = "KEFU_METRICS_BASE_PORT", default_value_t = ServiceSpec::GATEWAY.metrics_port)]
     pub metrics_base_port: u16,
     /// Largest accepted message text, in bytes.
@@ -57,6 +59,10 @@ pub struct UpArgs {
     pub outbox: kefu_orchestrator::OutboxArgs,
     #[command(flatten)]
     pub web: kefu_gateway::WebArgs,
+    #[command(flatten)]
+    pub channels_http: kefu_channels::HttpArgs,
+    #[command(flatten)]
+    pub channels_delivery: kefu_channels::DeliveryArgs,
     /// TLS of the gateway's public port (KEFU_TLS_CERT, KEFU_TLS_KEY); the services
     /// behind it talk plaintext on the loopback interface.
     #[command(flatten)]
@@ -94,7 +100,7 @@ impl UpArgs {
     }
 }
 
-/// Starts the six services; returns once all listen.
+/// Starts the seven services; returns once all listen.
 pub async fn up(
     args: UpArgs,
     shutdown: Shutdown,
@@ -165,14 +171,48 @@ pub async fn up(
                 ticket_url: args.url(args.ticket_port),
                 knowledge_url: args.url(args.knowledge_port),
                 router_url: args.url(args.router_port),
+                channels_url: args.url(args.channels_port),
                 web: args.web.clone(),
                 redis_url: args.data.redis_url.clone(),
                 redis_prefix: args.data.redis_prefix.clone(),
                 max_in_flight: args.max_in_flight,
+            },
+            shutdown.clone(),
+        )
+        .await?,
+        kefu_channels::start(
+            kefu_channels::Config {
+                service: ServiceArgs {
+                    // Calls to a TLS gateway trust the CA the gateway's certificate names.
+                    server: ServerArgs {
+                        tls: kefu_runtime::TlsArgs {
+                            tls_ca: args.gateway_tls.tls_ca.clone(),
+                            ..Default::default()
+                        },
+                        ..args.server(args.channels_port, 6)
+                    },
+                    clients: args.clients.clone(),
+                },
+                data: args.data.clone(),
+                tenants_dir: args.content.tenants_dir.clone(),
+                gateway_url: gateway_url(&args),
+                http: args.channels_http.clone(),
+                delivery: args.channels_delivery.clone(),
             },
             shutdown,
         )
         .await?,
     ];
     Ok(servers)
+}
+
+/// The gateway as the channel service reaches it: over TLS with the gateway's own
+/// certificate when its public port has one.
+fn gateway_url(args: &UpArgs) -> String {
+    let url = args.url(args.gateway_port);
+    if args.gateway_tls.tls_cert.is_some() {
+        url.replacen("http://", "https://", 1)
+    } else {
+        url
+    }
 }

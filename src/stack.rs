@@ -58,16 +58,18 @@ pub enum Service {
     Knowledge,
     Ticket,
     Sentiment,
+    Channels,
 }
 
 impl Service {
-    pub const ALL: [Service; 6] = [
+    pub const ALL: [Service; 7] = [
         Service::Gateway,
         Service::Orchestrator,
         Service::Router,
         Service::Knowledge,
         Service::Ticket,
         Service::Sentiment,
+        Service::Channels,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +80,7 @@ impl Service {
             Service::Knowledge => "knowledge",
             Service::Ticket => "ticket",
             Service::Sentiment => "sentiment",
+            Service::Channels => "channels",
         }
     }
 
@@ -89,6 +92,7 @@ impl Service {
                 Service::Ticket,
                 Service::Knowledge,
                 Service::Router,
+                Service::Channels,
             ],
             Service::Orchestrator => &[
                 Service::Router,
@@ -96,6 +100,7 @@ impl Service {
                 Service::Knowledge,
                 Service::Ticket,
             ],
+            Service::Channels => &[Service::Gateway],
             Service::Router | Service::Knowledge | Service::Ticket | Service::Sentiment => &[],
         }
     }
@@ -272,12 +277,14 @@ impl StackBuilder {
             processes,
             addresses,
             gateways,
+            channel_endpoints,
         } = self.plan(binaries, &common)?;
         let serving = self.serving.unwrap_or_else(|| gateways.clone());
         let mut stack = Stack {
             processes,
             addresses,
             gateways,
+            channel_endpoints,
             logs,
             spawner: Spawner::new(),
             _data: data,
@@ -309,11 +316,15 @@ impl StackBuilder {
         };
         match &self.layout {
             Layout::AllInOne => {
-                let ports: [u16; 6] = free_ports()?;
+                let ports: [u16; 8] = free_ports()?;
+                let (ports, [http_port]) = ports.split_at(7) else {
+                    unreachable!("eight ports");
+                };
                 let mut env = common.to_vec();
                 env.push(("KEFU_METRICS_BASE_PORT".to_owned(), "0".to_owned()));
+                env.push(("KEFU_CHANNELS_HTTP_PORT".to_owned(), http_port.to_string()));
                 let mut addresses = BTreeMap::new();
-                for (service, port) in Service::ALL.into_iter().zip(ports) {
+                for (service, &port) in Service::ALL.into_iter().zip(ports) {
                     let variable = format!("KEFU_{}_PORT", service.name().to_ascii_uppercase());
                     env.push((variable, port.to_string()));
                     addresses.insert(service.name().to_owned(), loopback(port));
@@ -332,11 +343,17 @@ impl StackBuilder {
                     processes: vec![process],
                     addresses,
                     gateways: vec![Service::Gateway.name().to_owned()],
+                    channel_endpoints: BTreeMap::from([(
+                        Service::Channels.name().to_owned(),
+                        loopback(*http_port),
+                    )]),
                 })
             }
             Layout::Instances(instances) => {
-                let ports: Vec<u16> = free_port_list(instances.len() * 2)?;
-                let (grpc, metrics) = ports.split_at(instances.len());
+                let ports: Vec<u16> = free_port_list(instances.len() * 3)?;
+                let (grpc, rest) = ports.split_at(instances.len());
+                let (metrics, http) = rest.split_at(instances.len());
+                let mut channel_endpoints = BTreeMap::new();
                 let addresses: BTreeMap<String, SocketAddr> = instances
                     .iter()
                     .zip(grpc)
@@ -349,7 +366,9 @@ impl StackBuilder {
                         .with_context(|| format!("no instance {name} in the stack"))
                 };
                 let mut processes = Vec::new();
-                for (instance, &metrics_port) in instances.iter().zip(metrics) {
+                for ((instance, &metrics_port), &http_port) in
+                    instances.iter().zip(metrics).zip(http)
+                {
                     let address = addresses[&instance.name];
                     let metrics = SocketAddr::new(address.ip(), metrics_port);
                     let mut env = common.to_vec();
@@ -358,6 +377,13 @@ impl StackBuilder {
                         ("KEFU_GRPC_PORT".to_owned(), address.port().to_string()),
                         ("KEFU_METRICS_PORT".to_owned(), metrics_port.to_string()),
                     ]);
+                    if instance.service == Service::Channels {
+                        env.push(("KEFU_CHANNELS_HTTP_PORT".to_owned(), http_port.to_string()));
+                        channel_endpoints.insert(
+                            instance.name.clone(),
+                            SocketAddr::new(address.ip(), http_port),
+                        );
+                    }
                     for &peer in instance.service.peers() {
                         let chosen = instance.calls.iter().find(|(s, _)| *s == peer);
                         let url = match chosen {
@@ -389,17 +415,20 @@ impl StackBuilder {
                     processes,
                     addresses,
                     gateways,
+                    channel_endpoints,
                 })
             }
         }
     }
 }
 
-/// The processes to run, the gRPC address of every instance by name, and the gateways.
+/// The processes to run, the gRPC address of every instance by name, the gateways, and
+/// the channel endpoints' HTTP address of every channel service instance.
 struct Plan {
     processes: Vec<Process>,
     addresses: BTreeMap<String, SocketAddr>,
     gateways: Vec<String>,
+    channel_endpoints: BTreeMap<String, SocketAddr>,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -473,6 +502,7 @@ pub struct Stack {
     processes: Vec<Process>,
     addresses: BTreeMap<String, SocketAddr>,
     gateways: Vec<String>,
+    channel_endpoints: BTreeMap<String, SocketAddr>,
     logs: PathBuf,
     spawner: Spawner,
     _data: tempfile::TempDir,
@@ -493,6 +523,16 @@ impl Stack {
     /// The gRPC URL of an instance (with `kefu up`, of a service by its name).
     pub fn url(&self, instance: &str) -> String {
         format!("http://{}", self.address(instance))
+    }
+
+    /// The base URL of a channel service instance's HTTP endpoints (with `kefu up`:
+    /// "channels"), e.g. `http://127.0.0.1:40123`.
+    pub fn channel_endpoints(&self, instance: &str) -> String {
+        let address = self
+            .channel_endpoints
+            .get(instance)
+            .unwrap_or_else(|| panic!("{instance} is not a channel service in the stack"));
+        format!("http://{address}")
     }
 
     /// The URL of the first gateway.

@@ -26,6 +26,7 @@ impl ServiceSpec {
     pub const KNOWLEDGE: Self = Self::new("knowledge", 50054, 9104);
     pub const TICKET: Self = Self::new("ticket", 50055, 9105);
     pub const SENTIMENT: Self = Self::new("sentiment", 50056, 9106);
+    pub const CHANNELS: Self = Self::new("channels", 50057, 9107);
 
     /// `kefu-<name>`: the binary, the OpenTelemetry service.name and the metrics label.
     pub fn full_name(&self) -> String {

@@ -11,9 +11,11 @@ mod layers;
 pub mod metrics;
 pub mod principal;
 pub mod resilience;
+pub mod retry;
 pub mod server;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tenants;
 pub mod tls;
 
 pub use client::{Connector, GrpcChannel};
@@ -23,9 +25,11 @@ pub use config::{
 };
 pub use health::{Probe, ReadyFlag};
 pub use principal::{Principal, Role};
+pub use retry::RetryPolicy;
 pub use server::{serve_http, RunningServer, Server};
 pub use shutdown::Shutdown;
 pub use telemetry::TelemetryArgs;
+pub use tenants::LiveTenants;
 pub use tls::TlsArgs;
 
 /// The whole `main.rs` of a per-service binary. Its doc comment is the `--help` text,

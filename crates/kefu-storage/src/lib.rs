@@ -4,6 +4,7 @@
 //! tenant content), and the two-level cache with change notification over Redis.
 
 pub mod cache;
+pub mod channels;
 mod content;
 pub mod conversations;
 mod db;
@@ -15,6 +16,7 @@ pub mod sessions;
 pub mod tickets;
 
 pub use cache::{fingerprint, Cache, Redis, RedisProbe};
+pub use channels::SqlChannels;
 pub use content::{ContentStore, SqlContentStore, StoredChunk, StoredDocument};
 pub use conversations::{
     ConversationStore, EventBus, EventKind, EventRecord, HandlerMove, HandlerOutcome,

@@ -8,7 +8,10 @@ use anyhow::Context as _;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+mod channels;
 mod escalation;
+
+pub use channels::{Channels, SecretRef, WebhookChannel, WechatChannel};
 
 pub use escalation::{
     CueEffect, CueList, EscalationPolicy, EscalationReason, EscalationSection, Negation, Negators,
@@ -140,6 +143,9 @@ pub struct Tenant {
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
     pub intents: Vec<IntentDefinition>,
+    /// Outside channels (signed webhooks, WeChat) and where their replies go.
+    #[serde(default)]
+    pub channels: Channels,
     /// When a customer goes to a human: cue phrases and sentiment thresholds over kefu's
     /// defaults ([`EscalationPolicy`]).
     #[serde(default, rename = "escalation")]
@@ -154,6 +160,20 @@ pub struct Tenant {
     pub source: String,
 }
 
+/// Parses TOML, with an error that names the line but does not quote it: the line may
+/// hold a secret someone wrote inline by mistake, and errors reach the logs.
+pub(crate) fn from_toml<T: serde::de::DeserializeOwned>(source: &str) -> anyhow::Result<T> {
+    toml::from_str(source).map_err(|error| {
+        let line = error
+            .span()
+            .map(|span| source[..span.start.min(source.len())].matches('\n').count() + 1);
+        match line {
+            Some(line) => anyhow::anyhow!("line {line}: {}", error.message()),
+            None => anyhow::anyhow!("{}", error.message()),
+        }
+    })
+}
+
 fn default_language() -> String {
     "en".into()
 }
@@ -161,7 +181,7 @@ fn default_language() -> String {
 impl Tenant {
     /// Reads and validates a tenant definition (the text of a `tenant.toml`).
     pub fn parse(source: &str) -> anyhow::Result<Self> {
-        let mut tenant: Tenant = toml::from_str(source)?;
+        let mut tenant: Tenant = from_toml(source)?;
         tenant.validate()?;
         tenant.escalation = EscalationPolicy::with(&tenant.escalation_section)
             .with_context(|| format!("tenant {}", tenant.id))?;
@@ -220,6 +240,9 @@ impl Tenant {
                 self.id
             );
         }
+        self.channels
+            .validate()
+            .with_context(|| format!("tenant {}", self.id))?;
         let mut key_ids = std::collections::BTreeSet::new();
         for key in &self.api_keys {
             anyhow::ensure!(

@@ -23,9 +23,9 @@ use tonic::Status;
 use tower::{Layer, Service};
 
 use crate::auth::{authenticate, Access, Credentials};
-use crate::tenants::LiveTenants;
 use crate::validate::bounded_id;
 use crate::SERVICE;
+use kefu_runtime::LiveTenants;
 
 const CUSTOMER_HASH_HEADER: &str = "x-kefu-customer-hash";
 /// The largest request message the services decode (tonic's default); no more is read.
@@ -77,6 +77,7 @@ addressed!(
     RetryDeadLetterRequest,
     GetSupportReportRequest,
     ListKnowledgeGapsRequest,
+    ListDeliveriesRequest,
 );
 
 impl Addressed for UpsertCustomerRequest {
@@ -150,6 +151,7 @@ rules! {
     "/kefu.v1.AdminService/RetryDeadLetter" (RetryDeadLetterRequest) => Admin,
     "/kefu.v1.ReportsService/GetSupportReport" (GetSupportReportRequest) => Staff,
     "/kefu.v1.ReportsService/ListKnowledgeGaps" (ListKnowledgeGapsRequest) => Staff,
+    "/kefu.v1.ChannelService/ListDeliveries" (ListDeliveriesRequest) => Staff,
 }
 
 fn rule(path: &str) -> Option<&'static Rule> {
@@ -402,6 +404,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use kefu_proto::v1::admin_service_server::AdminServiceServer;
+    use kefu_proto::v1::channel_service_server::ChannelServiceServer;
     use kefu_proto::v1::conversation_service_server::ConversationServiceServer;
     use kefu_proto::v1::reports_service_server::ReportsServiceServer;
     use kefu_proto::v1::ticket_service_server::TicketServiceServer;
@@ -411,11 +414,12 @@ mod tests {
     use crate::service::GatewayHandle;
 
     /// The gateway's public services, by the names their generated servers answer to.
-    const SERVED: [&str; 4] = [
+    const SERVED: [&str; 5] = [
         <ConversationServiceServer<GatewayHandle> as NamedService>::NAME,
         <TicketServiceServer<GatewayHandle> as NamedService>::NAME,
         <AdminServiceServer<GatewayHandle> as NamedService>::NAME,
         <ReportsServiceServer<GatewayHandle> as NamedService>::NAME,
+        <ChannelServiceServer<GatewayHandle> as NamedService>::NAME,
     ];
 
     /// Every method of the served services, from the contracts' descriptors: path to

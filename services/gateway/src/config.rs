@@ -18,6 +18,8 @@ pub struct Config {
     pub knowledge_url: String,
     #[arg(long, env = "KEFU_ROUTER_URL", default_value_t = ServiceSpec::ROUTER.default_url())]
     pub router_url: String,
+    #[arg(long, env = "KEFU_CHANNELS_URL", default_value_t = ServiceSpec::CHANNELS.default_url())]
+    pub channels_url: String,
     #[command(flatten)]
     pub web: WebArgs,
     /// Redis (redis://…) for the per-tenant rate limits shared by gateway replicas;

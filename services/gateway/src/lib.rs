@@ -7,6 +7,8 @@
 use std::sync::Arc;
 
 use kefu_proto::v1::admin_service_server::AdminServiceServer;
+use kefu_proto::v1::channel_service_client::ChannelServiceClient;
+use kefu_proto::v1::channel_service_server::ChannelServiceServer;
 use kefu_proto::v1::conversation_service_server::ConversationServiceServer;
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use kefu_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
@@ -15,21 +17,19 @@ use kefu_proto::v1::router_service_client::RouterServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::ticket_service_server::TicketServiceServer;
 use kefu_runtime::health::DownstreamProbe;
-use kefu_runtime::{RunningServer, ServiceSpec, Shutdown};
+use kefu_runtime::{LiveTenants, RunningServer, ServiceSpec, Shutdown};
 use kefu_storage::{RateLimiter, Redis};
 
 mod access;
 mod auth;
 mod config;
 mod service;
-mod tenants;
 mod validate;
 mod web;
 
 pub use auth::{authenticate, Access, Credentials, Refusal};
 pub use config::{Config, WebArgs};
 use service::{Gateway, GatewayHandle};
-use tenants::LiveTenants;
 use validate::Limits;
 
 pub const SPEC: ServiceSpec = ServiceSpec::GATEWAY;
@@ -60,6 +60,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         tickets: TicketServiceClient::new(client("kefu-ticket", &config.ticket_url)?),
         knowledge: KnowledgeServiceClient::new(client("kefu-knowledge", &config.knowledge_url)?),
         router: RouterServiceClient::new(client("kefu-router", &config.router_url)?),
+        channels: ChannelServiceClient::new(client("kefu-channels", &config.channels_url)?),
         shutdown: shutdown.clone(),
     }));
     if config.web.web_port != 0 {
@@ -82,7 +83,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         .add_service(public.service(ConversationServiceServer::new(gateway.clone())))
         .add_service(public.service(TicketServiceServer::new(gateway.clone())))
         .add_service(public.service(AdminServiceServer::new(gateway.clone())))
-        .add_service(public.service(ReportsServiceServer::new(gateway)))
+        .add_service(public.service(ReportsServiceServer::new(gateway.clone())))
+        .add_service(public.service(ChannelServiceServer::new(gateway)))
         .probe(Arc::new(DownstreamProbe::new(
             "orchestrator",
             connect.raw_channel(&config.orchestrator_url)?,

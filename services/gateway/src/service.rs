@@ -3,11 +3,13 @@
 //! the request (`validate`) and forwards it with the principal: conversations to the
 //! orchestrator, tickets to the ticket service, the tenant's knowledge and intents to
 //! the knowledge and router services, reports to the orchestrator (conversations) and the
-//! knowledge service (gaps).
+//! knowledge service (gaps), channel deliveries to the channel service.
 use std::sync::Arc;
 
 use futures::StreamExt as _;
 use kefu_proto::v1::admin_service_server::AdminService;
+use kefu_proto::v1::channel_service_client::ChannelServiceClient;
+use kefu_proto::v1::channel_service_server::ChannelService;
 use kefu_proto::v1::conversation_service_server::ConversationService;
 use kefu_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use kefu_proto::v1::orchestrator_service_client::OrchestratorServiceClient;
@@ -20,8 +22,8 @@ use kefu_runtime::{GrpcChannel, Principal, Shutdown};
 use tonic::{Request, Response, Status};
 
 use crate::access::admitted;
-use crate::tenants::LiveTenants;
 use crate::validate::{Limits, Prepare};
+use kefu_runtime::LiveTenants;
 
 pub struct Gateway {
     pub tenants: Arc<LiveTenants>,
@@ -30,6 +32,7 @@ pub struct Gateway {
     pub tickets: TicketServiceClient<GrpcChannel>,
     pub knowledge: KnowledgeServiceClient<GrpcChannel>,
     pub router: RouterServiceClient<GrpcChannel>,
+    pub channels: ChannelServiceClient<GrpcChannel>,
     pub shutdown: Shutdown,
 }
 
@@ -151,5 +154,12 @@ forwarding! {
             => orchestrator.get_support_report;
         list_knowledge_gaps(ListKnowledgeGapsRequest) -> ListKnowledgeGapsResponse
             => knowledge.list_knowledge_gaps;
+    }
+}
+
+forwarding! {
+    impl ChannelService {
+        list_deliveries(ListDeliveriesRequest) -> ListDeliveriesResponse
+            => channels.list_deliveries;
     }
 }

@@ -105,6 +105,7 @@ bounded! {
     RetryDeadLetterRequest { outbox_id: required_id }
     GetSupportReportRequest {}
     ListKnowledgeGapsRequest {}
+    ListDeliveriesRequest { session_id: required_id }
 }
 
 impl Prepare for SendMessageRequest {

@@ -13,7 +13,7 @@ use kefu_runtime::Shutdown;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::config::WebArgs;
-use crate::tenants::LiveTenants;
+use kefu_runtime::LiveTenants;
 
 #[derive(rust_embed::Embed)]
 #[folder = "../../web/dist/"]

@@ -6,6 +6,7 @@ use kefu_proto::v1::router_service_client::RouterServiceClient;
 use kefu_proto::v1::sentiment_service_client::SentimentServiceClient;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::*;
+use kefu_runtime::retry::is_transient;
 use kefu_runtime::GrpcChannel;
 use tonic::Status;
 use tracing::Instrument;
@@ -18,14 +19,6 @@ pub struct Downstream {
     pub sentiment: SentimentServiceClient<GrpcChannel>,
     pub knowledge: KnowledgeServiceClient<GrpcChannel>,
     pub tickets: TicketServiceClient<GrpcChannel>,
-}
-
-/// The service could not be reached or had no room: worth waiting out, not an answer.
-pub fn is_transient(status: &Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::ResourceExhausted
-    )
 }
 
 impl Downstream {

@@ -30,7 +30,6 @@ pub use decision::{
     decide, handoff_pending_reply, mood_priority, ticket_priority, Conversation, Decision,
     EscalationReason, Retrieval,
 };
-pub use outbox::RetryPolicy;
 pub use service::OrchestratorHandle;
 pub use workflow::Orchestrator;
 
@@ -57,7 +56,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let opener = outbox::TicketOpener {
         outbox: conversations.clone(),
         tickets: downstream.tickets.clone(),
-        policy: RetryPolicy::from_args(&config.outbox),
+        policy: outbox::retry_policy(&config.outbox),
     };
     opener.clone().spawn_drainer(&shutdown);
     let orchestrator = Orchestrator {

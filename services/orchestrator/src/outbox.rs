@@ -10,13 +10,13 @@ use kefu_proto::v1::{
     CreateTicketRequest, DeadLetter, ListDeadLettersRequest, ListDeadLettersResponse,
     RetryDeadLetterRequest, RetryDeadLetterResponse,
 };
-use kefu_runtime::GrpcChannel;
+use kefu_runtime::retry::is_transient;
+use kefu_runtime::{GrpcChannel, RetryPolicy};
 use kefu_storage::{now_millis, OutboxEntry, TicketOutbox};
 use prost::Message as _;
 use tonic::Status;
 
 use crate::config::OutboxArgs;
-use crate::downstream::is_transient;
 
 const SERVICE: &str = "kefu-orchestrator";
 /// How long a worker holds an entry it is trying: longer than a ticket call may take.
@@ -25,47 +25,11 @@ pub const LEASE_MS: i64 = 30_000;
 pub const DRAIN_INTERVAL: Duration = Duration::from_secs(2);
 /// Entries claimed at once by one drainer.
 const CLAIM_BATCH: i64 = 50;
-const LONGEST_BACKOFF_MS: i64 = 5 * 60 * 1000;
-/// An unreachable ticket service is tried at least this often, so that the tickets
-/// follow soon after it is back.
-const LONGEST_WAIT_FOR_SERVICE_MS: i64 = 5_000;
 const MAX_DEAD_LETTERS_LISTED: i32 = 100;
 
-/// When a failed entry is tried again. Pure, so the schedule is tested alone.
-#[derive(Clone, Copy, Debug)]
-pub struct RetryPolicy {
-    pub max_attempts: i32,
-    pub first_backoff_ms: i64,
-}
-
-impl RetryPolicy {
-    pub fn from_args(args: &OutboxArgs) -> Self {
-        Self {
-            max_attempts: args.outbox_max_attempts.max(1),
-            first_backoff_ms: args.outbox_backoff_ms.max(1),
-        }
-    }
-
-    /// The time of the next attempt after `attempts` failed ones, or None for the dead
-    /// letter. An unreachable ticket service is waited out however long it takes, tried
-    /// every five seconds at least (the ticket is not wrong, the service is away); a
-    /// refusal is tried `max_attempts` times, with waits up to five minutes.
-    pub fn retry_at(&self, attempts: i32, transient: bool, now: i64) -> Option<i64> {
-        if !transient && attempts >= self.max_attempts {
-            return None;
-        }
-        let doublings = attempts.clamp(1, 20) - 1;
-        let longest = if transient {
-            LONGEST_WAIT_FOR_SERVICE_MS
-        } else {
-            LONGEST_BACKOFF_MS
-        };
-        let backoff = self
-            .first_backoff_ms
-            .saturating_mul(1 << doublings)
-            .min(longest);
-        Some(now + backoff)
-    }
+/// The outbox's retry schedule, from its flags.
+pub fn retry_policy(args: &OutboxArgs) -> RetryPolicy {
+    RetryPolicy::new(args.outbox_max_attempts, args.outbox_backoff_ms)
 }
 
 /// The reply to store with a turn once its ticket is known, given the ticket's id.
@@ -255,43 +219,5 @@ fn dead_letter(entry: OutboxEntry) -> DeadLetter {
         last_error: entry.last_error,
         created_at: Some(kefu_proto::timestamp_from_millis(entry.created_at)),
         dead_at: entry.dead_at.map(kefu_proto::timestamp_from_millis),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const POLICY: RetryPolicy = RetryPolicy {
-        max_attempts: 4,
-        first_backoff_ms: 1000,
-    };
-
-    #[test]
-    fn backoff_doubles_up_to_its_longest_wait() {
-        let waits: Vec<i64> = (1..=3)
-            .map(|attempts| POLICY.retry_at(attempts, false, 0).unwrap())
-            .collect();
-        assert_eq!(waits, [1000, 2000, 4000]);
-        let patient = RetryPolicy {
-            max_attempts: 100,
-            ..POLICY
-        };
-        assert_eq!(patient.retry_at(30, false, 0), Some(LONGEST_BACKOFF_MS));
-        assert_eq!(
-            POLICY.retry_at(30, true, 0),
-            Some(LONGEST_WAIT_FOR_SERVICE_MS)
-        );
-    }
-
-    #[test]
-    fn a_refused_ticket_goes_to_the_dead_letter_after_its_attempts() {
-        assert!(POLICY.retry_at(3, false, 0).is_some());
-        assert_eq!(POLICY.retry_at(4, false, 0), None);
-    }
-
-    #[test]
-    fn an_unreachable_ticket_service_is_waited_out() {
-        assert!(POLICY.retry_at(1000, true, 0).is_some());
     }
 }

@@ -1,11 +1,11 @@
-//! The tenants the gateway authenticates against, reloaded without a restart: when a
+//! The tenants a service reads (the gateway's keys, the channel service's channels), reloaded without a restart: when a
 //! `tenant.toml` changes on disk (a ConfigMap update, an edited file) or on ReloadTenant.
 //! A file that does not parse leaves the last good set in place.
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use kefu_runtime::Shutdown;
+use crate::Shutdown;
 use kefu_tenant::Tenants;
 
 /// How often the tenants directory is checked for changes.

@@ -1,0 +1,380 @@
+//! Messages through the gateway and replies back out. An inbound message (stored before
+//! its channel heard it arrived) becomes a SendMessage, with the stored row's id as the
+//! idempotency key, so a retry after a crash or a lost answer returns the first reply and
+//! never a second ticket; the reply is queued in the transaction that marks the message
+//! handled, held by the worker that queued it, and delivered at once; whatever fails is
+//! retried by the drainers of every replica, with backoff, and ends as a dead letter.
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
+use kefu_proto::v1::{Channel, Handler, SendMessageRequest};
+use kefu_runtime::retry::is_transient;
+use kefu_runtime::{GrpcChannel, LiveTenants, RetryPolicy};
+use kefu_storage::channels::{ChannelMessage, Direction, Handled, NewChannelMessage, SqlChannels};
+use kefu_storage::now_millis;
+use kefu_tenant::Tenant;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use tonic::metadata::MetadataValue;
+
+use crate::delivery::Deliverer;
+
+/// How long a worker holds a message it is working on: longer than a call may take.
+pub const LEASE_MS: i64 = 30_000;
+/// How often the drainers look for due messages.
+pub const DRAIN_INTERVAL: Duration = Duration::from_secs(1);
+const CLAIM_BATCH: i64 = 50;
+const SERVICE: &str = "kefu-channels";
+
+/// The outside channels, by their name in the tables and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChannelKind {
+    Webhook,
+    Wechat,
+}
+
+impl ChannelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Webhook => "webhook",
+            Self::Wechat => "wechat",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "webhook" => Some(Self::Webhook),
+            "wechat" => Some(Self::Wechat),
+            _ => None,
+        }
+    }
+
+    /// The channel a conversation on it is counted under.
+    pub fn channel(self) -> Channel {
+        match self {
+            Self::Webhook => Channel::Webhook,
+            Self::Wechat => Channel::Wechat,
+        }
+    }
+}
+
+/// The tenant's customer a channel's sender is: a customer who proved an email address
+/// is `email:<address>` on every channel where the tenant says so; otherwise a webhook's
+/// customer is the id the tenant's bridge gives, a WeChat follower `wechat:<OpenID>`.
+pub fn customer_for(
+    tenant: &Tenant,
+    kind: ChannelKind,
+    sender: &str,
+    verified_email: Option<&str>,
+) -> String {
+    match verified_email {
+        Some(email) if tenant.channels.same_customer_by_verified_email => {
+            format!("email:{}", email.trim().to_lowercase())
+        }
+        _ => match kind {
+            ChannelKind::Webhook => sender.to_owned(),
+            ChannelKind::Wechat => format!("wechat:{sender}"),
+        },
+    }
+}
+
+/// What an inbound row holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InboundPayload {
+    pub customer_id: String,
+    pub text: String,
+}
+
+/// What an outbound row holds.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplyPayload {
+    pub customer_id: String,
+    pub text: String,
+    /// The agent of an agent's reply; empty for the bot.
+    #[serde(default)]
+    pub agent_id: String,
+    /// The channel's id of the message the bot answers; empty for an agent's reply.
+    #[serde(default)]
+    pub in_reply_to: String,
+}
+
+/// Why an attempt failed: the receiver's answer, never message text.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    /// The receiver could not be reached or was busy: waited out, never a dead letter.
+    pub transient: bool,
+}
+
+impl Failure {
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: false,
+        }
+    }
+
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            transient: true,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Relay {
+    pub store: SqlChannels,
+    pub tenants: Arc<LiveTenants>,
+    pub gateway: ConversationServiceClient<GrpcChannel>,
+    pub deliverer: Deliverer,
+    pub policy: RetryPolicy,
+}
+
+/// The bot's answer to an inbound message, as the channel may show it at once.
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub text: String,
+    /// The queued reply, held by whoever received the answer; None when the bot stayed
+    /// silent or the reply was queued before.
+    pub reply: Option<ChannelMessage>,
+}
+
+impl Relay {
+    pub fn tenant(&self, tenant_id: &str) -> Result<Arc<Tenant>, Failure> {
+        self.tenants
+            .current()
+            .get(tenant_id)
+            .ok_or_else(|| Failure::permanent("the tenant no longer exists"))
+    }
+
+    /// The gateway call's credentials: the tenant's channel key and, where the tenant
+    /// verifies customers, the customer's hash.
+    pub(crate) fn authorize<T>(
+        &self,
+        tenant: &Tenant,
+        customer_id: &str,
+        message: T,
+    ) -> Result<tonic::Request<T>, Failure> {
+        let mut request = tonic::Request::new(message);
+        let metadata = request.metadata_mut();
+        if let Some(key) = &tenant.channels.gateway_key {
+            let key = key
+                .read()
+                .map_err(|error| Failure::permanent(format!("gateway_key: {error:#}")))?;
+            let value = MetadataValue::try_from(format!("Bearer {key}"))
+                .map_err(|_| Failure::permanent("gateway_key is not a valid header value"))?;
+            metadata.insert("authorization", value);
+        }
+        if let Some(variable) = &tenant.customer_hmac_secret_env {
+            let secret = std::env::var(variable).map_err(|_| {
+                Failure::permanent(format!(
+                    "the customer verification secret {variable} is not set"
+                ))
+            })?;
+            let mut mac =
+                Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+            mac.update(customer_id.as_bytes());
+            let hash = hex::encode(mac.finalize().into_bytes());
+            metadata.insert(
+                "x-kefu-customer-hash",
+                MetadataValue::try_from(hash).expect("hex is a valid header value"),
+            );
+        }
+        Ok(request)
+    }
+
+    /// Sends a held inbound message through the gateway, queues its reply and records
+    /// the outcome; a failure is backed off or dead-lettered here.
+    pub async fn handle_inbound(&self, message: &ChannelMessage) -> Option<Answer> {
+        match self.try_inbound(message).await {
+            Ok(answer) => {
+                count(message, "handled");
+                Some(answer)
+            }
+            Err(failure) => {
+                self.failed(message, failure).await;
+                None
+            }
+        }
+    }
+
+    async fn try_inbound(&self, message: &ChannelMessage) -> Result<Answer, Failure> {
+        let kind = ChannelKind::parse(&message.channel)
+            .ok_or_else(|| Failure::permanent("unknown channel"))?;
+        let payload: InboundPayload = serde_json::from_str(&message.payload)
+            .map_err(|_| Failure::permanent("the stored message is unreadable"))?;
+        let tenant = self.tenant(&message.tenant_id)?;
+        let conversation = self
+            .store
+            .conversation(&message.tenant_id, &message.channel, &message.thread)
+            .await
+            .map_err(|error| Failure::transient(error.to_string()))?;
+        let request = SendMessageRequest {
+            tenant_id: message.tenant_id.clone(),
+            customer_id: payload.customer_id.clone(),
+            session_id: conversation.map(|c| c.session_id).unwrap_or_default(),
+            channel: kind.channel() as i32,
+            text: payload.text,
+            message_id: format!("ch-{}", message.message_id),
+        };
+        let request = self.authorize(&tenant, &payload.customer_id, request)?;
+        let response = self
+            .gateway
+            .clone()
+            .send_message(request)
+            .await
+            .map_err(|status| Failure {
+                message: format!("gateway: {:?}: {}", status.code(), status.message()),
+                transient: is_transient(&status),
+            })?
+            .into_inner();
+        let reply = (!response.reply.trim().is_empty()).then(|| NewChannelMessage {
+            tenant_id: message.tenant_id.clone(),
+            channel: message.channel.clone(),
+            thread: message.thread.clone(),
+            dedup_key: format!("reply:{}", message.dedup_key),
+            session_id: response.session_id.clone(),
+            role: "bot".into(),
+            payload: serde_json::to_string(&ReplyPayload {
+                customer_id: payload.customer_id.clone(),
+                text: response.reply.clone(),
+                agent_id: String::new(),
+                in_reply_to: message.dedup_key.clone(),
+            })
+            .expect("a reply serializes"),
+        });
+        let handled = Handled {
+            session_id: response.session_id.clone(),
+            with_human: response.handler != Handler::Bot as i32
+                && response.handler != Handler::Unspecified as i32,
+            reply,
+            hold_ms: LEASE_MS,
+        };
+        let queued = self
+            .store
+            .inbound_handled(message, &handled)
+            .await
+            .map_err(|error| Failure::transient(error.to_string()))?;
+        Ok(Answer {
+            text: response.reply,
+            reply: queued,
+        })
+    }
+
+    /// Delivers a held outbound message on its channel and records the outcome.
+    pub async fn deliver(&self, message: &ChannelMessage) {
+        let outcome = match self.tenant(&message.tenant_id) {
+            Ok(tenant) => self.deliverer.deliver(&tenant, message).await,
+            Err(failure) => Err(failure),
+        };
+        match outcome {
+            Ok(()) => match self.store.delivered(message).await {
+                Ok(()) => count(message, "delivered"),
+                Err(error) => {
+                    tracing::warn!(delivery_id = %message.message_id, %error, "delivered but not recorded; it may be sent again")
+                }
+            },
+            Err(failure) => self.failed(message, failure).await,
+        }
+    }
+
+    async fn failed(&self, message: &ChannelMessage, failure: Failure) {
+        let retry_at = self
+            .policy
+            .retry_at(message.attempts, failure.transient, now_millis());
+        let outcome = if retry_at.is_some() {
+            "retry"
+        } else {
+            "dead_letter"
+        };
+        tracing::warn!(
+            channel_message_id = %message.message_id,
+            channel = %message.channel,
+            direction = message.direction.as_str(),
+            attempts = message.attempts,
+            error = %failure.message,
+            outcome,
+            "channel message not through"
+        );
+        count(message, outcome);
+        if let Err(error) = self
+            .store
+            .attempt_failed(message, &failure.message, retry_at)
+            .await
+        {
+            tracing::warn!(%error, "the failed attempt was not recorded; the lease will free it");
+        }
+    }
+
+    /// Works every due message once, inbound first.
+    pub async fn drain(&self) -> Result<usize, kefu_storage::StoreError> {
+        let mut worked = 0;
+        for message in self
+            .store
+            .claim_due(Direction::In, CLAIM_BATCH, LEASE_MS)
+            .await?
+        {
+            if let Some(Answer {
+                reply: Some(reply), ..
+            }) = self.handle_inbound(&message).await
+            {
+                self.deliver(&reply).await;
+            }
+            worked += 1;
+        }
+        for message in self
+            .store
+            .claim_due(Direction::Out, CLAIM_BATCH, LEASE_MS)
+            .await?
+        {
+            self.deliver(&message).await;
+            worked += 1;
+        }
+        Ok(worked)
+    }
+
+    pub async fn publish_metrics(&self) -> Result<(), kefu_storage::StoreError> {
+        let stats = self.store.stats().await?;
+        let oldest_age = stats
+            .oldest_pending_at
+            .map_or(0.0, |at| (now_millis() - at).max(0) as f64 / 1000.0);
+        metrics::gauge!("kefu_channel_messages_pending", "direction" => "in")
+            .set(stats.pending_in as f64);
+        metrics::gauge!("kefu_channel_messages_pending", "direction" => "out")
+            .set(stats.pending_out as f64);
+        metrics::gauge!("kefu_channel_messages_dead_letters").set(stats.dead as f64);
+        metrics::gauge!("kefu_channel_messages_oldest_age_seconds").set(oldest_age);
+        Ok(())
+    }
+
+    /// The drainer: due messages and the metrics every `DRAIN_INTERVAL`, until shutdown.
+    pub fn spawn_drainer(self, shutdown: &kefu_runtime::Shutdown) {
+        shutdown.every(DRAIN_INTERVAL, move || {
+            let relay = self.clone();
+            async move {
+                match relay.drain().await {
+                    Ok(0) => {}
+                    Ok(worked) => tracing::info!(worked, "channel messages retried"),
+                    Err(error) => tracing::warn!(%error, "the channel messages could not be read"),
+                }
+                if let Err(error) = relay.publish_metrics().await {
+                    tracing::debug!(%error, "channel metrics not read");
+                }
+            }
+        });
+    }
+}
+
+fn count(message: &ChannelMessage, outcome: &'static str) {
+    metrics::counter!(
+        "kefu_channel_messages_total",
+        "service" => SERVICE,
+        "channel" => message.channel.clone(),
+        "direction" => message.direction.as_str(),
+        "outcome" => outcome
+    )
+    .increment(1);
+}
