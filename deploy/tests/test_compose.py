@@ -23,12 +23,25 @@ from deploy_support import (
     load_compose,
     read_env_file,
 )
-from stack import CALLS, NEEDS_DATABASE, NEEDS_REDIS, PEER_URL_SETTING, REPO, SERVICES, SETTINGS, WEB_PORT
+from stack import (
+    CALLS,
+    CHANNELS_HTTP_PORT,
+    NEEDS_DATABASE,
+    NEEDS_REDIS,
+    PEER_URL_SETTING,
+    PROBED,
+    REPO,
+    SERVICES,
+    SETTINGS,
+    WEB_PORT,
+)
 
 KEFU = [f"kefu-{s}" for s in SERVICES]
 INFRA = ["postgres", "redis", "jaeger", "prometheus", "grafana"]
-# the container ports published on the host: the gateway's gRPC port and its pages, the UIs
-PUBLISHED = {"kefu-gateway": {50051, WEB_PORT}, "jaeger": {16686}, "prometheus": {9090}, "grafana": {3000}}
+# the container ports published on the host: the gateway's gRPC port and its pages, the
+# channel service's endpoints, the UIs
+PUBLISHED = {"kefu-gateway": {50051, WEB_PORT}, "kefu-channels": {CHANNELS_HTTP_PORT}, "jaeger": {16686},
+             "prometheus": {9090}, "grafana": {3000}}
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +94,7 @@ def test_dot_env_holds_the_connection_settings(env: dict[str, str]) -> None:
     assert env["KEFU_GATEWAY_PUBLISHED_PORT"] == "50051"
 
 
-def test_six_services_built_from_the_one_dockerfile(compose: dict[str, Any], env: dict[str, str]) -> None:
+def test_every_service_built_from_the_one_dockerfile(compose: dict[str, Any], env: dict[str, str]) -> None:
     services = compose["services"]
     for svc in SERVICES:
         spec = services[f"kefu-{svc}"]
@@ -130,10 +143,14 @@ def test_start_up_waits_for_healthy_dependencies(compose: dict[str, Any]) -> Non
             assert dep in services, f"{name} depends on unknown {dep}"
             assert cond == {"condition": "service_healthy"}, f"{name} -> {dep}"
             assert "healthcheck" in services[dep]
-    # callers wait for the services they call, and for their stores
+    # callers wait for the services they call, and for their stores; of two services that
+    # call each other (compose refuses a cycle), the one whose readiness follows the
+    # other's health waits: the channel service for the gateway
     for svc in SERVICES:
         deps = set(services[f"kefu-{svc}"].get("depends_on", {}))
-        assert {f"kefu-{c}" for c in CALLS[svc]} <= deps, svc
+        awaited = {c for c in CALLS[svc] if svc not in CALLS[c] or c in PROBED[svc]}
+        assert {f"kefu-{c}" for c in awaited} <= deps, svc
+        assert not {f"kefu-{c}" for c in CALLS[svc] - awaited} & deps, svc
         if svc in NEEDS_DATABASE:
             assert "postgres" in deps, svc
         if svc in NEEDS_REDIS:
@@ -187,6 +204,18 @@ def test_the_gateway_serves_its_pages_to_the_published_origins(compose: dict[str
         assert settings <= SETTINGS, f"kefu-{svc}: {settings - SETTINGS} are read by no kefu binary"
         if svc != "gateway":
             assert not {"KEFU_WEB_PORT", "KEFU_WEB_ORIGINS", "KEFU_PUBLIC_GATEWAY_URL"} & settings
+
+
+def test_the_channel_endpoints_are_published(compose: dict[str, Any], env: dict[str, str]) -> None:
+    """Outside channels reach the channel service's HTTP port on the host, as they reach
+    the gateway's (a tunnel or a proxy in front of KEFU_PUBLISH_ADDR for the internet)."""
+    spec = compose["services"]["kefu-channels"]
+    assert spec["environment"]["KEFU_CHANNELS_HTTP_PORT"] == str(CHANNELS_HTTP_PORT)
+    assert spec["ports"] == [f"{env['KEFU_PUBLISH_ADDR']}:{env['KEFU_CHANNELS_PUBLISHED_PORT']}:{CHANNELS_HTTP_PORT}"]
+    assert env["KEFU_CHANNELS_PUBLISHED_PORT"] == str(CHANNELS_HTTP_PORT)
+    for svc in SERVICES:
+        if svc != "channels":
+            assert "KEFU_CHANNELS_HTTP_PORT" not in compose["services"][f"kefu-{svc}"]["environment"], svc
 
 
 def test_each_service_gets_the_settings_it_needs(compose: dict[str, Any], env: dict[str, str]) -> None:

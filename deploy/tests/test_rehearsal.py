@@ -1,10 +1,12 @@
-"""Deployment rehearsal: the six release binaries (target/release/kefu-<service>), each
+"""Deployment rehearsal: the seven release binaries (target/release/kefu-<service>), each
 started as its own process with exactly the environment its container gets from the
 chart (default values, values-production.yaml with mutual TLS, public TLS on the gateway
-only) or from the compose file: the image's ENV, then the ConfigMap / compose
-`environment`, then `env`. Every service must reach SERVING, every probe must pass as
-rendered (the kubelet's gRPC probe, or grpc_health_probe's flags over TLS), a message
-must come back through the gateway, and its pages must tell browsers where it is and,
+only, which goes without the channel service) or from the compose file: the image's ENV,
+then the ConfigMap / compose `environment`, then `env`. Every service deployed must reach
+SERVING, every probe must pass as rendered (the kubelet's gRPC probe, or
+grpc_health_probe's flags over TLS), a message must come back through the gateway, the
+channel service's HTTP endpoints must answer a channel (plain HTTP on the port the
+deployment gives them), and the gateway's pages must tell browsers where it is and,
 where they call the gateway itself, work there: Chromium opens the chat page and the bot
 answers the price question, with no web origin configured beyond what the deployment
 renders. Under
@@ -45,6 +47,8 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
+import urllib.error
 import urllib.request
 import uuid
 from contextlib import contextmanager
@@ -68,6 +72,7 @@ from chart_support import (
     component_of,
     configmap_env,
     container_of,
+    enabled_services,
     health_probe_check,
     load_values_file,
     probe_check,
@@ -91,6 +96,7 @@ SERVING_WITHIN = 120.0  # seconds; router, knowledge and sentiment load the mode
 REPLY_WITHIN = 30.0
 STOP_WITHIN = 10.0
 MESSAGE = {"tenant_id": "demo", "customer_id": "rehearsal-1", "text": "How much does the Pro plan cost?"}
+AGENT_KEY = "x-api-key: demo-agent-key"  # the demo tenant's published agent key (tenants/demo)
 DEPLOYMENTS = {
     "default": "helm/kefu, default values",
     "production": "helm/kefu, values-production.yaml: mutual TLS",
@@ -111,6 +117,7 @@ class Container:
 
 @dataclass
 class Deployment:
+    services: set[str]  # the services it deploys
     containers: dict[str, Container]
     hosts: dict[str, str]  # host name -> the service it reaches
     certificate_names: dict[str, list[str]] = field(default_factory=dict)  # Secret -> dnsNames
@@ -137,7 +144,7 @@ def from_chart(r: Rendered, dockerfile: Dockerfile) -> Deployment:
         containers[service] = Container(env, checks, {TLS_DIR: secret} if secret else {})
     hosts = {s["metadata"]["name"]: component_of(s) for s in r.of_kind("Service")}
     names = {c["spec"]["secretName"]: c["spec"]["dnsNames"] for c in r.of_kind("Certificate")}
-    return Deployment(containers, hosts, names)
+    return Deployment(enabled_services(r), containers, hosts, names)
 
 
 def from_compose(compose: dict[str, Any], dockerfile: Dockerfile) -> Deployment:
@@ -149,7 +156,7 @@ def from_compose(compose: dict[str, Any], dockerfile: Dockerfile) -> Deployment:
         test = spec["healthcheck"]["test"]
         assert test[:2] == ["CMD", "grpc_health_probe"]
         containers[service] = Container(env, [health_probe_check(test[2:])])
-    return Deployment(containers, {f"kefu-{service}": service for service in SERVICES})
+    return Deployment(set(SERVICES), containers, {f"kefu-{service}": service for service in SERVICES})
 
 
 def deployment_of(deployment: str, dockerfile: Dockerfile) -> Deployment:
@@ -362,9 +369,9 @@ def running(processes: list[Process], workdir: Path) -> Iterator[None]:
 
 
 def grpcurl(address: str, method: str, request: dict[str, Any], max_time: float,
-            connect: list[str]) -> tuple[bool, str]:
+            connect: list[str], headers: tuple[str, ...] = ()) -> tuple[bool, str]:
     result = subprocess.run([str(GRPCURL), *connect, "-connect-timeout", "1", "-max-time", str(max_time),
-                             "-d", json.dumps(request), address, method],
+                             *(f for h in headers for f in ("-H", h)), "-d", json.dumps(request), address, method],
                             capture_output=True, text=True, timeout=max_time + 5)
     return result.returncode == 0, (result.stdout if result.returncode == 0 else result.stderr).strip()
 
@@ -420,6 +427,25 @@ def web_config(gateway: Process) -> dict[str, Any]:
         return json.load(response)
 
 
+def post_as_a_channel(channels: Process, path: str) -> int:
+    """The HTTP status the channel service answers an unsigned POST with."""
+    url = f"http://{channels.address}:{channels.env['KEFU_CHANNELS_HTTP_PORT']}{path}"
+    request = urllib.request.Request(url, data=b'{"customer_id":"c1","text":"hello"}', method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def demo_webhook_status() -> int:
+    """Without a signature: 401 where the demo tenant has a [channels.webhook], else 404
+    (no such channel), which the channel service also answers for unknown tenants."""
+    tenant = tomllib.loads((REPO / "tenants" / "demo" / "tenant.toml").read_text(encoding="utf-8"))
+    return 401 if "webhook" in tenant.get("channels", {}) else 404
+
+
 def ask_in_the_browser(gateway: Process) -> tuple[bool, str]:
     """Chromium on the chat page asks the price; the bot's answer as JSON, or why not.
     A TLS gateway's certificate comes from the run's CA, which Chromium does not know."""
@@ -433,14 +459,16 @@ def ask_in_the_browser(gateway: Process) -> tuple[bool, str]:
 def test_the_deployment_comes_up_and_answers(deployment: str, dockerfile: Dockerfile, stores: dict[str, str],
                                              tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rendered = deployment_of(deployment, dockerfile)
-    assert sorted(rendered.containers) == sorted(SERVICES)
+    assert sorted(rendered.containers) == sorted(rendered.services)
+    # the chart refuses the channel service with public TLS on the gateway
+    assert rendered.services == set(SERVICES) - ({"channels"} if deployment == "gateway-tls" else set())
     block = list(DEPLOYMENTS).index(deployment) + 1
     addresses = {service: f"127.42.{block}.{n}" for n, service in enumerate(SERVICES, start=1)}
     secrets = tls_secrets(rendered, addresses, tmp_path / "secrets")
     empty = tmp_path / "empty"
     empty.mkdir()
     processes = []
-    for service in SERVICES:
+    for service in (s for s in SERVICES if s in rendered.services):
         container = rendered.containers[service]
         data = tmp_path / service
         data.mkdir()
@@ -453,6 +481,7 @@ def test_the_deployment_comes_up_and_answers(deployment: str, dockerfile: Docker
         processes.append(Process(service, addresses[service], env, container.checks, paths,
                                  tmp_path / f"{service}.log"))
     gateway = next(p for p in processes if p.service == "gateway")
+    channels = next((p for p in processes if p.service == "channels"), None)
     customer = gateway.without_certificate
 
     with running(processes, tmp_path):
@@ -473,11 +502,29 @@ def test_the_deployment_comes_up_and_answers(deployment: str, dockerfile: Docker
         # client certificate (or without TLS)
         refusing = [p for p in processes if "KEFU_TLS_CLIENT_CA" in p.env]
         if any("KEFU_TLS_CA" in p.env for p in processes):
-            assert {p.service for p in refusing} == set(SERVICES) - {"gateway"}
+            assert {p.service for p in refusing} == rendered.services - {"gateway"}
         for p in refusing:
             for stranger in (p.without_certificate, ["-plaintext"]):
                 assert health(p.grpc, stranger) != "SERVING", failure(
                     f"{deployment}: kefu-{p.service} answers {' '.join(stranger)}", processes)
+        # a channel reaches the channel service's endpoints: plain HTTP, whatever the gRPC
+        # ports speak; an unsigned webhook is refused, an unknown tenant has no channel;
+        # and the gateway reaches the channel service for an agent (the session came
+        # through no channel, so it has no deliveries)
+        if channels is not None:
+            ok, out = grpcurl(gateway.grpc, "kefu.v1.ChannelService/ListDeliveries",
+                              {"tenant_id": "demo", "session_id": answer["sessionId"]}, REPLY_WITHIN, customer,
+                              headers=(AGENT_KEY,))
+            assert ok, failure(f"{deployment}: ListDeliveries through the gateway failed: {out}", processes)
+            assert not json.loads(out).get("deliveries"), out
+            expected = demo_webhook_status()
+            for path, status in (("/webhooks/demo", expected), ("/webhooks/no-such-tenant", 404),
+                                 ("/wechat/no-such-tenant", 404)):
+                got = post_as_a_channel(channels, path)
+                assert got == status, failure(f"{deployment}: POST {path} answered {got}, not {status}", processes)
+            endpoints = f"POST /webhooks/demo unsigned: {expected}, ListDeliveries via the gateway: OK"
+        else:
+            endpoints = "no channel service"
         # the pages tell browsers where the gateway is: as configured, else on the pages'
         # host at the gRPC port (whose scheme, for a TLS port, is the gateway's business)
         public_url = web_config(gateway)["gatewayUrl"]
@@ -513,4 +560,5 @@ def test_the_deployment_comes_up_and_answers(deployment: str, dockerfile: Docker
         print(f"  SendMessage via the gateway ({' '.join(customer[:1])}): {replied_after:.2f} s, "
               f"intent {answer.get('intent')!r}, reply {answer['reply'][:60]!r}...; "
               f"{len(refusing)} services refused callers without a client certificate; "
+              f"channel endpoints: {endpoints}; "
               f"pages point at {public_url}; {browser}; all stopped with exit 0 on SIGTERM")

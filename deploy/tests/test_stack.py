@@ -4,7 +4,7 @@ must not be empty or odd."""
 
 from __future__ import annotations
 
-from stack import CALLS, SERVICES, SETTINGS, WEB_PORT
+from stack import CALLS, CHANNELS_HTTP_PORT, PROBED, SERVICES, SETTINGS, WEB_PORT
 
 
 def test_every_service_is_reached_from_the_gateway() -> None:
@@ -16,9 +16,23 @@ def test_every_service_is_reached_from_the_gateway() -> None:
     assert reached == set(SERVICES)
 
 
-def test_no_service_calls_the_gateway_or_itself() -> None:
+def test_only_the_channel_service_calls_the_gateway() -> None:
+    """The channel service brings the channels' messages in through the gateway, like
+    any client; no other service calls back into the entry point, none calls itself."""
     for service, callees in CALLS.items():
-        assert "gateway" not in callees and service not in callees, service
+        assert service not in callees, service
+        assert ("gateway" in callees) == (service == "channels"), service
+
+
+def test_readiness_breaks_every_cycle_of_calls() -> None:
+    """Where two services call each other (gateway and channels), the readiness of
+    exactly one follows the other's health, so that start-up ordered by readiness (the
+    compose file's depends_on) has a first one and no wait for each other."""
+    cycles = {frozenset((a, b)) for a in CALLS for b in CALLS[a] if a in CALLS[b]}
+    assert cycles == {frozenset(("gateway", "channels"))}
+    for a, b in map(tuple, cycles):
+        assert (b in PROBED[a]) != (a in PROBED[b]), (a, b)
+    assert "gateway" in PROBED["channels"] and "channels" not in PROBED["gateway"]
 
 
 def test_the_settings_include_what_the_deployments_set() -> None:
@@ -27,6 +41,9 @@ def test_the_settings_include_what_the_deployments_set() -> None:
     assert {f"KEFU_{callee.upper()}_URL" for callees in CALLS.values() for callee in callees} <= SETTINGS
 
 
-def test_the_web_port_is_a_port_of_its_own() -> None:
+def test_the_http_ports_are_ports_of_their_own() -> None:
+    """The gateway's pages and the channel service's endpoints each on a port of its own."""
     taken = {port for ports in SERVICES.values() for name, port in ports.items() if name != "health"}
-    assert 1024 < WEB_PORT < 65536 and WEB_PORT not in taken
+    for port in (WEB_PORT, CHANNELS_HTTP_PORT):
+        assert 1024 < port < 65536 and port not in taken
+    assert WEB_PORT != CHANNELS_HTTP_PORT

@@ -23,8 +23,10 @@ NAMESPACE = "kefu"
 
 # TLS value sets beside the default and production ones (values-production.yaml turns on
 # mutual TLS with cert-manager): public TLS on the gateway only, and mutual TLS with one
-# Secret for every service.
-GATEWAY_TLS_VALUES = {"tls": {"gateway": {"enabled": True, "existingSecret": "kefu-public-tls"}}}
+# Secret for every service. Public TLS on the gateway goes without the channel service,
+# which calls the gateway by its in-cluster name (the chart refuses the two together).
+GATEWAY_TLS_VALUES = {"tls": {"gateway": {"enabled": True, "existingSecret": "kefu-public-tls"}},
+                      "services": {"channels": {"enabled": False}}}
 SHARED_MTLS_VALUES = {"tls": {"internal": {"enabled": True, "existingSecret": "kefu-internal-tls"}}}
 TLS_DIR = "/etc/kefu/tls"
 HEALTH_PROBE = "/usr/local/bin/grpc_health_probe"
@@ -87,6 +89,11 @@ def render(values: dict[str, Any] | None = None, *, name: str = RELEASE,
 
 def component_of(obj: dict[str, Any]) -> str:
     return obj["metadata"]["labels"]["app.kubernetes.io/component"]
+
+
+def enabled_services(r: Rendered) -> set[str]:
+    """The services the values deploy (services.<name>.enabled)."""
+    return {name for name, svc in r.values["services"].items() if svc["enabled"]}
 
 
 def selector_matches(selector: dict[str, str], labels: dict[str, str]) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import filecmp
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from chart_support import (
     component_of,
     configmap_env,
     container_of,
+    enabled_services,
     load_values_file,
     pod_labels_by_component,
     probe_check,
@@ -40,6 +42,7 @@ from chart_support import (
 from deploy_support import parse_dockerfile
 from stack import (
     CALLS,
+    CHANNELS_HTTP_PORT,
     LIVENESS_SERVICE,
     NEEDS_DATABASE,
     NEEDS_MODELS,
@@ -55,6 +58,8 @@ from stack import (
 KUBERNETES_VERSION = "1.29.0"
 # The services some service calls (from the Rust sources): each gets a headless Service.
 CALLED = set().union(*CALLS.values())
+# The routes of the channel service's HTTP port, which outside channels call.
+CHANNEL_ROUTES = REPO / "services/channels/src/http.rs"
 # Prometheus Operator and cert-manager kinds: no schema in kubernetes-validate; checked
 # structurally below.
 CUSTOM_KINDS = {"ServiceMonitor", "PrometheusRule", "Certificate"}
@@ -66,8 +71,25 @@ def container_port(container: dict[str, Any], name: str) -> int:
 
 
 def port_names(svc: str, r: Rendered) -> set[str]:
-    """The named ports of a service's container and Service: the gateway adds the pages'."""
-    return {"grpc", "metrics"} | ({"web"} if svc == "gateway" and r.values["web"]["enabled"] else set())
+    """The named ports of a service's container and Service: the gateway adds the pages',
+    the channel service the channels' endpoints."""
+    return ({"grpc", "metrics"} | ({"web"} if svc == "gateway" and r.values["web"]["enabled"] else set())
+            | ({"channels-http"} if svc == "channels" else set()))
+
+
+def named_port(svc: str, name: str) -> int:
+    """The port a service's port of that name has with the default values."""
+    return {"web": WEB_PORT, "channels-http": CHANNELS_HTTP_PORT}.get(name) or SERVICES[svc][name]
+
+
+def calls_in(r: Rendered) -> dict[str, set[str]]:
+    """The call graph of the Rust sources among the services this render deploys."""
+    enabled = enabled_services(r)
+    return {caller: CALLS[caller] & enabled for caller in enabled}
+
+
+def called_in(r: Rendered) -> set[str]:
+    return set().union(*calls_in(r).values())
 
 
 def peer_urls(env: dict[str, str]) -> dict[str, str]:
@@ -113,7 +135,7 @@ def test_every_manifest_is_valid_kubernetes_1_29(rendered: Rendered) -> None:
             continue
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
         checked += 1
-    assert checked >= 6 * 6  # six services, six kinds of object each
+    assert checked >= 6 * len(enabled_services(rendered))  # six kinds of object per service
 
 
 def test_validation_catches_a_broken_manifest(default_render: Rendered) -> None:
@@ -125,28 +147,30 @@ def test_validation_catches_a_broken_manifest(default_render: Rendered) -> None:
 
 
 def test_default_object_counts(default_render: Rendered) -> None:
+    n = len(SERVICES)
     assert default_render.kind_counts() == {
-        "ConfigMap": 6,
-        "Deployment": 6,
-        "HorizontalPodAutoscaler": 6,
-        "NetworkPolicy": 6,
-        "PodDisruptionBudget": 6,
-        "Service": 6 + len(CALLED),  # and a headless one per called service
+        "ConfigMap": n,
+        "Deployment": n,
+        "HorizontalPodAutoscaler": n,
+        "NetworkPolicy": n,
+        "PodDisruptionBudget": n,
+        "Service": n + len(CALLED),  # and a headless one per called service
         "ServiceAccount": 1,
     }
 
 
 def test_production_object_counts(production_render: Rendered) -> None:
+    n = len(SERVICES)
     assert production_render.kind_counts() == {
-        "Certificate": 6,
-        "ConfigMap": 6,
-        "Deployment": 6,
-        "HorizontalPodAutoscaler": 6,
-        "Ingress": 2,
-        "NetworkPolicy": 6,
-        "PodDisruptionBudget": 6,
+        "Certificate": n,
+        "ConfigMap": n,
+        "Deployment": n,
+        "HorizontalPodAutoscaler": n,
+        "Ingress": 3,  # the gateway's gRPC, its pages, the channels' endpoints
+        "NetworkPolicy": n,
+        "PodDisruptionBudget": n,
         "PrometheusRule": 1,
-        "Service": 6 + len(CALLED),
+        "Service": n + len(CALLED),
         "ServiceAccount": 1,
         "ServiceMonitor": 1,
     }
@@ -171,9 +195,9 @@ def test_standard_labels_on_every_object_and_pod(rendered: Rendered) -> None:
 # --------------------------------------------------------------------------- workloads
 
 
-def test_six_deployments_one_per_service(rendered: Rendered) -> None:
+def test_one_deployment_per_service(rendered: Rendered) -> None:
     deployments = rendered.of_kind("Deployment")
-    assert sorted(component_of(d) for d in deployments) == sorted(SERVICES)
+    assert sorted(component_of(d) for d in deployments) == sorted(enabled_services(rendered))
     for d in deployments:
         svc = component_of(d)
         assert d["metadata"]["name"] == f"kefu-{svc}"
@@ -183,11 +207,11 @@ def test_six_deployments_one_per_service(rendered: Rendered) -> None:
         assert container_port(container, "grpc") == SERVICES[svc]["grpc"]
         assert container_port(container, "metrics") == SERVICES[svc]["metrics"]
         assert {p["name"] for p in container["ports"]} == port_names(svc, rendered)
-        if svc == "gateway":
-            assert container_port(container, "web") == WEB_PORT
+        for name in port_names(svc, rendered) - {"grpc", "metrics"}:
+            assert container_port(container, name) == named_port(svc, name)
         selector = d["spec"]["selector"]["matchLabels"]
         assert selector_matches(selector, d["spec"]["template"]["metadata"]["labels"])
-        # the selector tells the six apart
+        # the selector tells the services apart
         others = [o for o in deployments if o is not d]
         assert not any(selector_matches(selector, o["spec"]["template"]["metadata"]["labels"])
                        for o in others)
@@ -196,7 +220,7 @@ def test_six_deployments_one_per_service(rendered: Rendered) -> None:
 def test_each_deployment_has_a_service_selecting_its_pods(rendered: Rendered) -> None:
     pods = pod_labels_by_component(rendered)
     services = regular_services(rendered)
-    assert len(services) == 6
+    assert len(services) == len(enabled_services(rendered))
     for d in rendered.of_kind("Deployment"):
         svc = component_of(d)
         service = rendered.get("Service", d["metadata"]["name"])
@@ -208,7 +232,7 @@ def test_each_deployment_has_a_service_selecting_its_pods(rendered: Rendered) ->
         for name in ports:
             target = ports[name]["targetPort"]
             assert target == name or target == container_port(container, name)
-            assert ports[name]["port"] == (WEB_PORT if name == "web" else SERVICES[svc][name])
+            assert ports[name]["port"] == named_port(svc, name)
         assert service["spec"]["type"] in ("ClusterIP", "LoadBalancer", "NodePort")
 
 
@@ -216,12 +240,14 @@ def test_every_called_service_has_a_headless_service(rendered: Rendered) -> None
     """The clients resolve the callee's name and balance over the addresses, so a called
     service needs a name that answers with its pods: a headless Service (no virtual IP)
     selecting exactly the pods its regular Service selects, on the gRPC port, listing
-    only ready pods. No other service gets one, and the regular Services stay."""
-    assert CALLED and "gateway" not in CALLED
+    only ready pods. No other service gets one, and the regular Services stay. The
+    gateway is called too, by the channel service, where that is deployed."""
+    called = called_in(rendered)
+    assert called and ("gateway" in called) == ("channels" in enabled_services(rendered))
     pods = pod_labels_by_component(rendered)
     headless = {s["metadata"]["name"]: s for s in rendered.of_kind("Service") if is_headless(s)}
-    assert set(headless) == {f"kefu-{svc}-headless" for svc in CALLED}
-    for svc in CALLED:
+    assert set(headless) == {f"kefu-{svc}-headless" for svc in called}
+    for svc in called:
         service = headless[f"kefu-{svc}-headless"]
         regular = rendered.get("Service", f"kefu-{svc}")
         assert not is_headless(regular) and regular["spec"]["type"] != "ExternalName"
@@ -242,7 +268,10 @@ def test_every_peer_url_names_a_headless_service_serving_it(rendered: Rendered) 
     """Every KEFU_<NAME>_URL a rendered container gets names, with the scheme of the
     mode, a headless Service of this render that exposes the URL's port and selects the
     pods of service <name>, whose gRPC port that is; and the NetworkPolicies let the
-    caller reach those pods on it (they select pods, whichever Service was dialled)."""
+    caller reach those pods on it (they select pods, whichever Service was dialled). A
+    service the values leave out keeps its callers' URL, naming no Service (its calls
+    fail as they would with the URL left out; under tls.internal an http:// default
+    would stop the caller from starting)."""
     pods = pod_labels_by_component(rendered)
     services = {s["metadata"]["name"]: s for s in rendered.of_kind("Service")}
     scheme = "https" if rendered.values["tls"]["internal"]["enabled"] else "http"
@@ -253,6 +282,9 @@ def test_every_peer_url_names_a_headless_service_serving_it(rendered: Rendered) 
             assert callee in CALLS[caller], (caller, callee)
             parts = urlsplit(url)
             assert parts.scheme == scheme and parts.path in ("", "/"), url
+            if callee not in enabled_services(rendered):
+                assert parts.hostname not in services, url
+                continue
             service = services.get(parts.hostname)
             assert service is not None, f"{caller}: {url} names no Service of the release"
             assert is_headless(service), f"{caller}: {url} names a Service with a virtual IP"
@@ -267,7 +299,7 @@ def test_every_peer_url_names_a_headless_service_serving_it(rendered: Rendered) 
             assert egress_allowed(rendered, caller, parts.port, pods[callee], CLUSTER_NAMESPACE_LABELS), url
             assert ingress_allowed(rendered, callee, parts.port, pods[caller], CLUSTER_NAMESPACE_LABELS), url
             seen.add((caller, callee))
-    assert seen == {(caller, callee) for caller, callees in CALLS.items() for callee in callees}
+    assert seen == {(caller, callee) for caller, callees in calls_in(rendered).items() for callee in callees}
 
 
 def test_headless_service_names_fit_a_dns_label() -> None:
@@ -285,7 +317,7 @@ def test_headless_service_names_fit_a_dns_label() -> None:
 
 def test_each_deployment_has_an_hpa_targeting_it(rendered: Rendered) -> None:
     hpas = {h["spec"]["scaleTargetRef"]["name"]: h for h in rendered.of_kind("HorizontalPodAutoscaler")}
-    assert len(hpas) == 6
+    assert len(hpas) == len(enabled_services(rendered))
     for d in rendered.of_kind("Deployment"):
         name = d["metadata"]["name"]
         svc_values = rendered.values["services"][component_of(d)]["autoscaling"]
@@ -313,7 +345,7 @@ def test_without_autoscaling_the_deployment_sets_replicas() -> None:
     r = render({"services": {"ticket": {"autoscaling": {"enabled": False}, "replicas": 3}}})
     assert r.get("Deployment", "kefu-ticket")["spec"]["replicas"] == 3
     assert "kefu-ticket" not in {h["metadata"]["name"] for h in r.of_kind("HorizontalPodAutoscaler")}
-    assert len(r.of_kind("HorizontalPodAutoscaler")) == 5
+    assert len(r.of_kind("HorizontalPodAutoscaler")) == len(SERVICES) - 1
 
 
 def test_a_service_can_be_scheduled_apart_from_the_others() -> None:
@@ -401,7 +433,7 @@ def test_no_container_can_run_as_root(rendered: Rendered) -> None:
 def test_pod_disruption_budget_per_service(rendered: Rendered) -> None:
     pods = pod_labels_by_component(rendered)
     pdbs = rendered.of_kind("PodDisruptionBudget")
-    assert len(pdbs) == 6
+    assert len(pdbs) == len(enabled_services(rendered))
     covered = []
     for pdb in pdbs:
         selected = [c for c, labels in pods.items()
@@ -417,7 +449,7 @@ def test_pod_disruption_budget_per_service(rendered: Rendered) -> None:
             assert spec["minAvailable"] < min_replicas, svc
         if isinstance(spec.get("maxUnavailable"), int):
             assert spec["maxUnavailable"] >= 1
-    assert sorted(covered) == sorted(SERVICES)
+    assert sorted(covered) == sorted(enabled_services(rendered))
 
 
 # --------------------------------------------------------------------------- configuration
@@ -438,6 +470,7 @@ def test_each_service_gets_exactly_the_env_it_needs(rendered: Rendered) -> None:
             assert env[f"KEFU_{callee.upper()}_URL"] == f"{scheme}://kefu-{callee}-headless:{SERVICES[callee]['grpc']}"
         assert ("KEFU_MODELS_DIR" in env) == (svc in NEEDS_MODELS)
         assert ("KEFU_TENANTS_DIR" in env) == (svc in NEEDS_TENANTS)
+        assert env.get("KEFU_CHANNELS_HTTP_PORT") == (str(CHANNELS_HTTP_PORT) if svc == "channels" else None)
         # secrets never sit in a ConfigMap
         assert "DATABASE_URL" not in env and "REDIS_URL" not in env
 
@@ -482,20 +515,25 @@ def test_the_chart_sets_only_settings_the_binaries_read(rendered: Rendered) -> N
         assert not invented, f"{cm['metadata']['name']}: {invented} are read by no kefu binary"
 
 
-def test_a_service_gets_variables_from_named_secrets() -> None:
-    """e.g. the secret a tenant names in customer_hmac_secret_env, for the gateway only."""
-    r = render({"services": {"gateway": {"secretEnv": {
-        "SHOP_CUSTOMER_SECRET": {"secretName": "shop-customer-hmac", "key": "secret"}}}}})
+@pytest.mark.parametrize("service, variable, ref", [
+    ("gateway", "SHOP_CUSTOMER_SECRET", {"secretName": "shop-customer-hmac", "key": "secret"}),
+    ("channels", "DEMO_WEBHOOK_SECRET", {"secretName": "demo-channels", "key": "webhook-secret"}),
+], ids=["customer_hmac_secret_env", "channels-secret"])
+def test_a_service_gets_variables_from_named_secrets(service: str, variable: str, ref: dict[str, str]) -> None:
+    """e.g. the secret a tenant names in customer_hmac_secret_env, for the gateway only,
+    or one its [channels] name (`secret = { env = "DEMO_WEBHOOK_SECRET" }`), for the
+    channel service only."""
+    r = render({"services": {service: {"secretEnv": {variable: ref}}}})
     for d in r.of_kind("Deployment"):
         env = {e["name"]: e for e in container_of(d).get("env", [])}
-        if component_of(d) != "gateway":
-            assert "SHOP_CUSTOMER_SECRET" not in env
+        if component_of(d) != service:
+            assert variable not in env
             continue
-        assert env["SHOP_CUSTOMER_SECRET"] == {"name": "SHOP_CUSTOMER_SECRET", "valueFrom": {
-            "secretKeyRef": {"name": "shop-customer-hmac", "key": "secret"}}}
+        assert env[variable] == {"name": variable, "valueFrom": {
+            "secretKeyRef": {"name": ref["secretName"], "key": ref["key"]}}}
     # the value lives in the named Secret only: the chart makes none and the ConfigMap has no copy
     assert r.of_kind("Secret") == []
-    assert "SHOP_CUSTOMER_SECRET" not in r.get("ConfigMap", "kefu-gateway")["data"]
+    assert variable not in r.get("ConfigMap", f"kefu-{service}")["data"]
 
 
 def test_default_install_has_no_database_and_warns(default_render: Rendered) -> None:
@@ -587,38 +625,46 @@ def egress_allowed(r: Rendered, source: str, port: int, pod_labels: dict[str, st
 
 def test_grpc_reachability_is_exactly_the_call_graph(rendered: Rendered) -> None:
     pods = pod_labels_by_component(rendered)
-    for caller in SERVICES:
-        for callee in SERVICES:
+    for caller in enabled_services(rendered):
+        for callee in enabled_services(rendered):
             port = SERVICES[callee]["grpc"]
             allowed = (egress_allowed(rendered, caller, port, pods[callee], CLUSTER_NAMESPACE_LABELS)
                        and ingress_allowed(rendered, callee, port, pods[caller], CLUSTER_NAMESPACE_LABELS))
             assert allowed == (callee in CALLS[caller]), f"{caller} -> {callee}"
 
 
-def test_only_the_gateway_is_reachable_from_outside(default_render: Rendered,
-                                                    production_render: Rendered) -> None:
+def test_only_the_public_ports_are_reachable_from_outside(default_render: Rendered,
+                                                          production_render: Rendered) -> None:
+    """The gateway's gRPC port and pages, and the channel service's HTTP endpoints."""
     stranger = {"app": "something-else"}
+    public = {"gateway": (SERVICES["gateway"]["grpc"], WEB_PORT), "channels": (CHANNELS_HTTP_PORT,)}
     for svc, ports in SERVICES.items():
         for r in (default_render, production_render):
             from_other_namespace = ingress_allowed(r, svc, ports["grpc"], stranger, {"kubernetes.io/metadata.name": "x"})
             from_internet = ingress_allowed(r, svc, ports["grpc"], None, None)
             if svc != "gateway":
                 assert not from_other_namespace and not from_internet, svc
-                assert not ingress_allowed(r, svc, WEB_PORT, None, None), svc  # only the gateway has pages
-    # default: the gateway (gRPC and the pages) is the public entry point
-    for port in (50051, WEB_PORT):
-        assert ingress_allowed(default_render, "gateway", port, None, None)
-        # production: only the ingress controller reaches it
-        ns_labels, pod_labels = INGRESS_NGINX
-        assert ingress_allowed(production_render, "gateway", port, pod_labels, ns_labels)
-        assert not ingress_allowed(production_render, "gateway", port, None, None)
-        assert not ingress_allowed(production_render, "gateway", port, {"app": "x"}, CLUSTER_NAMESPACE_LABELS)
+            # only the gateway has pages, only the channel service the channels' endpoints
+            for owner, port in (("gateway", WEB_PORT), ("channels", CHANNELS_HTTP_PORT)):
+                if svc != owner:
+                    assert not ingress_allowed(r, svc, port, None, None), (svc, port)
+    for svc, ports in public.items():
+        for port in ports:
+            # default: any source (the gateway is the public entry point, the channels'
+            # servers call the channel service)
+            assert ingress_allowed(default_render, svc, port, None, None), (svc, port)
+            # production: only the ingress controller reaches them
+            ns_labels, pod_labels = INGRESS_NGINX
+            assert ingress_allowed(production_render, svc, port, pod_labels, ns_labels), (svc, port)
+            assert not ingress_allowed(production_render, svc, port, None, None), (svc, port)
+            assert not ingress_allowed(production_render, svc, port, {"app": "x"}, CLUSTER_NAMESPACE_LABELS)
 
 
 def test_metrics_ports_open_to_the_monitoring_namespace_only(rendered: Rendered) -> None:
     scraper = {"app.kubernetes.io/name": "prometheus"}
     pods = pod_labels_by_component(rendered)
-    for svc, ports in SERVICES.items():
+    for svc in enabled_services(rendered):
+        ports = SERVICES[svc]
         assert ingress_allowed(rendered, svc, ports["metrics"], scraper, MONITORING_NAMESPACE_LABELS)
         assert not ingress_allowed(rendered, svc, ports["metrics"], None, None)
         assert not ingress_allowed(rendered, svc, ports["metrics"], pods["gateway"], CLUSTER_NAMESPACE_LABELS)
@@ -627,20 +673,22 @@ def test_metrics_ports_open_to_the_monitoring_namespace_only(rendered: Rendered)
             assert not ingress_allowed(rendered, svc, ports["grpc"], scraper, MONITORING_NAMESPACE_LABELS)
 
 
-def test_egress_limited_to_dns_callees_database_redis_and_otlp(rendered: Rendered) -> None:
+def test_egress_limited_to_dns_callees_database_redis_otlp_and_channels(rendered: Rendered) -> None:
     np_values = rendered.values["networkPolicy"]
     database_port = np_values["database"]["port"]
     redis_port = np_values["redis"]["port"]
     otlp_port = np_values["otlp"]["port"]
     kube_dns = ({"k8s-app": "kube-dns"}, {"kubernetes.io/metadata.name": "kube-system"})
-    for svc in SERVICES:
+    for svc, callees in calls_in(rendered).items():
         spec = policy_for(rendered, svc)["spec"]
         ports_opened = {p["port"] for rule in spec["egress"] for p in rule["ports"]}
-        expected = {53, otlp_port} | {SERVICES[c]["grpc"] for c in CALLS[svc]}
+        expected = {53, otlp_port} | {SERVICES[c]["grpc"] for c in callees}
         if svc in NEEDS_DATABASE:
             expected.add(database_port)
         if svc in NEEDS_REDIS:
             expected.add(redis_port)
+        if svc == "channels":  # replies out to the tenants' webhook URLs and WeChat's API
+            expected |= set(np_values["channelDelivery"]["ports"])
         assert ports_opened == expected, svc
         assert egress_allowed(rendered, svc, 53, *kube_dns)
         dns_protocols = {p.get("protocol", "TCP") for rule in spec["egress"] for p in rule["ports"] if p["port"] == 53}
@@ -659,6 +707,22 @@ def test_production_egress_goes_only_to_the_named_destinations(production_render
         # PostgreSQL and Redis sit outside the cluster, in the ipBlocks of values-production.yaml
         assert egress_allowed(production_render, svc, 5432, None, None) == (svc in NEEDS_DATABASE)
         assert egress_allowed(production_render, svc, 6379, None, None) == (svc in NEEDS_REDIS)
+        # replies leave the cluster from the channel service only, and never to its pods
+        for port in (443, 80):
+            assert egress_allowed(production_render, svc, port, None, None) == (svc == "channels"), (svc, port)
+            assert not egress_allowed(production_render, svc, port, *elsewhere), (svc, port)
+
+
+def test_production_keeps_channel_deliveries_off_private_addresses(production_values: dict[str, Any]) -> None:
+    """A tenant's deliver_url is the tenant's to choose: in production it cannot point the
+    channel service at the cluster's or the company's private addresses."""
+    (rule,) = production_values["networkPolicy"]["channelDelivery"]["to"]
+    block = rule["ipBlock"]
+    assert block["cidr"] == "0.0.0.0/0"
+    assert {"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16"} <= set(block["except"])
+    stores = [r["ipBlock"]["cidr"] for key in ("database", "redis") for r in production_values["networkPolicy"][key]["to"]]
+    assert stores and all(any(ipaddress.ip_network(s).subnet_of(ipaddress.ip_network(e)) for e in block["except"])
+                          for s in stores)
 
 
 def test_network_policies_can_be_turned_off() -> None:
@@ -746,6 +810,9 @@ IMPOSSIBLE_TLS = {
         "leave tls.internal.existingSecret empty"),
     "cert-manager without an issuer": ({"tls": {"internal": {"enabled": True, "certManager": {"enabled": True}}}},
                                        "issuerRef.name"),
+    # the channel service calls the gateway by its headless name: a public certificate lacks it
+    "public TLS on the gateway with the channel service": (
+        {"tls": {"gateway": {"enabled": True, "existingSecret": "pub"}}}, "services.channels.enabled=false"),
 }
 
 
@@ -786,10 +853,14 @@ def test_backend_protocol_follows_the_ports_and_cannot_be_overridden(tls_values:
     grpc = r.get("Ingress", "kefu-gateway")["metadata"]["annotations"]
     web = r.get("Ingress", "kefu-gateway-web")["metadata"]["annotations"]
     assert grpc["nginx.ingress.kubernetes.io/backend-protocol"] == protocol
-    assert web["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTP"  # the pages are plain HTTP
+    # the pages and the channels' endpoints are plain HTTP
+    http = [web] + [i["metadata"]["annotations"] for i in r.of_kind("Ingress") if component_of(i) == "channels"]
+    assert len(http) == 1 + ("channels" in enabled_services(r))
     # one certificate for the host, requested once (by the gRPC Ingress)
     assert grpc["cert-manager.io/cluster-issuer"] == "letsencrypt"
-    assert not any(k.startswith("cert-manager.io/") for k in web)
+    for annotations in http:
+        assert annotations["nginx.ingress.kubernetes.io/backend-protocol"] == "HTTP"
+        assert not any(k.startswith("cert-manager.io/") for k in annotations)
 
 
 WEB_ROUTE = re.compile(r'\.route\(\s*"([^"]+)"')
@@ -841,8 +912,66 @@ def test_web_settings_and_turning_the_pages_off() -> None:
     assert configmap_env(off, gateway)["KEFU_WEB_PORT"] == "0"
     assert "web" not in {p["name"] for p in container_of(gateway)["ports"]}
     assert "web" not in {p["name"] for p in off.get("Service", "kefu-gateway")["spec"]["ports"]}
-    assert [i["metadata"]["name"] for i in off.of_kind("Ingress")] == ["kefu-gateway"]
+    assert sorted(i["metadata"]["name"] for i in off.of_kind("Ingress")) == ["kefu-channels", "kefu-gateway"]
     assert not ingress_allowed(off, "gateway", WEB_PORT, None, None)
+
+
+def routed_by(ingress: dict[str, Any], path: str) -> bool:
+    (rule,) = ingress["spec"]["rules"]
+    return any(path == p["path"] if p["pathType"] == "Exact"
+               else path == p["path"] or path.startswith(p["path"].rstrip("/") + "/")
+               for p in rule["http"]["paths"])
+
+
+def test_the_channel_endpoints_are_routed_on_the_ingress_host(production_render: Rendered,
+                                                              production_values: dict[str, Any]) -> None:
+    """Every route of the channel service's HTTP port (services/channels/src/http.rs) goes
+    to it, plain HTTP, on the gateway's host and certificate; nothing else does."""
+    channels = production_render.get("Ingress", "kefu-channels")
+    grpc = production_render.get("Ingress", "kefu-gateway")
+    assert component_of(channels) == "channels"
+    assert channels["spec"]["tls"] == grpc["spec"]["tls"]
+    assert channels["spec"]["ingressClassName"] == grpc["spec"]["ingressClassName"]
+    (rule,) = channels["spec"]["rules"]
+    assert rule["host"] == production_values["ingress"]["host"]
+    for path in rule["http"]["paths"]:
+        backend = path["backend"]["service"]
+        assert backend == {"name": "kefu-channels", "port": {"name": "channels-http"}}
+        service = production_render.get("Service", backend["name"])
+        assert "channels-http" in {p["name"] for p in service["spec"]["ports"]}
+    routes = WEB_ROUTE.findall(CHANNEL_ROUTES.read_text(encoding="utf-8"))
+    assert sorted(routes) == ["/webhooks/{tenant}", "/wechat/{tenant}"]
+    for route in routes:
+        assert routed_by(channels, route.replace("{tenant}", "demo")), route
+    # longer prefixes than the gateway's "/": nginx sends these paths to the channel service
+    assert all(len(p["path"]) > 1 for p in rule["http"]["paths"])
+    assert not routed_by(channels, "/kefu.v1.ConversationService/SendMessage")
+    assert not routed_by(channels, "/chat")
+    assert "Outside channels" in production_render.notes
+    assert f"POST https://{rule['host']}/webhooks/<tenant>" in production_render.notes
+    assert f"https://{rule['host']}/wechat/<tenant>" in production_render.notes
+
+
+@pytest.mark.parametrize("switches, paths", [
+    ({"webhooks": True, "wechat": False}, ["/webhooks"]),
+    ({"webhooks": False, "wechat": True}, ["/wechat"]),
+    ({"webhooks": False, "wechat": False}, []),
+], ids=["webhooks-only", "wechat-only", "none"])
+def test_each_channel_route_can_be_switched_off(switches: dict[str, bool], paths: list[str]) -> None:
+    r = render({"ingress": {"enabled": True}, "channels": {"ingress": switches}})
+    ingresses = [i for i in r.of_kind("Ingress") if component_of(i) == "channels"]
+    assert [p["path"] for i in ingresses for p in i["spec"]["rules"][0]["http"]["paths"]] == paths
+    assert len(ingresses) == (1 if paths else 0)  # no Ingress without a path
+    # the endpoints stay up inside the cluster either way
+    assert "channels-http" in {p["name"] for p in r.get("Service", "kefu-channels")["spec"]["ports"]}
+
+
+def test_without_the_channel_service_nothing_of_it_is_rendered() -> None:
+    r = render({"ingress": {"enabled": True}, "services": {"channels": {"enabled": False}}})
+    assert not [o for o in r.objects if component_of(o) == "channels"]
+    # no caller is left for the gateway's headless Service
+    assert "kefu-gateway-headless" not in {s["metadata"]["name"] for s in r.of_kind("Service")}
+    assert "port-forward svc/kefu-channels" not in r.notes and "Outside channels" not in r.notes
 
 
 def test_service_monitor_scrapes_every_service(production_render: Rendered) -> None:
@@ -935,6 +1064,10 @@ BAD_VALUES = {
     "secret variable with a bad name": {"services": {"gateway": {"secretEnv": {
         "SHOP-SECRET": {"secretName": "s", "key": "k"}}}}},
     "web port zero": {"web": {"port": 0}},
+    "channels port zero": {"channels": {"httpPort": 0}},
+    "channel route switch as a string": {"channels": {"ingress": {"webhooks": "yes"}}},
+    "unknown channel route": {"channels": {"ingress": {"email": True}}},
+    "channel delivery without a port": {"networkPolicy": {"channelDelivery": {"ports": []}}},
     "web origin with a path": {"web": {"origins": ["https://shop.example.com/chat"]}},
 }
 
@@ -969,8 +1102,10 @@ def test_notes_tell_how_to_try_the_release(rendered: Rendered) -> None:
         assert "grpcurl -plaintext localhost:50051 list" in notes
     assert "kefu.v1.ConversationService/SendMessage" in notes
     assert '{"tenant_id":"demo","customer_id":"c1","text":' in notes
-    for svc in SERVICES:
+    for svc in enabled_services(rendered):
         assert f"kefu-{svc}" in notes
+    if "channels" in enabled_services(rendered) and not rendered.values["ingress"]["enabled"]:
+        assert f"port-forward svc/kefu-channels {CHANNELS_HTTP_PORT}:{CHANNELS_HTTP_PORT}" in notes
 
 
 def test_notes_use_the_ingress_when_enabled(production_render: Rendered) -> None:

@@ -267,6 +267,11 @@ impl SqlChannels {
             let now = now_millis();
             let mut tx = self.db.begin_write().await?;
             mark_done(&mut tx, &message.message_id, now).await?;
+            sqlx::query("UPDATE channel_messages SET session_id = $1 WHERE message_id = $2")
+                .bind(handled.session_id.as_str())
+                .bind(message.message_id.as_str())
+                .execute(&mut *tx)
+                .await?;
             // Following starts with a hand-off; the follower alone ends it, when the
             // session returns to the bot, so that no agent reply is missed.
             sqlx::query("UPDATE channel_conversations SET session_id = $1, following = CASE WHEN $2 = 1 THEN 1 ELSE following END, last_event_id = CASE WHEN session_id = $1 THEN last_event_id ELSE 0 END, updated_at = $3 WHERE tenant_id = $4 AND channel = $5 AND thread = $6")

@@ -133,6 +133,11 @@ Refuses TLS settings that cannot work, at render time.
 {{- if and $tls.gateway.enabled (not $tls.gateway.existingSecret) }}
 {{- fail "tls.gateway.enabled needs tls.gateway.existingSecret (a kubernetes.io/tls Secret with tls.crt and tls.key)" }}
 {{- end }}
+{{- /* The channel service calls the gateway by its headless Service name, over plaintext
+  or with the internal CA: a public certificate names neither. */}}
+{{- if and $tls.gateway.enabled .Values.services.channels.enabled }}
+{{- fail "tls.gateway cannot be enabled with the channel service (services.channels.enabled): it calls the gateway inside the cluster by its headless Service name, which a public certificate does not carry, and verifies only certificates of the internal CA; terminate public TLS at the ingress (ingress.tls, and tls.internal for TLS inside the cluster), or set services.channels.enabled=false" }}
+{{- end }}
 {{- if and $tls.internal.enabled $tls.internal.certManager.enabled }}
 {{- if $tls.internal.existingSecret }}
 {{- fail "tls.internal.certManager creates one Secret per service: leave tls.internal.existingSecret empty" }}
@@ -285,6 +290,9 @@ KEFU_TLS_CLIENT_CA: {{ printf "%s/ca.crt" $dir | quote }}
 {{- if and $root.Values.tls.internal.enabled $svc.calls }}
 KEFU_TLS_CA: {{ printf "%s/ca.crt" $dir | quote }}
 {{- end }}
+{{- end }}
+{{- if eq .name "channels" }}
+KEFU_CHANNELS_HTTP_PORT: {{ $root.Values.channels.httpPort | quote }}
 {{- end }}
 {{- if eq .name "gateway" }}
 KEFU_WEB_PORT: {{ ternary $root.Values.web.port 0 $root.Values.web.enabled | quote }}

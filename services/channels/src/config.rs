@@ -13,6 +13,9 @@ pub struct Config {
     /// The gateway the channel service calls like any client.
     #[arg(long, env = "KEFU_GATEWAY_URL", default_value_t = ServiceSpec::GATEWAY.default_url())]
     pub gateway_url: String,
+    /// Largest customer message taken from a channel, in bytes (the gateway's limit).
+    #[arg(long, env = "KEFU_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub max_message_bytes: usize,
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
@@ -25,9 +28,6 @@ pub struct HttpArgs {
     /// Port of the channels' HTTP endpoints (0 picks a free port).
     #[arg(long, env = "KEFU_CHANNELS_HTTP_PORT", default_value_t = 8090)]
     pub channels_http_port: u16,
-    /// Largest customer message taken from a channel, in bytes (the gateway's limit).
-    #[arg(long, env = "KEFU_MAX_MESSAGE_BYTES", default_value_t = 4096)]
-    pub max_message_bytes: usize,
 }
 
 /// How replies are delivered and retried.

@@ -25,13 +25,12 @@ pub mod wechat;
 pub use config::{Config, DeliveryArgs, HttpArgs};
 
 pub const SPEC: ServiceSpec = ServiceSpec::CHANNELS;
-const SERVICE: &str = "kefu-channels";
 
 pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<RunningServer> {
     let db = Database::connect(&config.data.database_url()).await?;
     let tenants = LiveTenants::load(&config.tenants_dir)?;
     tenants.clone().watch(&shutdown);
-    let connect = config.service.connector(SERVICE)?;
+    let connect = config.service.connector(relay::SERVICE)?;
     let store = SqlChannels::new(db.clone());
     let delivery = &config.delivery;
     let relay = relay::Relay {
@@ -51,7 +50,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let bind = std::net::SocketAddr::new(server.bind_host, config.http.channels_http_port);
     let endpoints = http::router(http::Endpoints {
         relay,
-        max_message_bytes: config.http.max_message_bytes,
+        max_message_bytes: config.max_message_bytes,
     });
     let bound = kefu_runtime::serve_http("channels", bind, endpoints, shutdown.clone()).await?;
     tracing::info!(%bound, "channel endpoints listening (/webhooks/<tenant>, /wechat/<tenant>)");

@@ -26,7 +26,7 @@ pub const LEASE_MS: i64 = 30_000;
 /// How often the drainers look for due messages.
 pub const DRAIN_INTERVAL: Duration = Duration::from_secs(1);
 const CLAIM_BATCH: i64 = 50;
-const SERVICE: &str = "kefu-channels";
+pub const SERVICE: &str = "kefu-channels";
 
 /// The outside channels, by their name in the tables and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -341,12 +341,14 @@ impl Relay {
         let oldest_age = stats
             .oldest_pending_at
             .map_or(0.0, |at| (now_millis() - at).max(0) as f64 / 1000.0);
-        metrics::gauge!("kefu_channel_messages_pending", "direction" => "in")
+        metrics::gauge!("kefu_channel_messages_pending", "service" => SERVICE, "direction" => "in")
             .set(stats.pending_in as f64);
-        metrics::gauge!("kefu_channel_messages_pending", "direction" => "out")
+        metrics::gauge!("kefu_channel_messages_pending", "service" => SERVICE, "direction" => "out")
             .set(stats.pending_out as f64);
-        metrics::gauge!("kefu_channel_messages_dead_letters").set(stats.dead as f64);
-        metrics::gauge!("kefu_channel_messages_oldest_age_seconds").set(oldest_age);
+        metrics::gauge!("kefu_channel_messages_dead_letters", "service" => SERVICE)
+            .set(stats.dead as f64);
+        metrics::gauge!("kefu_channel_messages_oldest_age_seconds", "service" => SERVICE)
+            .set(oldest_age);
         Ok(())
     }
 

@@ -1,0 +1,565 @@
+//! Outside channels end to end, on `kefu up` with the demo tenant given a `[channels]`
+//! section as the README's setup steps write it: a bridge's signed webhook and a WeChat
+//! Official Account (WeChat's side played by wechatpy, its message API by a local
+//! server) reach the bot, the bot's and an agent's replies come back on the same
+//! channel, signed or encrypted, retried when the receiver fails; staff see each
+//! message's delivery status; bad input is refused on the channel's own terms.
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, StatusCode};
+use common::{ApiKey, StackBuilder, DEMO_AGENT_KEY};
+use hmac::{Hmac, Mac};
+use kefu_proto::v1::channel_service_client::ChannelServiceClient;
+use kefu_proto::v1::ticket_service_client::TicketServiceClient;
+use kefu_proto::v1::*;
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const WEBHOOK_SECRET: &str = "test-webhook-secret";
+const WECHAT_TOKEN: &str = "kefutoken";
+// 43 characters, as WeChat's configuration page generates them.
+const WECHAT_AES_KEY: &str = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
+const WECHAT_APP_ID: &str = "wx5823bf96d3bd56c7";
+const WECHAT_APP_SECRET: &str = "test-app-secret";
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What the tenant's webhook receiver got: the signature headers and the body.
+#[derive(Clone, Debug)]
+struct Received {
+    timestamp: String,
+    signature: String,
+    body: Vec<u8>,
+}
+
+/// The tenant's webhook receiver: records every POST; answers 503 to the first delivery
+/// for the customer "flaky" (to be retried), 200 otherwise.
+#[derive(Clone, Default)]
+struct Receiver {
+    got: Arc<Mutex<Vec<Received>>>,
+    refused_flaky: Arc<Mutex<bool>>,
+}
+
+impl Receiver {
+    async fn start(&self) -> u16 {
+        let receiver = self.clone();
+        let app = axum::Router::new().route(
+            "/replies",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let receiver = receiver.clone();
+                async move {
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned()
+                    };
+                    let json: Value = serde_json::from_slice(&body).unwrap_or_default();
+                    if json["customer_id"] == "flaky" {
+                        let mut refused = receiver.refused_flaky.lock().unwrap();
+                        if !*refused {
+                            *refused = true;
+                            return StatusCode::SERVICE_UNAVAILABLE;
+                        }
+                    }
+                    receiver.got.lock().unwrap().push(Received {
+                        timestamp: header("x-kefu-timestamp"),
+                        signature: header("x-kefu-signature"),
+                        body: body.to_vec(),
+                    });
+                    StatusCode::OK
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        port
+    }
+
+    /// The first reply matching `wanted`, its signature checked with the shared secret.
+    async fn reply(&self, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let found = self.got.lock().unwrap().iter().find_map(|received| {
+                let json: Value = serde_json::from_slice(&received.body).ok()?;
+                wanted(&json).then(|| (received.clone(), json))
+            });
+            if let Some((received, json)) = found {
+                assert_eq!(
+                    received.signature,
+                    sign(&received.timestamp, &received.body),
+                    "a delivery's signature is not HMAC-SHA256(secret, timestamp.body)"
+                );
+                let sent: i64 = received.timestamp.parse().unwrap();
+                assert!(
+                    (unix_now() - sent).abs() < 300,
+                    "a delivery is stamped {sent}"
+                );
+                return json;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no such delivery within {WAIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn count(&self, wanted: impl Fn(&Value) -> bool) -> usize {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|r| serde_json::from_slice::<Value>(&r.body).ok())
+            .filter(|json| wanted(json))
+            .count()
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `v1=` and the hex HMAC-SHA256 of `<timestamp>.<body>`, as the README documents it.
+fn sign(timestamp: &str, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
+    mac.update(timestamp.as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    format!("v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// A copy of the repository's tenants whose demo tenant has the channels the README's
+/// setup steps describe.
+fn tenants_with_channels(dir: &Path, webhook_port: u16, wechat_api_port: u16) -> PathBuf {
+    let tenants = dir.join("tenants");
+    copy_dir(&common::repo_root().join("tenants"), &tenants);
+    let file = tenants.join("demo/tenant.toml");
+    let mut text = std::fs::read_to_string(&file).unwrap();
+    text.push_str(&format!(
+        r#"
+[channels.webhook]
+secret = {{ env = "DEMO_WEBHOOK_SECRET" }}
+deliver_url = "http://127.0.0.1:{webhook_port}/replies"
+
+[channels.wechat]
+app_id = "{WECHAT_APP_ID}"
+token = {{ env = "DEMO_WECHAT_TOKEN" }}
+encoding_aes_key = {{ env = "DEMO_WECHAT_AES_KEY" }}
+app_secret = {{ file = "{}" }}
+api_base_url = "http://127.0.0.1:{wechat_api_port}"
+"#,
+        dir.join("wechat-app-secret").display()
+    ));
+    std::fs::write(&file, text).unwrap();
+    std::fs::write(
+        dir.join("wechat-app-secret"),
+        format!("{WECHAT_APP_SECRET}\n"),
+    )
+    .unwrap();
+    tenants
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let target = to.join(entry.file_name());
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn python() -> PathBuf {
+    let venv = common::repo_root().join(".venv/bin/python");
+    assert!(
+        venv.is_file(),
+        "{} is missing; `make tools` installs wechatpy",
+        venv.display()
+    );
+    venv
+}
+
+/// WeChat's message API, served by the peer script until dropped.
+struct WechatApi {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for WechatApi {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl WechatApi {
+    fn start(dir: &Path) -> Self {
+        let port_file = dir.join("wechat-api-port");
+        let log = dir.join("wechat-api.jsonl");
+        let child = Command::new(python())
+            .arg(common::repo_root().join("tests/wechat_peer.py"))
+            .args([
+                "api",
+                "--app-id",
+                WECHAT_APP_ID,
+                "--app-secret",
+                WECHAT_APP_SECRET,
+            ])
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log)
+            .spawn()
+            .expect("the WeChat peer starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(port) = std::fs::read_to_string(&port_file) {
+                break port.trim().parse().unwrap();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the WeChat API peer did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, port, log }
+    }
+
+    /// Customer-service messages WeChat accepted.
+    fn messages(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+/// Runs the WeChat peer's `send` or `verify` and returns its JSON line.
+fn wechat(url: &str, command: &str, args: &[&str]) -> Value {
+    let mut run = Command::new(python());
+    run.arg(common::repo_root().join("tests/wechat_peer.py"))
+        .arg(command)
+        .args(["--url", url, "--token", WECHAT_TOKEN]);
+    if command == "send" {
+        run.args(["--aes-key", WECHAT_AES_KEY, "--app-id", WECHAT_APP_ID]);
+    }
+    let output = run.args(args).output().expect("the WeChat peer runs");
+    assert!(
+        output.status.success(),
+        "the WeChat peer failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+async fn post_webhook(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    timestamp: i64,
+    secret_ok: bool,
+) -> (u16, Value) {
+    let body = serde_json::to_vec(body).unwrap();
+    let stamp = timestamp.to_string();
+    let signature = if secret_ok {
+        sign(&stamp, &body)
+    } else {
+        format!("v1={}", "0".repeat(64))
+    };
+    let response = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("x-kefu-timestamp", stamp)
+        .header("x-kefu-signature", signature)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or_default())
+}
+
+fn customer_message(message_id: &str, customer: &str, text: &str) -> Value {
+    json!({ "message_id": message_id, "customer": { "id": customer }, "text": text })
+}
+
+async fn deliveries(
+    channels: &mut ChannelServiceClient<common::KeyedChannel>,
+    session_id: &str,
+) -> ListDeliveriesResponse {
+    channels
+        .list_deliveries(ListDeliveriesRequest {
+            tenant_id: "demo".into(),
+            session_id: session_id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// Takes the queued ticket of `session_id` and answers it as the demo agent.
+async fn agent_answers(
+    tickets: &mut TicketServiceClient<common::KeyedChannel>,
+    session_id: &str,
+    text: &str,
+) {
+    let ticket = common::take_next(tickets).await;
+    assert_eq!(
+        ticket.session_id, session_id,
+        "the queue holds another session's ticket"
+    );
+    tickets
+        .reply_to_customer(ReplyToCustomerRequest {
+            tenant_id: "demo".into(),
+            ticket_id: ticket.ticket_id.clone(),
+            text: text.into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn webhook_and_wechat_customers_get_the_bot_and_agents_on_their_own_channel() {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::default();
+    let webhook_port = receiver.start().await;
+    let api = WechatApi::start(dir.path());
+    let tenants = tenants_with_channels(dir.path(), webhook_port, api.port);
+    let stack = common::start(
+        StackBuilder::all_in_one()
+            .tenants_dir(&tenants)
+            .models_dir(&common::models_dir())
+            .env("DEMO_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("DEMO_WECHAT_TOKEN", WECHAT_TOKEN)
+            .env("DEMO_WECHAT_AES_KEY", WECHAT_AES_KEY),
+    )
+    .await;
+    let endpoints = stack.channel_endpoints("channels");
+    let gateway = common::channel(&stack.gateway()).await;
+    let mut channels =
+        ChannelServiceClient::with_interceptor(gateway.clone(), ApiKey(DEMO_AGENT_KEY));
+    let mut tickets = TicketServiceClient::with_interceptor(gateway, ApiKey(DEMO_AGENT_KEY));
+    // reqwest is built without a TLS provider of its own: ring, as the services use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let hook = format!("{endpoints}/webhooks/demo");
+
+    // The bot answers a webhook customer on the tenant's URL, signed.
+    let question = customer_message("wh-1", "cust-1", "How much does the Pro plan cost?");
+    let (status, body) = post_webhook(&http, &hook, &question, unix_now(), true).await;
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (202, Some("accepted")),
+        "{body}"
+    );
+    let reply = receiver.reply(|r| r["in_reply_to"] == "wh-1").await;
+    assert_eq!(reply["role"], "bot");
+    assert_eq!(reply["customer_id"], "cust-1");
+    assert!(reply["text"].as_str().unwrap().contains("Pro"), "{reply}");
+    let session = reply["session_id"].as_str().unwrap().to_owned();
+
+    // The same message again is not taken twice; nothing is answered twice.
+    let (status, body) = post_webhook(&http, &hook, &question, unix_now(), true).await;
+    assert_eq!(status, 409, "{body}");
+
+    // Refusals on HTTP's terms.
+    let other = customer_message("wh-x", "cust-1", "hello");
+    let stale = post_webhook(&http, &hook, &other, unix_now() - 600, true).await;
+    assert_eq!(stale.0, 401, "{}", stale.1);
+    assert!(stale.1["error"]
+        .as_str()
+        .unwrap()
+        .contains("signed more than"));
+    assert_eq!(
+        post_webhook(&http, &hook, &other, unix_now(), false)
+            .await
+            .0,
+        401
+    );
+    let nobody = format!("{endpoints}/webhooks/no-such-tenant");
+    assert_eq!(
+        post_webhook(&http, &nobody, &other, unix_now(), true)
+            .await
+            .0,
+        404
+    );
+    let malformed = json!({ "message_id": "wh-y", "customer": {}, "text": "hi" });
+    let (status, body) = post_webhook(&http, &hook, &malformed, unix_now(), true).await;
+    assert_eq!(status, 400, "{body}");
+    let huge = customer_message("wh-z", "cust-1", &"x".repeat(70 * 1024));
+    assert_eq!(
+        post_webhook(&http, &hook, &huge, unix_now(), true).await.0,
+        413
+    );
+    let long = customer_message("wh-z", "cust-1", &"x".repeat(5000));
+    let (status, body) = post_webhook(&http, &hook, &long, unix_now(), true).await;
+    assert_eq!(status, 400, "{body}");
+
+    // A receiver that fails first gets the reply on a later attempt.
+    let flaky = customer_message("wh-2", "flaky", "What plans do you have?");
+    assert_eq!(
+        post_webhook(&http, &hook, &flaky, unix_now(), true).await.0,
+        202
+    );
+    let retried = receiver.reply(|r| r["in_reply_to"] == "wh-2").await;
+    let flaky_session = retried["session_id"].as_str().unwrap();
+    let listed = deliveries(&mut channels, flaky_session).await;
+    assert_eq!(listed.channel, Channel::Webhook as i32);
+    let outbound: Vec<&Delivery> = listed
+        .deliveries
+        .iter()
+        .filter(|d| d.direction == DeliveryDirection::Outbound as i32)
+        .collect();
+    assert_eq!(outbound.len(), 1, "{listed:?}");
+    assert_eq!(outbound[0].status, DeliveryStatus::Delivered as i32);
+    assert_eq!(outbound[0].attempts, 2, "{listed:?}");
+
+    // A hand-off: the acknowledgement, then the agent's reply on the webhook.
+    let human = customer_message("wh-3", "cust-1", "I want to talk to a human agent please");
+    assert_eq!(
+        post_webhook(&http, &hook, &human, unix_now(), true).await.0,
+        202
+    );
+    let ack = receiver.reply(|r| r["in_reply_to"] == "wh-3").await;
+    assert_eq!(ack["session_id"].as_str(), Some(session.as_str()), "{ack}");
+    agent_answers(&mut tickets, &session, "Hi, Anna from support here.").await;
+    let agent = receiver.reply(|r| r["role"] == "agent").await;
+    assert_eq!(agent["text"], "Hi, Anna from support here.");
+    assert_eq!(agent["agent_id"], "demo-agent");
+    assert_eq!(agent["customer_id"], "cust-1");
+    let listed = deliveries(&mut channels, &session).await;
+    let summary: Vec<(i32, i32, i32)> = listed
+        .deliveries
+        .iter()
+        .map(|d| (d.direction, d.role, d.status))
+        .collect();
+    let (inbound, out, delivered) = (
+        DeliveryDirection::Inbound as i32,
+        DeliveryDirection::Outbound as i32,
+        DeliveryStatus::Delivered as i32,
+    );
+    for expected in [
+        (inbound, Role::Customer as i32, delivered),
+        (out, Role::Bot as i32, delivered),
+        (out, Role::Agent as i32, delivered),
+    ] {
+        assert!(
+            summary.contains(&expected),
+            "{expected:?} not in {summary:?}"
+        );
+    }
+    assert_eq!(
+        receiver.count(|r| r["in_reply_to"] == "wh-1"),
+        1,
+        "answered twice"
+    );
+
+    // WeChat: URL verification, then a follower's message in safe mode, answered by a
+    // passive reply that wechatpy decrypts and checks.
+    let wechat_url = format!("{endpoints}/wechat/demo");
+    let verified = wechat(&wechat_url, "verify", &[]);
+    assert_eq!(verified["echoed"], true, "{verified}");
+    let send = |msg_id: &str, text: &str, extra: &[&str]| {
+        let mut args = vec!["--openid", "oFollower1", "--msg-id", msg_id, "--text", text];
+        args.extend_from_slice(extra);
+        wechat(&wechat_url, "send", &args)
+    };
+    let passive = send("6001", "How much does the Pro plan cost?", &[]);
+    assert_eq!(passive["status"], 200, "{passive}");
+    assert!(
+        passive["reply"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("Pro"),
+        "{passive}"
+    );
+    // WeChat's retry of the same MsgId: "success", and nothing sent twice.
+    let again = send("6001", "How much does the Pro plan cost?", &[]);
+    assert_eq!(
+        (again["status"].as_i64(), again["body"].as_str()),
+        (Some(200), Some("success"))
+    );
+    assert!(api.messages().is_empty(), "{:?}", api.messages());
+    // Refusals on WeChat's terms.
+    assert_eq!(send("6002", "hi", &["--bad-signature"])["status"], 401);
+    assert_eq!(send("6003", "hi", &["--stale"])["status"], 401);
+    assert_eq!(send("6004", "hi", &["--plain"])["status"], 400);
+
+    // A hand-off on WeChat: the agent's reply arrives as a customer-service message.
+    let handed = send("6005", "我要人工客服", &[]);
+    assert_eq!(handed["status"], 200, "{handed}");
+    let wechat_session = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let queue = tickets
+                .list_tickets(ListTicketsRequest {
+                    tenant_id: "demo".into(),
+                    customer_id: "wechat:oFollower1".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(ticket) = queue.tickets.first() {
+                break ticket.session_id.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no ticket for the WeChat customer"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    agent_answers(&mut tickets, &wechat_session, "您好，我是客服小王。").await;
+    let deadline = Instant::now() + WAIT;
+    let sent = loop {
+        if let Some(message) = api
+            .messages()
+            .into_iter()
+            .find(|m| m["text"]["content"] == "您好，我是客服小王。")
+        {
+            break message;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent's reply never reached WeChat's API"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(sent["touser"], "oFollower1");
+    assert_eq!(sent["msgtype"], "text");
+    let listed = deliveries(&mut channels, &wechat_session).await;
+    assert_eq!(listed.channel, Channel::Wechat as i32);
+    assert!(listed
+        .deliveries
+        .iter()
+        .any(|d| d.role == Role::Agent as i32 && d.status == DeliveryStatus::Delivered as i32));
+
+    // Staff only: a customer key cannot list deliveries.
+    let open = common::channel(&stack.gateway()).await;
+    let refused = ChannelServiceClient::new(open)
+        .list_deliveries(ListDeliveriesRequest {
+            tenant_id: "demo".into(),
+            session_id: session.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(stack.panics().is_empty(), "{:?}", stack.panics());
+}
