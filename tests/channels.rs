@@ -6,6 +6,7 @@
 //! message's delivery status; bad input is refused on the channel's own terms.
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
@@ -561,5 +562,184 @@ async fn webhook_and_wechat_customers_get_the_bot_and_agents_on_their_own_channe
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    assert!(stack.panics().is_empty(), "{:?}", stack.panics());
+}
+
+const BURST_WEBHOOK: usize = 30;
+const BURST_WECHAT: usize = 12;
+/// How long each killed process stays down.
+const OUTAGE: Duration = Duration::from_secs(3);
+/// Until every message of the burst has its one reply: leases of a killed worker run out
+/// after 30 s.
+const SETTLE: Duration = Duration::from_secs(90);
+
+/// Posts one webhook message until kefu has it (202, or 409 when an earlier attempt got
+/// through but its answer was lost); returns the attempts it took.
+async fn post_until_taken(http: &reqwest::Client, url: &str, message: &Value) -> usize {
+    for attempt in 1.. {
+        let body = serde_json::to_vec(message).unwrap();
+        let stamp = unix_now().to_string();
+        let sent = http
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-kefu-timestamp", &stamp)
+            .header("x-kefu-signature", sign(&stamp, &body))
+            .timeout(Duration::from_secs(5))
+            .body(body)
+            .send()
+            .await;
+        if let Ok(response) = sent {
+            match response.status().as_u16() {
+                202 | 409 => return attempt,
+                503 => {}
+                other => panic!("the webhook answered {other} to a good message"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    unreachable!()
+}
+
+#[tokio::test]
+async fn a_burst_over_both_channels_loses_nothing_and_answers_nothing_twice_while_channels_and_gateway_restart(
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let receiver = Receiver::default();
+    let webhook_port = receiver.start().await;
+    let api = WechatApi::start(dir.path());
+    let tenants = tenants_with_channels(dir.path(), webhook_port, api.port);
+    let mut stack = common::start(
+        StackBuilder::each_service()
+            .tenants_dir(&tenants)
+            .models_dir(&common::models_dir())
+            .env("DEMO_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("DEMO_WECHAT_TOKEN", WECHAT_TOKEN)
+            .env("DEMO_WECHAT_AES_KEY", WECHAT_AES_KEY)
+            .env("KEFU_CALL_TIMEOUT_MS", "3000")
+            .env("RUST_LOG", "warn")
+            .serving(&common::Service::ALL.map(common::Service::name)),
+    )
+    .await;
+    let endpoints = stack.channel_endpoints("channels");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let hook = format!("{endpoints}/webhooks/demo");
+    let webhooks = tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut attempts = 0;
+        for n in 0..BURST_WEBHOOK {
+            let message = customer_message(
+                &format!("burst-{n}"),
+                &format!("burst-{n}"),
+                "What plans do you have?",
+            );
+            attempts += post_until_taken(&http, &hook, &message).await;
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        attempts
+    });
+    let wechat_url = format!("{endpoints}/wechat/demo");
+    let wechats = tokio::task::spawn_blocking(move || {
+        let (mut attempts, mut passive) = (0, BTreeMap::new());
+        for n in 0..BURST_WECHAT {
+            let open_id = format!("oBurst{n}");
+            let msg_id = (7000 + n).to_string();
+            loop {
+                attempts += 1;
+                let sent = wechat(
+                    &wechat_url,
+                    "send",
+                    &[
+                        "--openid",
+                        &open_id,
+                        "--msg-id",
+                        &msg_id,
+                        "--text",
+                        "How much does the Pro plan cost?",
+                    ],
+                );
+                if sent["status"] == 200 {
+                    if let Some(reply) = sent["reply"].as_str() {
+                        passive.insert(open_id.clone(), reply.to_owned());
+                    }
+                    break;
+                }
+                // No answer (kefu restarting): WeChat sends the same MsgId again.
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        (attempts, passive)
+    });
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stack.kill("channels");
+    tokio::time::sleep(OUTAGE).await;
+    stack.restart("channels").unwrap();
+    stack.wait_until_serving("channels").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    stack.kill("gateway");
+    tokio::time::sleep(OUTAGE).await;
+    stack.restart("gateway").unwrap();
+    stack.wait_until_serving("gateway").await.unwrap();
+
+    let webhook_attempts = webhooks.await.unwrap();
+    let (wechat_attempts, passive) = wechats.await.unwrap();
+
+    // Every message gets its reply, once: webhook replies by the message they answer
+    // (a delivery resent after a crash keeps its delivery_id), WeChat's by follower.
+    let deadline = Instant::now() + SETTLE;
+    let (webhook_replies, resent, wechat_api) = loop {
+        let mut by_message: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut raw = 0;
+        for received in receiver.got.lock().unwrap().iter() {
+            let json: Value = serde_json::from_slice(&received.body).unwrap();
+            if let Some(answered) = json["in_reply_to"]
+                .as_str()
+                .filter(|id| id.starts_with("burst-"))
+            {
+                raw += 1;
+                by_message
+                    .entry(answered.to_owned())
+                    .or_default()
+                    .insert(json["delivery_id"].as_str().unwrap().to_owned());
+            }
+        }
+        let api_messages = api.messages();
+        let wechat_done = (0..BURST_WECHAT).all(|n| {
+            let open_id = format!("oBurst{n}");
+            passive.contains_key(&open_id) || api_messages.iter().any(|m| m["touser"] == open_id)
+        });
+        if by_message.len() == BURST_WEBHOOK && wechat_done {
+            break (by_message, raw - BURST_WEBHOOK, api_messages);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {SETTLE:?}: {} of {BURST_WEBHOOK} webhook messages and {} WeChat followers answered",
+            by_message.len(),
+            (0..BURST_WECHAT)
+                .filter(|n| passive.contains_key(&format!("oBurst{n}"))
+                    || api_messages.iter().any(|m| m["touser"] == format!("oBurst{n}")))
+                .count()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    for (message, deliveries) in &webhook_replies {
+        assert_eq!(deliveries.len(), 1, "{message} answered by {deliveries:?}");
+    }
+    for n in 0..BURST_WECHAT {
+        let open_id = format!("oBurst{n}");
+        let sent = wechat_api.iter().filter(|m| m["touser"] == open_id).count()
+            + usize::from(passive.contains_key(&open_id));
+        assert_eq!(sent, 1, "{open_id} got {sent} replies");
+    }
+    println!(
+        "webhook: {BURST_WEBHOOK} messages in {webhook_attempts} attempts, {} answered once each ({resent} deliveries resent with the same delivery_id)",
+        webhook_replies.len()
+    );
+    println!(
+        "wechat: {BURST_WECHAT} messages in {wechat_attempts} attempts, {} passive replies, {} customer-service messages, 0 twice",
+        passive.len(),
+        wechat_api.len()
+    );
     assert!(stack.panics().is_empty(), "{:?}", stack.panics());
 }

@@ -106,6 +106,9 @@ def call(url, data):
             return response.status, response.read().decode()
     except urllib.error.HTTPError as error:
         return error.code, error.read().decode()
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as error:
+        # Nobody answered (the server is down or restarting): status 0, as WeChat would retry.
+        return 0, str(getattr(error, "reason", error))
 
 
 def send(args):
