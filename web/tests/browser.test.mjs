@@ -1,14 +1,18 @@
 // The console and the chat as people live them, in a real Chromium against a plain
 // `kefu up`, started as the README and `make run` start it (default ports, no flags; one
-// file, so that one kefu runs). The hand-off: a customer on a phone asks the bot, asks
-// for a human, an agent in the console takes the ticket and replies, the reply reaches
-// the customer's page live, the agent resolves and the customer rates. The insights: a
-// team lead reads what customers' conversations added up to. Each step prints a line and
+// file, so that one kefu runs), on a copy of tenants/ whose demo tenant has the signed
+// webhook channel the README's setup adds, delivering to a receiver of the test's own.
+// The hand-off: a customer on a phone asks the bot, asks for a human, an agent in the
+// console takes the ticket and replies, the reply reaches the customer's page live, the
+// agent resolves and the customer rates. The insights: a team lead reads what customers'
+// conversations added up to. The channels: a customer writes through the webhook, and
+// the agent sees the channel and each reply's delivery. Each step prints a line and
 // leaves a screenshot in web/test-results/.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { randomUUID } from "node:crypto";
-import { copyFile, mkdir, mkdtemp, open, rm } from "node:fs/promises";
+import { createHmac, randomBytes, randomUUID } from "node:crypto";
+import { appendFile, copyFile, cp, mkdir, mkdtemp, open, rm } from "node:fs/promises";
+import http from "node:http";
 import net from "node:net";
 import os from "node:os";
 import path from "node:path";
@@ -26,8 +30,72 @@ const FLOW_LIMIT_MS = 90_000;
 /** How long one step may wait for the page to show what it expects. */
 const WAIT_MS = 15_000;
 
-/** What `kefu up` listens on by default: the six gRPC ports, the pages, the six /metrics ports. */
-const DEFAULT_PORTS = [50051, 50052, 50053, 50054, 50055, 50056, 8080, 9101, 9102, 9103, 9104, 9105, 9106];
+/**
+ * What `kefu up` listens on by default: the seven gRPC ports, the pages, the channel
+ * service's HTTP endpoint, the seven /metrics ports.
+ */
+const DEFAULT_PORTS = [
+  50051, 50052, 50053, 50054, 50055, 50056, 50057, 8080, 8090, 9101, 9102, 9103, 9104, 9105, 9106, 9107,
+];
+/** The channel service's HTTP endpoint (KEFU_CHANNELS_HTTP_PORT's default): the webhooks come in here. */
+const CHANNELS_URL = "http://127.0.0.1:8090";
+/** The demo tenant's webhook secret, named in its tenant.toml and given to kefu in DEMO_WEBHOOK_SECRET. */
+const WEBHOOK_SECRET = randomBytes(16).toString("hex");
+
+/** `v1=` and the hex HMAC-SHA256 of `<timestamp>.<body>`, as the README documents it. */
+function signWebhook(timestamp, body) {
+  return `v1=${createHmac("sha256", WEBHOOK_SECRET).update(`${timestamp}.${body}`).digest("hex")}`;
+}
+
+/**
+ * The bridge's side of the demo tenant's webhook: answers 200 to every reply kefu
+ * delivers and keeps them, with their signature headers, in `replies`.
+ */
+async function startReceiver() {
+  const replies = [];
+  const server = http.createServer((request, response) => {
+    const chunks = [];
+    request.on("data", (chunk) => chunks.push(chunk));
+    request.on("end", () => {
+      const body = Buffer.concat(chunks).toString("utf8");
+      let json = null;
+      try {
+        json = JSON.parse(body);
+      } catch {}
+      replies.push({
+        path: request.url,
+        timestamp: request.headers["x-kefu-timestamp"],
+        signature: request.headers["x-kefu-signature"],
+        body,
+        json,
+      });
+      response.writeHead(200, { "content-type": "application/json" }).end("{}");
+    });
+  });
+  await new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", resolve);
+  });
+  return { server, port: server.address().port, replies };
+}
+
+/**
+ * A copy of the repository's tenants/ in `dir` whose demo tenant has the webhook channel,
+ * as the README's setup adds it; returns the copy's path.
+ */
+async function tenantsWithWebhook(dir, receiverPort) {
+  const tenants = path.join(dir, "tenants");
+  await cp(path.join(repo, "tenants"), tenants, { recursive: true });
+  await appendFile(
+    path.join(tenants, "demo/tenant.toml"),
+    `
+[channels.webhook]
+secret = { env = "DEMO_WEBHOOK_SECRET" }
+deliver_url = "http://127.0.0.1:${receiverPort}/replies"
+`,
+  );
+  return tenants;
+}
 
 /** Fails, naming them, when any of the default ports is taken (a `make run` still running, say). */
 async function assertPortsFree(ports) {
@@ -66,16 +134,21 @@ async function gatewayHealth(gatewayUrl) {
 }
 
 let kefu;
-let dataDir;
+let scratch;
+let receiver;
 let webUrl;
 let gatewayUrl;
 let browser;
 
 /** Starts a plain `kefu up` from the repository, as `make run` does, with a data directory
- * of its own; resolves when its pages and a SERVING gateway answer. */
+ * of its own and the tenants of `tenantsWithWebhook`, delivering to `receiver`; resolves
+ * when its pages and a SERVING gateway answer. */
 async function startKefu() {
   await assertPortsFree(DEFAULT_PORTS);
-  dataDir = await mkdtemp(path.join(os.tmpdir(), "kefu-web-"));
+  scratch = await mkdtemp(path.join(os.tmpdir(), "kefu-web-"));
+  const dataDir = path.join(scratch, "data");
+  await mkdir(dataDir);
+  const tenantsDir = await tenantsWithWebhook(scratch, receiver.port);
   webUrl = "http://127.0.0.1:8080";
   const log = await open(path.join(results, "kefu.log"), "w");
   // Nothing of this shell's kefu settings but the models' place (make test-web names it).
@@ -86,7 +159,7 @@ async function startKefu() {
   );
   kefu = spawn(kefuBinary, ["up"], {
     cwd: repo,
-    env: { ...env, KEFU_DATA_DIR: dataDir },
+    env: { ...env, KEFU_DATA_DIR: dataDir, KEFU_TENANTS_DIR: tenantsDir, DEMO_WEBHOOK_SECRET: WEBHOOK_SECRET },
     stdio: ["ignore", log.fd, log.fd],
   });
   await log.close(); // the child holds its own copy
@@ -121,6 +194,7 @@ before(
   async () => {
     await rm(results, { recursive: true, force: true });
     await mkdir(results, { recursive: true });
+    receiver = await startReceiver();
     await startKefu();
     browser = await launchChromium();
   },
@@ -135,7 +209,11 @@ after(async () => {
     await Promise.race([gone, delay(5_000, undefined, { ref: false })]);
     kefu.kill("SIGKILL");
   }
-  if (dataDir) await rm(dataDir, { recursive: true, force: true });
+  if (receiver) {
+    receiver.server.closeAllConnections();
+    receiver.server.close();
+  }
+  if (scratch) await rm(scratch, { recursive: true, force: true });
 });
 
 /** Pages report their own errors here, so that a failing step says why. */
@@ -254,6 +332,24 @@ test("a customer is handed to an agent and back, in the browser", { timeout: FLO
     await customer.locator("[data-testid=chat-handler][data-handler=agent]").waitFor();
     await shoot(agent, "4-console-taken");
     return `entries ${roles.join(", ")}`;
+  });
+
+  await step("the console shows the web chat's badge and no deliveries", async () => {
+    const gateway = await connectGateway(gatewayUrl);
+    const ticketId = await agent.locator("[data-testid=queue-item].selected").getAttribute("data-ticket-id");
+    const agentApi = gateway.as("demo-agent-key");
+    const { ticket } = await agentApi.tickets.getConversation({ tenantId: "demo", ticketId });
+    // The web widget's sessions never pass the channel service.
+    const listed = await agentApi.channels.listDeliveries({ tenantId: "demo", sessionId: ticket.sessionId });
+    assert.equal(listed.channel, gateway.code.Channel.UNSPECIFIED);
+    assert.equal(listed.deliveries.length, 0);
+    const badge = agent.getByTestId("channel-badge");
+    await badge.waitFor();
+    assert.equal(await badge.textContent(), "Web chat");
+    assert.equal(await badge.getAttribute("data-channel"), `${listed.channel}`);
+    assert.ok(await agent.getByTestId("deliveries").isHidden(), "no deliveries for a web chat");
+    assert.ok(await agent.getByTestId("deliveries-note").isHidden(), "no note either");
+    return `ticket ${ticketId}: channel ${listed.channel}, no deliveries`;
   });
 
   let deliveryMs;
@@ -603,4 +699,166 @@ test(INSIGHTS_TITLE, { timeout: INSIGHTS_LIMIT_MS }, async (t) => {
     );
     console.log("docs/screenshots/insights.png updated");
   }
+});
+
+const WEBHOOK_LIMIT_MS = 90_000;
+
+test("an agent sees a webhook customer's channel and each reply's delivery, in the browser", { timeout: WEBHOOK_LIMIT_MS }, async (t) => {
+  const gateway = await connectGateway(gatewayUrl);
+  const { Channel, DeliveryDirection, DeliveryStatus, Role, TicketStatus, timestampDate } = gateway.code;
+  const agentApi = gateway.as("demo-agent-key");
+  const agent = watch(
+    await (await browser.newContext({ viewport: { width: 1280, height: 860 }, locale: "en-US" })).newPage(),
+    "webhook-console",
+  );
+  const { step } = stepsOf(t, { console: agent });
+  const tenantId = "demo";
+  const asked = "I want to talk to a human agent please";
+  const messageId = "m-1";
+
+  /** Replies the receiver got that `wanted` picks, each checked to be signed with the tenant's secret. */
+  const received = (wanted) =>
+    receiver.replies.filter((reply) => {
+      if (reply.path !== "/replies" || !reply.json || !wanted(reply.json)) return false;
+      assert.equal(reply.signature, signWebhook(reply.timestamp, reply.body), `signature of ${reply.body}`);
+      return true;
+    });
+  /** ListDeliveries through the gateway, with the agent's key, as the console calls it. */
+  const deliveries = (sessionId) => agentApi.channels.listDeliveries({ tenantId, sessionId });
+  /** What the page shows of each delivery, and what ListDeliveries says of each, alike. */
+  const shownRows = () =>
+    agent.getByTestId("delivery").evaluateAll((rows) =>
+      rows.map((row) => ({
+        id: row.dataset.deliveryId,
+        direction: row.dataset.direction,
+        role: row.dataset.role,
+        status: row.dataset.status,
+        text: row.querySelector("[data-testid=delivery-status]").textContent,
+        at: row.querySelector("[data-testid=delivery-status] time")?.getAttribute("datetime") ?? null,
+      })),
+    );
+  const ROLE_NAMES = { [Role.CUSTOMER]: "customer", [Role.BOT]: "bot", [Role.AGENT]: "agent" };
+  /** A delivered message as the page should say it: "delivered 2:03 PM", in the page's own clock. */
+  const expectedRows = async (listed) => {
+    const rows = [];
+    for (const delivery of listed.deliveries) {
+      const inbound = delivery.direction === DeliveryDirection.INBOUND;
+      const at = delivery.deliveredAt ? timestampDate(delivery.deliveredAt) : null;
+      // The page's clock, in its language and time zone.
+      const time =
+        at &&
+        (await agent.evaluate(
+          (ms) => new Date(ms).toLocaleTimeString("en", { hour: "2-digit", minute: "2-digit" }),
+          at.getTime(),
+        ));
+      const text =
+        delivery.status === DeliveryStatus.DELIVERED
+          ? `${inbound ? "received" : "delivered"} ${time}`
+          : delivery.status === DeliveryStatus.FAILED
+            ? `failed: ${delivery.lastError}`
+            : delivery.attempts > 0
+              ? `pending (attempt ${delivery.attempts})`
+              : "pending";
+      rows.push({
+        id: delivery.deliveryId,
+        direction: inbound ? "inbound" : "outbound",
+        role: ROLE_NAMES[delivery.role],
+        status: DeliveryStatus[delivery.status].toLowerCase(),
+        text,
+        at: at && delivery.status === DeliveryStatus.DELIVERED ? at.toISOString() : null,
+      });
+    }
+    return rows;
+  };
+  /** Waits until the page lists the session's deliveries as ListDeliveries does, with `done` true of it. */
+  const shownAsListed = (what, sessionId, done) =>
+    eventually(what, async () => {
+      const listed = await deliveries(sessionId);
+      if (!done(listed)) return null;
+      const [shown, expected] = [await shownRows(), await expectedRows(listed)];
+      return JSON.stringify(shown) === JSON.stringify(expected) && { listed, shown };
+    });
+
+  let session;
+  let ticket;
+  let botReply;
+  await step("a customer writes through the signed webhook, asks for a human and is queued", async () => {
+    const body = JSON.stringify({ message_id: messageId, customer: { id: "cust-web-1" }, text: asked });
+    const timestamp = `${Math.floor(Date.now() / 1000)}`;
+    const response = await fetch(`${CHANNELS_URL}/webhooks/${tenantId}`, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        "x-kefu-timestamp": timestamp,
+        "x-kefu-signature": signWebhook(timestamp, body),
+      },
+      body,
+    });
+    assert.equal(response.status, 202, await response.text());
+    // The bot's answer comes back to the bridge, signed, and names the session.
+    [botReply] = await eventually("the bot's reply at the receiver", () => {
+      const found = received((reply) => reply.in_reply_to === messageId);
+      return found.length > 0 && found;
+    });
+    assert.equal(botReply.json.role, "bot");
+    session = botReply.json.session_id;
+    ticket = await eventually("the hand-off's ticket in the queue", async () => {
+      const { tickets } = await agentApi.tickets.listTickets({ tenantId, status: TicketStatus.OPEN, pageSize: 100 });
+      return tickets.find((found) => found.sessionId === session);
+    });
+    return `ticket ${ticket.ticketId}; the bot said "${botReply.json.text}"`;
+  });
+
+  await step("the agent opens the ticket: the Webhook badge and the bot's reply delivered", async () => {
+    await agent.goto(`${webUrl}/console`);
+    await agent.getByTestId("console-key").fill("demo-agent-key");
+    await agent.getByTestId("console-signin").click();
+    await agent.locator(`[data-testid=queue-item][data-ticket-id="${ticket.ticketId}"] button`).click();
+    await agent.locator("[data-testid=conversation-entry][data-role=customer]", { hasText: asked }).waitFor();
+
+    const { listed } = await shownAsListed("the page lists the deliveries as the gateway does", session, (now) =>
+      now.deliveries.some(
+        (d) => d.deliveryId === botReply.json.delivery_id && d.status === DeliveryStatus.DELIVERED,
+      ),
+    );
+    assert.equal(listed.channel, Channel.WEBHOOK);
+    const badge = agent.getByTestId("channel-badge");
+    assert.equal(await badge.textContent(), "Webhook");
+    assert.equal(await badge.getAttribute("data-channel"), `${listed.channel}`);
+    const bot = listed.deliveries.find((d) => d.deliveryId === botReply.json.delivery_id);
+    assert.deepEqual([bot.direction, bot.role], [DeliveryDirection.OUTBOUND, Role.BOT]);
+    const row = agent.locator(`[data-testid=delivery][data-delivery-id="${bot.deliveryId}"]`);
+    const status = await row.getByTestId("delivery-status").textContent();
+    assert.match(status, /^delivered \d/);
+    assert.ok(await agent.getByTestId("deliveries-note").isHidden());
+    await screenshot(agent, "10-console-webhook");
+    return `badge "${await badge.textContent()}", bot's reply "${status}"`;
+  });
+
+  await step("the agent replies: it reaches the bridge and turns delivered without a reload", async () => {
+    const reloads = [];
+    agent.on("framenavigated", (frame) => frame === agent.mainFrame() && reloads.push(frame.url()));
+    const answer = "Hello, this is the demo agent. How can I help?";
+    await agent.getByTestId("reply-input").fill(answer);
+    await agent.getByTestId("reply-send").click();
+    await agent.locator("[data-testid=conversation-entry][data-role=agent]", { hasText: answer }).waitFor();
+    const [sent] = await eventually("the agent's reply at the receiver", () => {
+      const found = received((reply) => reply.role === "agent" && reply.text === answer);
+      return found.length > 0 && found;
+    });
+    assert.equal(sent.json.session_id, session);
+    const { listed } = await shownAsListed("the agent's reply shown delivered", session, (now) =>
+      now.deliveries.some((d) => d.deliveryId === sent.json.delivery_id && d.status === DeliveryStatus.DELIVERED),
+    );
+    const mine = listed.deliveries.find((d) => d.deliveryId === sent.json.delivery_id);
+    assert.deepEqual([mine.direction, mine.role], [DeliveryDirection.OUTBOUND, Role.AGENT]);
+    const status = await agent
+      .locator(`[data-testid=delivery][data-delivery-id="${mine.deliveryId}"]`)
+      .getByTestId("delivery-status")
+      .textContent();
+    assert.match(status, /^delivered \d/);
+    assert.deepEqual(reloads, [], "the console was not reloaded");
+    await screenshot(agent, "11-console-webhook-replied");
+    return `${listed.deliveries.length} deliveries shown as listed; the agent's reply "${status}"`;
+  });
 });

@@ -11,9 +11,10 @@ export async function connectGateway(gatewayUrl) {
   const code = await importBundled(`
     export { Code, ConnectError, createClient } from "@connectrpc/connect";
     export { createGrpcWebTransport } from "@connectrpc/connect-web";
-    export { timestampFromMs } from "@bufbuild/protobuf/wkt";
+    export { timestampDate, timestampFromMs } from "@bufbuild/protobuf/wkt";
+    export { ChannelService, DeliveryDirection, DeliveryStatus } from "./gen/kefu/v1/channels_pb";
     export { Channel, Language, TicketStatus, VipTier } from "./gen/kefu/v1/common_pb";
-    export { ConversationService, Handler } from "./gen/kefu/v1/conversation_pb";
+    export { ConversationService, Handler, Role } from "./gen/kefu/v1/conversation_pb";
     export { ReportsService } from "./gen/kefu/v1/reports_pb";
     export { TicketService } from "./gen/kefu/v1/ticket_pb";
   `);
@@ -31,6 +32,7 @@ export async function connectGateway(gatewayUrl) {
       conversations: code.createClient(code.ConversationService, transport),
       tickets: code.createClient(code.TicketService, transport),
       reports: code.createClient(code.ReportsService, transport),
+      channels: code.createClient(code.ChannelService, transport),
     };
   };
   return { code, customer: clients(null), as: clients };

@@ -1,13 +1,21 @@
 // The agents' console: the live queue, one ticket's conversation with reply and
-// resolve, for admins the tenant's knowledge documents, and the Insights view (#insights)
-// with the tenant's reports. Every call carries the signed-in key; the gateway decides
+// resolve, the channel the customer writes on and the delivery of each channel message,
+// for admins the tenant's knowledge documents, and the Insights view (#insights) with the
+// tenant's reports. Every call carries the signed-in key; the gateway decides
 // what that key may do.
 import "../shared/base.css";
 import "./console.css";
-import { timestampDate, timestampMs } from "@bufbuild/protobuf/wkt";
+import { timestampDate, timestampMs, type Timestamp } from "@bufbuild/protobuf/wkt";
 import { createClient, type Client } from "@connectrpc/connect";
 import { AdminService } from "../gen/kefu/v1/admin_pb";
-import { Priority, SentimentLabel, TicketStatus, VipTier } from "../gen/kefu/v1/common_pb";
+import {
+  ChannelService,
+  DeliveryDirection,
+  DeliveryStatus,
+  type Delivery,
+  type ListDeliveriesResponse,
+} from "../gen/kefu/v1/channels_pb";
+import { Channel, Priority, SentimentLabel, TicketStatus, VipTier } from "../gen/kefu/v1/common_pb";
 import { Role } from "../gen/kefu/v1/conversation_pb";
 import { ReportsService } from "../gen/kefu/v1/reports_pb";
 import {
@@ -74,6 +82,30 @@ const { lang, t } = localize({
     replyPlaceholder: "Reply to the customer (Ctrl+Enter sends)",
     send: "Send reply",
     resolve: "Resolve",
+    channel: {
+      [Channel.UNSPECIFIED]: "Web chat",
+      [Channel.WEB]: "Web chat",
+      [Channel.WECHAT]: "WeChat",
+      [Channel.PHONE]: "Phone",
+      [Channel.EMAIL]: "Email",
+      [Channel.SMS]: "SMS",
+      [Channel.APP]: "App",
+      [Channel.WEBHOOK]: "Webhook",
+    },
+    channelLabel: "Channel",
+    deliveries: "Deliveries",
+    deliveriesUnavailable: "Delivery status unavailable",
+    deliveryOf: {
+      [Role.CUSTOMER]: "Customer message",
+      [Role.BOT]: "Bot reply",
+      [Role.AGENT]: "Agent reply",
+    },
+    delivered: "delivered",
+    received: "received",
+    pending: "pending",
+    pendingAttempt: (n: number) => `pending (attempt ${n})`,
+    failed: "failed",
+    failedWith: (error: string) => `failed: ${error}`,
     documents: "Knowledge documents",
     documentsHelp:
       "Adds or replaces an article of the tenant's knowledge base. The list shows the documents added in this browser session; any other document can be deleted by its id.",
@@ -136,6 +168,30 @@ const { lang, t } = localize({
     replyPlaceholder: "回复客户（Ctrl+Enter 发送）",
     send: "发送回复",
     resolve: "标记已解决",
+    channel: {
+      [Channel.UNSPECIFIED]: "网页聊天",
+      [Channel.WEB]: "网页聊天",
+      [Channel.WECHAT]: "微信",
+      [Channel.PHONE]: "电话",
+      [Channel.EMAIL]: "邮件",
+      [Channel.SMS]: "短信",
+      [Channel.APP]: "App",
+      [Channel.WEBHOOK]: "Webhook",
+    },
+    channelLabel: "渠道",
+    deliveries: "消息投递",
+    deliveriesUnavailable: "暂时无法获取投递状态",
+    deliveryOf: {
+      [Role.CUSTOMER]: "客户消息",
+      [Role.BOT]: "机器人回复",
+      [Role.AGENT]: "客服回复",
+    },
+    delivered: "已送达",
+    received: "已接收",
+    pending: "等待发送",
+    pendingAttempt: (n: number) => `等待发送（第 ${n} 次尝试）`,
+    failed: "发送失败",
+    failedWith: (error: string) => `发送失败：${error}`,
     documents: "知识库文档",
     documentsHelp: "添加或替换租户知识库中的文章。下方列出本次浏览器会话中添加的文档；其他文档可按 ID 删除。",
     documentId: "文档 ID",
@@ -236,11 +292,59 @@ function entryView(entry: ConversationEntry): HTMLLIElement {
   );
 }
 
+/** An instant as a <time>: the clock for people, the instant itself for machines. */
+function timeView(at: Timestamp): HTMLTimeElement {
+  const date = timestampDate(at);
+  return h("time", { datetime: date.toISOString() }, clock(lang, date));
+}
+
+/** How far a channel message got: "delivered 14:03", "pending (attempt 2)", "failed: …". */
+function deliveryState(delivery: Delivery): (Node | string)[] {
+  switch (delivery.status) {
+    case DeliveryStatus.DELIVERED: {
+      const done = delivery.direction === DeliveryDirection.INBOUND ? t.received : t.delivered;
+      return delivery.deliveredAt ? [`${done} `, timeView(delivery.deliveredAt)] : [done];
+    }
+    case DeliveryStatus.FAILED:
+      // The channel's answer, never message text: safe to show.
+      return [delivery.lastError ? t.failedWith(delivery.lastError) : t.failed];
+    default:
+      return [delivery.attempts > 0 ? t.pendingAttempt(delivery.attempts) : t.pending];
+  }
+}
+
+/** One message in or out on the customer's channel: whose, when written, how far it got. */
+function deliveryView(delivery: Delivery): HTMLLIElement {
+  const role = ROLES[delivery.role] ?? "customer";
+  const status = DeliveryStatus[delivery.status]?.toLowerCase() ?? "unspecified";
+  const retrying = delivery.status === DeliveryStatus.PENDING && delivery.lastError;
+  return h(
+    "li",
+    {
+      class: `delivery ${role}`,
+      "data-testid": "delivery",
+      "data-delivery-id": delivery.deliveryId,
+      "data-role": role,
+      "data-direction": delivery.direction === DeliveryDirection.INBOUND ? "inbound" : "outbound",
+      "data-status": status,
+    },
+    h("span", { class: "delivery-what" }, t.deliveryOf[delivery.role as keyof typeof t.deliveryOf] ?? ""),
+    h("span", { class: "muted" }, delivery.createdAt ? clock(lang, timestampDate(delivery.createdAt)) : ""),
+    h(
+      "span",
+      { class: `delivery-status status-${status}`, "data-testid": "delivery-status" },
+      ...deliveryState(delivery),
+    ),
+    retrying && h("span", { class: "muted delivery-error" }, delivery.lastError),
+  );
+}
+
 async function main(): Promise<void> {
   const transport = await openTransport(() => apiKey);
   const tickets = createClient(TicketService, transport);
   const admin = createClient(AdminService, transport);
   const reports = createClient(ReportsService, transport);
+  const channels = createClient(ChannelService, transport);
   document.title = t.title;
 
   // Sign-in.
@@ -288,6 +392,26 @@ async function main(): Promise<void> {
 
   const ticketHead = h("div", { class: "ticket-head" });
   const entries = h("ol", { class: "entries" });
+  // Where the customer writes and how the channel's messages fared; the web chat's
+  // sessions never pass the channel service and show the badge alone.
+  const channelBadge = h("span", {
+    class: "pill channel",
+    "data-testid": "channel-badge",
+    title: t.channelLabel,
+    hidden: true,
+  });
+  const deliveryList = h("ol", { class: "deliveries-list" });
+  const deliveriesPanel = h(
+    "section",
+    { class: "deliveries", "data-testid": "deliveries", hidden: true },
+    h("h3", {}, t.deliveries),
+    deliveryList,
+  );
+  const deliveriesNote = h(
+    "p",
+    { class: "muted deliveries-note", "data-testid": "deliveries-note", role: "status", hidden: true },
+    t.deliveriesUnavailable,
+  );
   const replyInput = h("textarea", {
     "data-testid": "reply-input",
     rows: 3,
@@ -314,6 +438,8 @@ async function main(): Promise<void> {
     placeholder,
     ticketHead,
     entries,
+    deliveriesPanel,
+    deliveriesNote,
     replyForm,
     ticketError,
   );
@@ -347,6 +473,8 @@ async function main(): Promise<void> {
   let selected: string | null = null;
   /** What the entries looked like when last drawn: redrawn only when it changes. */
   let drawn = "";
+  /** The same for the deliveries. */
+  let deliveriesDrawn = "";
   let stopQueue = () => {};
   let stopTicket = () => {};
 
@@ -499,6 +627,9 @@ async function main(): Promise<void> {
     for (const part of [ticketHead, entries, replyForm]) part.hidden = ticketId === null;
     fill(ticketHead);
     fill(entries);
+    deliveriesDrawn = "";
+    fill(deliveryList);
+    channelBadge.hidden = deliveriesPanel.hidden = deliveriesNote.hidden = true;
     ticketError.textContent = "";
     if (ticketId) stopTicket = every(POLL_MS, () => refreshTicket(ticketId));
   }
@@ -517,7 +648,7 @@ async function main(): Promise<void> {
       ticketHead,
       h("h2", {}, ticket.subject || ticket.ticketId),
       h("p", { class: "muted" }, `${ticket.ticketId} · ${t.customer} ${ticket.customerId}`),
-      h("div", { class: "facts" }, ...ticketFacts(ticket)),
+      h("div", { class: "facts" }, channelBadge, ...ticketFacts(ticket)),
     );
     const last = view.entries.at(-1);
     const shape = `${ticketId}/${view.entries.length}/${last?.at ? timestampMs(last.at) : 0}`;
@@ -529,6 +660,44 @@ async function main(): Promise<void> {
     const closed = ticket.status === TicketStatus.RESOLVED || ticket.status === TicketStatus.CLOSED;
     replyInput.disabled = replySend.disabled = resolveButton.disabled = closed;
     ticketError.textContent = "";
+    // After the conversation is drawn: a slow or failing channel service delays nothing.
+    await refreshDeliveries(ticketId, ticket.sessionId);
+  }
+
+  /** The channel badge and the deliveries of the ticket's session, on every refresh. */
+  async function refreshDeliveries(ticketId: string, sessionId: string): Promise<void> {
+    if (!sessionId) return; // a ticket opened by hand: no conversation on any channel
+    let found: ListDeliveriesResponse;
+    try {
+      found = await channels.listDeliveries({ tenantId, sessionId });
+    } catch (error) {
+      if (ticketId !== selected) return;
+      // The badge stays if it was known: a session keeps its channel.
+      deliveriesPanel.hidden = true;
+      deliveriesDrawn = "";
+      deliveriesNote.title = describe(error);
+      deliveriesNote.hidden = false;
+      return;
+    }
+    if (ticketId !== selected) return;
+    deliveriesNote.hidden = true;
+    channelBadge.textContent = t.channel[found.channel as keyof typeof t.channel] ?? `${found.channel}`;
+    channelBadge.setAttribute("data-channel", String(found.channel));
+    channelBadge.hidden = false;
+    const shape = JSON.stringify(
+      found.deliveries.map((d) => [
+        d.deliveryId,
+        d.status,
+        d.attempts,
+        d.lastError,
+        d.deliveredAt ? timestampMs(d.deliveredAt) : 0,
+      ]),
+    );
+    if (shape !== deliveriesDrawn) {
+      deliveriesDrawn = shape;
+      fill(deliveryList, ...found.deliveries.map(deliveryView));
+    }
+    deliveriesPanel.hidden = found.deliveries.length === 0;
   }
 
   replyForm.addEventListener("submit", async (event) => {
