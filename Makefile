@@ -218,7 +218,7 @@ clean: ## Remove build output and local state (keeps models/)
 FUZZ_SECONDS ?= 25
 FUZZ_FLAGS := -O -a -s none
 FUZZ_CORPUS ?= fuzz/corpus
-FUZZ_TARGETS := tenant_file chunk_markdown text_normalize search_analysis gateway_auth
+FUZZ_TARGETS := tenant_file chunk_markdown text_normalize search_analysis gateway_auth webhook_inbound wechat_message
 FUZZ_SEEDS_tenant_file := tenants fuzz/seeds/tenant_file
 FUZZ_OPTIONS_tenant_file := -dict=fuzz/tenant_file.dict
 FUZZ_SEEDS_chunk_markdown := tenants/demo/docs
@@ -226,6 +226,8 @@ FUZZ_SEEDS_text_normalize := tenants/demo/docs
 FUZZ_SEEDS_search_analysis := tenants/demo/docs
 # Queries are messages (at most 4096 bytes); the other targets take whole files.
 FUZZ_MAX_LEN_search_analysis := 4096
+FUZZ_SEEDS_webhook_inbound := fuzz/seeds/webhook_inbound
+FUZZ_SEEDS_wechat_message := fuzz/seeds/wechat_message
 FUZZ_RUNS := $(addprefix fuzz-run-,$(FUZZ_TARGETS))
 .PHONY: fuzz fuzz-smoke fuzz-tools $(FUZZ_RUNS)
 
@@ -234,7 +236,7 @@ fuzz-tools:
 
 # The smoke run starts from the seeds each time (a grown corpus takes longer to replay
 # than the run lasts); `make fuzz` keeps and grows fuzz/corpus/.
-fuzz-smoke: fuzz-tools ## Fuzz every target for FUZZ_SECONDS (25) s: tenant files, chunking, text, search, auth
+fuzz-smoke: fuzz-tools ## Fuzz every target for FUZZ_SECONDS (25) s: tenant files, chunking, text, search, auth, webhooks, WeChat
 	$(CARGO) fuzz build $(FUZZ_FLAGS)
 	rm -rf fuzz/target/smoke-corpus
 	$(MAKE) $(FUZZ_RUNS) FUZZ_CORPUS=fuzz/target/smoke-corpus

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# CPU per turn of each service, measured as the chart runs them: six processes (the
-# release binaries) on PostgreSQL and Redis, loaded by `kefu bench` in a closed loop.
+# CPU per turn of each service, measured as the chart runs them: seven processes (the
+# release binaries) on PostgreSQL and Redis, loaded by `kefu bench` in a closed loop over
+# gRPC, then through the signed-webhook channel (the channel service's CPU per turn).
 # Prints CPU seconds per 1000 turns and turns/s per core for each service, and how many
 # one-core replicas 10,000 messages per second need at the HPA's 60% CPU target.
 #
@@ -29,15 +30,25 @@ cleanup() {
 trap cleanup EXIT
 
 psql -q "$postgres/postgres" -c "CREATE DATABASE $database" >/dev/null
+# The demo tenant with a signed-webhook channel whose replies go to the bench.
+cp -r tenants "$work/tenants"
+cat >>"$work/tenants/demo/tenant.toml" <<'TOML'
+
+[channels.webhook]
+secret = { env = "CAPACITY_WEBHOOK_SECRET" }
+deliver_url = "http://127.0.0.1:8091/replies"
+TOML
+export CAPACITY_WEBHOOK_SECRET="capacity-$$"
 export DATABASE_URL="$postgres/$database" REDIS_URL="$redis" KEFU_REDIS_PREFIX="kefu-capacity-$$:"
-export KEFU_MODELS_DIR="${KEFU_MODELS_DIR:-$PWD/models}" KEFU_TENANTS_DIR="$PWD/tenants"
+export KEFU_MODELS_DIR="${KEFU_MODELS_DIR:-$PWD/models}" KEFU_TENANTS_DIR="$work/tenants"
 export KEFU_DATA_DIR="$work" KEFU_WEB_PORT=0 RUST_LOG=warn
 export KEFU_ROUTER_URL=http://127.0.0.1:50053 KEFU_KNOWLEDGE_URL=http://127.0.0.1:50054 \
   KEFU_TICKET_URL=http://127.0.0.1:50055 KEFU_SENTIMENT_URL=http://127.0.0.1:50056 \
-  KEFU_ORCHESTRATOR_URL=http://127.0.0.1:50052
+  KEFU_ORCHESTRATOR_URL=http://127.0.0.1:50052 KEFU_CHANNELS_URL=http://127.0.0.1:50057 \
+  KEFU_GATEWAY_URL=http://127.0.0.1:50051 KEFU_CHANNELS_HTTP_PORT=8090
 
 "$bin/kefu" migrate >/dev/null
-services=(gateway orchestrator router knowledge ticket sentiment)
+services=(gateway orchestrator router knowledge ticket sentiment channels)
 declare -A pid_of
 for i in "${!services[@]}"; do
   name=${services[$i]}
@@ -50,19 +61,21 @@ done
 # utime + stime of a process, in clock ticks
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
-echo "== warming up (the bench waits until the gateway is SERVING)"
-"$bin/kefu" bench --customers 64 --duration 5 >/dev/null
-declare -A before
-for name in "${services[@]}"; do before[$name]=$(cpu_ticks "${pid_of[$name]}"); done
-echo "== measuring for ${seconds} s: closed loop, 64 customers"
-"$bin/kefu" bench --customers 64 --duration "$seconds" --json "$work/bench.json" >/dev/null
-turns=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['answered'])" "$work/bench.json")
-tick=$(getconf CLK_TCK)
-
-printf '\n%-13s %12s %16s %22s\n' service "cpu s/1000" "turns/s per core" "replicas for 10k/s"
-for name in "${services[@]}"; do
-  used=$(( $(cpu_ticks "${pid_of[$name]}") - before[$name] ))
-  python3 - "$name" "$used" "$tick" "$turns" <<'EOF'
+# measure LABEL BENCH-ARGS...: CPU per answered turn of each service under `kefu bench`.
+measure() {
+  local label=$1
+  shift
+  declare -A before
+  for name in "${services[@]}"; do before[$name]=$(cpu_ticks "${pid_of[$name]}"); done
+  echo "== measuring for ${seconds} s: $label"
+  "$bin/kefu" bench "$@" --customers 64 --duration "$seconds" --json "$work/bench.json" >/dev/null
+  local turns tick
+  turns=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['answered'])" "$work/bench.json")
+  tick=$(getconf CLK_TCK)
+  printf '\n%-13s %12s %16s %22s\n' service "cpu s/1000" "turns/s per core" "replicas for 10k/s"
+  for name in "${services[@]}"; do
+    used=$(($(cpu_ticks "${pid_of[$name]}") - before[$name]))
+    python3 - "$name" "$used" "$tick" "$turns" <<'EOF'
 import math, sys
 name, ticks, tick, turns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 per_turn = ticks / tick / max(turns, 1)
@@ -71,5 +84,14 @@ rate = 1 / per_turn if per_turn else float("inf")
 replicas = math.ceil(10_000 * per_turn / 0.6)
 print(f"{name:<13} {per_turn * 1000:12.2f} {rate:16.0f} {replicas:22d}")
 EOF
-done
-echo "(${turns} turns answered; the bench client shared the cores)"
+  done
+  echo "(${turns} turns answered; the bench client shared the cores)"
+  echo
+}
+
+echo "== warming up (the bench waits until the gateway is SERVING)"
+"$bin/kefu" bench --customers 64 --duration 5 >/dev/null
+measure "closed loop, 64 customers over gRPC"
+measure "closed loop, 64 customers through the signed webhook (a turn ends when its reply is delivered)" \
+  --webhook http://127.0.0.1:8090/webhooks/demo --webhook-secret-env CAPACITY_WEBHOOK_SECRET \
+  --webhook-receive 127.0.0.1:8091

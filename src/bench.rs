@@ -84,6 +84,17 @@ pub struct BenchArgs {
     /// The deadline of each message, in ms.
     #[arg(long, default_value_t = 10_000)]
     pub deadline_ms: u64,
+    /// Send through the signed-webhook channel instead of gRPC: POST each message here
+    /// (e.g. http://127.0.0.1:8090/webhooks/demo); a turn is answered when its reply
+    /// reaches --webhook-receive, which the tenant's `deliver_url` must name.
+    #[arg(long, value_name = "URL", requires = "webhook_secret_env")]
+    pub webhook: Option<String>,
+    /// The environment variable holding the tenant's webhook secret.
+    #[arg(long, value_name = "VAR")]
+    pub webhook_secret_env: Option<String>,
+    /// Where replies are received: deliver_url = "http://<this>/replies".
+    #[arg(long, default_value = "127.0.0.1:8091")]
+    pub webhook_receive: std::net::SocketAddr,
 }
 
 /// What the measured window saw.
@@ -119,8 +130,14 @@ struct Conversation {
     turns: u32,
 }
 
+/// How messages reach kefu.
+enum Driver {
+    Grpc(Vec<ConversationServiceClient<Channel>>),
+    Webhook(crate::webhook_driver::WebhookDriver),
+}
+
 struct Load {
-    clients: Vec<ConversationServiceClient<Channel>>,
+    driver: Driver,
     messages: Vec<String>,
     tenant: String,
     /// Tells this run's repeated messages and its customers from an earlier run's, so that
@@ -144,27 +161,38 @@ impl Load {
             .customer_id
             .get_or_insert_with(|| format!("bench-{}-{n}", self.run))
             .clone();
-        let mut request = tonic::Request::new(SendMessageRequest {
-            tenant_id: self.tenant.clone(),
-            customer_id,
-            session_id: conversation.session_id.clone(),
-            channel: MessageChannel::Web as i32,
-            text: message_text(&self.messages, self.run, n),
-            ..Default::default()
-        });
-        request.set_timeout(self.deadline);
-        let mut client = self.clients[n as usize % self.clients.len()].clone();
-        let result = tokio::time::timeout(self.deadline, client.send_message(request)).await;
+        let text = message_text(&self.messages, self.run, n);
+        let outcome = match &self.driver {
+            Driver::Grpc(clients) => {
+                let mut request = tonic::Request::new(SendMessageRequest {
+                    tenant_id: self.tenant.clone(),
+                    customer_id,
+                    session_id: conversation.session_id.clone(),
+                    channel: MessageChannel::Web as i32,
+                    text,
+                    ..Default::default()
+                });
+                request.set_timeout(self.deadline);
+                let mut client = clients[n as usize % clients.len()].clone();
+                match tokio::time::timeout(self.deadline, client.send_message(request)).await {
+                    Ok(Ok(response)) => Ok(response.into_inner().session_id),
+                    Ok(Err(status)) => Err(format!("{:?}", status.code())),
+                    Err(_) => Err("DeadlineExceeded".to_owned()),
+                }
+            }
+            // The webhook's customer continues their session by themselves.
+            Driver::Webhook(webhook) => {
+                let message_id = format!("bench-{}-m{n}", self.run);
+                webhook
+                    .send(&customer_id, &message_id, &text, self.deadline)
+                    .await
+            }
+        };
         let elapsed_ms = due.elapsed().as_secs_f64() * 1000.0;
         conversation.turns += 1;
-        let outcome = match result {
-            Ok(Ok(response)) => {
-                conversation.session_id = response.into_inner().session_id;
-                Ok(conversation.session_id.clone())
-            }
-            Ok(Err(status)) => Err(format!("{:?}", status.code())),
-            Err(_) => Err("DeadlineExceeded".to_owned()),
-        };
+        if let Ok(session) = &outcome {
+            conversation.session_id = session.clone();
+        }
         if outcome.is_ok() {
             self.answered.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -215,20 +243,34 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<String> {
     let messages = load_messages(args.messages.as_ref())?;
     let rate = open_loop_rate(&args)?;
     crate::stack::wait_until_serving(&args.gateway, Duration::from_secs(args.wait_ready)).await?;
-    // Several connections, as many customers' apps would open.
-    let mut clients = Vec::new();
-    for _ in 0..4 {
-        let channel = Channel::from_shared(args.gateway.clone())?
-            .connect()
-            .await
-            .map_err(|error| anyhow::anyhow!("connecting to {}: {error}", args.gateway))?;
-        clients.push(ConversationServiceClient::new(channel));
-    }
+    let driver = match &args.webhook {
+        Some(url) => {
+            let variable = args.webhook_secret_env.as_deref().unwrap_or_default();
+            let secret = std::env::var(variable)
+                .map_err(|_| anyhow::anyhow!("--webhook-secret-env: {variable} is not set"))?;
+            Driver::Webhook(
+                crate::webhook_driver::WebhookDriver::start(url, secret, args.webhook_receive)
+                    .await?,
+            )
+        }
+        None => {
+            // Several connections, as many customers' apps would open.
+            let mut clients = Vec::new();
+            for _ in 0..4 {
+                let channel = Channel::from_shared(args.gateway.clone())?
+                    .connect()
+                    .await
+                    .map_err(|error| anyhow::anyhow!("connecting to {}: {error}", args.gateway))?;
+                clients.push(ConversationServiceClient::new(channel));
+            }
+            Driver::Grpc(clients)
+        }
+    };
     let started = Instant::now();
     let measured_from = started + Duration::from_secs(args.warmup);
     let end = measured_from + Duration::from_secs(args.duration);
     let load = Arc::new(Load {
-        clients,
+        driver,
         messages,
         tenant: args.tenant.clone(),
         run: (uuid::Uuid::new_v4().as_u128() % 1_000_000) as u32,

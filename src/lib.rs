@@ -5,6 +5,7 @@ pub mod bench;
 pub mod escalation_eval;
 pub mod report_bench;
 pub mod stack;
+mod webhook_driver;
 
 use std::net::IpAddr;
 

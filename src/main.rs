@@ -23,7 +23,7 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Start all six services in this process, each on its own port, talking over gRPC.
+    /// Start all seven services in this process, each on its own port, talking over gRPC.
     Up(UpArgs),
     /// Apply the database migrations to DATABASE_URL (also done by every service at start).
     Migrate {
@@ -184,7 +184,11 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    let gateway = servers.last().map(|s| s.grpc_addr).expect("six servers");
+    let gateway = servers
+        .iter()
+        .find(|server| server.spec.name == kefu_runtime::ServiceSpec::GATEWAY.name)
+        .map(|server| server.grpc_addr)
+        .expect("kefu up starts a gateway");
     eprintln!(
         "kefu is starting; the models load in the background (health turns SERVING when ready):"
     );

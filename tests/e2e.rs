@@ -412,6 +412,9 @@ async fn bench_customers_go_on_in_their_sessions() {
         messages: None,
         json: Some(json.clone()),
         deadline_ms: 10_000,
+        webhook: None,
+        webhook_secret_env: None,
+        webhook_receive: "127.0.0.1:0".parse().unwrap(),
     })
     .await
     .expect("the bench runs");

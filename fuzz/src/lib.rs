@@ -1,10 +1,12 @@
 //! Properties of kefu's handling of untrusted text, checked by the libFuzzer targets in
 //! `fuzz_targets/`: tenant files, Markdown chunking, normalisation and word
-//! segmentation, the lexical search built on them, and the gateway's authentication.
+//! segmentation, the lexical search built on them, the gateway's authentication, and the
+//! channel service's webhook and WeChat parsers.
 //! Every `check` panics when a property fails; libFuzzer reports that as a crash and
 //! keeps the input in `fuzz/artifacts/<target>/`.
 
 pub mod auth;
+pub mod channels;
 pub mod chunking;
 pub mod search;
 pub mod tenant;

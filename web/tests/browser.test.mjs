@@ -159,7 +159,12 @@ async function startKefu() {
   );
   kefu = spawn(kefuBinary, ["up"], {
     cwd: repo,
-    env: { ...env, KEFU_DATA_DIR: dataDir, KEFU_TENANTS_DIR: tenantsDir, DEMO_WEBHOOK_SECRET: WEBHOOK_SECRET },
+    env: {
+      ...env,
+      KEFU_DATA_DIR: dataDir,
+      KEFU_TENANTS_DIR: tenantsDir,
+      DEMO_WEBHOOK_SECRET: WEBHOOK_SECRET,
+    },
     stdio: ["ignore", log.fd, log.fd],
   });
   await log.close(); // the child holds its own copy
@@ -702,8 +707,8 @@ test(INSIGHTS_TITLE, { timeout: INSIGHTS_LIMIT_MS }, async (t) => {
 });
 
 const WEBHOOK_LIMIT_MS = 90_000;
-
-test("an agent sees a webhook customer's channel and each reply's delivery, in the browser", { timeout: WEBHOOK_LIMIT_MS }, async (t) => {
+const WEBHOOK_TITLE = "an agent sees a webhook customer's channel and each reply's delivery, in the browser";
+test(WEBHOOK_TITLE, { timeout: WEBHOOK_LIMIT_MS }, async (t) => {
   const gateway = await connectGateway(gatewayUrl);
   const { Channel, DeliveryDirection, DeliveryStatus, Role, TicketStatus, timestampDate } = gateway.code;
   const agentApi = gateway.as("demo-agent-key");
@@ -716,16 +721,19 @@ test("an agent sees a webhook customer's channel and each reply's delivery, in t
   const asked = "I want to talk to a human agent please";
   const messageId = "m-1";
 
-  /** Replies the receiver got that `wanted` picks, each checked to be signed with the tenant's secret. */
+  /** The replies the receiver got that `wanted` picks, each checked to be signed with the secret. */
   const received = (wanted) =>
     receiver.replies.filter((reply) => {
       if (reply.path !== "/replies" || !reply.json || !wanted(reply.json)) return false;
       assert.equal(reply.signature, signWebhook(reply.timestamp, reply.body), `signature of ${reply.body}`);
       return true;
     });
-  /** ListDeliveries through the gateway, with the agent's key, as the console calls it. */
+  /** Waits for the first reply `wanted` picks. */
+  const receivedOne = (what, wanted) => eventually(what, () => received(wanted)[0]);
+  /** ListDeliveries through the gateway with the agent's key, as the console calls it. */
   const deliveries = (sessionId) => agentApi.channels.listDeliveries({ tenantId, sessionId });
-  /** What the page shows of each delivery, and what ListDeliveries says of each, alike. */
+
+  /** What the page lists of each delivery. */
   const shownRows = () =>
     agent.getByTestId("delivery").evaluateAll((rows) =>
       rows.map((row) => ({
@@ -738,13 +746,14 @@ test("an agent sees a webhook customer's channel and each reply's delivery, in t
       })),
     );
   const ROLE_NAMES = { [Role.CUSTOMER]: "customer", [Role.BOT]: "bot", [Role.AGENT]: "agent" };
-  /** A delivered message as the page should say it: "delivered 2:03 PM", in the page's own clock. */
-  const expectedRows = async (listed) => {
+  /** The same, as the page should list what ListDeliveries returned ("delivered 02:03 PM"). */
+  const listedRows = async ({ deliveries: listed }) => {
     const rows = [];
-    for (const delivery of listed.deliveries) {
+    for (const delivery of listed) {
       const inbound = delivery.direction === DeliveryDirection.INBOUND;
-      const at = delivery.deliveredAt ? timestampDate(delivery.deliveredAt) : null;
-      // The page's clock, in its language and time zone.
+      const done = delivery.status === DeliveryStatus.DELIVERED && delivery.deliveredAt;
+      const at = done ? timestampDate(delivery.deliveredAt) : null;
+      // The time of day as the page's clock reads it, in its language and time zone.
       const time =
         at &&
         (await agent.evaluate(
@@ -765,19 +774,31 @@ test("an agent sees a webhook customer's channel and each reply's delivery, in t
         role: ROLE_NAMES[delivery.role],
         status: DeliveryStatus[delivery.status].toLowerCase(),
         text,
-        at: at && delivery.status === DeliveryStatus.DELIVERED ? at.toISOString() : null,
+        at: at && at.toISOString(),
       });
     }
     return rows;
   };
-  /** Waits until the page lists the session's deliveries as ListDeliveries does, with `done` true of it. */
-  const shownAsListed = (what, sessionId, done) =>
+  /**
+   * Waits until ListDeliveries shows `delivered` (a delivery id) delivered and the page
+   * lists exactly what it returned; returns both.
+   */
+  const shownAsListed = (what, sessionId, delivered) =>
     eventually(what, async () => {
       const listed = await deliveries(sessionId);
-      if (!done(listed)) return null;
-      const [shown, expected] = [await shownRows(), await expectedRows(listed)];
+      const done = listed.deliveries.some(
+        (d) => d.deliveryId === delivered && d.status === DeliveryStatus.DELIVERED,
+      );
+      if (!done) return null;
+      const [shown, expected] = [await shownRows(), await listedRows(listed)];
       return JSON.stringify(shown) === JSON.stringify(expected) && { listed, shown };
     });
+  /** The status the page shows for one delivery. */
+  const statusShown = (deliveryId) =>
+    agent
+      .locator(`[data-testid=delivery][data-delivery-id="${deliveryId}"]`)
+      .getByTestId("delivery-status")
+      .textContent();
 
   let session;
   let ticket;
@@ -796,15 +817,15 @@ test("an agent sees a webhook customer's channel and each reply's delivery, in t
     });
     assert.equal(response.status, 202, await response.text());
     // The bot's answer comes back to the bridge, signed, and names the session.
-    [botReply] = await eventually("the bot's reply at the receiver", () => {
-      const found = received((reply) => reply.in_reply_to === messageId);
-      return found.length > 0 && found;
-    });
+    botReply = await receivedOne(
+      "the bot's reply at the receiver",
+      (reply) => reply.in_reply_to === messageId,
+    );
     assert.equal(botReply.json.role, "bot");
     session = botReply.json.session_id;
     ticket = await eventually("the hand-off's ticket in the queue", async () => {
-      const { tickets } = await agentApi.tickets.listTickets({ tenantId, status: TicketStatus.OPEN, pageSize: 100 });
-      return tickets.find((found) => found.sessionId === session);
+      const open = await agentApi.tickets.listTickets({ tenantId, status: TicketStatus.OPEN, pageSize: 100 });
+      return open.tickets.find((found) => found.sessionId === session);
     });
     return `ticket ${ticket.ticketId}; the bot said "${botReply.json.text}"`;
   });
@@ -815,11 +836,10 @@ test("an agent sees a webhook customer's channel and each reply's delivery, in t
     await agent.getByTestId("console-signin").click();
     await agent.locator(`[data-testid=queue-item][data-ticket-id="${ticket.ticketId}"] button`).click();
     await agent.locator("[data-testid=conversation-entry][data-role=customer]", { hasText: asked }).waitFor();
-
-    const { listed } = await shownAsListed("the page lists the deliveries as the gateway does", session, (now) =>
-      now.deliveries.some(
-        (d) => d.deliveryId === botReply.json.delivery_id && d.status === DeliveryStatus.DELIVERED,
-      ),
+    const { listed } = await shownAsListed(
+      "the page listing the deliveries as the gateway does",
+      session,
+      botReply.json.delivery_id,
     );
     assert.equal(listed.channel, Channel.WEBHOOK);
     const badge = agent.getByTestId("channel-badge");
@@ -827,38 +847,72 @@ test("an agent sees a webhook customer's channel and each reply's delivery, in t
     assert.equal(await badge.getAttribute("data-channel"), `${listed.channel}`);
     const bot = listed.deliveries.find((d) => d.deliveryId === botReply.json.delivery_id);
     assert.deepEqual([bot.direction, bot.role], [DeliveryDirection.OUTBOUND, Role.BOT]);
-    const row = agent.locator(`[data-testid=delivery][data-delivery-id="${bot.deliveryId}"]`);
-    const status = await row.getByTestId("delivery-status").textContent();
+    const status = await statusShown(bot.deliveryId);
     assert.match(status, /^delivered \d/);
     assert.ok(await agent.getByTestId("deliveries-note").isHidden());
     await screenshot(agent, "10-console-webhook");
-    return `badge "${await badge.textContent()}", bot's reply "${status}"`;
+    const count = listed.deliveries.length;
+    return `badge "${await badge.textContent()}", ${count} deliveries, the bot's reply "${status}"`;
   });
 
-  await step("the agent replies: it reaches the bridge and turns delivered without a reload", async () => {
+  await step("the agent replies: it reaches the bridge and shows delivered without a reload", async () => {
     const reloads = [];
     agent.on("framenavigated", (frame) => frame === agent.mainFrame() && reloads.push(frame.url()));
     const answer = "Hello, this is the demo agent. How can I help?";
     await agent.getByTestId("reply-input").fill(answer);
     await agent.getByTestId("reply-send").click();
     await agent.locator("[data-testid=conversation-entry][data-role=agent]", { hasText: answer }).waitFor();
-    const [sent] = await eventually("the agent's reply at the receiver", () => {
-      const found = received((reply) => reply.role === "agent" && reply.text === answer);
-      return found.length > 0 && found;
-    });
+    const sent = await receivedOne(
+      "the agent's reply at the receiver",
+      (reply) => reply.role === "agent" && reply.text === answer,
+    );
     assert.equal(sent.json.session_id, session);
-    const { listed } = await shownAsListed("the agent's reply shown delivered", session, (now) =>
-      now.deliveries.some((d) => d.deliveryId === sent.json.delivery_id && d.status === DeliveryStatus.DELIVERED),
+    // The console's own refresh turns it delivered: the page is not reloaded.
+    const { listed } = await shownAsListed(
+      "the agent's reply shown delivered",
+      session,
+      sent.json.delivery_id,
     );
     const mine = listed.deliveries.find((d) => d.deliveryId === sent.json.delivery_id);
     assert.deepEqual([mine.direction, mine.role], [DeliveryDirection.OUTBOUND, Role.AGENT]);
-    const status = await agent
-      .locator(`[data-testid=delivery][data-delivery-id="${mine.deliveryId}"]`)
-      .getByTestId("delivery-status")
-      .textContent();
+    const status = await statusShown(mine.deliveryId);
     assert.match(status, /^delivered \d/);
     assert.deepEqual(reloads, [], "the console was not reloaded");
     await screenshot(agent, "11-console-webhook-replied");
-    return `${listed.deliveries.length} deliveries shown as listed; the agent's reply "${status}"`;
+    const count = listed.deliveries.length;
+    return `${count} deliveries listed as the gateway lists them; the agent's reply "${status}"`;
+  });
+
+  await step("while ListDeliveries fails, the conversation stays and a note says so", async () => {
+    // The channel service down, as the page sees it: the gateway's UNAVAILABLE, made here.
+    const listDeliveries = "**/kefu.v1.ChannelService/ListDeliveries";
+    const message = "channels: service unavailable";
+    await agent.route(listDeliveries, (route) =>
+      route.fulfill({
+        status: 200,
+        headers: {
+          "content-type": "application/grpc-web+proto",
+          "grpc-status": `${gateway.code.Code.Unavailable}`,
+          "grpc-message": encodeURIComponent(message),
+          "access-control-allow-origin": webUrl,
+          "access-control-expose-headers": "grpc-status, grpc-message",
+        },
+        body: "",
+      }),
+    );
+    const note = agent.getByTestId("deliveries-note");
+    await note.waitFor();
+    assert.equal(await note.textContent(), "Delivery status unavailable");
+    assert.equal(await note.getAttribute("title"), message);
+    assert.ok(await agent.getByTestId("deliveries").isHidden(), "no stale deliveries");
+    assert.equal(await agent.getByTestId("channel-badge").textContent(), "Webhook");
+    const entries = await agent.getByTestId("conversation-entry").count();
+    assert.ok(entries >= 3, `${entries} entries`);
+    assert.equal(await agent.locator(".conversation [role=alert]").textContent(), "", "no error");
+    await screenshot(agent, "12-console-deliveries-unavailable");
+    await agent.unroute(listDeliveries);
+    await agent.getByTestId("deliveries").waitFor();
+    assert.ok(await note.isHidden(), "the note goes when ListDeliveries answers again");
+    return `a note beside the ${entries} entries, then the deliveries again`;
   });
 });

@@ -660,7 +660,7 @@ async function main(): Promise<void> {
     const closed = ticket.status === TicketStatus.RESOLVED || ticket.status === TicketStatus.CLOSED;
     replyInput.disabled = replySend.disabled = resolveButton.disabled = closed;
     ticketError.textContent = "";
-    // After the conversation is drawn: a slow or failing channel service delays nothing.
+    // Once the conversation is drawn: a slow or failing channel service never holds it back.
     await refreshDeliveries(ticketId, ticket.sessionId);
   }
 
