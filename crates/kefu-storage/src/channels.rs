@@ -173,14 +173,6 @@ impl SqlChannels {
         Self { db }
     }
 
-    fn skip_locked(&self) -> &'static str {
-        if self.db.postgres_url().is_some() {
-            "FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        }
-    }
-
     /// Stores an inbound message from `customer_id` (creating its conversation), held by
     /// the caller for `lease_ms`; a message the channel sent before is returned as it is.
     pub async fn receive(
@@ -237,7 +229,7 @@ impl SqlChannels {
         let mut tx = self.db.begin_write().await?;
         let rows = sqlx::query(&format!(
             "UPDATE channel_messages SET attempts = attempts + 1, claimed_until = $1 WHERE message_id IN (SELECT message_id FROM channel_messages WHERE status = 'pending' AND direction = $2 AND next_attempt_at <= $3 AND claimed_until <= $3 ORDER BY next_attempt_at LIMIT $4 {}) RETURNING {MESSAGE_COLUMNS}",
-            self.skip_locked()
+            self.db.skip_locked()
         ))
         .bind(now + lease_ms)
         .bind(direction.as_str())
@@ -338,7 +330,7 @@ impl SqlChannels {
         let mut tx = self.db.begin_write().await?;
         let rows = sqlx::query(&format!(
             "UPDATE channel_conversations SET follower_until = $1 WHERE (tenant_id, channel, thread) IN (SELECT tenant_id, channel, thread FROM channel_conversations WHERE following = 1 AND follower_until <= $2 LIMIT $3 {}) RETURNING {CONVERSATION_COLUMNS}",
-            self.skip_locked()
+            self.db.skip_locked()
         ))
         .bind(now + lease_ms)
         .bind(now)

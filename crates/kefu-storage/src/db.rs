@@ -128,6 +128,16 @@ impl Database {
         Ok(tx)
     }
 
+    /// What a claim's subquery ends with so that claimers skip each other's rows rather
+    /// than wait: `FOR UPDATE SKIP LOCKED` on PostgreSQL; nothing on SQLite, where writers
+    /// take turns, so the subquery and the update see the same rows.
+    pub fn skip_locked(&self) -> &'static str {
+        match self.backend {
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        }
+    }
+
     /// The PostgreSQL URL when this is PostgreSQL (for LISTEN/NOTIFY), else None.
     pub fn postgres_url(&self) -> Option<&str> {
         (self.backend == Backend::Postgres).then_some(&*self.url)

@@ -202,13 +202,7 @@ impl TicketOutbox for SqlConversationStore {
     }
 
     async fn claim_due(&self, limit: i64, lease_ms: i64) -> StoreResult<Vec<OutboxEntry>> {
-        // PostgreSQL: rows another transaction is claiming are skipped, not waited for.
-        // SQLite: one writer at a time, so the subquery and the update see the same rows.
-        let skip_locked = if self.db().postgres_url().is_some() {
-            "FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
+        let skip_locked = self.db().skip_locked();
         let now = now_millis();
         let mut tx = self.db().begin_write().await?;
         let rows = sqlx::query(&format!(
