@@ -40,6 +40,7 @@ fn grpcurl_lists_checks_health_and_sends_a_message() {
             "grpc.reflection.v1.ServerReflection",
             "grpc.reflection.v1alpha.ServerReflection",
             "kefu.v1.AdminService",
+            "kefu.v1.ChannelService",
             "kefu.v1.ConversationService",
             "kefu.v1.ReportsService",
             "kefu.v1.TicketService",

@@ -352,7 +352,9 @@ impl<'a> Gen<'a> {
 
     /// An enum field: unspecified, a defined value, or none of them (noted in
     /// `undefined`, as such a request must not be accepted).
-    fn enumeration(&mut self, field: &'static str, last: i32) -> i32 {
+    /// A value of the enum `E`: mostly defined (per the contracts), sometimes not.
+    fn enumeration<E: TryFrom<i32>>(&mut self, field: &'static str) -> i32 {
+        let last = last_defined::<E>();
         let value = match self.rng.random_range(0..10) {
             0 => 0,
             1..=5 => self.rng.random_range(1..=last),
@@ -398,7 +400,7 @@ impl<'a> Gen<'a> {
                 tenant_id,
                 customer_id,
                 session_id,
-                channel: self.enumeration("channel", 6),
+                channel: self.enumeration::<kefu_proto::v1::Channel>("channel"),
                 text: self.text(),
                 message_id: self.string(&[]),
             }
@@ -430,9 +432,9 @@ impl<'a> Gen<'a> {
                 session_id,
                 subject: self.string(&["refund"]),
                 description: self.text(),
-                priority: self.enumeration("priority", 4),
+                priority: self.enumeration::<kefu_proto::v1::Priority>("priority"),
                 intent: self.string(&["billing"]),
-                channel: self.enumeration("channel", 6),
+                channel: self.enumeration::<kefu_proto::v1::Channel>("channel"),
                 escalation_reason: self.string(&[]),
                 idempotency_key: self.string(&[]),
                 actor: self.string(&["someone-else"]),
@@ -446,7 +448,7 @@ impl<'a> Gen<'a> {
             Rpc::ListTickets => ListTicketsRequest {
                 tenant_id,
                 customer_id,
-                status: self.enumeration("status", 5),
+                status: self.enumeration::<kefu_proto::v1::TicketStatus>("status"),
                 page_size: self.number(),
             }
             .encode_to_vec(),
@@ -459,7 +461,7 @@ impl<'a> Gen<'a> {
             Rpc::TransitionTicket => TransitionTicketRequest {
                 tenant_id,
                 ticket_id: self.ticket(),
-                to_status: self.enumeration("to_status", 5),
+                to_status: self.enumeration::<kefu_proto::v1::TicketStatus>("to_status"),
                 actor: self.string(&["someone-else"]),
                 comment: self.string(&[]),
             }
@@ -474,7 +476,7 @@ impl<'a> Gen<'a> {
                     tenant_id,
                     customer_id,
                     display_name: self.string(&["Ada"]),
-                    vip_tier: self.enumeration("vip_tier", 4),
+                    vip_tier: self.enumeration::<kefu_proto::v1::VipTier>("vip_tier"),
                 }),
             }
             .encode_to_vec(),
@@ -493,7 +495,7 @@ impl<'a> Gen<'a> {
             Rpc::RaisePriority => RaisePriorityRequest {
                 tenant_id,
                 ticket_id: self.ticket(),
-                priority: self.enumeration("priority", 4),
+                priority: self.enumeration::<kefu_proto::v1::Priority>("priority"),
                 reason: self.string(&[]),
             }
             .encode_to_vec(),
@@ -526,13 +528,13 @@ impl<'a> Gen<'a> {
                 tenant_id,
                 from: self.chance(0.9).then(|| self.timestamp()),
                 to: self.chance(0.9).then(|| self.timestamp()),
-                channel: self.enumeration("channel", 6),
-                language: self.enumeration("language", 2),
+                channel: self.enumeration::<kefu_proto::v1::Channel>("channel"),
+                language: self.enumeration::<kefu_proto::v1::Language>("language"),
             }
             .encode_to_vec(),
             Rpc::ListKnowledgeGaps => ListKnowledgeGapsRequest {
                 tenant_id,
-                language: self.enumeration("language", 2),
+                language: self.enumeration::<kefu_proto::v1::Language>("language"),
                 include_covered: self.chance(0.5),
                 limit: self.number(),
             }
@@ -1135,4 +1137,12 @@ async fn undecodable_bodies_get_expected_codes() {
         |case| case.what.clone(),
     )
     .await;
+}
+
+/// The largest value the contracts define for the enum `E` (its values are consecutive).
+fn last_defined<E: TryFrom<i32>>() -> i32 {
+    (1..)
+        .take_while(|value| E::try_from(*value).is_ok())
+        .last()
+        .unwrap_or(0)
 }
