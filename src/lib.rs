@@ -63,6 +63,8 @@ pub struct UpArgs {
     #[command(flatten)]
     pub channels_http: kefu_channels::HttpArgs,
     #[command(flatten)]
+    pub channels_smtp: kefu_channels::SmtpArgs,
+    #[command(flatten)]
     pub channels_delivery: kefu_channels::DeliveryArgs,
     /// TLS of the gateway's public port (KEFU_TLS_CERT, KEFU_TLS_KEY); the services
     /// behind it talk plaintext on the loopback interface.
@@ -199,6 +201,7 @@ pub async fn up(
                 gateway_url: gateway_url(&args),
                 max_message_bytes: args.max_message_bytes,
                 http: args.channels_http.clone(),
+                smtp: args.channels_smtp.clone(),
                 delivery: args.channels_delivery.clone(),
             },
             shutdown,

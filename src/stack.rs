@@ -316,13 +316,14 @@ impl StackBuilder {
         };
         match &self.layout {
             Layout::AllInOne => {
-                let ports: [u16; 8] = free_ports()?;
-                let (ports, [http_port]) = ports.split_at(7) else {
-                    unreachable!("eight ports");
+                let ports: [u16; 9] = free_ports()?;
+                let (ports, [http_port, smtp_port]) = ports.split_at(7) else {
+                    unreachable!("nine ports");
                 };
                 let mut env = common.to_vec();
                 env.push(("KEFU_METRICS_BASE_PORT".to_owned(), "0".to_owned()));
                 env.push(("KEFU_CHANNELS_HTTP_PORT".to_owned(), http_port.to_string()));
+                env.push(("KEFU_CHANNELS_SMTP_PORT".to_owned(), smtp_port.to_string()));
                 let mut addresses = BTreeMap::new();
                 for (service, &port) in Service::ALL.into_iter().zip(ports) {
                     let variable = format!("KEFU_{}_PORT", service.name().to_ascii_uppercase());
@@ -345,14 +346,18 @@ impl StackBuilder {
                     gateways: vec![Service::Gateway.name().to_owned()],
                     channel_endpoints: BTreeMap::from([(
                         Service::Channels.name().to_owned(),
-                        loopback(*http_port),
+                        ChannelEndpoints {
+                            http: loopback(*http_port),
+                            smtp: loopback(*smtp_port),
+                        },
                     )]),
                 })
             }
             Layout::Instances(instances) => {
-                let ports: Vec<u16> = free_port_list(instances.len() * 3)?;
+                let ports: Vec<u16> = free_port_list(instances.len() * 4)?;
                 let (grpc, rest) = ports.split_at(instances.len());
-                let (metrics, http) = rest.split_at(instances.len());
+                let (metrics, rest) = rest.split_at(instances.len());
+                let (http, smtp) = rest.split_at(instances.len());
                 let mut channel_endpoints = BTreeMap::new();
                 let addresses: BTreeMap<String, SocketAddr> = instances
                     .iter()
@@ -366,8 +371,8 @@ impl StackBuilder {
                         .with_context(|| format!("no instance {name} in the stack"))
                 };
                 let mut processes = Vec::new();
-                for ((instance, &metrics_port), &http_port) in
-                    instances.iter().zip(metrics).zip(http)
+                for (((instance, &metrics_port), &http_port), &smtp_port) in
+                    instances.iter().zip(metrics).zip(http).zip(smtp)
                 {
                     let address = addresses[&instance.name];
                     let metrics = SocketAddr::new(address.ip(), metrics_port);
@@ -379,9 +384,13 @@ impl StackBuilder {
                     ]);
                     if instance.service == Service::Channels {
                         env.push(("KEFU_CHANNELS_HTTP_PORT".to_owned(), http_port.to_string()));
+                        env.push(("KEFU_CHANNELS_SMTP_PORT".to_owned(), smtp_port.to_string()));
                         channel_endpoints.insert(
                             instance.name.clone(),
-                            SocketAddr::new(address.ip(), http_port),
+                            ChannelEndpoints {
+                                http: SocketAddr::new(address.ip(), http_port),
+                                smtp: SocketAddr::new(address.ip(), smtp_port),
+                            },
                         );
                     }
                     for &peer in instance.service.peers() {
@@ -423,12 +432,21 @@ impl StackBuilder {
 }
 
 /// The processes to run, the gRPC address of every instance by name, the gateways, and
-/// the channel endpoints' HTTP address of every channel service instance.
+/// the endpoints of every channel service instance.
 struct Plan {
     processes: Vec<Process>,
     addresses: BTreeMap<String, SocketAddr>,
     gateways: Vec<String>,
-    channel_endpoints: BTreeMap<String, SocketAddr>,
+    channel_endpoints: BTreeMap<String, ChannelEndpoints>,
+}
+
+/// Where a channel service instance takes the channels' messages.
+#[derive(Clone, Copy, Debug)]
+struct ChannelEndpoints {
+    /// Webhooks and WeChat.
+    http: SocketAddr,
+    /// Mail.
+    smtp: SocketAddr,
 }
 
 fn loopback(port: u16) -> SocketAddr {
@@ -502,7 +520,7 @@ pub struct Stack {
     processes: Vec<Process>,
     addresses: BTreeMap<String, SocketAddr>,
     gateways: Vec<String>,
-    channel_endpoints: BTreeMap<String, SocketAddr>,
+    channel_endpoints: BTreeMap<String, ChannelEndpoints>,
     logs: PathBuf,
     spawner: Spawner,
     _data: tempfile::TempDir,
@@ -528,11 +546,19 @@ impl Stack {
     /// The base URL of a channel service instance's HTTP endpoints (with `kefu up`:
     /// "channels"), e.g. `http://127.0.0.1:40123`.
     pub fn channel_endpoints(&self, instance: &str) -> String {
-        let address = self
+        format!("http://{}", self.channel_service(instance).http)
+    }
+
+    /// The address of a channel service instance's SMTP listener.
+    pub fn smtp_listener(&self, instance: &str) -> SocketAddr {
+        self.channel_service(instance).smtp
+    }
+
+    fn channel_service(&self, instance: &str) -> ChannelEndpoints {
+        *self
             .channel_endpoints
             .get(instance)
-            .unwrap_or_else(|| panic!("{instance} is not a channel service in the stack"));
-        format!("http://{address}")
+            .unwrap_or_else(|| panic!("{instance} is not a channel service in the stack"))
     }
 
     /// The URL of the first gateway.

@@ -1,9 +1,10 @@
 //! Outside channels end to end, on `kefu up` with the demo tenant given a `[channels]`
-//! section as the README's setup steps write it: a bridge's signed webhook and a WeChat
+//! section as the README's setup steps write it: a bridge's signed webhook, a WeChat
 //! Official Account (WeChat's side played by wechatpy, its message API by a local
-//! server) reach the bot, the bot's and an agent's replies come back on the same
-//! channel, signed or encrypted, retried when the receiver fails; staff see each
-//! message's delivery status; bad input is refused on the channel's own terms.
+//! server) and a support mailbox (customers' mail sent by Python's smtplib, replies taken
+//! by an aiosmtpd relay) reach the bot, the bot's and an agent's replies come back on the
+//! same channel, signed, encrypted or threaded, retried when the receiver fails; staff
+//! see each message's delivery status; bad input is refused on the channel's own terms.
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,6 +30,7 @@ const WECHAT_AES_KEY: &str = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
 const WECHAT_APP_ID: &str = "wx5823bf96d3bd56c7";
 const WECHAT_APP_SECRET: &str = "test-app-secret";
 const WAIT: Duration = Duration::from_secs(30);
+const SUPPORT_ADDRESS: &str = "support@demo.example";
 
 /// What the tenant's webhook receiver got: the signature headers and the body.
 #[derive(Clone, Debug)]
@@ -140,15 +142,32 @@ fn sign(timestamp: &str, body: &[u8]) -> String {
     format!("v1={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-/// A copy of the repository's tenants whose demo tenant has the channels the README's
-/// setup steps describe.
-fn tenants_with_channels(dir: &Path, webhook_port: u16, wechat_api_port: u16) -> PathBuf {
-    let tenants = dir.join("tenants");
-    copy_dir(&common::repo_root().join("tenants"), &tenants);
-    let file = tenants.join("demo/tenant.toml");
-    let mut text = std::fs::read_to_string(&file).unwrap();
-    text.push_str(&format!(
-        r#"
+/// The other side of every channel, running on this machine (a webhook receiver,
+/// WeChat's message API, the tenant's mail relay), and a copy of the repository's tenants
+/// whose demo tenant has the channels the README's setup steps describe, pointed at them.
+struct Counterparts {
+    receiver: Receiver,
+    api: WechatApi,
+    relay: MailRelay,
+    tenants: PathBuf,
+    // Last: the peers stop before their files go.
+    _dir: tempfile::TempDir,
+}
+
+impl Counterparts {
+    /// The mail relay answers 451 to the first `deferred_mails` mails.
+    async fn start(deferred_mails: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let receiver = Receiver::default();
+        let webhook_port = receiver.start().await;
+        let api = WechatApi::start(dir.path());
+        let relay = MailRelay::start(dir.path(), deferred_mails);
+        let tenants = dir.path().join("tenants");
+        copy_dir(&common::repo_root().join("tenants"), &tenants);
+        let file = tenants.join("demo/tenant.toml");
+        let mut text = std::fs::read_to_string(&file).unwrap();
+        text.push_str(&format!(
+            r#"
 [channels.webhook]
 secret = {{ env = "DEMO_WEBHOOK_SECRET" }}
 deliver_url = "http://127.0.0.1:{webhook_port}/replies"
@@ -158,17 +177,41 @@ app_id = "{WECHAT_APP_ID}"
 token = {{ env = "DEMO_WECHAT_TOKEN" }}
 encoding_aes_key = {{ env = "DEMO_WECHAT_AES_KEY" }}
 app_secret = {{ file = "{}" }}
-api_base_url = "http://127.0.0.1:{wechat_api_port}"
+api_base_url = "http://127.0.0.1:{}"
+
+[channels.email]
+address = "{SUPPORT_ADDRESS}"
+from = "Demo Cloud Shop <{SUPPORT_ADDRESS}>"
+relay = {{ host = "127.0.0.1", port = {}, tls = "none" }}
 "#,
-        dir.join("wechat-app-secret").display()
-    ));
-    std::fs::write(&file, text).unwrap();
-    std::fs::write(
-        dir.join("wechat-app-secret"),
-        format!("{WECHAT_APP_SECRET}\n"),
-    )
-    .unwrap();
-    tenants
+            dir.path().join("wechat-app-secret").display(),
+            api.port,
+            relay.port,
+        ));
+        std::fs::write(&file, text).unwrap();
+        std::fs::write(
+            dir.path().join("wechat-app-secret"),
+            format!("{WECHAT_APP_SECRET}\n"),
+        )
+        .unwrap();
+        Self {
+            receiver,
+            api,
+            relay,
+            tenants,
+            _dir: dir,
+        }
+    }
+
+    /// A stack on these tenants, with the secrets their channels name.
+    fn configure(&self, stack: StackBuilder) -> StackBuilder {
+        stack
+            .tenants_dir(&self.tenants)
+            .models_dir(&common::models_dir())
+            .env("DEMO_WEBHOOK_SECRET", WEBHOOK_SECRET)
+            .env("DEMO_WECHAT_TOKEN", WECHAT_TOKEN)
+            .env("DEMO_WECHAT_AES_KEY", WECHAT_AES_KEY)
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -248,6 +291,83 @@ impl WechatApi {
             .map(|line| serde_json::from_str(line).unwrap())
             .collect()
     }
+}
+
+/// The tenant's outbound SMTP relay (aiosmtpd), until dropped.
+struct MailRelay {
+    child: Child,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Drop for MailRelay {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl MailRelay {
+    /// A relay that answers 451 to its first `defer_first` mails.
+    fn start(dir: &Path, defer_first: usize) -> Self {
+        let port_file = dir.join("mail-relay-port");
+        let log = dir.join("mail-relay.jsonl");
+        let child = Command::new(python())
+            .arg(common::repo_root().join("tests/mail_peer.py"))
+            .args(["relay", "--defer-first", &defer_first.to_string()])
+            .arg("--port-file")
+            .arg(&port_file)
+            .arg("--log")
+            .arg(&log)
+            .spawn()
+            .expect("the mail relay starts");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let port = loop {
+            if let Ok(port) = std::fs::read_to_string(&port_file) {
+                break port.trim().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "the mail relay did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, port, log }
+    }
+
+    /// The mails it took, as Python's email package reads them.
+    fn mails(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// The first mail matching `wanted`, waiting for it.
+    async fn mail(&self, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = self.mails().into_iter().find(|mail| wanted(mail)) {
+                return found;
+            }
+            assert!(Instant::now() < deadline, "no such mail within {WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Sends a mail to kefu's SMTP listener with Python's smtplib; returns where it ended.
+fn send_mail(smtp_port: u16, args: &[&str]) -> Value {
+    let output = Command::new(python())
+        .arg(common::repo_root().join("tests/mail_peer.py"))
+        .args(["send", "--port", &smtp_port.to_string()])
+        .args(args)
+        .output()
+        .expect("the mail client runs");
+    assert!(
+        output.status.success(),
+        "the mail client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 /// Runs the WeChat peer's `send` or `verify` and returns its JSON line.
@@ -364,20 +484,9 @@ async fn agent_answers(
 
 #[tokio::test]
 async fn webhook_and_wechat_customers_get_the_bot_and_agents_on_their_own_channel() {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::default();
-    let webhook_port = receiver.start().await;
-    let api = WechatApi::start(dir.path());
-    let tenants = tenants_with_channels(dir.path(), webhook_port, api.port);
-    let stack = common::start(
-        StackBuilder::all_in_one()
-            .tenants_dir(&tenants)
-            .models_dir(&common::models_dir())
-            .env("DEMO_WEBHOOK_SECRET", WEBHOOK_SECRET)
-            .env("DEMO_WECHAT_TOKEN", WECHAT_TOKEN)
-            .env("DEMO_WECHAT_AES_KEY", WECHAT_AES_KEY),
-    )
-    .await;
+    let peers = Counterparts::start(0).await;
+    let (receiver, api) = (&peers.receiver, &peers.api);
+    let stack = common::start(peers.configure(StackBuilder::all_in_one())).await;
     let endpoints = stack.channel_endpoints("channels");
     let gateway = common::channel(&stack.gateway()).await;
     let mut channels =
@@ -597,8 +706,323 @@ async fn webhook_and_wechat_customers_get_the_bot_and_agents_on_their_own_channe
     assert!(stack.panics().is_empty(), "{:?}", stack.panics());
 }
 
+/// The session of the customer's queued ticket.
+async fn ticket_session(
+    tickets: &mut TicketServiceClient<common::KeyedChannel>,
+    customer_id: &str,
+) -> Ticket {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let queue = tickets
+            .list_tickets(ListTicketsRequest {
+                tenant_id: "demo".into(),
+                customer_id: customer_id.into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(ticket) = queue.tickets.into_iter().next() {
+            return ticket;
+        }
+        assert!(Instant::now() < deadline, "no ticket for {customer_id}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn email_customers_get_threaded_replies_from_the_bot_and_agents_and_automatic_mail_is_never_answered(
+) {
+    // The relay defers the first reply with 451: kefu must try again.
+    let peers = Counterparts::start(1).await;
+    let relay = &peers.relay;
+    let stack = common::start(peers.configure(StackBuilder::all_in_one())).await;
+    let smtp = stack.smtp_listener("channels").port();
+    let gateway = common::channel(&stack.gateway()).await;
+    let mut channels =
+        ChannelServiceClient::with_interceptor(gateway.clone(), ApiKey(DEMO_AGENT_KEY));
+    let mut tickets = TicketServiceClient::with_interceptor(gateway, ApiKey(DEMO_AGENT_KEY));
+    let ana = "ana@customer.example";
+
+    // A first mail: taken (250), answered by the bot in the thread, from the tenant's
+    // address, marked as an automatic reply, with a text and an HTML part.
+    let first = [
+        "--from",
+        "Ana Li <ana@customer.example>",
+        "--to",
+        SUPPORT_ADDRESS,
+        "--subject",
+        "Question about plans",
+        "--message-id",
+        "<ana-1@customer.example>",
+        "--text",
+        "Hi,\n\nHow much does the Pro plan cost?\n\n-- \nAna Li\nCustomer Ltd\n",
+    ];
+    let taken = send_mail(smtp, &first);
+    assert_eq!(
+        (taken["stage"].as_str(), taken["code"].as_i64()),
+        (Some("done"), Some(250)),
+        "{taken}"
+    );
+    let reply = relay
+        .mail(|m| m["in_reply_to"] == "<ana-1@customer.example>")
+        .await;
+    assert_eq!(reply["rcpt_to"], json!([ana]), "{reply}");
+    assert_eq!(reply["mail_from"], SUPPORT_ADDRESS);
+    assert_eq!(
+        reply["from"],
+        format!("Demo Cloud Shop <{SUPPORT_ADDRESS}>")
+    );
+    assert_eq!(reply["subject"], "Re: Question about plans");
+    assert_eq!(reply["references"], json!(["<ana-1@customer.example>"]));
+    assert_eq!(reply["auto_submitted"], "auto-replied");
+    let our_id = reply["message_id"].as_str().unwrap().to_owned();
+    assert!(our_id.ends_with("@demo.example>"), "{our_id}");
+    assert!(reply["text"].as_str().unwrap().contains("Pro"), "{reply}");
+    assert!(reply["html"].as_str().unwrap().contains("<p>"), "{reply}");
+    // The sending server did not hear the 250 and sends it again: taken, not answered twice.
+    assert_eq!(send_mail(smtp, &first)["code"], 250);
+
+    // Refusals on SMTP's terms.
+    let refused = send_mail(
+        smtp,
+        &["--from", ana, "--to", "nobody@demo.example", "--text", "hi"],
+    );
+    assert_eq!(
+        (refused["stage"].as_str(), refused["code"].as_i64()),
+        (Some("rcpt"), Some(550)),
+        "{refused}"
+    );
+    let refused = send_mail(
+        smtp,
+        &[
+            "--from",
+            ana,
+            "--to",
+            SUPPORT_ADDRESS,
+            "--size",
+            "20000000",
+            "--text",
+            "hi",
+        ],
+    );
+    assert_eq!(
+        (refused["stage"].as_str(), refused["code"].as_i64()),
+        (Some("mail"), Some(552)),
+        "{refused}"
+    );
+    let refused = send_mail(
+        smtp,
+        &[
+            "--from",
+            ana,
+            "--no-from",
+            "--to",
+            SUPPORT_ADDRESS,
+            "--text",
+            "hi",
+        ],
+    );
+    assert_eq!(
+        (refused["stage"].as_str(), refused["code"].as_i64()),
+        (Some("data"), Some(550)),
+        "{refused}"
+    );
+    assert!(
+        refused["reply"].as_str().unwrap().starts_with("5.1.7"),
+        "{refused}"
+    );
+
+    // Automatic mail is taken and never answered: an out-of-office, a bounce, a list.
+    for automatic in [
+        vec![
+            "--from",
+            "ooo@customer.example",
+            "--header",
+            "Auto-Submitted: auto-replied",
+            "--subject",
+            "Out of office",
+            "--text",
+            "I am away until Monday.",
+        ],
+        vec![
+            "--from",
+            "MAILER-DAEMON@mx.customer.example",
+            "--null-sender",
+            "--subject",
+            "Undelivered Mail",
+            "--text",
+            "Your message could not be delivered.",
+        ],
+        vec![
+            "--from",
+            "news@lists.example",
+            "--header",
+            "List-Id: <news.lists.example>",
+            "--subject",
+            "Weekly news",
+            "--text",
+            "How much does the Pro plan cost? Read on.",
+        ],
+    ] {
+        let mut args = automatic.clone();
+        args.extend(["--to", SUPPORT_ADDRESS]);
+        let taken = send_mail(smtp, &args);
+        assert_eq!(taken["code"], 250, "{taken}");
+    }
+
+    // Ana answers in the thread, in GB18030 HTML with her client's quote of our reply
+    // and an attachment, and asks for a person: the same session is handed off.
+    let references = format!("<ana-1@customer.example> {our_id}");
+    let second = send_mail(
+        smtp,
+        &[
+            "--from", ana, "--to", SUPPORT_ADDRESS, "--subject", "Re: Question about plans",
+            "--message-id", "<ana-2@customer.example>", "--in-reply-to", &our_id,
+            "--references", &references, "--charset", "gb18030",
+            "--html", "<html><body><p>我要人工客服，退款两周了还没到。</p><div>在 2026年12月7日 10:00，Demo Cloud Shop 写道：</div><blockquote>旧内容：专业版价格</blockquote></body></html>",
+            "--attach", "receipt.pdf",
+        ],
+    );
+    assert_eq!(second["code"], 250, "{second}");
+    let ticket = ticket_session(&mut tickets, &format!("email:{ana}")).await;
+    let acknowledged = relay
+        .mail(|m| m["in_reply_to"] == "<ana-2@customer.example>")
+        .await;
+    assert_eq!(
+        acknowledged["references"],
+        json!([
+            "<ana-1@customer.example>",
+            our_id,
+            "<ana-2@customer.example>"
+        ])
+    );
+    let conversation = tickets
+        .get_conversation(GetConversationRequest {
+            tenant_id: "demo".into(),
+            ticket_id: ticket.ticket_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let written: Vec<&str> = conversation
+        .entries
+        .iter()
+        .filter(|entry| entry.role == Role::Customer as i32)
+        .map(|entry| entry.text.as_str())
+        .collect();
+    assert!(
+        written[0].contains("How much does the Pro plan cost?")
+            && !written[0].contains("Customer Ltd"),
+        "{written:?}"
+    );
+    let handed = written.last().unwrap();
+    assert!(
+        handed.contains("我要人工客服，退款两周了还没到。"),
+        "{written:?}"
+    );
+    assert!(
+        !handed.contains("旧内容"),
+        "the quoted history was read: {handed}"
+    );
+    assert!(
+        handed.contains("[attachment not read: receipt.pdf (application/pdf"),
+        "{handed}"
+    );
+
+    // The agent's reply goes by mail in the same thread, not marked automatic.
+    agent_answers(
+        &mut tickets,
+        &ticket.session_id,
+        "Hello Ana, I am checking your refund now.",
+    )
+    .await;
+    let answered = relay
+        .mail(|m| {
+            m["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("checking your refund"))
+        })
+        .await;
+    assert_eq!(answered["in_reply_to"], "<ana-2@customer.example>");
+    assert_eq!(answered["auto_submitted"], "");
+    assert_eq!(answered["rcpt_to"], json!([ana]));
+
+    // Someone else answering Ana's message does not join her session.
+    let other = send_mail(
+        smtp,
+        &[
+            "--from",
+            "mallory@customer.example",
+            "--to",
+            SUPPORT_ADDRESS,
+            "--subject",
+            "Re: Question about plans",
+            "--message-id",
+            "<mallory-1@customer.example>",
+            "--in-reply-to",
+            "<ana-1@customer.example>",
+            "--text",
+            "How much does the Pro plan cost?",
+        ],
+    );
+    assert_eq!(other["code"], 250, "{other}");
+    relay
+        .mail(|m| m["in_reply_to"] == "<mallory-1@customer.example>")
+        .await;
+
+    // Ana's session: her two mails, the bot's first reply through on its second attempt
+    // (after the relay's 451), the acknowledgement and the agent's reply, delivered.
+    let listed = deliveries(&mut channels, &ticket.session_id).await;
+    assert_eq!(listed.channel, Channel::Email as i32);
+    let inbound = listed
+        .deliveries
+        .iter()
+        .filter(|d| d.direction == DeliveryDirection::Inbound as i32)
+        .count();
+    assert_eq!(inbound, 2, "{:?}", listed.deliveries);
+    let first_reply = listed
+        .deliveries
+        .iter()
+        .find(|d| d.role == Role::Bot as i32)
+        .unwrap();
+    assert_eq!(
+        (first_reply.status, first_reply.attempts),
+        (DeliveryStatus::Delivered as i32, 2),
+        "{first_reply:?}"
+    );
+    assert!(listed
+        .deliveries
+        .iter()
+        .any(|d| d.role == Role::Agent as i32 && d.status == DeliveryStatus::Delivered as i32));
+
+    let mails = relay.mails();
+    assert_eq!(
+        mails
+            .iter()
+            .filter(|m| m["in_reply_to"] == "<ana-1@customer.example>")
+            .count(),
+        1,
+        "answered twice"
+    );
+    for silent in [
+        "ooo@customer.example",
+        "mx.customer.example",
+        "news@lists.example",
+    ] {
+        assert!(
+            !mails
+                .iter()
+                .any(|m| m["to"].as_str().unwrap_or_default().contains(silent)),
+            "automatic mail from {silent} was answered"
+        );
+    }
+    assert!(stack.panics().is_empty(), "{:?}", stack.panics());
+}
+
 const BURST_WEBHOOK: usize = 30;
 const BURST_WECHAT: usize = 12;
+const BURST_EMAIL: usize = 12;
 /// How long each killed process stays down.
 const OUTAGE: Duration = Duration::from_secs(3);
 /// Until every message of the burst has its one reply: leases of a killed worker run out
@@ -633,20 +1057,13 @@ async fn post_until_taken(http: &reqwest::Client, url: &str, message: &Value) ->
 }
 
 #[tokio::test]
-async fn a_burst_over_both_channels_loses_nothing_and_answers_nothing_twice_while_channels_and_gateway_restart(
+async fn a_burst_over_all_channels_loses_nothing_and_answers_nothing_twice_while_channels_and_gateway_restart(
 ) {
-    let dir = tempfile::tempdir().unwrap();
-    let receiver = Receiver::default();
-    let webhook_port = receiver.start().await;
-    let api = WechatApi::start(dir.path());
-    let tenants = tenants_with_channels(dir.path(), webhook_port, api.port);
+    let peers = Counterparts::start(0).await;
+    let (receiver, api, relay) = (&peers.receiver, &peers.api, &peers.relay);
     let mut stack = common::start(
-        StackBuilder::each_service()
-            .tenants_dir(&tenants)
-            .models_dir(&common::models_dir())
-            .env("DEMO_WEBHOOK_SECRET", WEBHOOK_SECRET)
-            .env("DEMO_WECHAT_TOKEN", WECHAT_TOKEN)
-            .env("DEMO_WECHAT_AES_KEY", WECHAT_AES_KEY)
+        peers
+            .configure(StackBuilder::each_service())
             .env("KEFU_CALL_TIMEOUT_MS", "3000")
             .env("RUST_LOG", "warn")
             .serving(&common::Service::ALL.map(common::Service::name)),
@@ -702,6 +1119,36 @@ async fn a_burst_over_both_channels_loses_nothing_and_answers_nothing_twice_whil
         }
         (attempts, passive)
     });
+    // Mail, sent again with the same Message-ID until taken, as a mail server does.
+    let smtp = stack.smtp_listener("channels").port();
+    let mails = std::thread::spawn(move || {
+        let output = Command::new(python())
+            .arg(common::repo_root().join("tests/mail_peer.py"))
+            .args([
+                "burst",
+                "--port",
+                &smtp.to_string(),
+                "--to",
+                SUPPORT_ADDRESS,
+            ])
+            .args([
+                "--count",
+                &BURST_EMAIL.to_string(),
+                "--prefix",
+                "burst-mail",
+            ])
+            .args(["--text", "What plans do you have?"])
+            .output()
+            .expect("the mail client runs");
+        assert!(
+            output.status.success(),
+            "the mail burst failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice::<Value>(&output.stdout).unwrap()["attempts"]
+            .as_u64()
+            .unwrap()
+    });
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stack.kill("channels");
@@ -716,6 +1163,8 @@ async fn a_burst_over_both_channels_loses_nothing_and_answers_nothing_twice_whil
 
     let webhook_attempts = webhooks.await.unwrap();
     let (wechat_attempts, passive) = wechats.await.unwrap();
+    let mail_attempts = mails.join().unwrap();
+    let mail_answered = |n: usize| format!("<burst-mail-{n}@customer.example>");
 
     // Every message gets its reply, once: webhook replies by the message they answer
     // (a delivery resent after a crash keeps its delivery_id), WeChat's by follower.
@@ -741,13 +1190,19 @@ async fn a_burst_over_both_channels_loses_nothing_and_answers_nothing_twice_whil
             let open_id = format!("oBurst{n}");
             passive.contains_key(&open_id) || api_messages.iter().any(|m| m["touser"] == open_id)
         });
-        if by_message.len() == BURST_WEBHOOK && wechat_done {
+        let relayed = relay.mails();
+        let mail_done =
+            (0..BURST_EMAIL).all(|n| relayed.iter().any(|m| m["in_reply_to"] == mail_answered(n)));
+        if by_message.len() == BURST_WEBHOOK && wechat_done && mail_done {
             break (by_message, raw - BURST_WEBHOOK, api_messages);
         }
         assert!(
             Instant::now() < deadline,
-            "after {SETTLE:?}: {} of {BURST_WEBHOOK} webhook messages and {} WeChat followers answered",
+            "after {SETTLE:?}: {} of {BURST_WEBHOOK} webhook messages, {} of {BURST_EMAIL} mails and {} WeChat followers answered",
             by_message.len(),
+            (0..BURST_EMAIL)
+                .filter(|&n| relayed.iter().any(|m| m["in_reply_to"] == mail_answered(n)))
+                .count(),
             (0..BURST_WECHAT)
                 .filter(|n| passive.contains_key(&format!("oBurst{n}"))
                     || api_messages.iter().any(|m| m["touser"] == format!("oBurst{n}")))
@@ -764,6 +1219,21 @@ async fn a_burst_over_both_channels_loses_nothing_and_answers_nothing_twice_whil
             + usize::from(passive.contains_key(&open_id));
         assert_eq!(sent, 1, "{open_id} got {sent} replies");
     }
+    // A reply resent after a crash keeps its Message-ID: the customer's client shows it once.
+    let relayed = relay.mails();
+    let mut resent_mails = 0;
+    for n in 0..BURST_EMAIL {
+        let replies: Vec<&Value> = relayed
+            .iter()
+            .filter(|m| m["in_reply_to"] == mail_answered(n))
+            .collect();
+        let distinct: BTreeSet<&str> = replies
+            .iter()
+            .map(|m| m["message_id"].as_str().unwrap())
+            .collect();
+        assert_eq!(distinct.len(), 1, "mail {n} answered by {distinct:?}");
+        resent_mails += replies.len() - 1;
+    }
     println!(
         "webhook: {BURST_WEBHOOK} messages in {webhook_attempts} attempts, {} answered once each ({resent} deliveries resent with the same delivery_id)",
         webhook_replies.len()
@@ -772,6 +1242,9 @@ async fn a_burst_over_both_channels_loses_nothing_and_answers_nothing_twice_whil
         "wechat: {BURST_WECHAT} messages in {wechat_attempts} attempts, {} passive replies, {} customer-service messages, 0 twice",
         passive.len(),
         wechat_api.len()
+    );
+    println!(
+        "email: {BURST_EMAIL} mails in {mail_attempts} attempts, each answered by one Message-ID ({resent_mails} replies resent with the same Message-ID)"
     );
     assert!(stack.panics().is_empty(), "{:?}", stack.panics());
 }

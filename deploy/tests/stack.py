@@ -30,7 +30,6 @@ _URL_SETTING = re.compile(r'\benv\s*=\s*"KEFU_([A-Z]+)_URL"')
 _LIVENESS = re.compile(r'\bLIVENESS_SERVICE\s*:\s*&str\s*=\s*"([^"]*)"')
 _SETTING = re.compile(r'\benv\s*=\s*"([A-Z][A-Z0-9_]*)"')
 _WEB_PORT = re.compile(r'\benv\s*=\s*"KEFU_WEB_PORT"\s*,\s*default_value_t\s*=\s*(\d+)')
-_CHANNELS_HTTP_PORT = re.compile(r'\benv\s*=\s*"KEFU_CHANNELS_HTTP_PORT"\s*,\s*default_value_t\s*=\s*(\d+)')
 # A downstream service whose health a service's readiness follows, named literally.
 _PROBED = re.compile(r'\bDownstreamProbe::new\(\s*"([a-z]+)"')
 # The name of a peer-URL setting, KEFU_<SERVICE>_URL (not KEFU_PUBLIC_GATEWAY_URL, which
@@ -85,10 +84,11 @@ def web_port_from_sources(repo: Path = REPO) -> int:
     return int(found[0])
 
 
-def channels_http_port_from_sources(repo: Path = REPO) -> int:
-    """The channel service's default port of the endpoints outside channels call."""
-    found = _CHANNELS_HTTP_PORT.findall((repo / "services/channels/src/config.rs").read_text(encoding="utf-8"))
-    assert len(found) == 1, "KEFU_CHANNELS_HTTP_PORT's default not found in services/channels/src/config.rs"
+def channels_port_from_sources(variable: str, repo: Path = REPO) -> int:
+    """A default port of the channel service: `variable`'s in its configuration."""
+    pattern = re.compile(rf'\benv\s*=\s*"{variable}"\s*,\s*default_value_t\s*=\s*(\d+)')
+    found = pattern.findall((repo / "services/channels/src/config.rs").read_text(encoding="utf-8"))
+    assert len(found) == 1, f"{variable}'s default not found in services/channels/src/config.rs"
     return int(found[0])
 
 
@@ -104,5 +104,7 @@ CALLS = calls_from_sources()
 LIVENESS_SERVICE = liveness_service_from_sources()
 SETTINGS = settings_from_sources()
 WEB_PORT = web_port_from_sources()
-CHANNELS_HTTP_PORT = channels_http_port_from_sources()
+# The endpoints outside channels call (webhooks, WeChat), and mail.
+CHANNELS_HTTP_PORT = channels_port_from_sources("KEFU_CHANNELS_HTTP_PORT")
+CHANNELS_SMTP_PORT = channels_port_from_sources("KEFU_CHANNELS_SMTP_PORT")
 PROBED = probed_from_sources()

@@ -26,6 +26,7 @@ from deploy_support import (
 from stack import (
     CALLS,
     CHANNELS_HTTP_PORT,
+    CHANNELS_SMTP_PORT,
     NEEDS_DATABASE,
     NEEDS_REDIS,
     PEER_URL_SETTING,
@@ -39,8 +40,8 @@ from stack import (
 KEFU = [f"kefu-{s}" for s in SERVICES]
 INFRA = ["postgres", "redis", "jaeger", "prometheus", "grafana"]
 # the container ports published on the host: the gateway's gRPC port and its pages, the
-# channel service's endpoints, the UIs
-PUBLISHED = {"kefu-gateway": {50051, WEB_PORT}, "kefu-channels": {CHANNELS_HTTP_PORT}, "jaeger": {16686},
+# channel service's endpoints and SMTP listener, the UIs
+PUBLISHED = {"kefu-gateway": {50051, WEB_PORT}, "kefu-channels": {CHANNELS_HTTP_PORT, CHANNELS_SMTP_PORT}, "jaeger": {16686},
              "prometheus": {9090}, "grafana": {3000}}
 
 
@@ -207,15 +208,21 @@ def test_the_gateway_serves_its_pages_to_the_published_origins(compose: dict[str
 
 
 def test_the_channel_endpoints_are_published(compose: dict[str, Any], env: dict[str, str]) -> None:
-    """Outside channels reach the channel service's HTTP port on the host, as they reach
-    the gateway's (a tunnel or a proxy in front of KEFU_PUBLISH_ADDR for the internet)."""
+    """Outside channels reach the channel service's HTTP port and SMTP listener on the
+    host, as they reach the gateway's (a tunnel or a proxy in front of KEFU_PUBLISH_ADDR
+    for the internet)."""
     spec = compose["services"]["kefu-channels"]
     assert spec["environment"]["KEFU_CHANNELS_HTTP_PORT"] == str(CHANNELS_HTTP_PORT)
-    assert spec["ports"] == [f"{env['KEFU_PUBLISH_ADDR']}:{env['KEFU_CHANNELS_PUBLISHED_PORT']}:{CHANNELS_HTTP_PORT}"]
+    assert spec["environment"]["KEFU_CHANNELS_SMTP_PORT"] == str(CHANNELS_SMTP_PORT)
+    assert spec["ports"] == [
+        f"{env['KEFU_PUBLISH_ADDR']}:{env['KEFU_CHANNELS_PUBLISHED_PORT']}:{CHANNELS_HTTP_PORT}",
+        f"{env['KEFU_PUBLISH_ADDR']}:{env['KEFU_SMTP_PUBLISHED_PORT']}:{CHANNELS_SMTP_PORT}",
+    ]
     assert env["KEFU_CHANNELS_PUBLISHED_PORT"] == str(CHANNELS_HTTP_PORT)
     for svc in SERVICES:
         if svc != "channels":
-            assert "KEFU_CHANNELS_HTTP_PORT" not in compose["services"][f"kefu-{svc}"]["environment"], svc
+            environment = compose["services"][f"kefu-{svc}"]["environment"]
+            assert not {"KEFU_CHANNELS_HTTP_PORT", "KEFU_CHANNELS_SMTP_PORT"} & set(environment), svc
 
 
 def test_each_service_gets_the_settings_it_needs(compose: dict[str, Any], env: dict[str, str]) -> None:

@@ -10,7 +10,7 @@ import tomllib
 import pytest
 
 from deploy_support import DOCKERIGNORE, Dockerfile, parse_dockerfile
-from stack import CHANNELS_HTTP_PORT, LIVENESS_SERVICE, NEEDS_MODELS, NEEDS_TENANTS, REPO, SERVICES, WEB_PORT
+from stack import CHANNELS_HTTP_PORT, CHANNELS_SMTP_PORT, LIVENESS_SERVICE, NEEDS_MODELS, NEEDS_TENANTS, REPO, SERVICES, WEB_PORT
 
 BUILD_TOOLS = re.compile(r"\b(cargo|rustc|rustup|gcc|g\+\+|clang|make|build-essential|pkg-config|pip)\b")
 RUST_IMAGE = re.compile(r"^rust(:|$)")
@@ -66,11 +66,12 @@ def test_runtime_stage_of_each_service(dockerfile: Dockerfile, service: str) -> 
     assert f"KEFU_GRPC_PORT={grpc}" in env and f"KEFU_METRICS_PORT={metrics}" in env
     exposed = {int(p) for i in stage.all("EXPOSE") for p in i.args.split()}
     # the gateway serves the chat and console pages on a port of their own, the channel
-    # service the endpoints outside channels call
-    http = {"gateway": WEB_PORT, "channels": CHANNELS_HTTP_PORT}
-    assert exposed == {grpc, metrics} | ({http[service]} if service in http else set())
+    # service the endpoints outside channels call and its SMTP listener
+    own = {"gateway": {WEB_PORT}, "channels": {CHANNELS_HTTP_PORT, CHANNELS_SMTP_PORT}}
+    assert exposed == {grpc, metrics} | own.get(service, set())
     assert (f"KEFU_WEB_PORT={WEB_PORT}" in env) == (service == "gateway")
     assert (f"KEFU_CHANNELS_HTTP_PORT={CHANNELS_HTTP_PORT}" in env) == (service == "channels")
+    assert (f"KEFU_CHANNELS_SMTP_PORT={CHANNELS_SMTP_PORT}" in env) == (service == "channels")
     (entrypoint,) = stage.all("ENTRYPOINT")
     assert entrypoint.args == f'["/usr/local/bin/kefu-{service}"]'
     copies = [i.args for i in stage.all("COPY")]

@@ -4,7 +4,7 @@ must not be empty or odd."""
 
 from __future__ import annotations
 
-from stack import CALLS, CHANNELS_HTTP_PORT, PROBED, SERVICES, SETTINGS, WEB_PORT
+from stack import CALLS, CHANNELS_HTTP_PORT, CHANNELS_SMTP_PORT, PROBED, SERVICES, SETTINGS, WEB_PORT
 
 
 def test_every_service_is_reached_from_the_gateway() -> None:
@@ -42,8 +42,10 @@ def test_the_settings_include_what_the_deployments_set() -> None:
 
 
 def test_the_http_ports_are_ports_of_their_own() -> None:
-    """The gateway's pages and the channel service's endpoints each on a port of its own."""
+    """The gateway's pages, the channel service's endpoints and its SMTP listener each on a
+    port of its own (above 1024: the containers run without privileges)."""
     taken = {port for ports in SERVICES.values() for name, port in ports.items() if name != "health"}
-    for port in (WEB_PORT, CHANNELS_HTTP_PORT):
+    own = (WEB_PORT, CHANNELS_HTTP_PORT, CHANNELS_SMTP_PORT)
+    for port in own:
         assert 1024 < port < 65536 and port not in taken
-    assert WEB_PORT != CHANNELS_HTTP_PORT
+    assert len(set(own)) == len(own)

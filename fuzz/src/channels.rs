@@ -45,3 +45,38 @@ pub fn wechat(data: &[u8]) {
     }
     assert_eq!(mode.decrypt(&mode.encrypt(&text)).as_deref(), Ok(text.as_ref()));
 }
+
+/// What an SMTP client sends: its first line read as a command, the rest as a mail's
+/// lines after DATA and then as the mail itself. None may panic; a mail that is read
+/// keeps to the gateway's limit and has an id a reply can thread under.
+pub fn email(data: &[u8]) {
+    use kefu_channels::{email, smtp};
+    let (first, rest) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (&data[..=at], &data[at + 1..]),
+        None => (data, &[][..]),
+    };
+    let _ = smtp::parse_command(first);
+    let mut mail = smtp::MailData::new(4096);
+    for line in rest.split_inclusive(|&b| b == b'\n') {
+        if mail.line(line) {
+            break;
+        }
+    }
+    if let Some(taken) = mail.finish() {
+        assert!(taken.len() <= 4096);
+    }
+    if let Ok(read) = email::read(data, "sender@customer.example", 4096) {
+        assert!(read.text.len() <= 4096, "{} bytes", read.text.len());
+        assert!(!read.message_id.is_empty() && !read.message_id.contains(['<', '>', ' ']));
+        assert!(email::valid_address(&read.sender));
+        let _ = email::compose(&email::Reply {
+            from: "Shop <support@shop.example>",
+            thread: &read.thread,
+            message_id: "reply@shop.example",
+            text: &read.text,
+            automatic: true,
+        });
+    }
+    let text = String::from_utf8_lossy(data);
+    assert!(email::new_text(&text).len() <= text.len());
+}

@@ -43,6 +43,7 @@ from deploy_support import parse_dockerfile
 from stack import (
     CALLS,
     CHANNELS_HTTP_PORT,
+    CHANNELS_SMTP_PORT,
     LIVENESS_SERVICE,
     NEEDS_DATABASE,
     NEEDS_MODELS,
@@ -77,9 +78,16 @@ def port_names(svc: str, r: Rendered) -> set[str]:
             | ({"channels-http"} if svc == "channels" else set()))
 
 
+def container_port_names(svc: str, r: Rendered) -> set[str]:
+    """The named ports of a service's container: those of its Service, and the channel
+    service's SMTP listener, which has a Service of its own."""
+    smtp = svc == "channels" and r.values["channels"]["smtp"]["enabled"]
+    return port_names(svc, r) | ({"smtp"} if smtp else set())
+
+
 def named_port(svc: str, name: str) -> int:
     """The port a service's port of that name has with the default values."""
-    return {"web": WEB_PORT, "channels-http": CHANNELS_HTTP_PORT}.get(name) or SERVICES[svc][name]
+    return {"web": WEB_PORT, "channels-http": CHANNELS_HTTP_PORT, "smtp": CHANNELS_SMTP_PORT}.get(name) or SERVICES[svc][name]
 
 
 def calls_in(r: Rendered) -> dict[str, set[str]]:
@@ -101,8 +109,14 @@ def is_headless(service: dict[str, Any]) -> bool:
     return service["spec"].get("clusterIP") == "None"
 
 
+def is_smtp(service: dict[str, Any]) -> bool:
+    return [p["name"] for p in service["spec"]["ports"]] == ["smtp"]
+
+
 def regular_services(r: Rendered) -> list[dict[str, Any]]:
-    return [s for s in r.of_kind("Service") if not is_headless(s)]
+    """One per service, for its users and metrics (not the callers' headless ones, nor
+    the channel service's SMTP Service)."""
+    return [s for s in r.of_kind("Service") if not is_headless(s) and not is_smtp(s)]
 
 
 def container_env(r: Rendered, deployment: dict[str, Any]) -> dict[str, str]:
@@ -154,7 +168,7 @@ def test_default_object_counts(default_render: Rendered) -> None:
         "HorizontalPodAutoscaler": n,
         "NetworkPolicy": n,
         "PodDisruptionBudget": n,
-        "Service": n + len(CALLED),  # and a headless one per called service
+        "Service": n + len(CALLED) + 1,  # a headless one per called service, and SMTP
         "ServiceAccount": 1,
     }
 
@@ -170,7 +184,7 @@ def test_production_object_counts(production_render: Rendered) -> None:
         "NetworkPolicy": n,
         "PodDisruptionBudget": n,
         "PrometheusRule": 1,
-        "Service": n + len(CALLED),
+        "Service": n + len(CALLED) + 1,
         "ServiceAccount": 1,
         "ServiceMonitor": 1,
     }
@@ -206,8 +220,8 @@ def test_one_deployment_per_service(rendered: Rendered) -> None:
         assert container["image"].rsplit("/", 1)[-1].startswith(f"kefu-{svc}:")
         assert container_port(container, "grpc") == SERVICES[svc]["grpc"]
         assert container_port(container, "metrics") == SERVICES[svc]["metrics"]
-        assert {p["name"] for p in container["ports"]} == port_names(svc, rendered)
-        for name in port_names(svc, rendered) - {"grpc", "metrics"}:
+        assert {p["name"] for p in container["ports"]} == container_port_names(svc, rendered)
+        for name in container_port_names(svc, rendered) - {"grpc", "metrics"}:
             assert container_port(container, name) == named_port(svc, name)
         selector = d["spec"]["selector"]["matchLabels"]
         assert selector_matches(selector, d["spec"]["template"]["metadata"]["labels"])
@@ -471,6 +485,7 @@ def test_each_service_gets_exactly_the_env_it_needs(rendered: Rendered) -> None:
         assert ("KEFU_MODELS_DIR" in env) == (svc in NEEDS_MODELS)
         assert ("KEFU_TENANTS_DIR" in env) == (svc in NEEDS_TENANTS)
         assert env.get("KEFU_CHANNELS_HTTP_PORT") == (str(CHANNELS_HTTP_PORT) if svc == "channels" else None)
+        assert env.get("KEFU_CHANNELS_SMTP_PORT") == (str(CHANNELS_SMTP_PORT) if svc == "channels" else None)
         # secrets never sit in a ConfigMap
         assert "DATABASE_URL" not in env and "REDIS_URL" not in env
 
@@ -557,7 +572,8 @@ def test_other_release_names_keep_urls_consistent() -> None:
     gateway = r.get("Deployment", "support-kefu-gateway")
     assert configmap_env(r, gateway)["KEFU_ORCHESTRATOR_URL"] == "http://support-kefu-orchestrator-headless:50052"
     assert {s["metadata"]["name"] for s in r.of_kind("Service")} == (
-        {f"support-kefu-{s}" for s in SERVICES} | {f"support-kefu-{s}-headless" for s in CALLED})
+        {f"support-kefu-{s}" for s in SERVICES} | {f"support-kefu-{s}-headless" for s in CALLED}
+        | {"support-kefu-channels-smtp"})
 
 
 # --------------------------------------------------------------------------- network policies
@@ -645,7 +661,8 @@ def test_only_the_public_ports_are_reachable_from_outside(default_render: Render
             if svc != "gateway":
                 assert not from_other_namespace and not from_internet, svc
             # only the gateway has pages, only the channel service the channels' endpoints
-            for owner, port in (("gateway", WEB_PORT), ("channels", CHANNELS_HTTP_PORT)):
+            for owner, port in (("gateway", WEB_PORT), ("channels", CHANNELS_HTTP_PORT),
+                                ("channels", CHANNELS_SMTP_PORT)):
                 if svc != owner:
                     assert not ingress_allowed(r, svc, port, None, None), (svc, port)
     for svc, ports in public.items():
@@ -658,6 +675,32 @@ def test_only_the_public_ports_are_reachable_from_outside(default_render: Render
             assert ingress_allowed(production_render, svc, port, pod_labels, ns_labels), (svc, port)
             assert not ingress_allowed(production_render, svc, port, None, None), (svc, port)
             assert not ingress_allowed(production_render, svc, port, {"app": "x"}, CLUSTER_NAMESPACE_LABELS)
+
+
+def test_mail_servers_reach_the_smtp_listener_through_its_own_service(default_render: Rendered,
+                                                                     production_render: Rendered) -> None:
+    """Port 25 of the SMTP Service reaches the channel pods' listener, from anywhere (the
+    senders' mail servers) unless networkPolicy.smtpFrom says otherwise."""
+    for r in (default_render, production_render):
+        service = r.get("Service", "kefu-channels-smtp")
+        (port,) = service["spec"]["ports"]
+        assert (port["port"], port["targetPort"]) == (25, "smtp")
+        pods = pod_labels_by_component(r)
+        assert [c for c, labels in pods.items() if selector_matches(service["spec"]["selector"], labels)] == ["channels"]
+        assert ingress_allowed(r, "channels", CHANNELS_SMTP_PORT, None, None)
+    assert "kefu-channels-smtp" in production_render.notes
+    restricted = render({"networkPolicy": {"smtpFrom": [{"ipBlock": {"cidr": "203.0.113.0/24"}}]}})
+    assert not ingress_allowed(restricted, "channels", CHANNELS_SMTP_PORT, {"app": "x"}, CLUSTER_NAMESPACE_LABELS)
+    exposed = render({"channels": {"smtp": {"service": {"type": "LoadBalancer", "port": 25,
+                                                        "annotations": {"example.com/lb": "mail"}}}}})
+    smtp = exposed.get("Service", "kefu-channels-smtp")
+    assert smtp["spec"]["type"] == "LoadBalancer"
+    assert smtp["metadata"]["annotations"] == {"example.com/lb": "mail"}
+    off = render({"channels": {"smtp": {"enabled": False}}})
+    assert "kefu-channels-smtp" not in {s["metadata"]["name"] for s in off.of_kind("Service")}
+    assert "smtp" not in {p["name"] for p in container_of(off.get("Deployment", "kefu-channels"))["ports"]}
+    assert not ingress_allowed(off, "channels", CHANNELS_SMTP_PORT, None, None)
+    assert "kefu-channels-smtp" not in off.notes
 
 
 def test_metrics_ports_open_to_the_monitoring_namespace_only(rendered: Rendered) -> None:
@@ -988,8 +1031,9 @@ def test_service_monitor_scrapes_every_service(production_render: Rendered) -> N
                if e["operator"] == "In"):
             if "metrics" in {p["name"] for p in service["spec"]["ports"]}:
                 scraped.append(component_of(service))
-            else:  # a headless Service carries the gRPC port only: no second target per pod
-                assert is_headless(service), service["metadata"]["name"]
+            else:  # a headless Service carries the gRPC port only, the SMTP one SMTP only:
+                # no second target per pod
+                assert is_headless(service) or is_smtp(service), service["metadata"]["name"]
     assert sorted(scraped) == sorted(SERVICES)
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (endpoint,) = sm["spec"]["endpoints"]

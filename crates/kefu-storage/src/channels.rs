@@ -202,6 +202,57 @@ impl SqlChannels {
         .await
     }
 
+    /// The thread, and its customer, of the newest message on `channel` whose own id is
+    /// one of `dedup_keys` or whose row id is one of `message_ids`.
+    pub async fn thread_of(
+        &self,
+        tenant_id: &str,
+        channel: &str,
+        dedup_keys: &[String],
+        message_ids: &[String],
+    ) -> StoreResult<Option<(String, String)>> {
+        if dedup_keys.is_empty() && message_ids.is_empty() {
+            return Ok(None);
+        }
+        let placeholders = |from: usize, count: usize| {
+            let list: Vec<String> = (from..from + count).map(|n| format!("${n}")).collect();
+            if list.is_empty() {
+                "NULL".to_owned()
+            } else {
+                list.join(", ")
+            }
+        };
+        let sql = format!(
+            "SELECT m.thread, c.customer_id FROM channel_messages m JOIN channel_conversations c ON c.tenant_id = m.tenant_id AND c.channel = m.channel AND c.thread = m.thread WHERE m.tenant_id = $1 AND m.channel = $2 AND (m.dedup_key IN ({}) OR m.message_id IN ({})) ORDER BY m.created_at DESC LIMIT 1",
+            placeholders(3, dedup_keys.len()),
+            placeholders(3 + dedup_keys.len(), message_ids.len()),
+        );
+        let mut query = sqlx::query(&sql).bind(tenant_id).bind(channel);
+        for id in dedup_keys.iter().chain(message_ids) {
+            query = query.bind(id.as_str());
+        }
+        let row = query.fetch_optional(self.db.pool()).await?;
+        Ok(row
+            .map(|row| Ok::<_, sqlx::Error>((row.try_get("thread")?, row.try_get("customer_id")?)))
+            .transpose()?)
+    }
+
+    /// The newest message the customer sent in a thread.
+    pub async fn latest_inbound(
+        &self,
+        tenant_id: &str,
+        channel: &str,
+        thread: &str,
+    ) -> StoreResult<Option<ChannelMessage>> {
+        let row = sqlx::query(&format!("SELECT {MESSAGE_COLUMNS} FROM channel_messages WHERE tenant_id = $1 AND channel = $2 AND thread = $3 AND direction = 'in' ORDER BY created_at DESC LIMIT 1"))
+            .bind(tenant_id)
+            .bind(channel)
+            .bind(thread)
+            .fetch_optional(self.db.pool())
+            .await?;
+        Ok(row.as_ref().map(message_from_row).transpose()?)
+    }
+
     pub async fn conversation(
         &self,
         tenant_id: &str,

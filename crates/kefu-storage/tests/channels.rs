@@ -167,3 +167,77 @@ async fn messages_are_taken_once_retried_alone_and_dead_lettered() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_mail_finds_the_thread_of_the_message_it_answers_with_its_customer() {
+    for (_guard, db) in backends().await {
+        let store = SqlChannels::new(db);
+        let mail = |thread: &str, id: &str| NewChannelMessage {
+            channel: "email".into(),
+            ..message(thread, id, "customer")
+        };
+        let Received::New(first) = store
+            .receive(
+                &mail("root@c.example", "root@c.example"),
+                "email:ana@c.example",
+                0,
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("a new mail is new");
+        };
+        let handled = Handled {
+            session_id: "s1".into(),
+            with_human: false,
+            reply: Some(NewChannelMessage {
+                channel: "email".into(),
+                session_id: "s1".into(),
+                ..message("root@c.example", "reply:root@c.example", "bot")
+            }),
+            hold_ms: 0,
+        };
+        let reply = store
+            .inbound_handled(&first, &handled)
+            .await
+            .unwrap()
+            .unwrap();
+        let found = |keys: &[&str], rows: &[&str]| {
+            let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+            let rows: Vec<String> = rows.iter().map(|r| r.to_string()).collect();
+            let store = store.clone();
+            async move {
+                store
+                    .thread_of("demo", "email", &keys, &rows)
+                    .await
+                    .unwrap()
+            }
+        };
+        let ana = Some((
+            "root@c.example".to_owned(),
+            "email:ana@c.example".to_owned(),
+        ));
+        // By the customer's own Message-ID, or by the row id in our reply's.
+        assert_eq!(found(&["unknown@x", "root@c.example"], &[]).await, ana);
+        assert_eq!(
+            found(&["unknown@x"], &[reply.message_id.as_str()]).await,
+            ana
+        );
+        assert_eq!(found(&["unknown@x"], &["0000"]).await, None);
+        assert_eq!(found(&[], &[]).await, None);
+        // Another tenant or channel never matches.
+        assert_eq!(
+            store
+                .thread_of("other", "email", &["root@c.example".into()], &[])
+                .await
+                .unwrap(),
+            None
+        );
+        let latest = store
+            .latest_inbound("demo", "email", "root@c.example")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(latest.message_id, first.message_id);
+    }
+}

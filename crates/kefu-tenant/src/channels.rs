@@ -1,5 +1,6 @@
 //! `[channels]` of a tenant: the outside channels its customers write on (signed
-//! webhooks, a WeChat Official Account) and where kefu delivers their replies. Secrets
+//! webhooks, a WeChat Official Account, a support mailbox) and where kefu delivers their
+//! replies. Secrets
 //! are named, never written here: `{ env = "NAME" }` or `{ file = "/path" }`.
 use std::path::PathBuf;
 
@@ -87,6 +88,8 @@ pub struct Channels {
     pub webhook: Option<WebhookChannel>,
     #[serde(default)]
     pub wechat: Option<WechatChannel>,
+    #[serde(default)]
+    pub email: Option<EmailChannel>,
 }
 
 /// `[channels.webhook]`: JSON in, signed with the tenant's secret; replies out as JSON
@@ -119,6 +122,65 @@ pub struct WechatChannel {
     pub api_base_url: String,
 }
 
+/// `[channels.email]`: mail to the support address reaches kefu's SMTP listener (the
+/// domain's MX, or a forwarding rule of the mail provider); replies leave through the
+/// tenant's SMTP relay from that address.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailChannel {
+    /// The support address kefu accepts mail for, e.g. `support@shop.example`.
+    pub address: String,
+    /// The From of replies (`Shop Support <support@shop.example>`); the address alone
+    /// when not set.
+    #[serde(default)]
+    pub from: Option<String>,
+    pub relay: SmtpRelay,
+}
+
+/// Where replies are handed over for delivery.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpRelay {
+    pub host: String,
+    #[serde(default = "default_smtp_port")]
+    pub port: u16,
+    /// `starttls` (the default: refuse a relay that does not offer it), `tls` (TLS from
+    /// the first byte, usually port 465) or `none` (a relay on the same host or network).
+    #[serde(default)]
+    pub tls: SmtpTls,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<SecretRef>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpTls {
+    #[default]
+    Starttls,
+    Tls,
+    None,
+}
+
+fn default_smtp_port() -> u16 {
+    587
+}
+
+impl EmailChannel {
+    /// The From of replies.
+    pub fn from(&self) -> &str {
+        self.from.as_deref().unwrap_or(&self.address)
+    }
+
+    /// The domain of the support address: our Message-IDs end with it.
+    pub fn domain(&self) -> &str {
+        self.address
+            .rsplit_once('@')
+            .map_or("", |(_, domain)| domain)
+    }
+}
+
 fn default_wechat_api() -> String {
     "https://api.weixin.qq.com".into()
 }
@@ -141,8 +203,33 @@ impl Channels {
                 "[channels.wechat] api_base_url must be an http:// or https:// URL"
             );
         }
+        if let Some(email) = &self.email {
+            anyhow::ensure!(
+                is_mail_address(&email.address),
+                "[channels.email] address must be a plain address such as support@shop.example"
+            );
+            anyhow::ensure!(
+                !email.relay.host.trim().is_empty(),
+                "[channels.email] relay.host is the SMTP relay replies leave through"
+            );
+            anyhow::ensure!(
+                email.relay.username.is_some() == email.relay.password.is_some(),
+                "[channels.email] relay.username and relay.password go together"
+            );
+        }
         Ok(())
     }
+}
+
+fn is_mail_address(address: &str) -> bool {
+    address.split_once('@').is_some_and(|(local, domain)| {
+        !local.is_empty()
+            && domain.contains('.')
+            && !domain.starts_with('.')
+            && !domain.ends_with('.')
+            && !address.contains(|c: char| c.is_whitespace() || "<>\",;:".contains(c))
+            && !domain.contains('@')
+    })
 }
 
 fn is_http_url(url: &str) -> bool {
@@ -188,6 +275,43 @@ mod tests {
         let bad_url = parse("[webhook]\nsecret = { file = \"/s\" }\ndeliver_url = \"ftp://h\"\n")
             .unwrap_err();
         assert!(bad_url.to_string().contains("deliver_url"), "{bad_url}");
+    }
+
+    #[test]
+    fn an_email_channel_needs_an_address_and_a_relay() {
+        let channels = parse(
+            "[email]\naddress = \"support@shop.example\"\nrelay = { host = \"smtp.shop.example\" }\n",
+        )
+        .unwrap();
+        let email = channels.email.unwrap();
+        assert_eq!(email.from(), "support@shop.example");
+        assert_eq!(email.domain(), "shop.example");
+        assert_eq!(
+            (email.relay.port, email.relay.tls),
+            (587, SmtpTls::Starttls)
+        );
+        for (section, complaint) in [
+            ("address = \"support\"\nrelay = { host = \"h\" }", "address"),
+            ("address = \"a@b@c.d\"\nrelay = { host = \"h\" }", "address"),
+            (
+                "address = \"a@shop.example\"\nrelay = { host = \"\" }",
+                "relay.host",
+            ),
+            (
+                "address = \"a@shop.example\"\nrelay = { host = \"h\", username = \"u\" }",
+                "go together",
+            ),
+            (
+                "address = \"a@shop.example\"\nrelay = { host = \"h\", tls = \"maybe\" }",
+                "tls",
+            ),
+        ] {
+            let error = parse(&format!("[email]\n{section}\n")).unwrap_err();
+            assert!(
+                format!("{error:#}").contains(complaint),
+                "{section}: {error:#}"
+            );
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 mod channels;
 mod escalation;
 
-pub use channels::{Channels, SecretRef, WebhookChannel, WechatChannel};
+pub use channels::{
+    Channels, EmailChannel, SecretRef, SmtpRelay, SmtpTls, WebhookChannel, WechatChannel,
+};
 
 pub use escalation::{
     CueEffect, CueList, EscalationPolicy, EscalationReason, EscalationSection, Negation, Negators,
@@ -322,7 +324,35 @@ impl Tenants {
             "no tenant found in {} (expected <id>/tenant.toml)",
             dir.display()
         );
+        let mut mailboxes = BTreeMap::new();
+        for tenant in tenants.values() {
+            if let Some(email) = &tenant.channels.email {
+                if let Some(other) =
+                    mailboxes.insert(email.address.to_lowercase(), tenant.id.clone())
+                {
+                    anyhow::bail!(
+                        "tenants {other} and {} both take mail for {}",
+                        tenant.id,
+                        email.address
+                    );
+                }
+            }
+        }
         Ok(Self(tenants))
+    }
+
+    /// The tenant whose support address `address` is (any case).
+    pub fn by_mail_address(&self, address: &str) -> Option<Arc<Tenant>> {
+        self.0
+            .values()
+            .find(|tenant| {
+                tenant
+                    .channels
+                    .email
+                    .as_ref()
+                    .is_some_and(|email| email.address.eq_ignore_ascii_case(address))
+            })
+            .cloned()
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Tenant>> {
@@ -452,6 +482,31 @@ examples = ["this is awful"]
         .unwrap();
         let error = Tenants::load_dir(dir.path()).unwrap_err();
         assert!(format!("{error:#}").contains("tenant id"), "{error:#}");
+    }
+
+    #[test]
+    fn a_support_address_belongs_to_one_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_mailbox = |id: &str, address: &str| {
+            let tenant = dir.path().join(id);
+            std::fs::create_dir_all(&tenant).unwrap();
+            let text = TENANT.replace("\"acme\"", &format!("\"{id}\""));
+            let text = format!(
+                "{text}\n[channels.email]\naddress = \"{address}\"\nrelay = {{ host = \"smtp.example\" }}\n"
+            );
+            std::fs::write(tenant.join("tenant.toml"), text).unwrap();
+        };
+        with_mailbox("acme", "support@acme.example");
+        with_mailbox("shop", "help@shop.example");
+        let tenants = Tenants::load_dir(dir.path()).unwrap();
+        assert_eq!(
+            tenants.by_mail_address("Support@ACME.example").unwrap().id,
+            "acme"
+        );
+        assert!(tenants.by_mail_address("nobody@acme.example").is_none());
+        with_mailbox("shop", "SUPPORT@acme.example");
+        let error = Tenants::load_dir(dir.path()).unwrap_err();
+        assert!(format!("{error:#}").contains("both take mail"), "{error:#}");
     }
 
     #[test]

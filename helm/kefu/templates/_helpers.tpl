@@ -293,6 +293,8 @@ KEFU_TLS_CA: {{ printf "%s/ca.crt" $dir | quote }}
 {{- end }}
 {{- if eq .name "channels" }}
 KEFU_CHANNELS_HTTP_PORT: {{ $root.Values.channels.httpPort | quote }}
+KEFU_CHANNELS_SMTP_PORT: {{ $root.Values.channels.smtp.port | quote }}
+KEFU_CHANNELS_MAX_MAIL_BYTES: {{ $root.Values.channels.smtp.maxMailBytes | int64 | quote }}
 {{- end }}
 {{- if eq .name "gateway" }}
 KEFU_WEB_PORT: {{ ternary $root.Values.web.port 0 $root.Values.web.enabled | quote }}

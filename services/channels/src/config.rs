@@ -19,6 +19,8 @@ pub struct Config {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub smtp: SmtpArgs,
+    #[command(flatten)]
     pub delivery: DeliveryArgs,
 }
 
@@ -28,6 +30,28 @@ pub struct HttpArgs {
     /// Port of the channels' HTTP endpoints (0 picks a free port).
     #[arg(long, env = "KEFU_CHANNELS_HTTP_PORT", default_value_t = 8090)]
     pub channels_http_port: u16,
+}
+
+/// The SMTP listener that takes mail for the tenants' support addresses.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SmtpArgs {
+    /// Port of the SMTP listener (0 picks a free port); the domain's MX, or the mail
+    /// provider's forwarding, points at it (the chart's Service maps port 25 to it).
+    #[arg(long, env = "KEFU_CHANNELS_SMTP_PORT", default_value_t = 2525)]
+    pub channels_smtp_port: u16,
+    /// The name the listener greets with.
+    #[arg(
+        long,
+        env = "KEFU_CHANNELS_SMTP_HOSTNAME",
+        default_value = "kefu-channels"
+    )]
+    pub channels_smtp_hostname: String,
+    /// Largest mail taken, in octets (attachments included); larger is refused with 552.
+    #[arg(long, env = "KEFU_CHANNELS_MAX_MAIL_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub channels_max_mail_bytes: usize,
+    /// SMTP sessions at once; more are told 421 and come back later.
+    #[arg(long, env = "KEFU_CHANNELS_SMTP_SESSIONS", default_value_t = 100)]
+    pub channels_smtp_sessions: usize,
 }
 
 /// How replies are delivered and retried.

@@ -1,17 +1,20 @@
-//! Delivering a reply on its channel: a signed POST to the tenant's webhook URL, or a
+//! Delivering a reply on its channel: a signed POST to the tenant's webhook URL, a
 //! WeChat customer-service message (客服消息) with the account's access token, fetched
-//! and cached per account. What counts as "try again later" (unreachable, 5xx, 408,
+//! and cached per account, or a mail through the tenant's SMTP relay. What counts as "try again later" (unreachable, 5xx, 408,
 //! 429, WeChat busy or an expired token) and what as a refusal is decided here.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kefu_storage::channels::ChannelMessage;
-use kefu_tenant::{Tenant, WechatChannel};
+use kefu_tenant::{SmtpTls, Tenant, WechatChannel};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::Tls;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use serde::Deserialize;
 
 use crate::relay::{ChannelKind, Failure, ReplyPayload};
-use crate::webhook;
+use crate::{email, webhook};
 
 /// An access token is renewed this long before WeChat says it expires.
 const TOKEN_MARGIN: Duration = Duration::from_secs(300);
@@ -19,6 +22,7 @@ const TOKEN_MARGIN: Duration = Duration::from_secs(300);
 #[derive(Clone)]
 pub struct Deliverer {
     http: reqwest::Client,
+    timeout: Duration,
     /// WeChat access tokens by tenant, with when they stop being used.
     tokens: Arc<Mutex<HashMap<String, (String, Instant)>>>,
 }
@@ -50,6 +54,7 @@ impl Deliverer {
             .build()?;
         Ok(Self {
             http,
+            timeout,
             tokens: Arc::default(),
         })
     }
@@ -66,7 +71,73 @@ impl Deliverer {
                 self.wechat(&tenant.id, wechat, &message.thread, &reply.text)
                     .await
             }
+            Some(ChannelKind::Email) => self.email(tenant, message, &reply).await,
             None => Err(Failure::permanent("unknown channel")),
+        }
+    }
+
+    async fn email(
+        &self,
+        tenant: &Tenant,
+        message: &ChannelMessage,
+        reply: &ReplyPayload,
+    ) -> Result<(), Failure> {
+        let settings = tenant
+            .channels
+            .email
+            .as_ref()
+            .ok_or_else(|| Failure::permanent("the tenant no longer has a [channels.email]"))?;
+        let thread = reply
+            .mail
+            .as_ref()
+            .ok_or_else(|| Failure::permanent("the reply has no mail thread to answer"))?;
+        let mail = email::compose(&email::Reply {
+            from: settings.from(),
+            thread,
+            message_id: &format!("{}@{}", message.message_id, settings.domain()),
+            text: &reply.text,
+            automatic: message.role == "bot",
+        })
+        .map_err(Failure::permanent)?;
+        let relay = &settings.relay;
+        let tls = |host: &str| {
+            lettre::transport::smtp::client::TlsParameters::new(host.to_owned())
+                .map_err(|error| Failure::permanent(format!("SMTP relay TLS: {error}")))
+        };
+        let mut transport = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&relay.host)
+            .port(relay.port)
+            .timeout(Some(self.timeout));
+        transport = match relay.tls {
+            SmtpTls::Starttls => transport.tls(Tls::Required(tls(&relay.host)?)),
+            SmtpTls::Tls => transport.tls(Tls::Wrapper(tls(&relay.host)?)),
+            SmtpTls::None => transport.tls(Tls::None),
+        };
+        if let (Some(username), Some(password)) = (&relay.username, &relay.password) {
+            let password = password
+                .read()
+                .map_err(|error| Failure::permanent(format!("SMTP relay password: {error:#}")))?;
+            transport = transport.credentials(Credentials::new(username.clone(), password));
+        }
+        match transport.build().send(mail).await {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_permanent() => Err(Failure::permanent(format!(
+                "the SMTP relay refused the mail: {}",
+                error
+                    .status()
+                    .map_or_else(String::new, |code| code.to_string())
+            ))),
+            Err(error) => Err(Failure::transient(format!(
+                "the SMTP relay {}",
+                if error.is_transient() {
+                    "asked to try again later"
+                } else if error.is_timeout() {
+                    "timed out"
+                } else if error.is_tls() {
+                    "TLS failed"
+                } else {
+                    "could not be reached"
+                }
+            ))),
         }
     }
 

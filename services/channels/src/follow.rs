@@ -185,24 +185,34 @@ impl Follower {
         event: kefu_proto::v1::ConversationEvent,
     ) -> bool {
         let (reply, back_to_bot) = match &event.kind {
-            Some(Kind::AgentReply(reply)) => (
-                Some(NewChannelMessage {
-                    tenant_id: conversation.tenant_id.clone(),
-                    channel: conversation.channel.clone(),
-                    thread: conversation.thread.clone(),
-                    dedup_key: format!("event:{}:{}", conversation.session_id, event.event_id),
-                    session_id: conversation.session_id.clone(),
-                    role: "agent".into(),
-                    payload: serde_json::to_string(&ReplyPayload {
-                        customer_id: conversation.customer_id.clone(),
-                        text: reply.text.clone(),
-                        agent_id: reply.agent_id.clone(),
-                        in_reply_to: String::new(),
-                    })
-                    .expect("a reply serializes"),
-                }),
-                false,
-            ),
+            Some(Kind::AgentReply(reply)) => {
+                let mail = match self.relay.mail_thread(conversation).await {
+                    Ok(mail) => mail,
+                    Err(error) => {
+                        tracing::warn!(%error, "the mail thread of an agent's reply could not be read");
+                        return false;
+                    }
+                };
+                (
+                    Some(NewChannelMessage {
+                        tenant_id: conversation.tenant_id.clone(),
+                        channel: conversation.channel.clone(),
+                        thread: conversation.thread.clone(),
+                        dedup_key: format!("event:{}:{}", conversation.session_id, event.event_id),
+                        session_id: conversation.session_id.clone(),
+                        role: "agent".into(),
+                        payload: serde_json::to_string(&ReplyPayload {
+                            customer_id: conversation.customer_id.clone(),
+                            text: reply.text.clone(),
+                            agent_id: reply.agent_id.clone(),
+                            in_reply_to: String::new(),
+                            mail,
+                        })
+                        .expect("a reply serializes"),
+                    }),
+                    false,
+                )
+            }
             Some(Kind::HandlerChange(change)) => (None, change.handler == Handler::Bot as i32),
             None => (None, false),
         };

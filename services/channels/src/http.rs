@@ -12,12 +12,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
-use kefu_storage::channels::{NewChannelMessage, Received};
+use kefu_storage::channels::Received;
 use kefu_storage::now_millis;
 use kefu_tenant::{Tenant, WechatChannel};
 use serde_json::json;
 
-use crate::relay::{customer_for, Answer, ChannelKind, InboundPayload, Relay, LEASE_MS};
+use crate::relay::{customer_for, ChannelKind, InboundPayload, Relay};
 use crate::webhook;
 use crate::wechat::{self, SafeMode, WechatError, XmlFields};
 
@@ -55,66 +55,26 @@ impl Endpoints {
         self.relay.tenants.current().get(tenant_id)
     }
 
-    /// Stores an inbound message; None when the store is down (the channel retries).
+    /// Stores an inbound message; while the store is down the channel is told to try
+    /// again.
     async fn receive(
         &self,
         kind: ChannelKind,
         tenant: &Tenant,
         thread: &str,
         channel_message_id: &str,
-        customer_id: String,
-        text: String,
+        payload: InboundPayload,
     ) -> Result<Received, Response> {
-        let message = NewChannelMessage {
-            tenant_id: tenant.id.clone(),
-            channel: kind.as_str().into(),
-            thread: thread.to_owned(),
-            dedup_key: channel_message_id.to_owned(),
-            session_id: String::new(),
-            role: "customer".into(),
-            payload: serde_json::to_string(&InboundPayload {
-                customer_id: customer_id.clone(),
-                text,
-            })
-            .expect("a message serializes"),
-        };
         self.relay
-            .store
-            .receive(&message, &customer_id, LEASE_MS)
+            .receive(kind, &tenant.id, thread, channel_message_id, &payload)
             .await
-            .map_err(|error| {
-                tracing::warn!(%error, "a channel message could not be stored");
+            .map_err(|_| {
                 refuse(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "kefu cannot store messages right now; send it again",
                     kind.as_str(),
                 )
             })
-    }
-
-    /// Works a stored message through the gateway in the background and delivers its
-    /// reply, unless the caller takes the answer through `answer` first.
-    fn spawn_handling(
-        &self,
-        message: kefu_storage::channels::ChannelMessage,
-        answer: Option<tokio::sync::oneshot::Sender<Answer>>,
-    ) {
-        let relay = self.relay.clone();
-        tokio::spawn(async move {
-            let Some(handled) = relay.handle_inbound(&message).await else {
-                return;
-            };
-            let unclaimed = match answer {
-                Some(waiting) => waiting.send(handled).err(),
-                None => Some(handled),
-            };
-            if let Some(Answer {
-                reply: Some(reply), ..
-            }) = unclaimed
-            {
-                relay.deliver(&reply).await;
-            }
-        });
     }
 }
 
@@ -168,13 +128,16 @@ async fn webhook_message(
             &tenant,
             &message.customer.id,
             &message.message_id,
-            customer_id,
-            message.text,
+            InboundPayload {
+                customer_id,
+                text: message.text,
+                mail: None,
+            },
         )
         .await
     {
         Ok(Received::New(stored)) => {
-            endpoints.spawn_handling(stored, None);
+            endpoints.relay.spawn_handling(stored, None);
             (
                 StatusCode::ACCEPTED,
                 Json(json!({ "status": "accepted", "message_id": message.message_id })),
@@ -302,8 +265,11 @@ async fn wechat_message(
             &tenant,
             open_id,
             msg_id,
-            customer_id,
-            content.to_owned(),
+            InboundPayload {
+                customer_id,
+                text: content.to_owned(),
+                mail: None,
+            },
         )
         .await
     {
@@ -313,7 +279,7 @@ async fn wechat_message(
         Err(response) => return response,
     };
     let (waiting, answer) = tokio::sync::oneshot::channel();
-    endpoints.spawn_handling(stored, Some(waiting));
+    endpoints.relay.spawn_handling(stored, Some(waiting));
     // The passive reply when the answer is ready within WeChat's 5 s; otherwise
     // "success" now and a customer-service message when it is.
     let Ok(Ok(answer)) = tokio::time::timeout(wechat::PASSIVE_REPLY_WITHIN, answer).await else {

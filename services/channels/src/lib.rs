@@ -1,9 +1,10 @@
 //! Channel service: customers' messages from outside channels (signed webhooks, WeChat
-//! Official Accounts) into kefu through the gateway, like any client, and the bot's and
-//! agents' replies back out on the channel each customer used. The protocols are in
-//! `webhook` and `wechat` (pure), the endpoints in `http`, the way through the gateway
-//! and the persisted retries in `relay`, delivery in `delivery`, agents' replies in
-//! `follow`, the delivery status for the console in `service`. This file wires them.
+//! Official Accounts, email) into kefu through the gateway, like any client, and the
+//! bot's and agents' replies back out on the channel each customer used. The protocols
+//! are in `webhook`, `wechat` and `email` (pure), the endpoints in `http` and `smtp`
+//! (with `mail` taking what the SMTP listener receives), the way through the gateway and
+//! the persisted retries in `relay`, delivery in `delivery`, agents' replies in `follow`,
+//! the delivery status for the console in `service`. This file wires them.
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +16,17 @@ use kefu_storage::{Database, SqlChannels};
 
 mod config;
 mod delivery;
+pub mod email;
 mod follow;
 mod http;
+mod mail;
 mod relay;
 mod service;
+pub mod smtp;
 pub mod webhook;
 pub mod wechat;
 
-pub use config::{Config, DeliveryArgs, HttpArgs};
+pub use config::{Config, DeliveryArgs, HttpArgs, SmtpArgs};
 
 pub const SPEC: ServiceSpec = ServiceSpec::CHANNELS;
 
@@ -49,11 +53,34 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
     let server = &config.service.server;
     let bind = std::net::SocketAddr::new(server.bind_host, config.http.channels_http_port);
     let endpoints = http::router(http::Endpoints {
-        relay,
+        relay: relay.clone(),
         max_message_bytes: config.max_message_bytes,
     });
     let bound = kefu_runtime::serve_http("channels", bind, endpoints, shutdown.clone()).await?;
     tracing::info!(%bound, "channel endpoints listening (/webhooks/<tenant>, /wechat/<tenant>)");
+    let smtp = &config.smtp;
+    let listener = tokio::net::TcpListener::bind((server.bind_host, smtp.channels_smtp_port))
+        .await
+        .map_err(|error| {
+            anyhow::anyhow!(
+                "the SMTP listener cannot bind port {}: {error}",
+                smtp.channels_smtp_port
+            )
+        })?;
+    tracing::info!(bound = %listener.local_addr()?, "SMTP listener taking mail for the tenants' support addresses");
+    tokio::spawn(smtp::serve(
+        listener,
+        Arc::new(mail::Mailroom {
+            relay,
+            max_message_bytes: config.max_message_bytes,
+        }),
+        smtp::Limits {
+            hostname: smtp.channels_smtp_hostname.clone(),
+            max_mail_bytes: smtp.channels_max_mail_bytes,
+            max_sessions: smtp.channels_smtp_sessions,
+        },
+        shutdown.clone(),
+    ));
     kefu_runtime::Server::new(SPEC, config.service.server)
         .add_service(ChannelServiceServer::new(service::Deliveries(store)))
         .probe(Arc::new(db.probe()))

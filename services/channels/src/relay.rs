@@ -12,7 +12,9 @@ use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
 use kefu_proto::v1::{Channel, Handler, SendMessageRequest};
 use kefu_runtime::retry::is_transient;
 use kefu_runtime::{GrpcChannel, LiveTenants, RetryPolicy};
-use kefu_storage::channels::{ChannelMessage, Direction, Handled, NewChannelMessage, SqlChannels};
+use kefu_storage::channels::{
+    ChannelMessage, Direction, Handled, NewChannelMessage, Received, SqlChannels,
+};
 use kefu_storage::now_millis;
 use kefu_tenant::Tenant;
 use serde::{Deserialize, Serialize};
@@ -20,6 +22,7 @@ use sha2::Sha256;
 use tonic::metadata::MetadataValue;
 
 use crate::delivery::Deliverer;
+use crate::email::MailThread;
 
 /// How long a worker holds a message it is working on: longer than a call may take.
 pub const LEASE_MS: i64 = 30_000;
@@ -33,6 +36,7 @@ pub const SERVICE: &str = "kefu-channels";
 pub enum ChannelKind {
     Webhook,
     Wechat,
+    Email,
 }
 
 impl ChannelKind {
@@ -40,6 +44,7 @@ impl ChannelKind {
         match self {
             Self::Webhook => "webhook",
             Self::Wechat => "wechat",
+            Self::Email => "email",
         }
     }
 
@@ -47,6 +52,7 @@ impl ChannelKind {
         match name {
             "webhook" => Some(Self::Webhook),
             "wechat" => Some(Self::Wechat),
+            "email" => Some(Self::Email),
             _ => None,
         }
     }
@@ -56,13 +62,15 @@ impl ChannelKind {
         match self {
             Self::Webhook => Channel::Webhook,
             Self::Wechat => Channel::Wechat,
+            Self::Email => Channel::Email,
         }
     }
 }
 
 /// The tenant's customer a channel's sender is: a customer who proved an email address
-/// is `email:<address>` on every channel where the tenant says so; otherwise a webhook's
-/// customer is the id the tenant's bridge gives, a WeChat follower `wechat:<OpenID>`.
+/// is `email:<address>` on every channel where the tenant says so (and always on email);
+/// otherwise a webhook's customer is the id the tenant's bridge gives, a WeChat follower
+/// `wechat:<OpenID>`.
 pub fn customer_for(
     tenant: &Tenant,
     kind: ChannelKind,
@@ -76,6 +84,7 @@ pub fn customer_for(
         _ => match kind {
             ChannelKind::Webhook => sender.to_owned(),
             ChannelKind::Wechat => format!("wechat:{sender}"),
+            ChannelKind::Email => format!("email:{}", sender.trim().to_lowercase()),
         },
     }
 }
@@ -85,6 +94,9 @@ pub fn customer_for(
 pub struct InboundPayload {
     pub customer_id: String,
     pub text: String,
+    /// An email's threading, for the replies to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<MailThread>,
 }
 
 /// What an outbound row holds.
@@ -98,6 +110,9 @@ pub struct ReplyPayload {
     /// The channel's id of the message the bot answers; empty for an agent's reply.
     #[serde(default)]
     pub in_reply_to: String,
+    /// The email thread a reply by mail answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<MailThread>,
 }
 
 /// Why an attempt failed: the receiver's answer, never message text.
@@ -148,6 +163,82 @@ impl Relay {
             .current()
             .get(tenant_id)
             .ok_or_else(|| Failure::permanent("the tenant no longer exists"))
+    }
+
+    /// Stores an inbound message (creating its conversation), held by the caller for its
+    /// first attempt; a message the channel sent before comes back as a duplicate.
+    pub async fn receive(
+        &self,
+        kind: ChannelKind,
+        tenant_id: &str,
+        thread: &str,
+        channel_message_id: &str,
+        payload: &InboundPayload,
+    ) -> Result<Received, kefu_storage::StoreError> {
+        let message = NewChannelMessage {
+            tenant_id: tenant_id.to_owned(),
+            channel: kind.as_str().into(),
+            thread: thread.to_owned(),
+            dedup_key: channel_message_id.to_owned(),
+            session_id: String::new(),
+            role: "customer".into(),
+            payload: serde_json::to_string(payload).expect("a message serializes"),
+        };
+        let received = self
+            .store
+            .receive(&message, &payload.customer_id, LEASE_MS)
+            .await;
+        if let Err(error) = &received {
+            tracing::warn!(%error, channel = kind.as_str(), "a channel message could not be stored");
+        }
+        received
+    }
+
+    /// The email thread an agent's reply in `conversation` answers: the customer's
+    /// newest mail; None on other channels.
+    pub async fn mail_thread(
+        &self,
+        conversation: &kefu_storage::channels::ChannelConversation,
+    ) -> Result<Option<MailThread>, kefu_storage::StoreError> {
+        if conversation.channel != ChannelKind::Email.as_str() {
+            return Ok(None);
+        }
+        let latest = self
+            .store
+            .latest_inbound(
+                &conversation.tenant_id,
+                &conversation.channel,
+                &conversation.thread,
+            )
+            .await?;
+        Ok(latest
+            .and_then(|message| serde_json::from_str::<InboundPayload>(&message.payload).ok())
+            .and_then(|payload| payload.mail))
+    }
+
+    /// Works a stored message through the gateway in the background and delivers its
+    /// reply, unless the caller takes the answer through `answer` first.
+    pub fn spawn_handling(
+        &self,
+        message: ChannelMessage,
+        answer: Option<tokio::sync::oneshot::Sender<Answer>>,
+    ) {
+        let relay = self.clone();
+        tokio::spawn(async move {
+            let Some(handled) = relay.handle_inbound(&message).await else {
+                return;
+            };
+            let unclaimed = match answer {
+                Some(waiting) => waiting.send(handled).err(),
+                None => Some(handled),
+            };
+            if let Some(Answer {
+                reply: Some(reply), ..
+            }) = unclaimed
+            {
+                relay.deliver(&reply).await;
+            }
+        });
     }
 
     /// The gateway call's credentials: the tenant's channel key and, where the tenant
@@ -217,7 +308,7 @@ impl Relay {
             customer_id: payload.customer_id.clone(),
             session_id: conversation.map(|c| c.session_id).unwrap_or_default(),
             channel: kind.channel() as i32,
-            text: payload.text,
+            text: payload.text.clone(),
             message_id: format!("ch-{}", message.message_id),
         };
         let request = self.authorize(&tenant, &payload.customer_id, request)?;
@@ -243,6 +334,7 @@ impl Relay {
                 text: response.reply.clone(),
                 agent_id: String::new(),
                 in_reply_to: message.dedup_key.clone(),
+                mail: payload.mail.clone(),
             })
             .expect("a reply serializes"),
         });
