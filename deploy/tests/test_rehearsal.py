@@ -44,6 +44,7 @@ import ipaddress
 import json
 import os
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -439,6 +440,17 @@ def post_as_a_channel(channels: Process, path: str) -> int:
         return error.code
 
 
+def mail_to_nobody(channels: Process) -> tuple[int, int]:
+    """What the channel service's SMTP listener (where the rendered environment puts it)
+    answers EHLO and a recipient that is no tenant's support address."""
+    port = int(channels.env["KEFU_CHANNELS_SMTP_PORT"])
+    with smtplib.SMTP(channels.address, port, timeout=5) as client:
+        ehlo, _ = client.ehlo("rehearsal.example")
+        client.mail("someone@example.com")
+        rcpt, _ = client.rcpt("nobody@no-such-tenant.example")
+        return ehlo, rcpt
+
+
 def demo_webhook_status() -> int:
     """Without a signature: 401 where the demo tenant has a [channels.webhook], else 404
     (no such channel), which the channel service also answers for unknown tenants."""
@@ -522,7 +534,10 @@ def test_the_deployment_comes_up_and_answers(deployment: str, dockerfile: Docker
                                  ("/wechat/no-such-tenant", 404)):
                 got = post_as_a_channel(channels, path)
                 assert got == status, failure(f"{deployment}: POST {path} answered {got}, not {status}", processes)
-            endpoints = f"POST /webhooks/demo unsigned: {expected}, ListDeliveries via the gateway: OK"
+            smtp = mail_to_nobody(channels)
+            assert smtp == (250, 550), failure(f"{deployment}: SMTP answered EHLO, RCPT with {smtp}", processes)
+            endpoints = (f"POST /webhooks/demo unsigned: {expected}, SMTP EHLO 250 and RCPT to no tenant 550, "
+                         "ListDeliveries via the gateway: OK")
         else:
             endpoints = "no channel service"
         # the pages tell browsers where the gateway is: as configured, else on the pages'
