@@ -22,10 +22,6 @@ pub struct WebhookDriver {
     waiting: Waiting,
 }
 
-fn unix_now() -> i64 {
-    kefu_storage::now_millis() / 1000
-}
-
 impl WebhookDriver {
     /// Receives replies on `receive` (path /replies) and sends to `url`.
     pub async fn start(url: &str, secret: String, receive: SocketAddr) -> anyhow::Result<Self> {
@@ -74,7 +70,7 @@ impl WebhookDriver {
             "text": text,
         }))
         .expect("a message serializes");
-        let timestamp = unix_now();
+        let timestamp = kefu_storage::now_secs();
         let sent = self
             .http
             .post(&self.url)
@@ -113,7 +109,7 @@ fn receive_reply(waiting: &Waiting, secret: &str, headers: &HeaderMap, body: &[u
         header(webhook::TIMESTAMP_HEADER),
         header(webhook::SIGNATURE_HEADER),
         body,
-        unix_now(),
+        kefu_storage::now_secs(),
     )
     .is_err()
     {

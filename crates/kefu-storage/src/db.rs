@@ -17,6 +17,11 @@ pub fn now_millis() -> i64 {
         .unwrap_or_default()
 }
 
+/// Unix seconds, as signed timestamps carry them.
+pub fn now_secs() -> i64 {
+    now_millis() / 1000
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Backend {
     Sqlite,

@@ -22,7 +22,7 @@ pub use conversations::{
     ConversationStore, EventBus, EventKind, EventRecord, HandlerMove, HandlerOutcome,
     HandlerRecord, RatingRecord, SqlConversationStore, HANDLER_BOT,
 };
-pub use db::{now_millis, Database, DatabaseProbe};
+pub use db::{now_millis, now_secs, Database, DatabaseProbe};
 pub use gaps::SqlGaps;
 pub use outbox::{OutboxEntry, OutboxStats, TicketOutbox, TicketTurn, TicketTurnOutcome};
 pub use rate_limit::{Rate, RateLimiter};

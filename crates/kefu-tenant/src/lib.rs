@@ -9,11 +9,13 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 mod channels;
+mod customer_hash;
 mod escalation;
 
 pub use channels::{
     Channels, EmailChannel, SecretRef, SmtpRelay, SmtpTls, WebhookChannel, WechatChannel,
 };
+pub use customer_hash::{customer_hash, customer_hash_matches};
 
 pub use escalation::{
     CueEffect, CueList, EscalationPolicy, EscalationReason, EscalationSection, Negation, Negators,

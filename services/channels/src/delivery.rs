@@ -167,7 +167,7 @@ impl Deliverer {
             in_reply_to: reply.in_reply_to,
         })
         .expect("a reply serializes");
-        let timestamp = kefu_storage::now_millis() / 1000;
+        let timestamp = kefu_storage::now_secs();
         let response = self
             .http
             .post(&settings.deliver_url)

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Json;
 use kefu_storage::channels::Received;
-use kefu_storage::now_millis;
+use kefu_storage::now_secs;
 use kefu_tenant::{Tenant, WechatChannel};
 use serde_json::json;
 
@@ -47,6 +47,16 @@ fn refuse(status: StatusCode, error: impl std::fmt::Display, channel: &'static s
 }
 
 const NO_SUCH_CHANNEL: &str = "no such tenant, or the tenant has no such channel";
+
+/// A channel whose secret cannot be read here: the sender tries again (an operator is
+/// told by the error logged with it).
+fn not_ready(channel: &'static str) -> Response {
+    refuse(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("the {channel} channel is not ready"),
+        channel,
+    )
+}
 
 impl Endpoints {
     /// The tenant, when it exists (the same answer otherwise: nothing is learnt about
@@ -95,11 +105,7 @@ async fn webhook_message(
         Ok(secret) => secret,
         Err(error) => {
             tracing::error!(tenant = %tenant.id, error = %format!("{error:#}"), "the webhook secret cannot be read");
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the webhook channel is not ready",
-                CHANNEL,
-            );
+            return not_ready(CHANNEL);
         }
     };
     let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
@@ -108,7 +114,7 @@ async fn webhook_message(
         header(webhook::TIMESTAMP_HEADER),
         header(webhook::SIGNATURE_HEADER),
         &body,
-        now_millis() / 1000,
+        now_secs(),
     ) {
         return refuse(StatusCode::UNAUTHORIZED, error, CHANNEL);
     }
@@ -156,17 +162,28 @@ async fn webhook_message(
     }
 }
 
-/// The signature query WeChat sends with every request.
+/// A value of WeChat's query ("" when missing: the checks then refuse it).
+fn query_part<'a>(query: &'a HashMap<String, String>, name: &str) -> &'a str {
+    query.get(name).map(String::as_str).unwrap_or_default()
+}
+
+/// The signature query WeChat sends with every request; the account's token when it is
+/// WeChat's.
 fn signed_by_wechat(
+    tenant: &Tenant,
     settings: &WechatChannel,
     query: &HashMap<String, String>,
-) -> Result<String, WechatError> {
-    let token = settings.token.read().map_err(|_| WechatError::Signature)?;
-    let part = |name: &str| query.get(name).map(String::as_str).unwrap_or_default();
-    wechat::check_timestamp(part("timestamp"), now_millis() / 1000)?;
+) -> Result<String, Box<Response>> {
+    let token = settings.token.read().map_err(|error| {
+        tracing::error!(tenant = %tenant.id, error = %format!("{error:#}"), "the WeChat token cannot be read");
+        Box::new(not_ready("wechat"))
+    })?;
+    let part = |name: &str| query_part(query, name);
+    wechat::check_timestamp(part("timestamp"), now_secs())
+        .map_err(|error| Box::new(wechat_refusal(error)))?;
     let expected = wechat::signature(&[&token, part("timestamp"), part("nonce")]);
     if !wechat::signature_matches(&expected, part("signature")) {
-        return Err(WechatError::Signature);
+        return Err(Box::new(wechat_refusal(WechatError::Signature)));
     }
     Ok(token)
 }
@@ -193,16 +210,12 @@ async fn wechat_verify(
     Path(tenant_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let Some((_, settings)) = wechat_settings(&endpoints, &tenant_id) else {
+    let Some((tenant, settings)) = wechat_settings(&endpoints, &tenant_id) else {
         return refuse(StatusCode::NOT_FOUND, NO_SUCH_CHANNEL, "wechat");
     };
-    match signed_by_wechat(&settings, &query) {
-        Ok(_) => query
-            .get("echostr")
-            .cloned()
-            .unwrap_or_default()
-            .into_response(),
-        Err(error) => wechat_refusal(error),
+    match signed_by_wechat(&tenant, &settings, &query) {
+        Ok(_) => query_part(&query, "echostr").to_owned().into_response(),
+        Err(refusal) => *refusal,
     }
 }
 
@@ -215,19 +228,15 @@ async fn wechat_message(
     let Some((tenant, settings)) = wechat_settings(&endpoints, &tenant_id) else {
         return refuse(StatusCode::NOT_FOUND, NO_SUCH_CHANNEL, "wechat");
     };
-    let token = match signed_by_wechat(&settings, &query) {
+    let token = match signed_by_wechat(&tenant, &settings, &query) {
         Ok(token) => token,
-        Err(error) => return wechat_refusal(error),
+        Err(refusal) => return *refusal,
     };
     let safe_mode = match read_safe_mode(&settings) {
         Ok(mode) => mode,
         Err(error) => {
             tracing::error!(tenant = %tenant.id, error = %format!("{error:#}"), "the WeChat EncodingAESKey cannot be used");
-            return refuse(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the WeChat channel is not ready",
-                "wechat",
-            );
+            return not_ready("wechat");
         }
     };
     let message = match open_message(&token, safe_mode.as_ref(), &query, &body) {
@@ -291,7 +300,7 @@ async fn wechat_message(
     if let Err(error) = endpoints.relay.store.delivered(&reply).await {
         tracing::warn!(%error, "a passive reply was not recorded as delivered");
     }
-    let now = now_millis() / 1000;
+    let now = now_secs();
     let xml = wechat::text_reply_xml(open_id, account, now, &answer.text);
     let xml = match &safe_mode {
         Some(mode) => mode.wrap_reply(&token, &xml, now, &format!("{:010}", rand::random::<u32>())),
@@ -328,7 +337,7 @@ fn open_message(
             "safe mode requires an encrypted message",
         ));
     };
-    let part = |name: &str| query.get(name).map(String::as_str).unwrap_or_default();
+    let part = |name: &str| query_part(query, name);
     let expected = wechat::signature(&[token, part("timestamp"), part("nonce"), encrypted]);
     if !wechat::signature_matches(&expected, part("msg_signature")) {
         return Err(WechatError::Signature);

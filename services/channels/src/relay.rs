@@ -7,7 +7,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use kefu_proto::v1::conversation_service_client::ConversationServiceClient;
 use kefu_proto::v1::{Channel, Handler, SendMessageRequest};
 use kefu_runtime::retry::is_transient;
@@ -18,7 +17,6 @@ use kefu_storage::channels::{
 use kefu_storage::now_millis;
 use kefu_tenant::Tenant;
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use tonic::metadata::MetadataValue;
 
 use crate::delivery::Deliverer;
@@ -265,10 +263,7 @@ impl Relay {
                     "the customer verification secret {variable} is not set"
                 ))
             })?;
-            let mut mac =
-                Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
-            mac.update(customer_id.as_bytes());
-            let hash = hex::encode(mac.finalize().into_bytes());
+            let hash = kefu_tenant::customer_hash(&secret, customer_id);
             metadata.insert(
                 "x-kefu-customer-hash",
                 MetadataValue::try_from(hash).expect("hex is a valid header value"),

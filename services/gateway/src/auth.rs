@@ -2,10 +2,8 @@
 //! tested without gRPC. The gateway turns the outcome into a status, a metric and a log
 //! line; the internal services receive the [`Principal`] and never a request's word for
 //! who is acting.
-use hmac::{Hmac, Mac};
 use kefu_runtime::{Principal, Role};
 use kefu_tenant::{KeyRole, Tenants};
-use sha2::Sha256;
 
 /// The least an RPC needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +138,8 @@ pub fn authenticate(
                 reason: "bad_customer_hash",
             });
         };
-        let verified = secret(variable).is_some_and(|secret| verify(&secret, customer_id, hash));
+        let verified = secret(variable)
+            .is_some_and(|secret| kefu_tenant::customer_hash_matches(&secret, customer_id, hash));
         if !verified {
             return Err(Refusal::PermissionDenied {
                 reason: "bad_customer_hash",
@@ -155,21 +154,11 @@ pub fn authenticate(
     })
 }
 
-/// hex(HMAC-SHA256(secret, customer_id)) == hash, compared in constant time.
-fn verify(secret: &str, customer_id: &str, hash: &str) -> bool {
-    let Ok(expected) = hex::decode(hash.trim()) else {
-        return false;
-    };
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
-        return false;
-    };
-    mac.update(customer_id.as_bytes());
-    mac.verify_slice(&expected).is_ok()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
 
     fn tenants(dir: &std::path::Path) -> Tenants {
         let key = |k: &str| hex::encode(<Sha256 as sha2::Digest>::digest(k.as_bytes()));
