@@ -736,7 +736,23 @@ async fn email_customers_get_threaded_replies_from_the_bot_and_agents_and_automa
     // The relay defers the first reply with 451: kefu must try again.
     let peers = Counterparts::start(1).await;
     let relay = &peers.relay;
-    let stack = common::start(peers.configure(StackBuilder::all_in_one())).await;
+    // A certificate for the listener's STARTTLS.
+    let key = rcgen::KeyPair::generate().unwrap();
+    let certificate = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert_file, key_file) = (certs.path().join("smtp.crt"), certs.path().join("smtp.key"));
+    std::fs::write(&cert_file, certificate.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let stack = common::start(
+        peers
+            .configure(StackBuilder::all_in_one())
+            .env("KEFU_CHANNELS_SMTP_TLS_CERT", cert_file.to_str().unwrap())
+            .env("KEFU_CHANNELS_SMTP_TLS_KEY", key_file.to_str().unwrap()),
+    )
+    .await;
     let smtp = stack.smtp_listener("channels").port();
     let gateway = common::channel(&stack.gateway()).await;
     let mut channels =
@@ -871,8 +887,9 @@ async fn email_customers_get_threaded_replies_from_the_bot_and_agents_and_automa
         assert_eq!(taken["code"], 250, "{taken}");
     }
 
-    // Ana answers in the thread, in GB18030 HTML with her client's quote of our reply
-    // and an attachment, and asks for a person: the same session is handed off.
+    // Ana answers in the thread (her server uses STARTTLS), in GB18030 HTML with her
+    // client's quote of our reply and an attachment, and asks for a person: the same
+    // session is handed off.
     let references = format!("<ana-1@customer.example> {our_id}");
     let second = send_mail(
         smtp,
@@ -881,10 +898,18 @@ async fn email_customers_get_threaded_replies_from_the_bot_and_agents_and_automa
             "--message-id", "<ana-2@customer.example>", "--in-reply-to", &our_id,
             "--references", &references, "--charset", "gb18030",
             "--html", "<html><body><p>我要人工客服，退款两周了还没到。</p><div>在 2026年12月7日 10:00，Demo Cloud Shop 写道：</div><blockquote>旧内容：专业版价格</blockquote></body></html>",
-            "--attach", "receipt.pdf",
+            "--attach", "receipt.pdf", "--starttls", cert_file.to_str().unwrap(),
         ],
     );
     assert_eq!(second["code"], 250, "{second}");
+    // Her server encrypted it: STARTTLS with the listener's certificate, not offered twice.
+    assert!(
+        second["tls"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("TLSv1.")),
+        "{second}"
+    );
+    assert_eq!(second["starttls_offered_again"], false, "{second}");
     let ticket = ticket_session(&mut tickets, &format!("email:{ana}")).await;
     let acknowledged = relay
         .mail(|m| m["in_reply_to"] == "<ana-2@customer.example>")

@@ -9,8 +9,10 @@ SMTP listener, and the tenant's outbound relay (aiosmtpd) taking kefu's replies.
   mail_peer.py send --port P --from A --to B [--to C ...] --subject S [--message-id ID]
       [--in-reply-to ID] [--references "ID ID"] [--text T] [--html H] [--charset C]
       [--attach NAME] [--header "Name: value"] [--null-sender] [--no-from] [--size N]
+      [--starttls CA_FILE]
       prints one JSON line: {"stage": where it ended, "code": the SMTP reply code there,
-      "reply": its text}; stage "done" with 250 when the mail was taken
+      "reply": its text, "tls": the TLS version after STARTTLS (the server's certificate
+      checked against CA_FILE) or null}; stage "done" with 250 when the mail was taken
   mail_peer.py burst --port P --to B --count N --prefix X --text T
       sends N mails (Message-ID <X-n@customer.example>), each again with the same
       Message-ID until it is taken, as a sending mail server does; prints {"attempts": n}
@@ -22,6 +24,7 @@ import json
 import os
 import smtplib
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -118,29 +121,36 @@ def send(args):
     message = compose(args)
     envelope_sender = "" if args.null_sender else args.sender
     stage = "connect"
+    result = {"tls": None}
     try:
         with smtplib.SMTP("127.0.0.1", args.port, timeout=10) as client:
             stage = "ehlo"
             client.ehlo("customer.example")
+            if args.starttls:
+                stage = "starttls"
+                client.starttls(context=ssl.create_default_context(cafile=args.starttls))
+                client.ehlo("customer.example")
+                result["tls"] = client.sock.version()
+                result["starttls_offered_again"] = client.has_extn("starttls")
             stage = "mail"
             options = [f"SIZE={args.size}"] if args.size else []
             code, reply = client.mail(envelope_sender, options)
             if code != 250:
-                return {"stage": stage, "code": code, "reply": reply.decode()}
+                return {**result, "stage": stage, "code": code, "reply": reply.decode()}
             stage = "rcpt"
             for recipient in args.to:
                 code, reply = client.rcpt(recipient)
                 if code != 250:
-                    return {"stage": stage, "code": code, "reply": reply.decode()}
+                    return {**result, "stage": stage, "code": code, "reply": reply.decode()}
             stage = "data"
             code, reply = client.data(message.as_bytes(policy=email.policy.SMTP))
             if code != 250:
-                return {"stage": stage, "code": code, "reply": reply.decode()}
-            return {"stage": "done", "code": code, "reply": reply.decode()}
+                return {**result, "stage": stage, "code": code, "reply": reply.decode()}
+            return {**result, "stage": "done", "code": code, "reply": reply.decode()}
     except smtplib.SMTPResponseException as error:
-        return {"stage": stage, "code": error.smtp_code, "reply": error.smtp_error.decode()}
+        return {**result, "stage": stage, "code": error.smtp_code, "reply": error.smtp_error.decode()}
     except (OSError, smtplib.SMTPException) as error:
-        return {"stage": stage, "code": 0, "reply": str(error)}
+        return {**result, "stage": stage, "code": 0, "reply": str(error)}
 
 
 def burst(args):
@@ -150,7 +160,7 @@ def burst(args):
             sender=f"{args.prefix}-{n}@customer.example", to=[args.to], subject=f"Question {n}",
             message_id=f"<{args.prefix}-{n}@customer.example>", in_reply_to=None,
             references=None, header=[], text=args.text, html=None, charset="utf-8",
-            attach=[], null_sender=False, no_from=False, size=None, port=args.port)
+            attach=[], null_sender=False, no_from=False, size=None, starttls=None, port=args.port)
         while True:
             attempts += 1
             result = send(send_args)
@@ -186,6 +196,7 @@ def main():
     one.add_argument("--null-sender", action="store_true")
     one.add_argument("--no-from", action="store_true")
     one.add_argument("--size", type=int)
+    one.add_argument("--starttls", metavar="CA_FILE")
     many = commands.add_parser("burst")
     many.add_argument("--port", type=int, required=True)
     many.add_argument("--to", required=True)

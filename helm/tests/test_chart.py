@@ -703,6 +703,29 @@ def test_mail_servers_reach_the_smtp_listener_through_its_own_service(default_re
     assert "kefu-channels-smtp" not in off.notes
 
 
+def test_the_smtp_listener_offers_starttls_with_the_named_certificate() -> None:
+    """The Secret is mounted into the channel pods only, and the listener's settings name
+    its files (the variables the binary reads)."""
+    r = render({"channels": {"smtp": {"tls": {"existingSecret": "kefu-mx-tls"}}}})
+    for d in r.of_kind("Deployment"):
+        svc = component_of(d)
+        volumes = {v["name"]: v for v in d["spec"]["template"]["spec"]["volumes"]}
+        mounts = {m["name"]: m for m in container_of(d).get("volumeMounts", [])}
+        env = container_env(r, d)
+        if svc != "channels":
+            assert "smtp-tls" not in volumes and "KEFU_CHANNELS_SMTP_TLS_CERT" not in env, svc
+            continue
+        assert volumes["smtp-tls"]["secret"]["secretName"] == "kefu-mx-tls"
+        mount = mounts["smtp-tls"]
+        assert mount["readOnly"] is True
+        assert env["KEFU_CHANNELS_SMTP_TLS_CERT"] == f"{mount['mountPath']}/tls.crt"
+        assert env["KEFU_CHANNELS_SMTP_TLS_KEY"] == f"{mount['mountPath']}/tls.key"
+        assert {"KEFU_CHANNELS_SMTP_TLS_CERT", "KEFU_CHANNELS_SMTP_TLS_KEY"} <= SETTINGS
+    plain = render({})
+    channels = plain.get("Deployment", "kefu-channels")
+    assert "KEFU_CHANNELS_SMTP_TLS_CERT" not in container_env(plain, channels)
+
+
 def test_metrics_ports_open_to_the_monitoring_namespace_only(rendered: Rendered) -> None:
     scraper = {"app.kubernetes.io/name": "prometheus"}
     pods = pod_labels_by_component(rendered)

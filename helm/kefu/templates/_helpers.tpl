@@ -123,6 +123,16 @@ tls.key and, for internal TLS, ca.crt):
 {{- define "kefu.tlsDir" -}}/etc/kefu/tls{{- end }}
 
 {{/*
+The certificate the channel service's SMTP listener offers STARTTLS with (a
+kubernetes.io/tls Secret), for the channel service only; empty otherwise.
+*/}}
+{{- define "kefu.smtpTlsSecret" -}}
+{{- $smtp := .root.Values.channels.smtp }}
+{{- if and (eq .name "channels") $smtp.enabled $smtp.tls.existingSecret }}{{ $smtp.tls.existingSecret }}{{ end }}
+{{- end }}
+{{- define "kefu.smtpTlsDir" -}}/etc/kefu/smtp-tls{{- end }}
+
+{{/*
 Refuses TLS settings that cannot work, at render time.
 */}}
 {{- define "kefu.tls.check" -}}
@@ -295,6 +305,10 @@ KEFU_TLS_CA: {{ printf "%s/ca.crt" $dir | quote }}
 KEFU_CHANNELS_HTTP_PORT: {{ $root.Values.channels.httpPort | quote }}
 KEFU_CHANNELS_SMTP_PORT: {{ $root.Values.channels.smtp.port | quote }}
 KEFU_CHANNELS_MAX_MAIL_BYTES: {{ $root.Values.channels.smtp.maxMailBytes | int64 | quote }}
+{{- if include "kefu.smtpTlsSecret" . }}
+KEFU_CHANNELS_SMTP_TLS_CERT: {{ printf "%s/tls.crt" (include "kefu.smtpTlsDir" $root) | quote }}
+KEFU_CHANNELS_SMTP_TLS_KEY: {{ printf "%s/tls.key" (include "kefu.smtpTlsDir" $root) | quote }}
+{{- end }}
 {{- end }}
 {{- if eq .name "gateway" }}
 KEFU_WEB_PORT: {{ ternary $root.Values.web.port 0 $root.Values.web.enabled | quote }}

@@ -52,6 +52,48 @@ pub struct SmtpArgs {
     /// SMTP sessions at once; more are told 421 and come back later.
     #[arg(long, env = "KEFU_CHANNELS_SMTP_SESSIONS", default_value_t = 100)]
     pub channels_smtp_sessions: usize,
+    /// Certificate chain (PEM) for the mail domain's MX name: with it the listener offers
+    /// STARTTLS, so that sending servers can encrypt; without it, plaintext only.
+    #[arg(long, env = "KEFU_CHANNELS_SMTP_TLS_CERT")]
+    pub channels_smtp_tls_cert: Option<std::path::PathBuf>,
+    /// The private key of KEFU_CHANNELS_SMTP_TLS_CERT (PEM).
+    #[arg(long, env = "KEFU_CHANNELS_SMTP_TLS_KEY")]
+    pub channels_smtp_tls_key: Option<std::path::PathBuf>,
+}
+
+impl SmtpArgs {
+    /// The STARTTLS acceptor, when a certificate is given.
+    pub fn tls(&self) -> anyhow::Result<Option<tokio_rustls::TlsAcceptor>> {
+        use anyhow::Context as _;
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let (cert, key) = match (&self.channels_smtp_tls_cert, &self.channels_smtp_tls_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            (None, None) => return Ok(None),
+            _ => anyhow::bail!(
+                "KEFU_CHANNELS_SMTP_TLS_CERT and KEFU_CHANNELS_SMTP_TLS_KEY go together: set both or neither"
+            ),
+        };
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let chain = CertificateDer::pem_slice_iter(&read(cert)?)
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("{} is not a PEM certificate chain", cert.display()))?;
+        anyhow::ensure!(!chain.is_empty(), "{} holds no certificate", cert.display());
+        let key = PrivateKeyDer::from_pem_slice(&read(key)?)
+            .with_context(|| format!("{} is not a PEM private key", key.display()))?;
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the SMTP certificate and key do not match")?;
+        Ok(Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            config,
+        ))))
+    }
 }
 
 /// How replies are delivered and retried.

@@ -78,6 +78,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             hostname: smtp.channels_smtp_hostname.clone(),
             max_mail_bytes: smtp.channels_max_mail_bytes,
             max_sessions: smtp.channels_smtp_sessions,
+            tls: smtp.tls()?,
         },
         shutdown.clone(),
     ));

@@ -1,6 +1,6 @@
 //! The SMTP listener: the part of RFC 5321 a receiving server needs (EHLO/HELO, MAIL,
 //! RCPT, DATA with dot-unstuffing, RSET, NOOP, VRFY, HELP, QUIT; SIZE, 8BITMIME,
-//! PIPELINING and SMTPUTF8 advertised). A mail is acknowledged with 250 only once the
+//! PIPELINING and SMTPUTF8 advertised; STARTTLS, RFC 3207, when it has a certificate). A mail is acknowledged with 250 only once the
 //! `Postmaster` has stored it, so a sending server that hears anything else (451 while
 //! the store is down, or no answer because kefu died) keeps it and tries again. Bad
 //! input is refused with the reply code and enhanced status a mail server expects.
@@ -9,7 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -69,6 +69,7 @@ pub enum Command {
     Quit,
     Vrfy,
     Help,
+    StartTls,
 }
 
 /// Reads one command line (without its line ending).
@@ -123,7 +124,9 @@ pub fn parse_command(line: &[u8]) -> Result<Command, Reply> {
         "QUIT" => Ok(Command::Quit),
         "VRFY" => Ok(Command::Vrfy),
         "HELP" => Ok(Command::Help),
-        "STARTTLS" | "AUTH" | "BDAT" | "ETRN" | "EXPN" | "TURN" => {
+        "STARTTLS" if rest.is_empty() => Ok(Command::StartTls),
+        "STARTTLS" => Err(Reply::new(501, "5.5.4 STARTTLS takes no parameters")),
+        "AUTH" | "BDAT" | "ETRN" | "EXPN" | "TURN" => {
             Err(Reply::new(502, "5.5.1 Not offered here"))
         }
         _ => Err(Reply::new(500, "5.5.2 Command not recognised")),
@@ -209,8 +212,8 @@ pub trait Postmaster: Send + Sync + 'static {
     fn deliver(&self, envelope: Envelope, mail: Vec<u8>) -> impl Future<Output = Reply> + Send;
 }
 
-/// The listener's limits and name.
-#[derive(Clone, Debug)]
+/// The listener's limits, name and certificate.
+#[derive(Clone)]
 pub struct Limits {
     /// The name in the greeting and EHLO.
     pub hostname: String,
@@ -218,6 +221,15 @@ pub struct Limits {
     pub max_mail_bytes: usize,
     /// Sessions at once; more are told 421 and try later.
     pub max_sessions: usize,
+    /// STARTTLS is offered with this certificate; None: plaintext only.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+}
+
+/// How a session ended.
+enum Ending {
+    Closed,
+    /// The client asked for TLS and was told to go ahead.
+    StartTls,
 }
 
 /// Serves SMTP on `listener` until `shutdown`.
@@ -245,18 +257,42 @@ pub async fn serve<P: Postmaster>(
         let limits = limits.clone();
         let permit = sessions.clone().try_acquire_owned();
         tokio::spawn(async move {
-            let (reader, mut writer) = stream.into_split();
+            let mut stream = BufReader::new(stream);
             let Ok(_permit) = permit else {
-                let busy = Reply::new(421, "4.3.2 Too busy; try again later");
-                let _ = writer.write_all(busy.wire().as_bytes()).await;
+                let _ = send(
+                    &mut stream,
+                    Reply::new(421, "4.3.2 Too busy; try again later"),
+                )
+                .await;
                 return;
             };
-            if let Err(error) = session(BufReader::new(reader), writer, &*postmaster, &limits).await
-            {
+            if let Err(error) = serve_connection(stream, &*postmaster, &limits).await {
                 tracing::debug!(%error, "an SMTP session ended early");
             }
         });
     }
+}
+
+/// A connection: plaintext, and on STARTTLS the same session again over TLS. What the
+/// client sent after STARTTLS before the handshake is dropped with the plaintext buffer
+/// (RFC 3207 4.2: nothing from before TLS is trusted after it).
+async fn serve_connection<P: Postmaster>(
+    mut stream: BufReader<tokio::net::TcpStream>,
+    postmaster: &P,
+    limits: &Limits,
+) -> Result<(), SessionEnd> {
+    let Ending::StartTls = session(&mut stream, postmaster, limits, false).await? else {
+        return Ok(());
+    };
+    let acceptor = limits
+        .tls
+        .as_ref()
+        .expect("STARTTLS is only accepted when offered");
+    let tls = tokio::time::timeout(COMMAND_TIMEOUT, acceptor.accept(stream.into_inner()))
+        .await
+        .map_err(|_| SessionEnd::Timeout)??;
+    session(&mut BufReader::new(tls), postmaster, limits, true).await?;
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -307,36 +343,40 @@ async fn send<W: AsyncWrite + Unpin>(writer: &mut W, reply: Reply) -> Result<(),
     Ok(())
 }
 
-async fn session<R, W, P>(
-    mut reader: R,
-    mut writer: W,
+/// One session on `stream`: from the greeting (none after STARTTLS, where the client
+/// starts again with EHLO) until QUIT, the client's hang-up or its STARTTLS.
+async fn session<S, P>(
+    stream: &mut BufReader<S>,
     postmaster: &P,
     limits: &Limits,
-) -> Result<(), SessionEnd>
+    in_tls: bool,
+) -> Result<Ending, SessionEnd>
 where
-    R: AsyncBufRead + Unpin,
-    W: AsyncWrite + Unpin,
+    S: AsyncRead + AsyncWrite + Unpin,
     P: Postmaster,
 {
-    send(
-        &mut writer,
-        Reply::new(220, format!("{} kefu ESMTP ready", limits.hostname)),
-    )
-    .await?;
+    if !in_tls {
+        send(
+            stream,
+            Reply::new(220, format!("{} kefu ESMTP ready", limits.hostname)),
+        )
+        .await?;
+    }
+    let offer_tls = limits.tls.is_some() && !in_tls;
     let mut greeted = false;
     let mut envelope: Option<Envelope> = None;
     let mut errors = 0;
     loop {
-        let line = match read_line(&mut reader, MAX_COMMAND_LINE, COMMAND_TIMEOUT).await {
+        let line = match read_line(stream, MAX_COMMAND_LINE, COMMAND_TIMEOUT).await {
             Ok(Some(Ok(line))) => line,
             Ok(Some(Err(()))) => {
                 errors += 1;
-                send(&mut writer, Reply::new(500, "5.5.6 Command line too long")).await?;
+                send(stream, Reply::new(500, "5.5.6 Command line too long")).await?;
                 continue;
             }
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(Ending::Closed),
             Err(SessionEnd::Timeout) => {
-                let _ = send(&mut writer, Reply::new(421, "4.4.2 Idle too long; closing")).await;
+                let _ = send(stream, Reply::new(421, "4.4.2 Idle too long; closing")).await;
                 return Err(SessionEnd::Timeout);
             }
             Err(error) => return Err(error),
@@ -349,10 +389,20 @@ where
                 Ok(Reply::new(
                     250,
                     format!(
-                        "{}\nSIZE {}\n8BITMIME\nPIPELINING\nSMTPUTF8\nENHANCEDSTATUSCODES",
-                        limits.hostname, limits.max_mail_bytes
+                        "{}\nSIZE {}\n8BITMIME\nPIPELINING\nSMTPUTF8\nENHANCEDSTATUSCODES{}",
+                        limits.hostname,
+                        limits.max_mail_bytes,
+                        if offer_tls { "\nSTARTTLS" } else { "" }
                     ),
                 ))
+            }
+            Ok(Command::StartTls) if in_tls => {
+                Err(Reply::new(503, "5.5.1 TLS is already active"))
+            }
+            Ok(Command::StartTls) if !offer_tls => Err(Reply::new(502, "5.5.1 Not offered here")),
+            Ok(Command::StartTls) => {
+                send(stream, Reply::new(220, "2.0.0 Ready to start TLS")).await?;
+                return Ok(Ending::StartTls);
             }
             Ok(Command::Helo(_)) => {
                 greeted = true;
@@ -396,14 +446,14 @@ where
             Ok(Command::Data) => match envelope.take() {
                 Some(taken) if !taken.recipients.is_empty() => {
                     send(
-                        &mut writer,
+                        stream,
                         Reply::new(354, "End the mail with <CRLF>.<CRLF>"),
                     )
                     .await?;
                     let mut data = MailData::new(limits.max_mail_bytes);
                     loop {
                         match read_line(
-                            &mut reader,
+                            stream,
                             limits.max_mail_bytes + 3,
                             DATA_LINE_TIMEOUT,
                         )
@@ -418,7 +468,7 @@ where
                             Some(Err(())) => {
                                 data.line(&vec![b'x'; limits.max_mail_bytes + 1]);
                             }
-                            None => return Ok(()),
+                            None => return Ok(Ending::Closed),
                         }
                     }
                     match data.finish() {
@@ -451,23 +501,19 @@ where
                 "2.0.0 kefu takes mail for its tenants' support addresses: EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT",
             )),
             Ok(Command::Quit) => {
-                send(&mut writer, Reply::new(221, "2.0.0 Bye")).await?;
-                return Ok(());
+                send(stream, Reply::new(221, "2.0.0 Bye")).await?;
+                return Ok(Ending::Closed);
             }
         };
         match reply {
-            Ok(reply) => send(&mut writer, reply).await?,
+            Ok(reply) => send(stream, reply).await?,
             Err(refusal) => {
                 errors += 1;
                 if errors > MAX_ERRORS {
-                    send(
-                        &mut writer,
-                        Reply::new(421, "4.7.0 Too many errors; closing"),
-                    )
-                    .await?;
-                    return Ok(());
+                    send(stream, Reply::new(421, "4.7.0 Too many errors; closing")).await?;
+                    return Ok(Ending::Closed);
                 }
-                send(&mut writer, refusal).await?;
+                send(stream, refusal).await?;
             }
         }
     }
@@ -501,6 +547,7 @@ mod tests {
             parse_command(b"ehlo client.example\r\n"),
             Ok(Command::Ehlo("client.example".into()))
         );
+        assert_eq!(parse_command(b"StartTLS\r\n"), Ok(Command::StartTls));
         for (line, code) in [
             (&b"EHLO\r\n"[..], 501),
             (b"MAIL TO:<a@b.c>\r\n", 501),
@@ -508,7 +555,8 @@ mod tests {
             (b"MAIL FROM:<a@b.c> XFORWARD=1\r\n", 555),
             (b"RCPT TO:<>\r\n", 501),
             (b"RCPT TO:<not an address>\r\n", 553),
-            (b"STARTTLS\r\n", 502),
+            (b"STARTTLS now\r\n", 501),
+            (b"AUTH PLAIN\r\n", 502),
             (b"HACK\r\n", 500),
             (b"NOOP\x00\r\n", 500),
             (b"\xff\xfe\r\n", 500),
