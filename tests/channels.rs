@@ -147,8 +147,8 @@ fn sign(timestamp: &str, body: &[u8]) -> String {
 /// whose demo tenant has the channels the README's setup steps describe, pointed at them.
 struct Counterparts {
     receiver: Receiver,
-    api: WechatApi,
-    relay: MailRelay,
+    api: PeerServer,
+    relay: PeerServer,
     tenants: PathBuf,
     // Last: the peers stop before their files go.
     _dir: tempfile::TempDir,
@@ -160,8 +160,8 @@ impl Counterparts {
         let dir = tempfile::tempdir().unwrap();
         let receiver = Receiver::default();
         let webhook_port = receiver.start().await;
-        let api = WechatApi::start(dir.path());
-        let relay = MailRelay::start(dir.path(), deferred_mails);
+        let api = PeerServer::wechat_api(dir.path());
+        let relay = PeerServer::mail_relay(dir.path(), deferred_mails);
         let tenants = dir.path().join("tenants");
         copy_dir(&common::repo_root().join("tenants"), &tenants);
         let file = tenants.join("demo/tenant.toml");
@@ -236,119 +236,83 @@ fn python() -> PathBuf {
     venv
 }
 
-/// WeChat's message API, served by the peer script until dropped.
-struct WechatApi {
+/// A peer script serving on a free port (written to a file it names) and logging what it
+/// takes as JSON lines, until dropped: WeChat's message API, the tenant's mail relay.
+struct PeerServer {
     child: Child,
     port: u16,
     log: PathBuf,
 }
 
-impl Drop for WechatApi {
+impl Drop for PeerServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-impl WechatApi {
-    fn start(dir: &Path) -> Self {
-        let port_file = dir.join("wechat-api-port");
-        let log = dir.join("wechat-api.jsonl");
+impl PeerServer {
+    fn start(dir: &Path, name: &str, script: &str, args: &[&str]) -> Self {
+        let port_file = dir.join(format!("{name}-port"));
+        let log = dir.join(format!("{name}.jsonl"));
         let child = Command::new(python())
-            .arg(common::repo_root().join("tests/wechat_peer.py"))
-            .args([
-                "api",
-                "--app-id",
-                WECHAT_APP_ID,
-                "--app-secret",
-                WECHAT_APP_SECRET,
-            ])
+            .arg(common::repo_root().join(script))
+            .args(args)
             .arg("--port-file")
             .arg(&port_file)
             .arg("--log")
             .arg(&log)
             .spawn()
-            .expect("the WeChat peer starts");
+            .unwrap_or_else(|error| panic!("{name} does not start: {error}"));
         let deadline = Instant::now() + Duration::from_secs(20);
         let port = loop {
             if let Ok(port) = std::fs::read_to_string(&port_file) {
                 break port.trim().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "{name} did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        Self { child, port, log }
+    }
+
+    /// WeChat's message API; what it takes are the customer-service messages it accepted.
+    fn wechat_api(dir: &Path) -> Self {
+        let args = [
+            "api",
+            "--app-id",
+            WECHAT_APP_ID,
+            "--app-secret",
+            WECHAT_APP_SECRET,
+        ];
+        Self::start(dir, "wechat-api", "tests/wechat_peer.py", &args)
+    }
+
+    /// The tenant's SMTP relay (aiosmtpd), answering 451 to its first `defer_first`
+    /// mails; what it takes are the mails, as Python's email package reads them.
+    fn mail_relay(dir: &Path, defer_first: usize) -> Self {
+        let args = ["relay", "--defer-first", &defer_first.to_string()];
+        Self::start(dir, "mail-relay", "tests/mail_peer.py", &args)
+    }
+
+    fn taken(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// The first thing taken that matches `wanted`, waiting for it.
+    async fn first_taken(&self, wanted: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(found) = self.taken().into_iter().find(|taken| wanted(taken)) {
+                return found;
             }
             assert!(
                 Instant::now() < deadline,
-                "the WeChat API peer did not start"
+                "nothing such taken within {WAIT:?}"
             );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Self { child, port, log }
-    }
-
-    /// Customer-service messages WeChat accepted.
-    fn messages(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-}
-
-/// The tenant's outbound SMTP relay (aiosmtpd), until dropped.
-struct MailRelay {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for MailRelay {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl MailRelay {
-    /// A relay that answers 451 to its first `defer_first` mails.
-    fn start(dir: &Path, defer_first: usize) -> Self {
-        let port_file = dir.join("mail-relay-port");
-        let log = dir.join("mail-relay.jsonl");
-        let child = Command::new(python())
-            .arg(common::repo_root().join("tests/mail_peer.py"))
-            .args(["relay", "--defer-first", &defer_first.to_string()])
-            .arg("--port-file")
-            .arg(&port_file)
-            .arg("--log")
-            .arg(&log)
-            .spawn()
-            .expect("the mail relay starts");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let port = loop {
-            if let Ok(port) = std::fs::read_to_string(&port_file) {
-                break port.trim().parse().unwrap();
-            }
-            assert!(Instant::now() < deadline, "the mail relay did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        Self { child, port, log }
-    }
-
-    /// The mails it took, as Python's email package reads them.
-    fn mails(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-
-    /// The first mail matching `wanted`, waiting for it.
-    async fn mail(&self, wanted: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(found) = self.mails().into_iter().find(|mail| wanted(mail)) {
-                return found;
-            }
-            assert!(Instant::now() < deadline, "no such mail within {WAIT:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -637,7 +601,7 @@ async fn webhook_and_wechat_customers_get_the_bot_and_agents_on_their_own_channe
         (again["status"].as_i64(), again["body"].as_str()),
         (Some(200), Some("success"))
     );
-    assert!(api.messages().is_empty(), "{:?}", api.messages());
+    assert!(api.taken().is_empty(), "{:?}", api.taken());
     // Refusals on WeChat's terms.
     assert_eq!(send("6002", "hi", &["--bad-signature"])["status"], 401);
     assert_eq!(send("6003", "hi", &["--stale"])["status"], 401);
@@ -672,7 +636,7 @@ async fn webhook_and_wechat_customers_get_the_bot_and_agents_on_their_own_channe
     let deadline = Instant::now() + WAIT;
     let sent = loop {
         if let Some(message) = api
-            .messages()
+            .taken()
             .into_iter()
             .find(|m| m["text"]["content"] == "您好，我是客服小王。")
         {
@@ -781,7 +745,7 @@ async fn email_customers_get_threaded_replies_from_the_bot_and_agents_and_automa
         "{taken}"
     );
     let reply = relay
-        .mail(|m| m["in_reply_to"] == "<ana-1@customer.example>")
+        .first_taken(|m| m["in_reply_to"] == "<ana-1@customer.example>")
         .await;
     assert_eq!(reply["rcpt_to"], json!([ana]), "{reply}");
     assert_eq!(reply["mail_from"], SUPPORT_ADDRESS);
@@ -912,7 +876,7 @@ async fn email_customers_get_threaded_replies_from_the_bot_and_agents_and_automa
     assert_eq!(second["starttls_offered_again"], false, "{second}");
     let ticket = ticket_session(&mut tickets, &format!("email:{ana}")).await;
     let acknowledged = relay
-        .mail(|m| m["in_reply_to"] == "<ana-2@customer.example>")
+        .first_taken(|m| m["in_reply_to"] == "<ana-2@customer.example>")
         .await;
     assert_eq!(
         acknowledged["references"],
@@ -963,7 +927,7 @@ async fn email_customers_get_threaded_replies_from_the_bot_and_agents_and_automa
     )
     .await;
     let answered = relay
-        .mail(|m| {
+        .first_taken(|m| {
             m["text"]
                 .as_str()
                 .is_some_and(|t| t.contains("checking your refund"))
@@ -993,7 +957,7 @@ async fn email_customers_get_threaded_replies_from_the_bot_and_agents_and_automa
     );
     assert_eq!(other["code"], 250, "{other}");
     relay
-        .mail(|m| m["in_reply_to"] == "<mallory-1@customer.example>")
+        .first_taken(|m| m["in_reply_to"] == "<mallory-1@customer.example>")
         .await;
 
     // Ana's session: her two mails, the bot's first reply through on its second attempt
@@ -1021,7 +985,7 @@ async fn email_customers_get_threaded_replies_from_the_bot_and_agents_and_automa
         .iter()
         .any(|d| d.role == Role::Agent as i32 && d.status == DeliveryStatus::Delivered as i32));
 
-    let mails = relay.mails();
+    let mails = relay.taken();
     assert_eq!(
         mails
             .iter()
@@ -1210,12 +1174,12 @@ async fn a_burst_over_all_channels_loses_nothing_and_answers_nothing_twice_while
                     .insert(json["delivery_id"].as_str().unwrap().to_owned());
             }
         }
-        let api_messages = api.messages();
+        let api_messages = api.taken();
         let wechat_done = (0..BURST_WECHAT).all(|n| {
             let open_id = format!("oBurst{n}");
             passive.contains_key(&open_id) || api_messages.iter().any(|m| m["touser"] == open_id)
         });
-        let relayed = relay.mails();
+        let relayed = relay.taken();
         let mail_done =
             (0..BURST_EMAIL).all(|n| relayed.iter().any(|m| m["in_reply_to"] == mail_answered(n)));
         if by_message.len() == BURST_WEBHOOK && wechat_done && mail_done {
@@ -1245,7 +1209,7 @@ async fn a_burst_over_all_channels_loses_nothing_and_answers_nothing_twice_while
         assert_eq!(sent, 1, "{open_id} got {sent} replies");
     }
     // A reply resent after a crash keeps its Message-ID: the customer's client shows it once.
-    let relayed = relay.mails();
+    let relayed = relay.taken();
     let mut resent_mails = 0;
     for n in 0..BURST_EMAIL {
         let replies: Vec<&Value> = relayed
