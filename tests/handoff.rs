@@ -222,6 +222,9 @@ async fn a_customer_is_handed_to_an_agent_who_answers_live_and_hands_back_to_the
         .filter(|e| e.role == Agent as i32)
         .all(|e| e.author == "demo-agent"));
     assert!(!conversation.entries.last().unwrap().sources.is_empty());
+    // The agent reads the acknowledgement the customer got, naming the ticket.
+    assert_eq!(conversation.entries[1].text, first.reply);
+    assert!(first.reply.contains(&ticket_id), "{}", first.reply);
     let session_view = common::session(&mut common::conversations().await, customer, &session)
         .await
         .unwrap();

@@ -24,7 +24,9 @@ pub use conversations::{
 };
 pub use db::{now_millis, now_secs, Database, DatabaseProbe};
 pub use gaps::SqlGaps;
-pub use outbox::{OutboxEntry, OutboxStats, TicketOutbox, TicketTurn, TicketTurnOutcome};
+pub use outbox::{
+    OpenedReply, OutboxEntry, OutboxStats, TicketOutbox, TicketTurn, TicketTurnOutcome,
+};
 pub use rate_limit::{Rate, RateLimiter};
 pub use reports::{ReportRows, ReportScope, SqlReports};
 pub use sessions::{SessionStore, SqlSessionStore, TurnRecord, Unanswered};

@@ -68,6 +68,14 @@ pub struct OutboxStats {
     pub dead: i64,
 }
 
+/// The reply a customer got once the ticket exists: its text, for the conversation's
+/// transcript, and the encoded response, replayed when the message is sent again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenedReply {
+    pub reply: String,
+    pub response: Vec<u8>,
+}
+
 #[async_trait]
 pub trait TicketOutbox: Send + Sync {
     /// Stores the turn, moves the session to the queue (for a hand-off) and writes the
@@ -76,13 +84,13 @@ pub trait TicketOutbox: Send + Sync {
     /// Claims up to `limit` due entries for `lease_ms`, counting an attempt on each;
     /// entries another worker holds are skipped, not waited for.
     async fn claim_due(&self, limit: i64, lease_ms: i64) -> StoreResult<Vec<OutboxEntry>>;
-    /// The ticket exists: the entry goes, and the turn (with `response`, when given) and
-    /// a session queued without a ticket get it.
+    /// The ticket exists: the entry goes, and the turn (with the reply that names it,
+    /// when given) and a session queued without a ticket get it.
     async fn ticket_opened(
         &self,
         entry: &OutboxEntry,
         ticket_id: &str,
-        response: Option<Vec<u8>>,
+        reply: Option<OpenedReply>,
     ) -> StoreResult<()>;
     /// The attempt failed: tried again at `retry_at`, or a dead letter when None.
     async fn attempt_failed(
@@ -226,7 +234,7 @@ impl TicketOutbox for SqlConversationStore {
         &self,
         entry: &OutboxEntry,
         ticket_id: &str,
-        response: Option<Vec<u8>>,
+        reply: Option<OpenedReply>,
     ) -> StoreResult<()> {
         with_race_retries(|| async {
             let mut tx = self.db().begin_write().await?;
@@ -234,7 +242,7 @@ impl TicketOutbox for SqlConversationStore {
                 .bind(entry.outbox_id.as_str())
                 .execute(&mut *tx)
                 .await?;
-            attach_to_turn(&mut tx, entry, ticket_id, response.clone()).await?;
+            attach_to_turn(&mut tx, entry, ticket_id, reply.as_ref()).await?;
             attach_to_session(&mut tx, entry, ticket_id).await?;
             tx.commit().await?;
             Ok(())
@@ -304,12 +312,13 @@ async fn attach_to_turn(
     tx: &mut Tx<'_>,
     entry: &OutboxEntry,
     ticket_id: &str,
-    response: Option<Vec<u8>>,
+    reply: Option<&OpenedReply>,
 ) -> StoreResult<()> {
-    let query = match response {
-        Some(response) => sqlx::query("UPDATE session_turns SET ticket_id = $1, response = $2 WHERE tenant_id = $3 AND customer_id = $4 AND message_id = $5")
+    let query = match reply {
+        Some(opened) => sqlx::query("UPDATE session_turns SET ticket_id = $1, reply = $2, response = $3 WHERE tenant_id = $4 AND customer_id = $5 AND message_id = $6")
             .bind(ticket_id)
-            .bind(response),
+            .bind(opened.reply.as_str())
+            .bind(opened.response.clone()),
         None => sqlx::query("UPDATE session_turns SET ticket_id = $1 WHERE tenant_id = $2 AND customer_id = $3 AND message_id = $4")
             .bind(ticket_id),
     };

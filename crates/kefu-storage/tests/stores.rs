@@ -609,7 +609,14 @@ async fn a_hand_off_commits_its_turn_queue_move_and_ticket_entry_together() {
             TicketTurnOutcome::Committed { entry: None, .. }
         ));
         store
-            .ticket_opened(&entry, "T-1", Some(vec![9]))
+            .ticket_opened(
+                &entry,
+                "T-1",
+                Some(OpenedReply {
+                    reply: "Ticket T-1 is open.".into(),
+                    response: vec![9],
+                }),
+            )
             .await
             .unwrap();
         let handler = store
@@ -623,9 +630,14 @@ async fn a_hand_off_commits_its_turn_queue_move_and_ticket_entry_together() {
             .await
             .unwrap()
             .unwrap();
+        // The transcript shows what the customer was told, not the reply stored before.
         assert_eq!(
-            (stored.ticket_id.as_str(), stored.response.as_slice()),
-            ("T-1", &[9u8][..])
+            (
+                stored.ticket_id.as_str(),
+                stored.reply.as_str(),
+                stored.response.as_slice()
+            ),
+            ("T-1", "Ticket T-1 is open.", &[9u8][..])
         );
         let events = store
             .events_after("t1", &turn.session_id, 0, 10)

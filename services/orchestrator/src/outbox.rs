@@ -33,7 +33,7 @@ pub fn retry_policy(args: &OutboxArgs) -> RetryPolicy {
 }
 
 /// The reply to store with a turn once its ticket is known, given the ticket's id.
-pub type StoredReply<'a> = dyn Fn(&str) -> Vec<u8> + Sync + 'a;
+pub type StoredReply<'a> = dyn Fn(&str) -> kefu_storage::OpenedReply + Sync + 'a;
 
 /// Opens tickets from outbox entries.
 #[derive(Clone)]

@@ -354,7 +354,13 @@ impl Orchestrator {
         };
         let mut response = pending;
         if let Some(entry) = entry {
-            let named = |ticket_id: &str| reply_for(decision, ticket_id).encode_to_vec();
+            let named = |ticket_id: &str| {
+                let named = reply_for(decision, ticket_id);
+                kefu_storage::OpenedReply {
+                    reply: named.reply.clone(),
+                    response: named.encode_to_vec(),
+                }
+            };
             let opened = self
                 .opener
                 .open(&entry, Some(&named))
