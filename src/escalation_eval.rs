@@ -41,11 +41,14 @@ fn read_rows(path: &Path) -> anyhow::Result<Vec<(String, bool)>> {
 }
 
 /// Runs every row; prints each wrong decision on stderr and returns the summary line.
+/// With `max_wrong`, fails when more than that share of the answerable messages was
+/// handed off, or of the others was not (a check of the committed models).
 pub async fn escalation(
     test: &Path,
     tenant: &str,
     tenants_dir: &Path,
     models_dir: &Path,
+    max_wrong: Option<f64>,
 ) -> anyhow::Result<String> {
     let rows = read_rows(test)?;
     eprintln!("starting a private kefu for the evaluation (models load, intents train)");
@@ -101,10 +104,23 @@ pub async fn escalation(
         }
     }
     let ratio = |a: usize, b: usize| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-    Ok(format!(
-        "precision={:.4} recall={:.4} n={}",
+    let needed = true_positive + false_negative;
+    let answerable = rows.len() - needed;
+    let summary = format!(
+        "precision={:.4} recall={:.4} n={} answerable handed off {false_positive}/{answerable} \
+         ({:.1}%), hand-offs missed {false_negative}/{needed} ({:.1}%)",
         ratio(true_positive, true_positive + false_positive),
-        ratio(true_positive, true_positive + false_negative),
-        rows.len()
-    ))
+        ratio(true_positive, needed),
+        rows.len(),
+        100.0 * ratio(false_positive, answerable),
+        100.0 * ratio(false_negative, needed),
+    );
+    if let Some(max) = max_wrong {
+        anyhow::ensure!(
+            ratio(false_positive, answerable) <= max && ratio(false_negative, needed) <= max,
+            "{summary}: more than {:.1}% wrong in one direction",
+            100.0 * max
+        );
+    }
+    Ok(summary)
 }

@@ -33,7 +33,7 @@ enum Command {
     /// Measure the language models on labelled data.
     #[command(subcommand)]
     Eval(EvalCommand),
-    /// Train the bundled sentiment model from the development datasets.
+    /// Train the bundled sentiment and hand-off models from the development datasets.
     #[command(subcommand)]
     Train(TrainCommand),
     /// Load a running kefu through its gateway and report turns/s, latency and errors.
@@ -73,6 +73,10 @@ enum EvalCommand {
         tenant: String,
         #[arg(long, default_value = "tenants")]
         tenants_dir: PathBuf,
+        /// Fail when more than this share (0-1) of the answerable messages is handed off,
+        /// or of the others is not (a check of the committed models).
+        #[arg(long, value_name = "SHARE")]
+        max_wrong: Option<f64>,
         #[command(flatten)]
         models: ModelArgs,
     },
@@ -134,6 +138,17 @@ enum TrainCommand {
         #[command(flatten)]
         models: ModelArgs,
     },
+    /// Train the hand-off model (does the customer need a person?) on the hand-written
+    /// messages of crates/kefu-nlp/assets/handoff_seed.csv.
+    Handoff {
+        /// Validation files (text,expected) none of whose messages may be trained on.
+        #[arg(long = "held-out", value_name = "CSV")]
+        held_out: Vec<PathBuf>,
+        #[arg(long, default_value = "crates/kefu-nlp/assets/handoff.bin")]
+        out: PathBuf,
+        #[command(flatten)]
+        models: ModelArgs,
+    },
 }
 
 impl EvalCommand {
@@ -157,12 +172,14 @@ impl EvalCommand {
                 test,
                 tenant,
                 tenants_dir,
+                max_wrong,
                 models,
             } => tokio_runtime()?.block_on(kefu::escalation_eval::escalation(
                 &test,
                 &tenant,
                 &tenants_dir,
                 &models.models_dir,
+                max_wrong,
             )),
             EvalCommand::Retrieval {
                 docs,
@@ -240,6 +257,18 @@ fn main() -> ExitCode {
             &models.models_dir,
             &out,
         )),
+        Command::Train(TrainCommand::Handoff {
+            held_out,
+            out,
+            models,
+        }) => {
+            let held_out: Vec<&std::path::Path> = held_out.iter().map(PathBuf::as_path).collect();
+            print_line(kefu_nlp::handoff::train(
+                &held_out,
+                &models.models_dir,
+                &out,
+            ))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

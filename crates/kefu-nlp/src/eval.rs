@@ -20,7 +20,7 @@ pub fn read_labelled_csv(path: &Path) -> Result<Vec<(String, String)>> {
 }
 
 /// [`read_labelled_csv`] from any reader; errors name the row.
-fn parse_labelled_csv(input: impl std::io::Read) -> Result<Vec<(String, String)>> {
+pub(crate) fn parse_labelled_csv(input: impl std::io::Read) -> Result<Vec<(String, String)>> {
     let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(input);
     let mut out = Vec::new();
     for (i, rec) in rdr.records().enumerate() {

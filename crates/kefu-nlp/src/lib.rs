@@ -5,6 +5,7 @@
 //!   encoder for Chinese (`zh-encoder/`, trained by `make zh-model`)
 //! - [`intent`]: intent classification from a tenant's examples, calibrated, with out-of-scope
 //! - [`sentiment`]: five-level sentiment (bundled model: sparse terms and the embedding)
+//! - [`handoff`]: whether a customer needs a person, learned (beside the policy's cues)
 //! - [`cues`]: cue phrases of a tenant's escalation policy, found on words and not after negations
 //! - [`eval`]: training and evaluation entry points used by `kefu eval`
 //!
@@ -17,6 +18,7 @@ pub mod cues;
 pub mod embed;
 pub mod eval;
 mod features;
+pub mod handoff;
 pub mod intent;
 mod lexicon;
 mod linear;
@@ -33,5 +35,6 @@ mod tests {
         shareable::<crate::embed::Embedder>();
         shareable::<crate::intent::IntentModel>();
         shareable::<crate::sentiment::SentimentModel>();
+        shareable::<crate::handoff::HandOffModel>();
     }
 }

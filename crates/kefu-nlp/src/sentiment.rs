@@ -76,6 +76,8 @@ pub struct SentimentAnalysis {
     /// P(positive) - P(negative), at most -0.8 when shouting in negative words; in [-1, 1].
     pub score: f32,
     pub language: Language,
+    /// The learned model's class probabilities [negative, neutral, positive].
+    pub probabilities: [f32; 3],
 }
 
 impl SentimentAnalysis {
@@ -198,6 +200,7 @@ impl SentimentModel {
             level,
             score,
             language,
+            probabilities: p,
         }
     }
 

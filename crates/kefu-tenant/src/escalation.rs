@@ -33,6 +33,9 @@ pub enum EscalationReason {
     Complaint,
     /// The bot found no answer twice in a row, or its next best try did not help either.
     NoAnswer,
+    /// No cue, but the learned reading says the customer needs a person (sarcasm, a
+    /// vulnerable customer, a danger described calmly, a case stuck past its time).
+    NeedsPerson,
     /// The intent's route is a human, and the policy gives the intent no reason of its own.
     IntentRoute,
     /// The router could not be reached: nobody knows what the customer wants.
@@ -42,7 +45,7 @@ pub enum EscalationReason {
 }
 
 impl EscalationReason {
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 13] = [
         Self::SecurityIncident,
         Self::SafetyHazard,
         Self::LegalThreat,
@@ -52,6 +55,7 @@ impl EscalationReason {
         Self::Stalled,
         Self::Complaint,
         Self::NoAnswer,
+        Self::NeedsPerson,
         Self::IntentRoute,
         Self::RouterUnavailable,
         Self::KnowledgeUnavailable,
@@ -69,6 +73,7 @@ impl EscalationReason {
             Self::Stalled => "stalled",
             Self::Complaint => "complaint",
             Self::NoAnswer => "no_answer",
+            Self::NeedsPerson => "needs_person",
             Self::IntentRoute => "intent_route",
             Self::RouterUnavailable => "router_unavailable",
             Self::KnowledgeUnavailable => "knowledge_unavailable",
@@ -241,6 +246,10 @@ pub struct EscalationPolicy {
     pub hand_off_score: f32,
     /// "Negative" for cues with [`CueEffect::IfNegative`].
     pub negative_score: f32,
+    /// A message that needs a person with at least this probability (the learned
+    /// reading) goes to a human, and counts as negative for [`CueEffect::IfNegative`];
+    /// 1 turns the learned reading off.
+    pub needs_person: f32,
     pub negation: Negation,
     pub questions: QuestionMarkers,
     /// What a customer says when the last answer did not help.
@@ -317,6 +326,11 @@ impl EscalationPolicy {
                 "escalation.{key}: must be between -1 and 1, not {score}"
             );
         }
+        ensure!(
+            (0.0..=1.0).contains(&self.needs_person),
+            "escalation.needs_person: must be a probability between 0 and 1, not {}",
+            self.needs_person
+        );
         for (language, negators) in [("en", &self.negation.en), ("zh", &self.negation.zh)] {
             let key = format!("negation.{language}");
             ensure!(

@@ -61,6 +61,7 @@ fn default_thresholds() -> EscalationThresholds {
     EscalationThresholds {
         hand_off_score: policy.hand_off_score,
         negative_score: policy.negative_score,
+        needs_person: Some(policy.needs_person),
     }
 }
 
@@ -68,11 +69,13 @@ fn default_thresholds() -> EscalationThresholds {
 /// reached, and the customer then goes to a human rather than being failed.
 ///
 /// The signals are combined in one order: a cue of the tenant's escalation policy that
-/// hands off (most serious first; some only with a negative reading), then the intent's
-/// route to a human, then a second try that did not help either, then a sentiment score
-/// at or below the tenant's threshold (not for a question: asking how to return a broken
-/// camera is not anger), then an answer if there is one (but not the one that just
-/// failed), and only then the knowledge service being down or a second miss in a row.
+/// hands off (most serious first; some only with a negative reading, or when the learned
+/// reading says the customer needs a person), then the intent's route to a human, then a
+/// second try that did not help either, then a sentiment score at or below the tenant's
+/// threshold (not for a question: asking how to return a broken camera is not anger),
+/// then the learned reading (questions too: "my battery is bulging, is that normal?"),
+/// then an answer if there is one (but not the one that just failed), and only then the
+/// knowledge service being down or a second miss in a row.
 pub fn decide(
     classification: Option<&ClassifyResponse>,
     sentiment: &AnalyzeResponse,
@@ -95,7 +98,8 @@ pub fn decide(
         .escalation_thresholds
         .unwrap_or_else(default_thresholds);
     let score = sentiment.sentiment.as_ref().map_or(0.0, |s| s.score);
-    let negative = score <= thresholds.negative_score;
+    let needs_person = needs_person(sentiment, &thresholds);
+    let negative = score <= thresholds.negative_score || needs_person;
     // A cue the orchestrator cannot read (a newer router's) is passed over.
     let cue_reason = classification
         .escalation_cues
@@ -125,6 +129,8 @@ pub fn decide(
         Some(EscalationReason::NoAnswer)
     } else if score <= thresholds.hand_off_score && !classification.question {
         Some(EscalationReason::NegativeSentiment)
+    } else if needs_person {
+        Some(EscalationReason::NeedsPerson)
     } else if conversation.not_helped || fixed_reply || confident_answer {
         None
     } else if matches!(retrieval, Retrieval::Unavailable) {
@@ -150,6 +156,18 @@ pub fn decide(
         next_best,
         unanswered: unanswered(reason, clarify, conversation),
     }
+}
+
+/// Whether the learned reading says the customer needs a person, by the tenant's
+/// threshold (kefu's default when the router sent none; 1 turns it off).
+fn needs_person(sentiment: &AnalyzeResponse, thresholds: &EscalationThresholds) -> bool {
+    let threshold = thresholds
+        .needs_person
+        .unwrap_or(kefu_tenant::EscalationPolicy::defaults().needs_person);
+    threshold < 1.0
+        && sentiment
+            .needs_person
+            .is_some_and(|probability| probability >= threshold)
 }
 
 /// Which question a decision leaves unanswered, each once: a miss, a hand-off for want of
@@ -468,10 +486,64 @@ mod tests {
         billing.escalation_thresholds = Some(EscalationThresholds {
             hand_off_score: -0.4,
             negative_score: -0.2,
+            needs_person: None,
         });
         assert_eq!(
             decide_with(&billing).reason,
             Some(EscalationReason::NegativeSentiment)
+        );
+    }
+
+    #[test]
+    fn the_learned_reading_hands_off_by_the_tenant_threshold_and_confirms_cues() {
+        let question = classified("account_help", Route::Answer, Priority::Low);
+        let read_as = |probability: Option<f32>| AnalyzeResponse {
+            needs_person: probability,
+            ..feeling(SentimentLabel::Neutral)
+        };
+        let decide_with = |classification: &ClassifyResponse, probability| {
+            decide(
+                Some(classification),
+                &read_as(probability),
+                &Retrieval::Found(answer(true)),
+                Conversation::default(),
+            )
+            .reason
+        };
+        // kefu's default threshold when the router sends none; a question too
+        let default = kefu_tenant::EscalationPolicy::defaults().needs_person;
+        let (above, below) = (Some(default + 0.05), Some(default - 0.2));
+        assert_eq!(
+            decide_with(&question, above),
+            Some(EscalationReason::NeedsPerson)
+        );
+        assert_eq!(decide_with(&question, below), None);
+        assert_eq!(decide_with(&question, None), None, "no encoder, no reading");
+
+        let mut strict = question.clone();
+        strict.escalation_thresholds = Some(EscalationThresholds {
+            needs_person: Some(0.99),
+            ..default_thresholds()
+        });
+        assert_eq!(decide_with(&strict, above), None);
+        strict.escalation_thresholds = Some(EscalationThresholds {
+            needs_person: Some(1.0),
+            ..default_thresholds()
+        });
+        assert_eq!(decide_with(&strict, Some(1.0)), None, "1 turns it off");
+
+        // an "if_negative" cue in a calm message counts when the customer needs a person,
+        // with the cue's own reason
+        let lawyer = with_cue(
+            question,
+            EscalationReason::LegalThreat,
+            CueEffect::IfNegative,
+            false,
+        );
+        assert_eq!(decide_with(&lawyer, below), None);
+        assert_eq!(
+            decide_with(&lawyer, above),
+            Some(EscalationReason::LegalThreat)
         );
     }
 

@@ -36,6 +36,7 @@ impl Escalation {
         classification.escalation_thresholds = Some(EscalationThresholds {
             hand_off_score: self.policy.hand_off_score,
             negative_score: self.policy.negative_score,
+            needs_person: Some(self.policy.needs_person),
         });
         classification.question = self.matcher.is_question(message);
         classification.says_not_helped = self.matcher.says_not_helped(message);

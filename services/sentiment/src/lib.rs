@@ -1,9 +1,10 @@
 //! Sentiment service: five-level label and polarity score of a message, English and
-//! Chinese, from the bundled trained model. Escalation cues are the tenant's policy and
-//! the router's business.
+//! Chinese, and the probability that the customer needs a person, from the bundled
+//! trained models. Escalation cues are the tenant's policy and the router's business.
 use std::sync::Arc;
 
 use kefu_nlp::embed::Embedder;
+use kefu_nlp::handoff::HandOffModel;
 use kefu_nlp::sentiment::{SentimentAnalysis, SentimentLevel, SentimentModel};
 use kefu_proto::v1::sentiment_service_server::{SentimentService, SentimentServiceServer};
 use kefu_proto::v1::{
@@ -25,35 +26,58 @@ pub struct Config {
     pub models: ModelArgs,
 }
 
-/// The bundled model, with the sentence encoder when it is installed (without it the
-/// model's lexical half answers alone, which generalises less well across domains).
+/// The bundled models, with the sentence encoder when it is installed (without it the
+/// sentiment model's lexical half answers alone, which generalises less well across
+/// domains, and the hand-off model, which reads embeddings only, is silent).
 #[derive(Clone)]
 pub struct Analyzer {
     model: &'static SentimentModel,
+    hand_off: &'static HandOffModel,
     embedder: Option<Arc<Embedder>>,
+}
+
+/// What the service reads in a message.
+struct Reading {
+    sentiment: SentimentAnalysis,
+    /// The probability that the customer needs a person, when the encoder is installed.
+    needs_person: Option<f32>,
 }
 
 impl Analyzer {
     pub fn new(embedder: Option<Arc<Embedder>>) -> Self {
         Self {
             model: SentimentModel::bundled(),
+            hand_off: HandOffModel::bundled(),
             embedder,
         }
     }
 
     /// A `supplied` embedding of the text (e.g. the router's) is used when it comes from
     /// the same encoder; otherwise the text is embedded here, in a batch with other
-    /// requests. The rest (sparse features, a linear layer, cue words) is brief.
-    async fn analyze_text(&self, text: &str, supplied: Option<&Embedding>) -> SentimentAnalysis {
+    /// requests. The rest (sparse features, two linear layers, cue words) is brief.
+    async fn read(&self, text: &str, supplied: Option<&Embedding>) -> Reading {
+        let lexical = || Reading {
+            sentiment: self.model.analyze(text, None),
+            needs_person: None,
+        };
         let Some(embedder) = &self.embedder else {
-            return self.model.analyze(text, None);
+            return lexical();
         };
         let supplied = supplied.map(|e| (e.model.as_str(), e.values.as_slice()));
         match embedder.reuse_or_embed_batched(text, supplied).await {
-            Ok(embedding) => self.model.analyze(text, Some(&embedding)),
+            Ok(embedding) => {
+                let sentiment = self.model.analyze(text, Some(&embedding));
+                let needs_person = (self.hand_off.encoder() == embedder.model_id())
+                    .then(|| self.hand_off.probability(text, &embedding, &sentiment))
+                    .flatten();
+                Reading {
+                    sentiment,
+                    needs_person,
+                }
+            }
             Err(error) => {
                 tracing::warn!(error = %format!("{error:#}"), "embedding failed; lexical sentiment only");
-                self.model.analyze(text, None)
+                lexical()
             }
         }
     }
@@ -90,8 +114,11 @@ impl SentimentService for Analyzer {
         if text.trim().is_empty() {
             return Err(Status::invalid_argument("text must not be empty"));
         }
-        let analysis = self
-            .analyze_text(
+        let Reading {
+            sentiment: analysis,
+            needs_person,
+        } = self
+            .read(
                 truncate_at_char_boundary(&text, MAX_TEXT_BYTES),
                 embedding.as_ref(),
             )
@@ -104,6 +131,7 @@ impl SentimentService for Analyzer {
                 score: analysis.score.clamp(-1.0, 1.0),
             }),
             language: Language::from(analysis.language) as i32,
+            needs_person,
         }))
     }
 }
@@ -186,6 +214,33 @@ mod tests {
         );
         assert!(sentiment.score < 0.0);
         assert_eq!(reply.language, Language::Zh as i32);
+    }
+
+    /// The learned hand-off reading comes with the sentiment: high for a danger described
+    /// without alarm words, low for a price question, absent without the encoder.
+    #[tokio::test]
+    async fn reads_whether_the_customer_needs_a_person() {
+        let Some(embedder) = test_embedder() else {
+            return;
+        };
+        let analyzer = Analyzer::new(Some(embedder));
+        let needs_person = |text: &'static str| {
+            let analyzer = analyzer.clone();
+            async move { analyze(&analyzer, text, None).await.needs_person.unwrap() }
+        };
+        for calm_danger in [
+            "The plug of the tablet charger has gone black and a bit melted at the pins",
+            "插线板摸着很烫，还有点塑料烧焦的味道",
+        ] {
+            let p = needs_person(calm_danger).await;
+            assert!(p >= 0.7, "{calm_danger}: {p}");
+        }
+        for question in ["How much is the Pro plan per month?", "专业版一个月多少钱"] {
+            let p = needs_person(question).await;
+            assert!(p < 0.3, "{question}: {p}");
+        }
+        let without_encoder = analyze(&Analyzer::new(None), "插线板很烫", None).await;
+        assert_eq!(without_encoder.needs_person, None);
     }
 
     /// A supplied embedding stands in for the service's own only when it is from the same
