@@ -191,9 +191,13 @@ async fn customer(
                         true
                     }
                     // A status made by the client itself (it has a source) for a connection
-                    // that broke mid-call: the gateway it was talking to died, and whether
-                    // the message was taken is unknown, so it is sent again with its id.
-                    Err(status) if status.code() == Code::Unknown && status.source().is_some() => {
+                    // that broke mid-call, or a stream the dying connection reset (h2's
+                    // CANCEL): the gateway it was talking to died, and whether the message
+                    // was taken is unknown, so it is sent again with its id.
+                    Err(status)
+                        if matches!(status.code(), Code::Unknown | Code::Cancelled)
+                            && status.source().is_some() =>
+                    {
                         record.count(CONNECTION_LOST);
                         false
                     }
