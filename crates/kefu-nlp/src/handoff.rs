@@ -15,6 +15,7 @@
 //!
 //! Reproduce the artefact (a minute): `make handoff-model`.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
@@ -258,21 +259,22 @@ fn cross_validate(prepared: &Prepared) -> Vec<(f32, f64, f64)> {
 /// be among the training messages.
 pub fn train(held_out: &[&Path], models_dir: &Path, out: &Path) -> Result<String> {
     let start = Instant::now();
-    let embedder = crate::eval::load_embedder(models_dir)?;
     let messages = seeds()?;
+    let trained: HashSet<String> = messages
+        .iter()
+        .map(|(seed, _)| seed.trim().to_lowercase())
+        .collect();
     for path in held_out {
         for (text, _) in read_labelled_csv(path)? {
-            let same = |(seed, _): &&(String, bool)| {
-                seed.trim().to_lowercase() == text.trim().to_lowercase()
-            };
-            if let Some((seed, _)) = messages.iter().find(same) {
+            if trained.contains(&text.trim().to_lowercase()) {
                 bail!(
-                    "assets/handoff_seed.csv holds a message of {}: {seed:?}",
+                    "assets/handoff_seed.csv holds a message of {}: {text:?}",
                     path.display()
                 );
             }
         }
     }
+    let embedder = crate::eval::load_embedder(models_dir)?;
     let prepared = prepare(&messages, &embedder)?;
     let validation: Vec<String> = cross_validate(&prepared)
         .into_iter()

@@ -32,6 +32,9 @@ pub enum Route {
     Ticket,
     /// Hand the customer to a human.
     Human,
+    /// Hand the customer to a human when the message reads negative or as needing a
+    /// person; otherwise answer.
+    HumanIfNegative,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -440,7 +443,7 @@ examples = ["hi", "你好"]
 reply = { en = "Hello!", zh = "您好！" }
 [[intents]]
 name = "complaint"
-route = "human"
+route = "human_if_negative"
 urgency = "high"
 examples = ["this is awful"]
 "#;
@@ -459,7 +462,10 @@ examples = ["this is awful"]
         let tenants = Tenants::load_dir(dir.path()).unwrap();
         let tenant = tenants.get("acme").unwrap();
         assert_eq!(tenant.intents.len(), 2);
-        assert_eq!(tenant.intent("complaint").unwrap().route, Route::Human);
+        assert_eq!(
+            tenant.intent("complaint").unwrap().route,
+            Route::HumanIfNegative
+        );
         assert_eq!(tenant.training_examples().len(), 3);
         assert_eq!(tenant.articles[0].title, "Refunds");
         assert_eq!(tenant.articles[0].id, "refunds.en");

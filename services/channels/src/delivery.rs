@@ -1,7 +1,8 @@
 //! Delivering a reply on its channel: a signed POST to the tenant's webhook URL, a
 //! WeChat customer-service message (客服消息) with the account's access token, fetched
-//! and cached per account, or a mail through the tenant's SMTP relay. What counts as "try again later" (unreachable, 5xx, 408,
-//! 429, WeChat busy or an expired token) and what as a refusal is decided here.
+//! and cached per account, or a mail through the tenant's SMTP relay. What counts as "try
+//! again later" (unreachable, 5xx, 408, 429, WeChat busy or an expired token) and what as
+//! a refusal is decided here.
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -41,8 +41,7 @@ pub fn router(endpoints: Endpoints) -> axum::Router {
 }
 
 fn refuse(status: StatusCode, error: impl std::fmt::Display, channel: &'static str) -> Response {
-    metrics::counter!("kefu_channel_refusals_total", "service" => crate::relay::SERVICE, "channel" => channel, "status" => status.as_u16().to_string())
-        .increment(1);
+    crate::relay::count_refusal(channel, status.as_u16());
     (status, Json(json!({ "error": error.to_string() }))).into_response()
 }
 

@@ -2,12 +2,16 @@
 //! tenant by the recipient, the customer by the sender, the thread by the messages it
 //! answers (a thread is only continued by the customer who started it), automatic mail
 //! taken and never answered, and 250 only once every copy is stored.
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use kefu_storage::channels::Received;
+use kefu_tenant::Tenant;
 
 use crate::email::{self, InboundMail, MailError};
-use crate::relay::{customer_for, ChannelKind, InboundPayload, Relay, SERVICE};
+use crate::relay::{
+    count_message, count_refusal, customer_for, ChannelKind, InboundPayload, Relay,
+};
 use crate::smtp::{Envelope, Postmaster, Reply};
 
 pub struct Mailroom {
@@ -39,14 +43,15 @@ impl Postmaster for Mailroom {
             }
         };
         let tenants = self.relay.tenants.current();
-        let addressed: BTreeSet<String> = envelope
+        // each tenant once, however many of its addresses the mail was sent to
+        let addressed: BTreeMap<String, Arc<Tenant>> = envelope
             .recipients
             .iter()
             .filter_map(|address| tenants.by_mail_address(address))
-            .map(|tenant| tenant.id.clone())
+            .map(|tenant| (tenant.id.clone(), tenant))
             .collect();
-        for tenant_id in addressed {
-            if let Err(reply) = self.take(&tenant_id, &mail).await {
+        for tenant in addressed.values() {
+            if let Err(reply) = self.take(tenant, &mail).await {
                 return reply;
             }
         }
@@ -56,10 +61,8 @@ impl Postmaster for Mailroom {
 
 impl Mailroom {
     /// Stores a tenant's copy and starts answering it; Err(4xx) when it cannot be stored.
-    async fn take(&self, tenant_id: &str, mail: &InboundMail) -> Result<(), Reply> {
-        let Ok(tenant) = self.relay.tenant(tenant_id) else {
-            return Ok(());
-        };
+    async fn take(&self, tenant: &Tenant, mail: &InboundMail) -> Result<(), Reply> {
+        let tenant_id = tenant.id.as_str();
         let own_address = tenant
             .channels
             .email
@@ -77,7 +80,7 @@ impl Mailroom {
             counted("ignored");
             return Ok(());
         }
-        let customer_id = customer_for(&tenant, KIND, &mail.sender, None);
+        let customer_id = customer_for(tenant, KIND, &mail.sender, None);
         let store_down = |_| {
             Reply::new(
                 451,
@@ -121,8 +124,9 @@ impl Mailroom {
         customer_id: &str,
         settings: Option<&kefu_tenant::EmailChannel>,
     ) -> Result<String, kefu_storage::StoreError> {
-        let mut own_ids = vec![mail.message_id.clone()];
-        own_ids.extend(mail.answers.iter().cloned());
+        // the Message-IDs of customers' mails are their dedup keys
+        let mut dedup_keys = vec![mail.message_id.clone()];
+        dedup_keys.extend(mail.answers.iter().cloned());
         let ours: Vec<String> = mail
             .answers
             .iter()
@@ -136,7 +140,7 @@ impl Mailroom {
         let found = self
             .relay
             .store
-            .thread_of(tenant_id, KIND.as_str(), &own_ids, &ours)
+            .thread_of(tenant_id, KIND.as_str(), &dedup_keys, &ours)
             .await?;
         Ok(match found {
             Some((thread, owner)) if owner == customer_id => thread,
@@ -146,12 +150,10 @@ impl Mailroom {
 }
 
 fn counted(outcome: &'static str) {
-    metrics::counter!("kefu_channel_messages_total", "service" => SERVICE, "channel" => KIND.as_str(), "direction" => "in", "outcome" => outcome)
-        .increment(1);
+    count_message(KIND.as_str(), "in", outcome);
 }
 
 fn refused(error: &MailError) {
     tracing::info!(%error, "mail refused");
-    metrics::counter!("kefu_channel_refusals_total", "service" => SERVICE, "channel" => KIND.as_str(), "status" => "550")
-        .increment(1);
+    count_refusal(KIND.as_str(), 550);
 }

@@ -458,12 +458,28 @@ impl Relay {
 }
 
 fn count(message: &ChannelMessage, outcome: &'static str) {
+    count_message(&message.channel, message.direction.as_str(), outcome);
+}
+
+/// Counts a channel message by how its handling ended.
+pub fn count_message(channel: &str, direction: &'static str, outcome: &'static str) {
     metrics::counter!(
         "kefu_channel_messages_total",
         "service" => SERVICE,
-        "channel" => message.channel.clone(),
-        "direction" => message.direction.as_str(),
+        "channel" => channel.to_owned(),
+        "direction" => direction,
         "outcome" => outcome
+    )
+    .increment(1);
+}
+
+/// Counts a request refused at a channel's door, by the status it got.
+pub fn count_refusal(channel: &str, status: u16) {
+    metrics::counter!(
+        "kefu_channel_refusals_total",
+        "service" => SERVICE,
+        "channel" => channel.to_owned(),
+        "status" => status.to_string()
     )
     .increment(1);
 }

@@ -70,7 +70,8 @@ fn default_thresholds() -> EscalationThresholds {
 ///
 /// The signals are combined in one order: a cue of the tenant's escalation policy that
 /// hands off (most serious first; some only with a negative reading, or when the learned
-/// reading says the customer needs a person), then the intent's route to a human, then a
+/// reading says the customer needs a person), then the intent's route to a human (some
+/// routes only with a negative or needing reading, as cues), then a
 /// second try that did not help either, then a sentiment score at or below the tenant's
 /// threshold (not for a question: asking how to return a broken camera is not anger),
 /// then the learned reading (questions too: "my battery is bulging, is that normal?"),
@@ -115,9 +116,15 @@ pub fn decide(
     let fixed_reply = !classification.fixed_reply.is_empty();
     let confident_answer = knowledge.is_some_and(|k| k.confident && !k.answer.trim().is_empty());
 
+    let to_human = match route {
+        Route::Human => true,
+        Route::HumanIfNegative => negative,
+        Route::Answer | Route::Ticket | Route::Unspecified => false,
+    };
+
     let reason = if cue_reason.is_some() {
         cue_reason
-    } else if route == Route::Human {
+    } else if to_human {
         Some(
             classification
                 .route_reason
@@ -589,6 +596,36 @@ mod tests {
             Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::IntentRoute));
+    }
+
+    #[test]
+    fn a_route_to_a_human_if_negative_hands_off_only_a_negative_or_needing_message() {
+        let mut complaint = classified("complaint", Route::HumanIfNegative, Priority::High);
+        complaint.route_reason = "complaint".into();
+        let decide_with = |sentiment: &AnalyzeResponse| {
+            decide(
+                Some(&complaint),
+                sentiment,
+                &Retrieval::Found(answer(true)),
+                Conversation::default(),
+            )
+        };
+        assert_eq!(
+            decide_with(&feeling(SentimentLabel::Negative)).reason,
+            Some(EscalationReason::Complaint)
+        );
+        let calm_but_needing = AnalyzeResponse {
+            needs_person: Some(0.95),
+            ..feeling(SentimentLabel::Neutral)
+        };
+        assert_eq!(
+            decide_with(&calm_but_needing).reason,
+            Some(EscalationReason::Complaint)
+        );
+        // praise through the complaints channel is answered
+        let praise = decide_with(&feeling(SentimentLabel::Positive));
+        assert_eq!(praise.reason, None);
+        assert!(praise.answered_from_knowledge);
     }
 
     #[test]

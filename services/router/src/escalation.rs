@@ -40,7 +40,8 @@ impl Escalation {
         });
         classification.question = self.matcher.is_question(message);
         classification.says_not_helped = self.matcher.says_not_helped(message);
-        classification.route_reason = if classification.route == Route::Human as i32 {
+        let to_human = [Route::Human as i32, Route::HumanIfNegative as i32];
+        classification.route_reason = if to_human.contains(&classification.route) {
             self.policy
                 .intent_reason(&classification.intent)
                 .as_str()
@@ -171,6 +172,10 @@ mod tests {
         );
         assert_eq!(
             route_reason(&defaults, "complaint", Route::Human),
+            "complaint"
+        );
+        assert_eq!(
+            route_reason(&defaults, "complaint", Route::HumanIfNegative),
             "complaint"
         );
         assert_eq!(

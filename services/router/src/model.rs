@@ -53,6 +53,7 @@ fn route_of(route: kefu_tenant::Route) -> Route {
         kefu_tenant::Route::Answer => Route::Answer,
         kefu_tenant::Route::Ticket => Route::Ticket,
         kefu_tenant::Route::Human => Route::Human,
+        kefu_tenant::Route::HumanIfNegative => Route::HumanIfNegative,
     }
 }
 

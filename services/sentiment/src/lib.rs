@@ -32,7 +32,8 @@ pub struct Config {
 #[derive(Clone)]
 pub struct Analyzer {
     model: &'static SentimentModel,
-    hand_off: &'static HandOffModel,
+    /// Kept only when it was trained on the installed encoder's embeddings.
+    hand_off: Option<&'static HandOffModel>,
     embedder: Option<Arc<Embedder>>,
 }
 
@@ -45,9 +46,14 @@ struct Reading {
 
 impl Analyzer {
     pub fn new(embedder: Option<Arc<Embedder>>) -> Self {
+        let hand_off = Some(HandOffModel::bundled()).filter(|m| {
+            embedder
+                .as_ref()
+                .is_some_and(|e| m.encoder() == e.model_id())
+        });
         Self {
             model: SentimentModel::bundled(),
-            hand_off: HandOffModel::bundled(),
+            hand_off,
             embedder,
         }
     }
@@ -67,9 +73,9 @@ impl Analyzer {
         match embedder.reuse_or_embed_batched(text, supplied).await {
             Ok(embedding) => {
                 let sentiment = self.model.analyze(text, Some(&embedding));
-                let needs_person = (self.hand_off.encoder() == embedder.model_id())
-                    .then(|| self.hand_off.probability(text, &embedding, &sentiment))
-                    .flatten();
+                let needs_person = self
+                    .hand_off
+                    .and_then(|m| m.probability(text, &embedding, &sentiment));
                 Reading {
                     sentiment,
                     needs_person,
