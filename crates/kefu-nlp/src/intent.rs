@@ -339,12 +339,23 @@ impl IntentModel {
             return 1.0;
         }
         let q: Vec<i16> = quantize(e).map(i16::from).collect();
+        // A message fills only its language's block of the embedding; the rest of the
+        // product is zero, and skipping it spares a third of the memory read or more.
+        let Some(first) = q.iter().position(|&x| x != 0) else {
+            return 0.0;
+        };
+        let end = q
+            .iter()
+            .rposition(|&x| x != 0)
+            .map_or(first, |last| last + 1);
+        let q = &q[first..end];
         let best = self
             .example_embeddings
             .chunks_exact(d)
             .map(|row| {
-                row.iter()
-                    .zip(&q)
+                row[first..end]
+                    .iter()
+                    .zip(q)
                     .map(|(&a, &b)| i32::from(i16::from(a) * b))
                     .sum::<i32>()
             })
