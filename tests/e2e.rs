@@ -86,6 +86,20 @@ async fn complaints_are_escalated_with_a_high_priority_ticket() {
     }
 }
 
+/// The demo's complaint intent goes to a person only when the message reads negative or
+/// needing one (`route = "human_if_negative"`): praise sent through it is answered.
+#[tokio::test]
+async fn praise_sent_through_the_complaints_channel_is_answered_by_the_bot() {
+    let text = "I want to use your complaints channel to praise the agent who helped me \
+                yesterday, she was wonderful";
+    let response = send(message("praise", text)).await.unwrap();
+    assert_eq!(response.intent, "complaint", "the route under test");
+    assert!(!response.escalated, "{}", response.reply);
+    assert!(response.ticket_id.is_empty());
+    assert_eq!(response.handler, Handler::Bot as i32);
+    assert!(!response.reply.is_empty());
+}
+
 #[tokio::test]
 async fn a_session_keeps_its_turns_across_messages() {
     let first = send(message("session-1", "How much does the Pro plan cost?"))
