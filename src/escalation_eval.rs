@@ -13,33 +13,6 @@ use tonic::transport::Channel;
 /// Rows sent at once.
 const CONCURRENCY: usize = 8;
 
-fn read_rows(path: &Path) -> anyhow::Result<Vec<(String, bool)>> {
-    let mut reader = csv::Reader::from_path(path)
-        .map_err(|error| anyhow::anyhow!("reading {}: {error}", path.display()))?;
-    let headers = reader.headers()?.clone();
-    anyhow::ensure!(
-        headers.get(0) == Some("text") && headers.get(1) == Some("expected"),
-        "{}: the header must be `text,expected`",
-        path.display()
-    );
-    let mut rows = Vec::new();
-    for (line, record) in reader.records().enumerate() {
-        let record = record?;
-        let expected = match record.get(1).map(str::trim) {
-            Some("yes") => true,
-            Some("no") => false,
-            other => anyhow::bail!(
-                "{} row {}: expected must be yes or no, not {other:?}",
-                path.display(),
-                line + 2
-            ),
-        };
-        rows.push((record.get(0).unwrap_or_default().to_owned(), expected));
-    }
-    anyhow::ensure!(!rows.is_empty(), "{} has no rows", path.display());
-    Ok(rows)
-}
-
 /// Runs every row; prints each wrong decision on stderr and returns the summary line.
 /// With `max_wrong`, fails when more than that share of the answerable messages was
 /// handed off, or of the others was not (a check of the committed models).
@@ -50,7 +23,7 @@ pub async fn escalation(
     models_dir: &Path,
     max_wrong: Option<f64>,
 ) -> anyhow::Result<String> {
-    let rows = read_rows(test)?;
+    let rows = kefu_nlp::eval::read_expected_csv(test)?;
     eprintln!("starting a private kefu for the evaluation (models load, intents train)");
     // `kefu up` from this very binary, on free ports and an empty database of its own.
     let binaries = std::env::current_exe()?;

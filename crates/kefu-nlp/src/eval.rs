@@ -19,6 +19,40 @@ pub fn read_labelled_csv(path: &Path) -> Result<Vec<(String, String)>> {
     parse_labelled_csv(file).with_context(|| path.display().to_string())
 }
 
+/// The rows of a hand-off file (`text,expected`): the message, and whether a person
+/// should take over (`yes` or `no`). Used by the hand-off model's training messages and
+/// by `kefu eval escalation`.
+pub fn read_expected_csv(path: &Path) -> Result<Vec<(String, bool)>> {
+    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    parse_expected_csv(file).with_context(|| path.display().to_string())
+}
+
+/// [`read_expected_csv`] from any reader; errors name the row.
+pub(crate) fn parse_expected_csv(input: impl std::io::Read) -> Result<Vec<(String, bool)>> {
+    let mut reader = csv::Reader::from_reader(input);
+    let headers = reader.headers()?.clone();
+    if headers.get(0) != Some("text") || headers.get(1) != Some("expected") {
+        bail!("the header must be `text,expected`");
+    }
+    let mut rows = Vec::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("row {}", line + 2))?;
+        let expected = match record.get(1).map(str::trim) {
+            Some("yes") => true,
+            Some("no") => false,
+            other => bail!(
+                "row {}: expected must be yes or no, not {other:?}",
+                line + 2
+            ),
+        };
+        rows.push((record.get(0).unwrap_or_default().to_owned(), expected));
+    }
+    if rows.is_empty() {
+        bail!("no rows");
+    }
+    Ok(rows)
+}
+
 /// [`read_labelled_csv`] from any reader; errors name the row.
 pub(crate) fn parse_labelled_csv(input: impl std::io::Read) -> Result<Vec<(String, String)>> {
     let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(input);

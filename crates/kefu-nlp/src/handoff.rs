@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::artifact::{self, Artifact};
 use crate::embed::Embedder;
-use crate::eval::{parse_labelled_csv, read_labelled_csv};
+use crate::eval::{parse_expected_csv, read_expected_csv};
 use crate::features::{FeatureConfig, SparseRow, Vectorizer};
 use crate::linear::{self, softmax, Data, Linear, TrainOptions};
 use crate::sentiment::{SentimentAnalysis, SentimentModel};
@@ -153,14 +153,7 @@ fn probability_of(linear: &Linear, sparse: &[(u32, f32)], dense: &[f32]) -> f32 
 
 /// The training messages: text, and whether a person should take over.
 fn seeds() -> Result<Vec<(String, bool)>> {
-    parse_labelled_csv(SEEDS.as_bytes())
-        .context("reading assets/handoff_seed.csv")?
-        .into_iter()
-        .map(|(text, label)| match label.as_str() {
-            "yes" | "no" => Ok((text, label == "yes")),
-            other => bail!("assets/handoff_seed.csv: expected yes or no, not {other:?}"),
-        })
-        .collect()
+    parse_expected_csv(SEEDS.as_bytes()).context("reading assets/handoff_seed.csv")
 }
 
 /// The messages with their dense features.
@@ -265,7 +258,7 @@ pub fn train(held_out: &[&Path], models_dir: &Path, out: &Path) -> Result<String
         .map(|(seed, _)| seed.trim().to_lowercase())
         .collect();
     for path in held_out {
-        for (text, _) in read_labelled_csv(path)? {
+        for (text, _) in read_expected_csv(path)? {
             if trained.contains(&text.trim().to_lowercase()) {
                 bail!(
                     "assets/handoff_seed.csv holds a message of {}: {text:?}",
