@@ -75,7 +75,7 @@ enum EvalCommand {
         tenants_dir: PathBuf,
         /// Fail when more than this share (0-1) of the answerable messages is handed off,
         /// or of the others is not (a check of the committed models).
-        #[arg(long, value_name = "SHARE")]
+        #[arg(long, value_name = "SHARE", value_parser = share)]
         max_wrong: Option<f64>,
         #[command(flatten)]
         models: ModelArgs,
@@ -95,7 +95,7 @@ enum EvalCommand {
         #[arg(long)]
         queries: PathBuf,
         /// Fail when kefu's MRR@10 is below this (a check of the committed models).
-        #[arg(long, value_name = "MRR")]
+        #[arg(long, value_name = "MRR", value_parser = share)]
         min_mrr: Option<f64>,
         #[command(flatten)]
         models: ModelArgs,
@@ -225,6 +225,15 @@ async fn run_up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A number from 0 to 1; any other would make a check always pass or always fail.
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(value) if (0.0..=1.0).contains(&value) => Ok(value),
+        Ok(_) => Err("must be between 0 and 1".to_owned()),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 fn print_line(result: anyhow::Result<String>) -> anyhow::Result<()> {
     println!("{}", result?);
     Ok(())
@@ -283,4 +292,35 @@ fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn escalation_with(max_wrong: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([
+            "kefu",
+            "eval",
+            "escalation",
+            "--test",
+            "set.csv",
+            &format!("--max-wrong={max_wrong}"),
+        ])
+    }
+
+    #[test]
+    fn shares_outside_zero_to_one_are_refused() {
+        for bad in ["1.5", "-0.1", "NaN", "a fifth"] {
+            let error = escalation_with(bad).err().expect(bad);
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad}"
+            );
+        }
+        for good in ["0", "0.2", "1"] {
+            escalation_with(good).expect(good);
+        }
+    }
 }

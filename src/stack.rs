@@ -453,20 +453,50 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }
 
-/// Distinct free loopback ports: every listener is held until all are chosen.
+/// Distinct free loopback ports below the OS's ephemeral range, never the same one twice
+/// in this process. A port chosen by binding to port 0 can be taken again before the child
+/// binds it: by another stack's choice, by a service binding its metrics to port 0, or by
+/// an outgoing connection. Ports outside the ephemeral range are only taken by name.
 pub fn free_ports<const N: usize>() -> std::io::Result<[u16; N]> {
     let ports = free_port_list(N)?;
     Ok(std::array::from_fn(|i| ports[i]))
 }
 
+/// The first port a stack may use; below are the well-known services' usual ports.
+const LOWEST_PORT: u16 = 10_000;
+
 fn free_port_list(count: usize) -> std::io::Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|listener| Ok(listener.local_addr()?.port()))
-        .collect()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static TRIED: AtomicU32 = AtomicU32::new(0);
+    let end = ephemeral_start();
+    let span = u32::from(end.saturating_sub(LOWEST_PORT).max(1));
+    // Test binaries run one after another; each starts elsewhere in the span.
+    let offset = std::process::id().wrapping_mul(7919) % span;
+    let mut ports = Vec::with_capacity(count);
+    while ports.len() < count {
+        let tried = TRIED.fetch_add(1, Ordering::Relaxed);
+        if tried >= span {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("no free port left between {LOWEST_PORT} and {end}"),
+            ));
+        }
+        let port = LOWEST_PORT + u16::try_from((offset + tried) % span).expect("below end");
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    Ok(ports)
+}
+
+/// Where the OS starts choosing ports for port 0 and outgoing connections (Linux's
+/// `ip_local_port_range`; 32768 where it cannot be read).
+fn ephemeral_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .filter(|&start| start > LOWEST_PORT)
+        .unwrap_or(32_768)
 }
 
 /// The overall gRPC health status of the server at `url`; None when it cannot be reached.

@@ -193,12 +193,22 @@ fn is_symbol(c: char) -> bool {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Vectorizer {
     pub config: FeatureConfig,
-    /// term hash -> column
+    /// term hash -> column; stored in column order, so that a retrain gives the same bytes
+    #[serde(serialize_with = "in_column_order")]
     pub vocab: HashMap<u64, u32>,
     /// per column: inverse document frequency
     pub idf: Vec<f32>,
     /// per column: block (word / char)
     pub group: Vec<u8>,
+}
+
+fn in_column_order<S: serde::Serializer>(
+    vocab: &HashMap<u64, u32>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut entries: Vec<(&u64, &u32)> = vocab.iter().collect();
+    entries.sort_unstable_by_key(|&(_, column)| column);
+    serializer.collect_map(entries)
 }
 
 /// A sparse row: (column, value), sorted by column.

@@ -98,11 +98,7 @@ impl HandOffModel {
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let model: Self = artifact::from_bytes(bytes)?;
-        let l = &model.linear;
-        if l.n_classes != 2
-            || l.n_sparse != model.vectorizer.len()
-            || l.w.len() != (l.n_sparse + l.dense_dim) * 2
-        {
+        if !model.linear.has_shape(model.vectorizer.len(), 2) {
             bail!("hand-off model is inconsistent");
         }
         Ok(model)

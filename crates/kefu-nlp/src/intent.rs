@@ -377,8 +377,7 @@ impl IntentModel {
     /// Restores a model written by [`IntentModel::to_bytes`] of the same model version.
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
         let m: Self = artifact::from_bytes(b)?;
-        let cols = m.vectorizer.len() + m.linear.dense_dim;
-        if m.linear.w.len() != cols * m.labels.len() || m.linear.b.len() != m.labels.len() {
+        if !m.linear.has_shape(m.vectorizer.len(), m.labels.len()) {
             bail!("intent model is inconsistent");
         }
         Ok(m)

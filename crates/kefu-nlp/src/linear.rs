@@ -59,6 +59,15 @@ impl Linear {
         }
     }
 
+    /// Whether the weights fit `n_sparse` sparse columns and `n_classes` classes: a decoded
+    /// model whose parts disagree is refused before it could index out of bounds.
+    pub fn has_shape(&self, n_sparse: usize, n_classes: usize) -> bool {
+        self.n_sparse == n_sparse
+            && self.n_classes == n_classes
+            && self.w.len() == (n_sparse + self.dense_dim) * n_classes
+            && self.b.len() == n_classes
+    }
+
     /// Raw scores for one example.
     pub fn logits(&self, sparse: &[(u32, f32)], dense: Option<&[f32]>) -> Vec<f32> {
         let k = self.n_classes;

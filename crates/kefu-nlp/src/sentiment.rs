@@ -210,13 +210,11 @@ impl SentimentModel {
 
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
         let m: Self = artifact::from_bytes(b)?;
-        let consistent = |l: &Linear, dense_dim: usize| {
-            l.n_classes == 3
-                && l.n_sparse == m.vectorizer.len()
-                && l.dense_dim == dense_dim
-                && l.w.len() == (l.n_sparse + dense_dim) * 3
-        };
-        if !consistent(&m.linear, m.linear.dense_dim) || !consistent(&m.lexical, 0) {
+        let vocabulary = m.vectorizer.len();
+        if !m.linear.has_shape(vocabulary, 3)
+            || !m.lexical.has_shape(vocabulary, 3)
+            || m.lexical.dense_dim != 0
+        {
             bail!("sentiment model is inconsistent");
         }
         Ok(m)
