@@ -469,7 +469,7 @@ fn free_port_list(count: usize) -> std::io::Result<Vec<u16>> {
     use std::sync::atomic::{AtomicU32, Ordering};
     static TRIED: AtomicU32 = AtomicU32::new(0);
     let end = ephemeral_start();
-    let span = u32::from(end.saturating_sub(LOWEST_PORT).max(1));
+    let span = u32::from(end - LOWEST_PORT);
     // Test binaries run one after another; each starts elsewhere in the span.
     let offset = std::process::id().wrapping_mul(7919) % span;
     let mut ports = Vec::with_capacity(count);
@@ -481,7 +481,7 @@ fn free_port_list(count: usize) -> std::io::Result<Vec<u16>> {
                 format!("no free port left between {LOWEST_PORT} and {end}"),
             ));
         }
-        let port = LOWEST_PORT + u16::try_from((offset + tried) % span).expect("below end");
+        let port = LOWEST_PORT + u16::try_from((offset + tried) % span).expect("within the span");
         if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
             ports.push(port);
         }
@@ -490,7 +490,7 @@ fn free_port_list(count: usize) -> std::io::Result<Vec<u16>> {
 }
 
 /// Where the OS starts choosing ports for port 0 and outgoing connections (Linux's
-/// `ip_local_port_range`; 32768 where it cannot be read).
+/// `ip_local_port_range`; 32768 where it cannot be read), always above [`LOWEST_PORT`].
 fn ephemeral_start() -> u16 {
     std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
