@@ -6,6 +6,23 @@ pub mod v1 {
     /// Encoded `FileDescriptorSet` of every kefu.v1 file, for gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/kefu_descriptor.bin"));
+
+    impl Route {
+        /// Whether an intent of this route goes to a person: always for `Human`; for
+        /// `HumanIfNegative` when the message reads negative or as needing a person.
+        pub fn hands_off(self, negative: bool) -> bool {
+            match self {
+                Route::Human => true,
+                Route::HumanIfNegative => negative,
+                Route::Answer | Route::Ticket | Route::Unspecified => false,
+            }
+        }
+
+        /// Whether the route can hand off at all, so its intent's reason is worth naming.
+        pub fn may_hand_off(self) -> bool {
+            self.hands_off(true)
+        }
+    }
 }
 
 pub use prost_types::Timestamp;

@@ -116,11 +116,7 @@ pub fn decide(
     let fixed_reply = !classification.fixed_reply.is_empty();
     let confident_answer = knowledge.is_some_and(|k| k.confident && !k.answer.trim().is_empty());
 
-    let to_human = match route {
-        Route::Human => true,
-        Route::HumanIfNegative => negative,
-        Route::Answer | Route::Ticket | Route::Unspecified => false,
-    };
+    let to_human = route.hands_off(negative);
 
     let reason = if cue_reason.is_some() {
         cue_reason

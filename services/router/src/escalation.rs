@@ -40,8 +40,8 @@ impl Escalation {
         });
         classification.question = self.matcher.is_question(message);
         classification.says_not_helped = self.matcher.says_not_helped(message);
-        let to_human = [Route::Human as i32, Route::HumanIfNegative as i32];
-        classification.route_reason = if to_human.contains(&classification.route) {
+        let may_hand_off = Route::try_from(classification.route).is_ok_and(Route::may_hand_off);
+        classification.route_reason = if may_hand_off {
             self.policy
                 .intent_reason(&classification.intent)
                 .as_str()

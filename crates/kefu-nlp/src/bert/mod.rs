@@ -476,18 +476,15 @@ fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf)
 }
 
-/// Multiply-adds from which a product is worth splitting over threads, by kernel. Handing
-/// work to the pool costs tens of microseconds per product; the int8 kernels are about
-/// three times faster than half precision, so only a long text's products pay for it
-/// (a Banking77 message alone: p50 1.9 ms split at 2^21, 1.3 ms at 2^25 on 2 cores).
+/// Multiply-adds from which a half-precision product is worth splitting over threads
+/// (the int8 kernels have thresholds of their own, [`int8::split_work`]).
 const SPLIT_WORK_HALF: usize = 1 << 21;
-const SPLIT_WORK_INT8: usize = 1 << 25;
 
 /// [`linear`], with the rows shared out over the rayon pool when `split` and large enough.
 fn linear_split(x: &[f32], m: usize, d: &Dense, out: &mut [f32], split: bool) {
     let threads = rayon::current_num_threads();
     let split_work = match d.weights {
-        Weights::Int8(_) => SPLIT_WORK_INT8,
+        Weights::Int8(_) => int8::split_work(),
         Weights::Half(_) => SPLIT_WORK_HALF,
     };
     if !split || threads < 2 || m < 8 || m * d.n_in * d.n_out < split_work {
