@@ -68,9 +68,10 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// The fastest kernel this CPU runs, if any.
+    /// The fastest kernel this CPU runs, if any; found once, as every product asks.
     fn detect() -> Option<Self> {
-        Self::available().into_iter().next()
+        static DETECTED: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| Self::available().into_iter().next())
     }
 
     /// Every kernel this CPU runs, fastest first.
