@@ -19,8 +19,11 @@ use crate::features::{FeatureConfig, SparseRow, Vectorizer};
 use crate::linear::{self, softmax, Data, Linear, TrainOptions};
 use crate::text::{detect_language, Language};
 
+mod nearest;
+use nearest::ExampleEmbeddings;
+
 /// Changes whenever training or the stored format changes, so cached models are rebuilt.
-pub const MODEL_VERSION: &str = "kefu-intent-4";
+pub const MODEL_VERSION: &str = "kefu-intent-5";
 
 /// Hyper-parameters of [`IntentModel::train_with_config`]. The defaults were chosen on a
 /// held-out validation split of Banking77 (see `eval/split.py`).
@@ -95,13 +98,8 @@ pub struct IntentModel {
     min_confidence: f32,
     /// Cosine similarity to the nearest training example below which a message is out of scope.
     min_similarity: f32,
-    /// Training embeddings quantised to i8 (x127), row-major, for the nearest-example check.
-    example_embeddings: Vec<i8>,
-}
-
-fn quantize(v: &[f32]) -> impl Iterator<Item = i8> + '_ {
-    v.iter()
-        .map(|x| (x * 127.0).round().clamp(-127.0, 127.0) as i8)
+    /// The training embeddings, for the nearest-example check.
+    example_embeddings: ExampleEmbeddings,
 }
 
 impl IntentModel {
@@ -185,8 +183,8 @@ impl IntentModel {
         let held = held_out_fold(&set.classes, set.n_classes, config.holdout);
         let calibration = Calibration::fit(&set, &held, embeddings, config, start);
         let linear = set.fit(config, calibration.warm.as_ref());
-        let example_embeddings: Vec<i8> = embeddings
-            .map(|e| e.iter().flat_map(|v| quantize(v)).collect())
+        let example_embeddings = embeddings
+            .map(|e| ExampleEmbeddings::new(e, &set.classes, set.n_classes))
             .unwrap_or_default();
         tracing::info!(
             elapsed_ms = start.elapsed().as_millis() as u64,
@@ -314,13 +312,14 @@ impl IntentModel {
         let mut order: Vec<usize> = (0..z.len()).collect();
         order.sort_by(|&a, &b| z[b].total_cmp(&z[a]));
         let best = order[0];
-        let nearest = match (embedding, self.uses_embeddings()) {
-            (Some(e), true) => Some(self.nearest_similarity(e)),
-            _ => None,
+        let far = match (embedding, self.uses_embeddings()) {
+            (Some(e), true) => !self
+                .example_embeddings
+                .any_within(e, best, self.min_similarity),
+            _ => false,
         };
-        let out_of_scope = z[best] < self.min_confidence
-            || row.is_empty() && !self.uses_embeddings()
-            || nearest.is_some_and(|s| s < self.min_similarity);
+        let out_of_scope =
+            z[best] < self.min_confidence || row.is_empty() && !self.uses_embeddings() || far;
         IntentPrediction {
             intent: self.labels[best].clone(),
             confidence: z[best],
@@ -331,37 +330,6 @@ impl IntentModel {
                 .collect(),
             out_of_scope,
         }
-    }
-
-    fn nearest_similarity(&self, e: &[f32]) -> f32 {
-        let d = self.linear.dense_dim;
-        if d == 0 || self.example_embeddings.is_empty() {
-            return 1.0;
-        }
-        let q: Vec<i16> = quantize(e).map(i16::from).collect();
-        // A message fills only its language's block of the embedding; the rest of the
-        // product is zero, and skipping it spares a third of the memory read or more.
-        let Some(first) = q.iter().position(|&x| x != 0) else {
-            return 0.0;
-        };
-        let end = q
-            .iter()
-            .rposition(|&x| x != 0)
-            .map_or(first, |last| last + 1);
-        let q = &q[first..end];
-        let best = self
-            .example_embeddings
-            .chunks_exact(d)
-            .map(|row| {
-                row[first..end]
-                    .iter()
-                    .zip(q)
-                    .map(|(&a, &b)| i32::from(i16::from(a) * b))
-                    .sum::<i32>()
-            })
-            .max()
-            .unwrap_or(0);
-        best as f32 / (127.0 * 127.0)
     }
 
     /// The intents the model knows, sorted.
