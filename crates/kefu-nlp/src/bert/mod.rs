@@ -273,7 +273,7 @@ impl Bert {
         let longest = spans.iter().map(|s| s.1).max().unwrap_or(0);
         let dh = h / self.heads;
         let width = key_blocks_width(longest);
-        let mut scores = vec![0f32; width];
+        let mut scores = vec![0f32; QUERY_GROUP * width];
         let mut keys_t = vec![0f32; width * dh];
         let scale = 1.0 / (dh as f32).sqrt();
         for layer in &self.layers {
@@ -310,9 +310,16 @@ impl Bert {
     }
 }
 
+/// Queries attended together: each multiply-add chain waits on its own last sum, so
+/// several queries' chains, sharing each key and value read, keep the vector units busy
+/// where one query's would wait.
+const QUERY_GROUP: usize = 4;
+
 /// Scaled dot-product attention of one sequence: `qkv` holds its rows of queries, keys
 /// and values side by side (rows x 3·hidden), `ctx` receives rows x hidden. `keys_t`
-/// (head width x [`key_blocks_width`]) and `scores` ([`key_blocks_width`]) are scratch.
+/// (head width x [`key_blocks_width`]) and `scores` ([`QUERY_GROUP`] x
+/// [`key_blocks_width`]) are scratch. Every query's sums are taken in the same order
+/// however the queries are grouped.
 #[inline(always)]
 fn attend(
     qkv: &[f32],
@@ -327,7 +334,6 @@ fn attend(
     let h = ctx.len() / n.max(1);
     let dh = h / heads;
     let width = key_blocks_width(n);
-    let all_scores = &mut scores[..width];
     for head in 0..heads {
         let off = head * dh;
         let value = |j: usize| &qkv[j * 3 * h + 2 * h + off..][..dh];
@@ -340,44 +346,65 @@ fn attend(
                 keys_t[d * width + j] = kv;
             }
         }
-        for i in 0..n {
-            let q = &qkv[i * 3 * h + off..][..dh];
-            for (b, block) in all_scores.chunks_exact_mut(16).enumerate() {
-                let mut acc = [0f32; 16];
-                for (d, &qd) in q.iter().enumerate() {
-                    let k = &keys_t[d * width + b * 16..][..16];
-                    for l in 0..16 {
-                        acc[l] += qd * k[l];
+        for first in (0..n).step_by(QUERY_GROUP) {
+            // the group's queries, the last repeated when fewer (its results unused)
+            let count = (n - first).min(QUERY_GROUP);
+            let member = |r: usize| first + r.min(count - 1);
+            let q: [&[f32]; QUERY_GROUP] =
+                std::array::from_fn(|r| &qkv[member(r) * 3 * h + off..][..dh]);
+            for b in 0..width / 16 {
+                let mut acc = [[0f32; 16]; QUERY_GROUP];
+                for d in 0..dh {
+                    let k = keys_t[d * width + b * 16..][..16].try_into().unwrap();
+                    multiply_add(&mut acc, std::array::from_fn(|r| q[r][d]), k);
+                }
+                for (r, acc) in acc.iter().enumerate().take(count) {
+                    for (s, a) in scores[r * width + b * 16..][..16].iter_mut().zip(acc) {
+                        *s = a * scale;
                     }
                 }
-                for (s, a) in block.iter_mut().zip(acc) {
-                    *s = a * scale;
+            }
+            for r in 0..count {
+                softmax(&mut scores[r * width..][..n]);
+            }
+            let p: [&[f32]; QUERY_GROUP] =
+                std::array::from_fn(|r| &scores[r.min(count - 1) * width..][..n]);
+            // The weighted sum of values, 32 dimensions at a time in local sums that stay
+            // in registers (summed into `ctx`, each step would wait on the last store).
+            let blocks = dh / 32;
+            for b in 0..blocks {
+                let mut acc = [[0f32; 32]; QUERY_GROUP];
+                for (j, v) in (0..n).map(|j| &value(j)[b * 32..][..32]).enumerate() {
+                    multiply_add(
+                        &mut acc,
+                        std::array::from_fn(|r| p[r][j]),
+                        v.try_into().unwrap(),
+                    );
+                }
+                for (r, acc) in acc.iter().enumerate().take(count) {
+                    ctx[(first + r) * h + off + b * 32..][..32].copy_from_slice(acc);
                 }
             }
-            let scores = &mut all_scores[..n];
-            softmax(scores);
-            // The weighted sum of values, 32 dimensions at a time in a local sum that
-            // stays in registers (summed into `ctx`, each step waited on the last store).
-            let c = &mut ctx[i * h + off..][..dh];
-            let mut blocks = c.chunks_exact_mut(32);
-            for (b, block) in blocks.by_ref().enumerate() {
-                let mut acc = [0f32; 32];
-                for (j, &p) in scores.iter().enumerate() {
-                    let v = &value(j)[b * 32..][..32];
-                    for l in 0..32 {
-                        acc[l] += p * v[l];
-                    }
+            for (r, p) in p.iter().enumerate().take(count) {
+                for d in blocks * 32..dh {
+                    ctx[(first + r) * h + off + d] =
+                        p.iter().enumerate().map(|(j, &p)| p * value(j)[d]).sum();
                 }
-                block.copy_from_slice(&acc);
             }
-            let done = dh - blocks.into_remainder().len();
-            for (d, cv) in c.iter_mut().enumerate().skip(done) {
-                *cv = scores
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &p)| p * value(j)[d])
-                    .sum();
-            }
+        }
+    }
+}
+
+/// `acc[r] += x[r]·v` for each query r of a group, in registers.
+#[inline(always)]
+fn multiply_add<const W: usize>(
+    acc: &mut [[f32; W]; QUERY_GROUP],
+    x: [f32; QUERY_GROUP],
+    v: &[f32; W],
+) {
+    for r in 0..QUERY_GROUP {
+        for l in 0..W {
+            acc[r][l] += x[r] * v[l];
         }
     }
 }
@@ -749,7 +776,7 @@ mod tests {
         let scale = 1.0 / (dh as f32).sqrt();
         let width = key_blocks_width(n);
         let mut ctx = vec![0f32; n * h];
-        let (mut keys_t, mut scores) = (vec![0f32; width * dh], vec![0f32; width]);
+        let (mut keys_t, mut scores) = (vec![0f32; width * dh], vec![0f32; QUERY_GROUP * width]);
         attend(&qkv, &mut ctx, n, heads, scale, &mut keys_t, &mut scores);
         let at = |row: usize, part: usize, head: usize, d: usize| {
             qkv[row * 3 * h + part * h + head * dh + d]
