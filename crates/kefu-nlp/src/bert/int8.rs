@@ -68,6 +68,15 @@ enum Kernel {
 }
 
 impl Kernel {
+    /// Rows one call of the kernel's block computes: as many as its accumulators for a
+    /// tile fit in the vector registers, so that each weight read serves them all.
+    fn rows(self) -> usize {
+        match self {
+            Self::Vnni => 6,
+            Self::Avx2 => 4,
+        }
+    }
+
     /// The fastest kernel this CPU runs, if any; found once, as every product asks.
     fn detect() -> Option<Self> {
         static DETECTED: std::sync::OnceLock<Option<Kernel>> = std::sync::OnceLock::new();
@@ -96,9 +105,10 @@ impl Kernel {
 /// Multiply-adds from which a product is worth splitting over threads. Handing work to
 /// the pool costs tens of microseconds per product, so the faster the kernel, the larger
 /// the product must be. Banking77 messages one at a time on 2 cores (`kefu eval
-/// intents`, embedding p50): with VNNI 1.9 ms split at 2^21, 1.3 ms at 2^25; with AVX2
-/// alone, about three times slower, 3.4-3.8 ms at 2^20 against 4.2-5.2 ms at 2^25 (runs
-/// taken in turn on one machine).
+/// intents`, embedding p50): with VNNI 1.9 ms split at 2^21, 1.3 ms at 2^25 (and p99
+/// 6.2-7.2 ms split at 2^21-2^24, 4.6-5.0 ms at 2^25 or never); with AVX2 alone, about
+/// three times slower, 3.4-3.8 ms at 2^20 against 4.2-5.2 ms at 2^25 (runs taken in turn
+/// on one machine).
 pub(super) fn split_work() -> usize {
     match Kernel::detect() {
         Some(Kernel::Vnni) => 1 << 25,
@@ -272,8 +282,8 @@ fn linear_with(
             sum: &w.sum[cols.clone()],
             bias: &bias[cols.clone()],
         };
-        for first in (0..m).step_by(4) {
-            let count = (m - first).min(4);
+        for first in (0..m).step_by(kernel.rows()) {
+            let count = (m - first).min(kernel.rows());
             let out = out[first * n + cols.start..].as_mut_ptr();
             // SAFETY: the kernel was chosen for this CPU; every row slice has k bytes, the
             // tile k x 64, and out holds rows first..first+count of n features.
@@ -310,8 +320,9 @@ mod vnni {
 
     use super::{Block, TILE};
 
-    /// Four rows (the last repeated when fewer) by one tile of 64 features. The sixteen
-    /// accumulators are named one by one so that they stay in registers.
+    /// Six rows (the last repeated when fewer) by one tile of 64 features. The 24
+    /// accumulators are named one by one so that they stay in registers (with the tile's
+    /// four weight vectors and a row's broadcast inputs, 29 of the 32).
     #[target_feature(enable = "avx512f,avx512vnni")]
     pub(super) unsafe fn block(
         b: &Block,
@@ -321,13 +332,15 @@ mod vnni {
         stride: usize,
     ) {
         let row = |r: usize| b.rows.q[b.row(first, count, r)..].as_ptr();
-        let (p0, p1, p2, p3) = (row(0), row(1), row(2), row(3));
+        let (p0, p1, p2, p3, p4, p5) = (row(0), row(1), row(2), row(3), row(4), row(5));
         let w = b.w.as_ptr();
         let z = _mm512_setzero_si512();
         let (mut a00, mut a01, mut a02, mut a03) = (z, z, z, z);
         let (mut a10, mut a11, mut a12, mut a13) = (z, z, z, z);
         let (mut a20, mut a21, mut a22, mut a23) = (z, z, z, z);
         let (mut a30, mut a31, mut a32, mut a33) = (z, z, z, z);
+        let (mut a40, mut a41, mut a42, mut a43) = (z, z, z, z);
+        let (mut a50, mut a51, mut a52, mut a53) = (z, z, z, z);
         for g in 0..b.k / 4 {
             let at = w.add(g * TILE * 4);
             let load = |c: usize| _mm512_loadu_si512(at.add(c * 64) as *const __m512i);
@@ -354,6 +367,16 @@ mod vnni {
             a31 = _mm512_dpbusd_epi32(a31, x, v1);
             a32 = _mm512_dpbusd_epi32(a32, x, v2);
             a33 = _mm512_dpbusd_epi32(a33, x, v3);
+            let x = four(p4);
+            a40 = _mm512_dpbusd_epi32(a40, x, v0);
+            a41 = _mm512_dpbusd_epi32(a41, x, v1);
+            a42 = _mm512_dpbusd_epi32(a42, x, v2);
+            a43 = _mm512_dpbusd_epi32(a43, x, v3);
+            let x = four(p5);
+            a50 = _mm512_dpbusd_epi32(a50, x, v0);
+            a51 = _mm512_dpbusd_epi32(a51, x, v1);
+            a52 = _mm512_dpbusd_epi32(a52, x, v2);
+            a53 = _mm512_dpbusd_epi32(a53, x, v3);
         }
         // y = (step·acc + low·Σw) · scale + b, sixteen features at a time
         let emit = |r: usize, c: usize, acc: __m512i| {
@@ -379,6 +402,8 @@ mod vnni {
             [a10, a11, a12, a13],
             [a20, a21, a22, a23],
             [a30, a31, a32, a33],
+            [a40, a41, a42, a43],
+            [a50, a51, a52, a53],
         ]
         .into_iter()
         .enumerate()
