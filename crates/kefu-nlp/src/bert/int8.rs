@@ -106,7 +106,7 @@ impl Kernel {
 /// the pool costs tens of microseconds per product, so the faster the kernel, the larger
 /// the product must be. Banking77 messages one at a time on 2 cores (`kefu eval
 /// intents`, embedding p50): with VNNI 1.9 ms split at 2^21, 1.3 ms at 2^25 (and p99
-/// 6.2-7.2 ms split at 2^21-2^24, 4.6-5.0 ms at 2^25 or never); with AVX2 alone, about
+/// 6.2-7.2 ms split at 2^21-2^24, 4.6-5.2 ms at 2^25 or never); with AVX2 alone, about
 /// three times slower, 3.4-3.8 ms at 2^20 against 4.2-5.2 ms at 2^25 (runs taken in turn
 /// on one machine).
 pub(super) fn split_work() -> usize {
