@@ -345,7 +345,11 @@ impl IntentModel {
     /// Restores a model written by [`IntentModel::to_bytes`] of the same model version.
     pub fn from_bytes(b: &[u8]) -> Result<Self> {
         let m: Self = artifact::from_bytes(b)?;
-        if !m.linear.has_shape(m.vectorizer.len(), m.labels.len()) {
+        if !m.linear.has_shape(m.vectorizer.len(), m.labels.len())
+            || !m
+                .example_embeddings
+                .fits(m.labels.len(), m.linear.dense_dim)
+        {
             bail!("intent model is inconsistent");
         }
         Ok(m)

@@ -38,6 +38,19 @@ impl ExampleEmbeddings {
         }
     }
 
+    /// True when the stored rows and intent ranges agree with each other, with `n_classes`
+    /// and with embeddings of `dim` values (none stored is consistent too).
+    pub(super) fn fits(&self, n_classes: usize, dim: usize) -> bool {
+        if self.values.is_empty() {
+            return true;
+        }
+        self.dim == dim
+            && self.starts.len() == n_classes + 1
+            && self.starts[0] == 0
+            && self.starts.windows(2).all(|w| w[0] <= w[1])
+            && self.starts[n_classes] * dim == self.values.len()
+    }
+
     /// True when some example's cosine similarity to `e` (as i8 products) is at least
     /// `bound`, or when there are no examples to compare with. Intent `first`'s examples
     /// are tried first; the answer does not depend on the order.
@@ -153,6 +166,17 @@ mod tests {
         // an empty embedding reaches only a bound of zero or below
         assert!(!ex.any_within(&[0.0; 6], 1, 0.15));
         assert!(ex.any_within(&[0.0; 6], 1, 0.0));
+    }
+
+    #[test]
+    fn stored_examples_must_fit_the_model() {
+        let ex = examples();
+        assert!(ex.fits(2, 6));
+        assert!(!ex.fits(3, 6));
+        assert!(!ex.fits(2, 5));
+        let mut cut = ex.clone();
+        cut.values.truncate(6);
+        assert!(!cut.fits(2, 6));
     }
 
     #[test]
