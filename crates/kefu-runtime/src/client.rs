@@ -151,6 +151,52 @@ mod tests {
         assert_eq!(spent.code(), tonic::Code::DeadlineExceeded);
     }
 
+    /// A peer that dies mid-answer (its sockets closed, as the kernel closes a killed
+    /// process's) leaves its caller UNAVAILABLE, which callers retry, never UNKNOWN.
+    #[tokio::test]
+    async fn an_answer_cut_off_by_a_broken_connection_is_unavailable() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sockets = accepted.clone();
+        let incoming = futures::stream::unfold(listener, move |listener| {
+            let sockets = sockets.clone();
+            async move {
+                let connection = listener.accept().await.and_then(|(stream, _)| {
+                    let stream = stream.into_std()?;
+                    sockets.lock().unwrap().push(stream.try_clone()?);
+                    tokio::net::TcpStream::from_std(stream)
+                });
+                Some((connection, listener))
+            }
+        });
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(incoming),
+        );
+
+        let channel = plain_connector()
+            .channel("kefu-orchestrator", &format!("http://127.0.0.1:{port}"))
+            .unwrap();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let mut answer = client
+            .watch(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            answer.message().await.unwrap().is_some(),
+            "the first status"
+        );
+        for socket in accepted.lock().unwrap().iter() {
+            socket.shutdown(std::net::Shutdown::Both).unwrap();
+        }
+        let status = answer.message().await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    }
+
     #[tokio::test]
     async fn rejects_malformed_urls_and_plaintext_under_tls() {
         let plain = plain_connector();

@@ -2,7 +2,8 @@
 //! the call (each hop gets what is left of it, not a fresh one), and a call that could
 //! not reach its peer is retried once or twice, within a budget: any method when no
 //! connection could be made (the request was never sent), only methods that are safe
-//! to repeat when the connection broke during the call. A peer's own answer, even
+//! to repeat when the connection broke during the call; an answer cut off by a broken
+//! connection fails UNAVAILABLE, for the caller to retry. A peer's own answer, even
 //! UNAVAILABLE, is never retried here: it has already been through the peer's retries,
 //! so retries happen at one hop and never stack.
 use std::sync::Arc;
@@ -196,7 +197,7 @@ where
                 };
                 let outcome = tokio::time::timeout(left, attempt_call).await;
                 let error = match outcome {
-                    Ok(Ok(response)) => return Ok(response),
+                    Ok(Ok(response)) => return Ok(response.map(broken_is_unavailable)),
                     Err(_) => {
                         return Ok(status_response(
                             tonic::Code::DeadlineExceeded,
@@ -223,6 +224,23 @@ where
             }
         })
     }
+}
+
+/// An answer whose connection broke after it began (its peer died mid-answer) fails
+/// UNAVAILABLE, as gRPC's status codes say of data sent before a connection breaks, so
+/// that callers retry it; tonic, finding no status in a broken connection, would say
+/// UNKNOWN. What tonic can name (a stream the peer reset with a reason) is kept.
+fn broken_is_unavailable(body: tonic::body::Body) -> tonic::body::Body {
+    tonic::body::Body::new(body.map_err(|status| {
+        if status.code() == tonic::Code::Unknown {
+            tonic::Status::unavailable(format!(
+                "the connection to a kefu service broke during its answer: {}",
+                status.message()
+            ))
+        } else {
+            status
+        }
+    }))
 }
 
 /// `grpc-timeout` header value: at most 8 digits, here in milliseconds.

@@ -46,13 +46,28 @@ pub enum StoreError {
 
 impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_) => Self::Unavailable(error),
-            other => Self::Other(other),
+        if means_unavailable(&error) {
+            Self::Unavailable(error)
+        } else {
+            Self::Other(error)
         }
+    }
+}
+
+/// The database could not be reached, or said it cannot serve now: a failure to wait
+/// out, not one of the request. A server that shuts down or starts up says so with a
+/// SQLSTATE (PostgreSQL's appendix A): class 08, connection exceptions; 53300,
+/// too_many_connections; 57P01-57P03, admin_shutdown, crash_shutdown, cannot_connect_now.
+fn means_unavailable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            code.starts_with("08") || matches!(&*code, "53300" | "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }
 

@@ -736,3 +736,39 @@ async fn concurrent_drainers_never_claim_the_same_entry() {
         assert_eq!(claimed.len(), 40, "every entry was claimed by someone");
     }
 }
+
+/// PostgreSQL ends its sessions with SQLSTATE 57P01 when it shuts down (and 57P03 while
+/// it starts up): a failure the store reports UNAVAILABLE, to be waited out, not
+/// INTERNAL, which an outbox would count against its row.
+#[tokio::test]
+async fn a_session_the_server_ends_is_unavailable() {
+    use sqlx::Connection as _;
+    let (_guard, url) = TestDb::postgres().await;
+    let mut session = sqlx::PgConnection::connect(&url).await.unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut session)
+        .await
+        .unwrap();
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let ended: bool = sqlx::query_scalar("SELECT pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert!(ended);
+    let error = sqlx::query("SELECT 1")
+        .execute(&mut session)
+        .await
+        .unwrap_err();
+    let said = match &error {
+        sqlx::Error::Database(error) => error.code().map(|code| code.into_owned()),
+        _ => None,
+    };
+    assert_eq!(
+        said.as_deref(),
+        Some("57P01"),
+        "the server said why: {error}"
+    );
+    let status = tonic::Status::from(StoreError::from(error));
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+}

@@ -30,6 +30,9 @@ pub use decision::{
     decide, handoff_pending_reply, mood_priority, ticket_priority, Conversation, Decision,
     EscalationReason, Retrieval,
 };
+/// How long an outbox entry may wait after its worker lost it (the worker died, or the
+/// database went away before the attempt was recorded): its lease, then a drain.
+pub use outbox::{DRAIN_INTERVAL, LEASE_MS};
 pub use service::OrchestratorHandle;
 pub use workflow::Orchestrator;
 
