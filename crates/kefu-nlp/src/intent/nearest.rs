@@ -55,7 +55,7 @@ impl ExampleEmbeddings {
     /// `bound`, or when there are no examples to compare with. Intent `first`'s examples
     /// are tried first; the answer does not depend on the order.
     pub(super) fn any_within(&self, e: &[f32], first: usize, bound: f32) -> bool {
-        if self.dim == 0 || self.values.is_empty() {
+        if self.values.is_empty() {
             return true;
         }
         let q: Vec<i8> = quantize(e).collect();
@@ -66,7 +66,7 @@ impl ExampleEmbeddings {
         };
         let hi = q.iter().rposition(|&x| x != 0).map_or(lo, |last| last + 1);
         let block = self.starts[first] * self.dim..self.starts[first + 1] * self.dim;
-        let scan = |rows: &[i8]| reaches(rows, self.dim, lo..hi, &q[lo..hi], bound);
+        let scan = |rows: &[i8]| reaches(rows, self.dim, lo, &q[lo..hi], bound);
         scan(&self.values[block.clone()])
             || scan(&self.values[..block.start])
             || scan(&self.values[block.end..])
@@ -78,58 +78,40 @@ fn quantize(v: &[f32]) -> impl Iterator<Item = i8> + '_ {
         .map(|x| (x * 127.0).round().clamp(-127.0, 127.0) as i8)
 }
 
-/// Whether some row of `rows` (rows of `dim` values), cut to `cols`, has a product with
-/// `q` of at least `bound` x 127².
-fn reaches(rows: &[i8], dim: usize, cols: std::ops::Range<usize>, q: &[i8], bound: f32) -> bool {
+/// Whether some row of `rows` (rows of `dim` values), from column `from` on, has a
+/// product with `q` of at least `bound` x 127².
+fn reaches(rows: &[i8], dim: usize, from: usize, q: &[i8], bound: f32) -> bool {
     // Compiled again for wider vectors; the CPU picks one. Same integers in every version.
     #[cfg(target_arch = "x86_64")]
     {
         if is_x86_feature_detected!("avx512bw") {
             // SAFETY: the CPU has AVX-512BW (checked just above).
-            return unsafe { reaches_avx512(rows, dim, cols, q, bound) };
+            return unsafe { reaches_avx512(rows, dim, from, q, bound) };
         }
         if is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2 (checked just above).
-            return unsafe { reaches_avx2(rows, dim, cols, q, bound) };
+            return unsafe { reaches_avx2(rows, dim, from, q, bound) };
         }
     }
-    reaches_portable(rows, dim, cols, q, bound)
+    reaches_portable(rows, dim, from, q, bound)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn reaches_avx512(
-    rows: &[i8],
-    dim: usize,
-    cols: std::ops::Range<usize>,
-    q: &[i8],
-    bound: f32,
-) -> bool {
-    reaches_portable(rows, dim, cols, q, bound)
+unsafe fn reaches_avx512(rows: &[i8], dim: usize, from: usize, q: &[i8], bound: f32) -> bool {
+    reaches_portable(rows, dim, from, q, bound)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn reaches_avx2(
-    rows: &[i8],
-    dim: usize,
-    cols: std::ops::Range<usize>,
-    q: &[i8],
-    bound: f32,
-) -> bool {
-    reaches_portable(rows, dim, cols, q, bound)
+unsafe fn reaches_avx2(rows: &[i8], dim: usize, from: usize, q: &[i8], bound: f32) -> bool {
+    reaches_portable(rows, dim, from, q, bound)
 }
 
 #[inline(always)]
-fn reaches_portable(
-    rows: &[i8],
-    dim: usize,
-    cols: std::ops::Range<usize>,
-    q: &[i8],
-    bound: f32,
-) -> bool {
+fn reaches_portable(rows: &[i8], dim: usize, from: usize, q: &[i8], bound: f32) -> bool {
     rows.chunks_exact(dim).any(|row| {
-        let product: i32 = row[cols.clone()]
+        let product: i32 = row[from..from + q.len()]
             .iter()
             .zip(q)
             .map(|(&a, &b)| i32::from(a) * i32::from(b))
