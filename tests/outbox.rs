@@ -26,7 +26,7 @@ use kefu_test_db::TestDb;
 use tonic::transport::Channel;
 use tonic::Code;
 
-/// More than the drainer claims at once, so that a batch of them alone fills a claim.
+/// More than a drainer works in one pass, so that they alone could fill a pass.
 const PLANTED: usize = 60;
 const HAND_OFFS: usize = 5;
 /// Attempts before the dead letter, in this test; backoff starts at 200 ms.

@@ -268,33 +268,27 @@ impl SqlChannels {
         Ok(row.as_ref().map(conversation_from_row).transpose()?)
     }
 
-    /// Claims up to `limit` due messages of `direction` for `lease_ms`, counting an
-    /// attempt on each; rows another worker holds are skipped, not waited for.
-    pub async fn claim_due(
+    /// Claims the message of `direction` due first for `lease_ms`, counting an attempt
+    /// on it; rows another worker holds are skipped, not waited for. One at a time, so
+    /// that a lease covers one attempt (see `TicketOutbox::claim_next`).
+    pub async fn claim_next(
         &self,
         direction: Direction,
-        limit: i64,
         lease_ms: i64,
-    ) -> StoreResult<Vec<ChannelMessage>> {
+    ) -> StoreResult<Option<ChannelMessage>> {
         let now = now_millis();
         let mut tx = self.db.begin_write().await?;
-        let rows = sqlx::query(&format!(
-            "UPDATE channel_messages SET attempts = attempts + 1, claimed_until = $1 WHERE message_id IN (SELECT message_id FROM channel_messages WHERE status = 'pending' AND direction = $2 AND next_attempt_at <= $3 AND claimed_until <= $3 ORDER BY next_attempt_at LIMIT $4 {}) RETURNING {MESSAGE_COLUMNS}",
+        let row = sqlx::query(&format!(
+            "UPDATE channel_messages SET attempts = attempts + 1, claimed_until = $1 WHERE message_id IN (SELECT message_id FROM channel_messages WHERE status = 'pending' AND direction = $2 AND next_attempt_at <= $3 AND claimed_until <= $3 ORDER BY next_attempt_at LIMIT 1 {}) RETURNING {MESSAGE_COLUMNS}",
             self.db.skip_locked()
         ))
         .bind(now + lease_ms)
         .bind(direction.as_str())
         .bind(now)
-        .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut messages = rows
-            .iter()
-            .map(message_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        messages.sort_by_key(|message| message.created_at);
-        Ok(messages)
+        Ok(row.as_ref().map(message_from_row).transpose()?)
     }
 
     /// The gateway answered an inbound message: it is done, its conversation continues

@@ -81,9 +81,12 @@ pub trait TicketOutbox: Send + Sync {
     /// Stores the turn, moves the session to the queue (for a hand-off) and writes the
     /// outbox entry, in one transaction.
     async fn commit_ticket_turn(&self, turn: TicketTurn) -> StoreResult<TicketTurnOutcome>;
-    /// Claims up to `limit` due entries for `lease_ms`, counting an attempt on each;
-    /// entries another worker holds are skipped, not waited for.
-    async fn claim_due(&self, limit: i64, lease_ms: i64) -> StoreResult<Vec<OutboxEntry>>;
+    /// Claims the entry due first for `lease_ms`, counting an attempt on it; entries
+    /// another worker holds are skipped, not waited for. One at a time, so that a lease
+    /// covers one attempt: entries claimed together and tried one after another could
+    /// outlive their lease behind a slow ticket service, and be tried (and counted) again
+    /// by another worker while still waiting their turn.
+    async fn claim_next(&self, lease_ms: i64) -> StoreResult<Option<OutboxEntry>>;
     /// The ticket exists: the entry goes, and the turn (with the reply that names it,
     /// when given) and a session queued without a ticket get it.
     async fn ticket_opened(
@@ -209,25 +212,19 @@ impl TicketOutbox for SqlConversationStore {
         with_race_retries(|| self.try_commit_ticket_turn(&turn)).await
     }
 
-    async fn claim_due(&self, limit: i64, lease_ms: i64) -> StoreResult<Vec<OutboxEntry>> {
+    async fn claim_next(&self, lease_ms: i64) -> StoreResult<Option<OutboxEntry>> {
         let skip_locked = self.db().skip_locked();
         let now = now_millis();
         let mut tx = self.db().begin_write().await?;
-        let rows = sqlx::query(&format!(
-            "UPDATE ticket_outbox SET attempts = attempts + 1, claimed_until = $1 WHERE outbox_id IN (SELECT outbox_id FROM ticket_outbox WHERE dead_at IS NULL AND next_attempt_at <= $2 AND claimed_until <= $2 ORDER BY next_attempt_at LIMIT $3 {skip_locked}) RETURNING {OUTBOX_COLUMNS}"
+        let row = sqlx::query(&format!(
+            "UPDATE ticket_outbox SET attempts = attempts + 1, claimed_until = $1 WHERE outbox_id IN (SELECT outbox_id FROM ticket_outbox WHERE dead_at IS NULL AND next_attempt_at <= $2 AND claimed_until <= $2 ORDER BY next_attempt_at LIMIT 1 {skip_locked}) RETURNING {OUTBOX_COLUMNS}"
         ))
         .bind(now + lease_ms)
         .bind(now)
-        .bind(limit)
-        .fetch_all(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        let mut entries = rows
-            .iter()
-            .map(entry_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        entries.sort_by_key(|entry| entry.created_at);
-        Ok(entries)
+        Ok(row.as_ref().map(entry_from_row).transpose()?)
     }
 
     async fn ticket_opened(

@@ -45,10 +45,10 @@ async fn messages_are_taken_once_retried_alone_and_dead_lettered() {
         ));
         // Held by its receiver: no drainer takes it during the lease.
         assert!(store
-            .claim_due(Direction::In, 10, 60_000)
+            .claim_next(Direction::In, 60_000)
             .await
             .unwrap()
-            .is_empty());
+            .is_none());
 
         let handled = Handled {
             session_id: "s1".into(),
@@ -71,10 +71,10 @@ async fn messages_are_taken_once_retried_alone_and_dead_lettered() {
         );
         assert!(
             store
-                .claim_due(Direction::Out, 10, 60_000)
+                .claim_next(Direction::Out, 60_000)
                 .await
                 .unwrap()
-                .is_empty(),
+                .is_none(),
             "held"
         );
 
@@ -90,16 +90,24 @@ async fn messages_are_taken_once_retried_alone_and_dead_lettered() {
         else {
             panic!("new");
         };
-        let due_in = store.claim_due(Direction::In, 10, 60_000).await.unwrap();
+        let due_in = store.claim_next(Direction::In, 60_000).await.unwrap();
         assert_eq!(
-            due_in.iter().map(|m| &m.message_id).collect::<Vec<_>>(),
-            [&second.message_id]
+            due_in.map(|m| m.message_id),
+            Some(second.message_id.clone())
         );
-        let due_out = store.claim_due(Direction::Out, 10, 60_000).await.unwrap();
-        assert_eq!(due_out.len(), 1);
-        assert_eq!(due_out[0].attempts, 2);
+        assert!(store
+            .claim_next(Direction::In, 60_000)
+            .await
+            .unwrap()
+            .is_none());
+        let due_out = store
+            .claim_next(Direction::Out, 60_000)
+            .await
+            .unwrap()
+            .expect("the failed reply is due");
+        assert_eq!(due_out.attempts, 2);
         store
-            .attempt_failed(&due_out[0], "webhook answered 410", None)
+            .attempt_failed(&due_out, "webhook answered 410", None)
             .await
             .unwrap();
 

@@ -595,7 +595,7 @@ async fn a_hand_off_commits_its_turn_queue_move_and_ticket_entry_together() {
             (HANDLER_QUEUED, "")
         );
         // The committing worker holds its entry: the drainer does not take it meanwhile.
-        assert!(store.claim_due(10, 1000).await.unwrap().is_empty());
+        assert!(store.claim_next(1000).await.unwrap().is_none());
         // A retry of the message is the turn stored first, with nothing written again.
         assert!(matches!(
             store.commit_ticket_turn(ticket_turn("c1", "m1", true)).await.unwrap(),
@@ -663,13 +663,15 @@ async fn failing_entries_back_off_and_die_without_holding_up_the_others() {
                 other => panic!("{other:?}"),
             }
         }
-        let claimed = store.claim_due(2, 60_000).await.unwrap();
-        assert_eq!(claimed.len(), 2);
+        let mut claimed = Vec::new();
+        for _ in 0..2 {
+            claimed.push(store.claim_next(60_000).await.unwrap().expect("due"));
+        }
         assert!(claimed.iter().all(|entry| entry.attempts == 2));
-        // A second drainer meanwhile gets only the entry nobody holds.
-        let other = store.claim_due(10, 60_000).await.unwrap();
-        assert_eq!(other.len(), 1);
+        // A second drainer meanwhile gets only the entry nobody holds, and then nothing.
+        let other = [store.claim_next(60_000).await.unwrap().expect("due")];
         assert!(!claimed.contains(&other[0]));
+        assert!(store.claim_next(60_000).await.unwrap().is_none());
         // One is tried again later, one goes to the dead letter, one is opened.
         let far = now_millis() + 3_600_000;
         store
@@ -682,7 +684,7 @@ async fn failing_entries_back_off_and_die_without_holding_up_the_others() {
             .unwrap();
         store.ticket_opened(&other[0], "T-9", None).await.unwrap();
         assert!(
-            store.claim_due(10, 60_000).await.unwrap().is_empty(),
+            store.claim_next(60_000).await.unwrap().is_none(),
             "nothing due"
         );
         let stats = store.stats().await.unwrap();
@@ -703,10 +705,9 @@ async fn failing_entries_back_off_and_die_without_holding_up_the_others() {
             .retry_dead_letter("t1", &dead[0].outbox_id)
             .await
             .unwrap());
-        let again = store.claim_due(10, 60_000).await.unwrap();
-        assert_eq!(again.len(), 1);
+        let again = store.claim_next(60_000).await.unwrap().expect("put back");
         assert_eq!(
-            (again[0].outbox_id.as_str(), again[0].attempts),
+            (again.outbox_id.as_str(), again.attempts),
             (dead[0].outbox_id.as_str(), 1)
         );
     }
@@ -724,7 +725,13 @@ async fn concurrent_drainers_never_claim_the_same_entry() {
         let drainers: Vec<_> = (0..4)
             .map(|_| {
                 let store = store.clone();
-                tokio::spawn(async move { store.claim_due(15, 60_000).await.unwrap() })
+                tokio::spawn(async move {
+                    let mut claimed = Vec::new();
+                    while let Some(entry) = store.claim_next(60_000).await.unwrap() {
+                        claimed.push(entry);
+                    }
+                    claimed
+                })
             })
             .collect();
         let mut claimed = Vec::new();

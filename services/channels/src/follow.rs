@@ -13,7 +13,7 @@ use kefu_proto::v1::{Handler, StreamEventsRequest};
 use kefu_runtime::Shutdown;
 use kefu_storage::channels::{ChannelConversation, NewChannelMessage};
 
-use crate::relay::{Relay, ReplyPayload, LEASE_MS};
+use crate::relay::{Relay, ReplyPayload};
 
 /// How long a replica holds a conversation it follows without renewing.
 const FOLLOW_LEASE_MS: i64 = 10_000;
@@ -224,7 +224,7 @@ impl Follower {
                 event.event_id,
                 reply.as_ref(),
                 back_to_bot,
-                LEASE_MS,
+                self.relay.lease_ms,
             )
             .await
         {

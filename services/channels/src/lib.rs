@@ -47,6 +47,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
             delivery.channels_delivery_timeout_ms,
         ))?,
         policy: RetryPolicy::new(delivery.channels_max_attempts, delivery.channels_backoff_ms),
+        lease_ms: relay::LEASE_MS,
     };
     relay.clone().spawn_drainer(&shutdown);
     follow::Follower::spawn(relay.clone(), &shutdown);

@@ -26,7 +26,8 @@ use crate::email::MailThread;
 pub const LEASE_MS: i64 = 30_000;
 /// How often the drainers look for due messages.
 pub const DRAIN_INTERVAL: Duration = Duration::from_secs(1);
-const CLAIM_BATCH: i64 = 50;
+/// Messages of each direction one drainer works in a pass, each claimed when its turn comes.
+const MESSAGES_PER_PASS: usize = 50;
 pub const SERVICE: &str = "kefu-channels";
 
 /// The outside channels, by their name in the tables and metrics.
@@ -144,6 +145,8 @@ pub struct Relay {
     pub gateway: ConversationServiceClient<GrpcChannel>,
     pub deliverer: Deliverer,
     pub policy: RetryPolicy,
+    /// How long a message is held for one attempt (`LEASE_MS`).
+    pub lease_ms: i64,
 }
 
 /// The bot's answer to an inbound message, as the channel may show it at once.
@@ -184,7 +187,7 @@ impl Relay {
         };
         let received = self
             .store
-            .receive(&message, &payload.customer_id, LEASE_MS)
+            .receive(&message, &payload.customer_id, self.lease_ms)
             .await;
         if let Err(error) = &received {
             tracing::warn!(%error, channel = kind.as_str(), "a channel message could not be stored");
@@ -338,7 +341,7 @@ impl Relay {
             with_human: response.handler != Handler::Bot as i32
                 && response.handler != Handler::Unspecified as i32,
             reply,
-            hold_ms: LEASE_MS,
+            hold_ms: self.lease_ms,
         };
         let queued = self
             .store
@@ -396,14 +399,14 @@ impl Relay {
         }
     }
 
-    /// Works every due message once, inbound first.
+    /// Works due messages, inbound first, up to `MESSAGES_PER_PASS` of each direction,
+    /// claiming each when its turn comes (a lease covers one attempt).
     pub async fn drain(&self) -> Result<usize, kefu_storage::StoreError> {
         let mut worked = 0;
-        for message in self
-            .store
-            .claim_due(Direction::In, CLAIM_BATCH, LEASE_MS)
-            .await?
-        {
+        for _ in 0..MESSAGES_PER_PASS {
+            let Some(message) = self.store.claim_next(Direction::In, self.lease_ms).await? else {
+                break;
+            };
             if let Some(Answer {
                 reply: Some(reply), ..
             }) = self.handle_inbound(&message).await
@@ -412,11 +415,10 @@ impl Relay {
             }
             worked += 1;
         }
-        for message in self
-            .store
-            .claim_due(Direction::Out, CLAIM_BATCH, LEASE_MS)
-            .await?
-        {
+        for _ in 0..MESSAGES_PER_PASS {
+            let Some(message) = self.store.claim_next(Direction::Out, self.lease_ms).await? else {
+                break;
+            };
             self.deliver(&message).await;
             worked += 1;
         }
@@ -482,4 +484,164 @@ pub fn count_refusal(channel: &str, status: u16) {
         "status" => status.to_string()
     )
     .increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use kefu_storage::channels::{Handled, NewChannelMessage, Received};
+    use kefu_storage::Database;
+    use kefu_test_db::TestDb;
+
+    use super::*;
+
+    const REPLIES: usize = 16;
+    /// The receiver takes this long over each reply ...
+    const RECEIVER_DELAY: Duration = Duration::from_millis(250);
+    /// ... so one delivery fits in a lease, and the replies sent one after another do not.
+    const LEASE_MS_HERE: i64 = 1_000;
+
+    /// The tenant's webhook receiver, slow to answer; counts the deliveries of each reply.
+    async fn slow_receiver() -> (u16, Arc<Mutex<HashMap<String, usize>>>) {
+        let got = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
+        let counted = got.clone();
+        let app = axum::Router::new().route(
+            "/replies",
+            axum::routing::post(move |body: String| async move {
+                let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+                let delivery = reply["delivery_id"].as_str().unwrap().to_owned();
+                *counted.lock().unwrap().entry(delivery).or_default() += 1;
+                tokio::time::sleep(RECEIVER_DELAY).await;
+                "ok"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (port, got)
+    }
+
+    /// The demo tenant with a webhook channel that delivers to `port`.
+    fn tenants_with_webhook(dir: &std::path::Path, port: u16) -> Arc<LiveTenants> {
+        let secret = dir.join("webhook-secret");
+        std::fs::write(&secret, "test-secret").unwrap();
+        let demo = dir.join("tenants/demo");
+        std::fs::create_dir_all(&demo).unwrap();
+        let toml = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tenants/demo/tenant.toml"
+        ))
+        .unwrap();
+        std::fs::write(
+            demo.join("tenant.toml"),
+            format!(
+                "{toml}\n[channels.webhook]\nsecret = {{ file = {secret:?} }}\ndeliver_url = \"http://127.0.0.1:{port}/replies\"\n"
+            ),
+        )
+        .unwrap();
+        LiveTenants::load(&dir.join("tenants")).unwrap()
+    }
+
+    /// Replies to webhook customers, queued and due at once.
+    async fn queue_replies(store: &SqlChannels) {
+        for i in 0..REPLIES {
+            let customer = format!("customer-{i}");
+            let inbound = NewChannelMessage {
+                tenant_id: "demo".into(),
+                channel: "webhook".into(),
+                thread: customer.clone(),
+                dedup_key: format!("m-{i}"),
+                session_id: String::new(),
+                role: "customer".into(),
+                payload: "{}".into(),
+            };
+            let Received::New(received) = store.receive(&inbound, &customer, 0).await.unwrap()
+            else {
+                panic!("a new message is new");
+            };
+            let reply = NewChannelMessage {
+                dedup_key: format!("reply:m-{i}"),
+                session_id: format!("session-{i}"),
+                role: "bot".into(),
+                payload: serde_json::to_string(&ReplyPayload {
+                    customer_id: customer,
+                    text: "Here is how to reset your password.".into(),
+                    agent_id: String::new(),
+                    in_reply_to: inbound.dedup_key.clone(),
+                    mail: None,
+                })
+                .unwrap(),
+                ..inbound
+            };
+            let handled = Handled {
+                session_id: format!("session-{i}"),
+                with_human: false,
+                reply: Some(reply),
+                hold_ms: 0,
+            };
+            store
+                .inbound_handled(&received, &handled)
+                .await
+                .unwrap()
+                .expect("queued");
+        }
+    }
+
+    /// Two replicas drain the replies while the customer's webhook is slow: each reply
+    /// reaches the customer once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_draining_towards_a_slow_webhook_send_each_reply_once() {
+        let (_guard, url) = TestDb::postgres().await;
+        let store = SqlChannels::new(Database::connect(&url).await.unwrap());
+        queue_replies(&store).await;
+        let (port, got) = slow_receiver().await;
+        let dir = tempfile::tempdir().unwrap();
+        let connect = kefu_runtime::Connector::new(
+            "test",
+            &kefu_runtime::ClientArgs::default(),
+            &kefu_runtime::TlsArgs::default(),
+        )
+        .unwrap();
+        let relay = Relay {
+            store,
+            tenants: tenants_with_webhook(dir.path(), port),
+            // Never called: every inbound message here was handled already.
+            gateway: ConversationServiceClient::new(
+                connect
+                    .channel("kefu-gateway", "http://127.0.0.1:9")
+                    .unwrap(),
+            ),
+            deliverer: Deliverer::new(Duration::from_secs(5)).unwrap(),
+            policy: RetryPolicy::new(8, 60_000),
+            lease_ms: LEASE_MS_HERE,
+        };
+
+        // Two replicas' drainers look every 100 ms for 4 s.
+        let replicas: Vec<_> = (0..2)
+            .map(|_| {
+                let relay = relay.clone();
+                tokio::spawn(async move {
+                    let until = tokio::time::Instant::now() + Duration::from_secs(4);
+                    while tokio::time::Instant::now() < until {
+                        relay.drain().await.unwrap();
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            })
+            .collect();
+        for replica in replicas {
+            replica.await.unwrap();
+        }
+
+        let got = got.lock().unwrap().clone();
+        assert_eq!(got.len(), REPLIES, "every reply was delivered: {got:?}");
+        for (delivery, times) in got {
+            assert_eq!(
+                times, 1,
+                "reply {delivery} reached the customer {times} times"
+            );
+        }
+    }
 }

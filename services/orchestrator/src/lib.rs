@@ -60,6 +60,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> anyhow::Result<Running
         outbox: conversations.clone(),
         tickets: downstream.tickets.clone(),
         policy: outbox::retry_policy(&config.outbox),
+        lease_ms: LEASE_MS,
     };
     opener.clone().spawn_drainer(&shutdown);
     let orchestrator = Orchestrator {

@@ -23,8 +23,8 @@ const SERVICE: &str = "kefu-orchestrator";
 pub const LEASE_MS: i64 = 30_000;
 /// How often the drainer looks for due entries.
 pub const DRAIN_INTERVAL: Duration = Duration::from_secs(2);
-/// Entries claimed at once by one drainer.
-const CLAIM_BATCH: i64 = 50;
+/// Entries one drainer works in a pass, each claimed when its turn comes.
+const ENTRIES_PER_PASS: usize = 50;
 const MAX_DEAD_LETTERS_LISTED: i32 = 100;
 
 /// The outbox's retry schedule, from its flags.
@@ -41,6 +41,8 @@ pub struct TicketOpener {
     pub outbox: Arc<dyn TicketOutbox>,
     pub tickets: TicketServiceClient<GrpcChannel>,
     pub policy: RetryPolicy,
+    /// How long an entry is held for one attempt (`LEASE_MS`).
+    pub lease_ms: i64,
 }
 
 /// Why an attempt failed; the message is the ticket service's, never customer text.
@@ -115,10 +117,14 @@ impl TicketOpener {
             })
     }
 
-    /// Works every due entry once; returns how many tickets were opened.
+    /// Works due entries, up to `ENTRIES_PER_PASS`, claiming each when its turn comes;
+    /// returns how many tickets were opened.
     pub async fn drain(&self) -> Result<usize, Status> {
         let mut opened = 0;
-        for entry in self.outbox.claim_due(CLAIM_BATCH, LEASE_MS).await? {
+        for _ in 0..ENTRIES_PER_PASS {
+            let Some(entry) = self.outbox.claim_next(self.lease_ms).await? else {
+                break;
+            };
             if self.open(&entry, None).await?.is_some() {
                 opened += 1;
             }
@@ -219,5 +225,94 @@ fn dead_letter(entry: OutboxEntry) -> DeadLetter {
         last_error: entry.last_error,
         created_at: Some(kefu_proto::timestamp_from_millis(entry.created_at)),
         dead_at: entry.dead_at.map(kefu_proto::timestamp_from_millis),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kefu_storage::{Database, SqlConversationStore};
+    use kefu_test_db::TestDb;
+
+    const ENTRIES: usize = 8;
+    /// Each call waits at most this long for a ticket service that never answers ...
+    const CALL_TIMEOUT_MS: u64 = 400;
+    /// ... so one attempt fits in a lease, and the entries tried one after another do not.
+    const LEASE_MS_HERE: i64 = 1_000;
+
+    /// A ticket service that accepts connections and never answers, as a stopped or
+    /// overloaded one does: each call ends at its deadline.
+    async fn hung_ticket_service() -> (String, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut sockets = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                sockets.push(socket);
+            }
+        });
+        (url, held)
+    }
+
+    /// Two replicas drain one outbox while every ticket call hangs to its deadline:
+    /// no entry is tried twice, so no attempt is counted twice (counted attempts send an
+    /// entry to the dead letter).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_draining_behind_a_hung_ticket_service_try_each_entry_once() {
+        let (_guard, url) = TestDb::postgres().await;
+        let db = Database::connect(&url).await.unwrap();
+        for i in 0..ENTRIES {
+            sqlx::query("INSERT INTO ticket_outbox (outbox_id, tenant_id, customer_id, message_id, session_id, request, created_at, next_attempt_at) VALUES ($1, 'demo', $2, 'm-1', $3, $4, $5, 0)")
+                .bind(format!("entry-{i}"))
+                .bind(format!("customer-{i}"))
+                .bind(format!("session-{i}"))
+                .bind(CreateTicketRequest::default().encode_to_vec())
+                .bind(i as i64)
+                .execute(db.pool())
+                .await
+                .unwrap();
+        }
+        let (ticket_url, _held) = hung_ticket_service().await;
+        let clients = kefu_runtime::ClientArgs {
+            call_timeout_ms: CALL_TIMEOUT_MS,
+            ..Default::default()
+        };
+        let connect =
+            kefu_runtime::Connector::new("test", &clients, &kefu_runtime::TlsArgs::default())
+                .unwrap();
+        let opener = TicketOpener {
+            outbox: Arc::new(SqlConversationStore::new(db.clone())),
+            tickets: TicketServiceClient::new(connect.channel("kefu-ticket", &ticket_url).unwrap()),
+            policy: RetryPolicy::new(8, 60_000),
+            lease_ms: LEASE_MS_HERE,
+        };
+
+        // Two replicas' drainers look every 100 ms, for less time than a failed entry
+        // waits before its next attempt (5 s while the ticket service is unreachable).
+        let replicas: Vec<_> = (0..2)
+            .map(|_| {
+                let opener = opener.clone();
+                tokio::spawn(async move {
+                    let until = tokio::time::Instant::now() + Duration::from_secs(3);
+                    while tokio::time::Instant::now() < until {
+                        assert_eq!(opener.drain().await.unwrap(), 0, "no ticket can open");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            })
+            .collect();
+        for replica in replicas {
+            replica.await.unwrap();
+        }
+
+        let attempts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT outbox_id, attempts FROM ticket_outbox ORDER BY outbox_id")
+                .fetch_all(db.pool())
+                .await
+                .unwrap();
+        assert_eq!(attempts.len(), ENTRIES);
+        for (outbox_id, attempts) in attempts {
+            assert_eq!(attempts, 1, "{outbox_id} was tried {attempts} times");
+        }
     }
 }

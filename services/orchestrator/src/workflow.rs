@@ -22,7 +22,7 @@ use crate::decision::{
     decide, handoff_pending_reply, mood_priority, ticket_priority, Decision, Retrieval,
 };
 use crate::downstream::Downstream;
-use crate::outbox::{TicketOpener, LEASE_MS};
+use crate::outbox::TicketOpener;
 use crate::session::turn_of;
 
 pub(crate) const SERVICE: &str = "kefu-orchestrator";
@@ -344,7 +344,7 @@ impl Orchestrator {
                 turn: turn_record(incoming, understanding, decision, &pending),
                 hand_off: decision.escalated(),
                 request: ticket.encode_to_vec(),
-                lease_ms: LEASE_MS,
+                lease_ms: self.opener.lease_ms,
             })
             .instrument(tracing::info_span!("workflow.store_turn", kefu.tenant = %incoming.request.tenant_id))
             .await?;
