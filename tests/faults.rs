@@ -161,8 +161,10 @@ async fn customer(
             ..Default::default()
         };
         for attempt in 0..ATTEMPTS {
-            let result =
-                tokio::time::timeout(CLIENT_DEADLINE, client.send_message(request.clone())).await;
+            // The deadline travels with the call (grpc-timeout), as a client's should.
+            let mut call = tonic::Request::new(request.clone());
+            call.set_timeout(CLIENT_DEADLINE);
+            let result = tokio::time::timeout(CLIENT_DEADLINE, client.send_message(call)).await;
             let result = match result {
                 Ok(result) => result.map(|r| r.into_inner()),
                 Err(_) => Err(tonic::Status::deadline_exceeded("client deadline")),
@@ -366,9 +368,11 @@ async fn nothing_is_lost_or_doubled_when_services_and_stores_fail() {
 
     // Every hand-off has its ticket (those whose ticket waited in the outbox too: they
     // are opened once the ticket service is back), and nothing is doubled. An entry
-    // committed just before PostgreSQL stopped keeps its worker's lease, since the
-    // failed attempt could not be recorded; the drainer takes it when the lease ends.
-    let held = Duration::from_millis(kefu_orchestrator::LEASE_MS as u64)
+    // committed just before PostgreSQL stopped keeps its turn's lease, since the failed
+    // attempt could not be recorded; that lease ends soon after the customer's call
+    // (not after the drainers' LEASE_MS), and a drainer takes the entry.
+    let held = CLIENT_DEADLINE
+        + Duration::from_millis(kefu_orchestrator::TURN_LEASE_MARGIN_MS as u64)
         + kefu_orchestrator::DRAIN_INTERVAL;
     let outbox_empty = Instant::now();
     while deployment.sql("SELECT count(*) FROM ticket_outbox") != ["0"] {

@@ -6,6 +6,9 @@
 //! letter after their attempts, an admin lists them through the gateway (an agent may
 //! not) and puts one back, and the orchestrator's metrics show the dead letters.
 //!
+//! An orchestrator that dies mid-attempt leaves its entry for no longer than the
+//! customer's call.
+//!
 //! `cargo test --release --test outbox -- --nocapture`
 mod common;
 
@@ -13,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::{
-    metrics_text, on_repository, ApiKey, Service, Stack, StackBuilder, DEMO_ADMIN_KEY,
+    metrics_text, on_repository, ApiKey, Instance, Service, Stack, StackBuilder, DEMO_ADMIN_KEY,
     DEMO_AGENT_KEY,
 };
 use kefu_proto::v1::admin_service_client::AdminServiceClient;
@@ -33,9 +36,9 @@ const HAND_OFFS: usize = 5;
 const MAX_ATTEMPTS: &str = "3";
 const SETTLE: Duration = Duration::from_secs(40);
 
-async fn start(database_url: &str) -> Stack {
+async fn start(services: StackBuilder, database_url: &str) -> Stack {
     common::start(
-        on_repository(StackBuilder::each_service())
+        on_repository(services)
             .database_url(database_url)
             .env("KEFU_OUTBOX_MAX_ATTEMPTS", MAX_ATTEMPTS)
             .env("KEFU_OUTBOX_BACKOFF_MS", "200")
@@ -116,7 +119,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn entries_that_always_fail_do_not_stop_later_hand_offs() {
     let (_db, database_url) = TestDb::postgres().await;
-    let mut stack = start(&database_url).await;
+    let mut stack = start(StackBuilder::each_service(), &database_url).await;
     plant_failing_entries(&database_url).await;
     let channel = common::channel(&stack.gateway()).await;
     let mut customers = ConversationServiceClient::new(channel.clone());
@@ -245,5 +248,96 @@ async fn entries_that_always_fail_do_not_stop_later_hand_offs() {
         MAX_ATTEMPTS,
         "tried again from the start"
     );
+    assert!(stack.panics().is_empty(), "{:?}", stack.panics());
+}
+
+/// An orchestrator that dies while its turn's ticket call hangs leaves the entry under
+/// that turn's lease, which ends with the customer's call: the replica that comes back
+/// opens the ticket seconds later, not after a drainer's whole lease (`LEASE_MS`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_whose_orchestrator_died_mid_attempt_waits_no_longer_than_its_call() {
+    // The customer's call, and the orchestrator's own calls: its customer profile
+    // lookup gives up in time for the turn to commit, and its ticket attempt is still
+    // hanging when the process dies.
+    const CALL: Duration = Duration::from_secs(6);
+    const ORCHESTRATOR_CALLS_MS: &str = "1500";
+    let (_db, database_url) = TestDb::postgres().await;
+    let services = StackBuilder::instances(Service::ALL.map(|service| {
+        let instance = Instance::new(service.name(), service);
+        if service == Service::Orchestrator {
+            instance.env("KEFU_CALL_TIMEOUT_MS", ORCHESTRATOR_CALLS_MS)
+        } else {
+            instance
+        }
+    }));
+    let mut stack = start(services, &database_url).await;
+    let channel = common::channel(&stack.gateway()).await;
+
+    // The ticket service hangs: its address accepts connections and never answers.
+    stack.kill("ticket");
+    let hung = tokio::net::TcpListener::bind(stack.address("ticket"))
+        .await
+        .unwrap();
+    let holding = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = hung.accept().await {
+            sockets.push(socket);
+        }
+    });
+
+    // The customer's hand-off is committed, then its orchestrator dies mid-attempt.
+    let customer = "outbox-orphan";
+    let mut call = tonic::Request::new(hand_off(customer));
+    call.set_timeout(CALL);
+    let mut customers = ConversationServiceClient::new(channel.clone());
+    let asking = tokio::spawn(async move { customers.send_message(call).await });
+    let db = Database::connect(&database_url).await.unwrap();
+    let pending = || async {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM ticket_outbox")
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+        n
+    };
+    let committed = Instant::now();
+    while pending().await == 0 {
+        assert!(committed.elapsed() < CALL, "the hand-off was not committed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stack.kill("orchestrator");
+    let _ = asking.await;
+
+    // Everything comes back.
+    holding.abort();
+    for service in ["ticket", "orchestrator"] {
+        stack.restart(service).unwrap();
+        stack
+            .wait_until_serving(service)
+            .await
+            .unwrap_or_else(|error| panic!("{error:#}"));
+    }
+    let bound = CALL
+        + Duration::from_millis(kefu_orchestrator::TURN_LEASE_MARGIN_MS as u64)
+        + kefu_orchestrator::DRAIN_INTERVAL
+        + Duration::from_secs(2);
+    assert!(bound < Duration::from_millis(kefu_orchestrator::LEASE_MS as u64));
+    loop {
+        let tickets = tickets_of(&channel, customer).await;
+        if !tickets.is_empty() {
+            assert_eq!(tickets.len(), 1, "{customer} has one ticket");
+            break;
+        }
+        assert!(
+            committed.elapsed() < bound,
+            "{customer}'s ticket is not open {:?} after the hand-off was committed",
+            committed.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "the orphaned hand-off got its ticket {:.1} s after it was committed",
+        committed.elapsed().as_secs_f64()
+    );
+    assert_eq!(pending().await, 0, "the outbox is empty");
     assert!(stack.panics().is_empty(), "{:?}", stack.panics());
 }

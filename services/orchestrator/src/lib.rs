@@ -31,8 +31,9 @@ pub use decision::{
     EscalationReason, Retrieval,
 };
 /// How long an outbox entry may wait after its worker lost it (the worker died, or the
-/// database went away before the attempt was recorded): its lease, then a drain.
-pub use outbox::{DRAIN_INTERVAL, LEASE_MS};
+/// database went away before the attempt was recorded): its lease, then a drain. The
+/// lease of an entry a turn commits ends with the customer's call, plus a margin.
+pub use outbox::{DRAIN_INTERVAL, LEASE_MS, TURN_LEASE_MARGIN_MS};
 pub use service::OrchestratorHandle;
 pub use workflow::Orchestrator;
 

@@ -21,6 +21,9 @@ use crate::config::OutboxArgs;
 const SERVICE: &str = "kefu-orchestrator";
 /// How long a worker holds an entry it is trying: longer than a ticket call may take.
 pub const LEASE_MS: i64 = 30_000;
+/// What the lease of a turn's own entry adds to the time left of the customer's call:
+/// room for the clocks of two replicas to differ.
+pub const TURN_LEASE_MARGIN_MS: i64 = 1_000;
 /// How often the drainer looks for due entries.
 pub const DRAIN_INTERVAL: Duration = Duration::from_secs(2);
 /// Entries one drainer works in a pass, each claimed when its turn comes.
@@ -45,6 +48,14 @@ pub struct TicketOpener {
     pub lease_ms: i64,
 }
 
+/// `lease_ms`, or less when the call being served (`call_left`) ends sooner.
+fn lease_within_call(lease_ms: i64, call_left: Option<Duration>) -> i64 {
+    call_left.map_or(lease_ms, |left| {
+        let left = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
+        lease_ms.min(left.saturating_add(TURN_LEASE_MARGIN_MS))
+    })
+}
+
 /// Why an attempt failed; the message is the ticket service's, never customer text.
 struct Failure {
     message: String,
@@ -52,6 +63,14 @@ struct Failure {
 }
 
 impl TicketOpener {
+    /// The lease of the entry a turn commits. The turn's own attempt stops with the
+    /// customer's call (the handler is dropped at its deadline), so when the call ends
+    /// before `lease_ms`, so does the lease: an attempt the turn could not record (its
+    /// database went away, its process died) is drained soon after, not `LEASE_MS` later.
+    pub fn turn_lease_ms(&self) -> i64 {
+        lease_within_call(self.lease_ms, kefu_runtime::resilience::remaining())
+    }
+
     /// One attempt at an entry's ticket; on success the entry goes and the turn gets
     /// the ticket (with `response(ticket_id)` as its stored reply, when given).
     pub async fn open(
@@ -239,6 +258,20 @@ mod tests {
     const CALL_TIMEOUT_MS: u64 = 400;
     /// ... so one attempt fits in a lease, and the entries tried one after another do not.
     const LEASE_MS_HERE: i64 = 1_000;
+
+    #[test]
+    fn a_turns_lease_ends_soon_after_its_call() {
+        assert_eq!(lease_within_call(LEASE_MS, None), LEASE_MS);
+        assert_eq!(
+            lease_within_call(LEASE_MS, Some(Duration::from_millis(4_000))),
+            4_000 + TURN_LEASE_MARGIN_MS
+        );
+        assert_eq!(
+            lease_within_call(LEASE_MS, Some(Duration::from_secs(600))),
+            LEASE_MS
+        );
+        assert_eq!(lease_within_call(LEASE_MS, Some(Duration::MAX)), LEASE_MS);
+    }
 
     /// A ticket service that accepts connections and never answers, as a stopped or
     /// overloaded one does: each call ends at its deadline.

@@ -344,7 +344,7 @@ impl Orchestrator {
                 turn: turn_record(incoming, understanding, decision, &pending),
                 hand_off: decision.escalated(),
                 request: ticket.encode_to_vec(),
-                lease_ms: self.opener.lease_ms,
+                lease_ms: self.opener.turn_lease_ms(),
             })
             .instrument(tracing::info_span!("workflow.store_turn", kefu.tenant = %incoming.request.tenant_id))
             .await?;
