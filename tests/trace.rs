@@ -508,7 +508,6 @@ async fn one_message_leaves_one_connected_trace_across_the_six_services() {
         );
     }
     for (call, step) in [
-        ("kefu.v1.TicketService/GetCustomer", "workflow.ticket"),
         ("kefu.v1.RouterService/Classify", "workflow.understand"),
         ("kefu.v1.SentimentService/Analyze", "workflow.understand"),
         ("kefu.v1.KnowledgeService/Search", "workflow.retrieve"),

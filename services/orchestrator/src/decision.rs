@@ -2,7 +2,7 @@
 //! open a ticket, its priority, and the reply's wording. Pure, so it is tested alone.
 use kefu_proto::v1::{
     AnalyzeResponse, ClassifyResponse, EscalationCue, EscalationThresholds, Language, Priority,
-    Route, SearchResponse, SentimentLabel, VipTier,
+    Route, SearchResponse, SentimentLabel,
 };
 use kefu_storage::Unanswered;
 use kefu_tenant::CueEffect;
@@ -212,16 +212,6 @@ fn priority(urgency: i32, sentiment: &AnalyzeResponse, cues: &[EscalationCue]) -
         level += 1;
     }
     at_most_urgent(level)
-}
-
-/// A ticket's priority: the message's, one level up for a Gold or Platinum customer, at
-/// most urgent. Only a ticket needs the customer's tier, so only a ticket reads it.
-pub fn ticket_priority(message: Priority, vip_tier: i32) -> Priority {
-    if vip_tier >= VipTier::Gold as i32 {
-        at_most_urgent(message as i32 + 1)
-    } else {
-        message
-    }
 }
 
 fn at_most_urgent(level: i32) -> Priority {
@@ -740,11 +730,6 @@ mod tests {
         assert_eq!(decision.reason, Some(EscalationReason::RouterUnavailable));
         assert!(decision.open_ticket);
         assert_eq!(decision.priority, Priority::Medium);
-        assert_eq!(
-            ticket_priority(decision.priority, VipTier::Gold as i32),
-            Priority::High,
-            "medium, one up for Gold"
-        );
         let decision = decide(
             Some(&classified("product_inquiry", Route::Answer, Priority::Low)),
             &feeling(SentimentLabel::Neutral),
@@ -759,7 +744,7 @@ mod tests {
     }
 
     #[test]
-    fn vip_customers_get_higher_priority_capped_at_urgent() {
+    fn a_very_negative_message_is_one_step_more_urgent() {
         let decision = decide(
             Some(&classified("complaint", Route::Human, Priority::High)),
             &feeling(SentimentLabel::VeryNegative),
@@ -770,18 +755,6 @@ mod tests {
             decision.priority,
             Priority::Urgent,
             "high, one up: very negative"
-        );
-        assert_eq!(
-            ticket_priority(decision.priority, VipTier::Platinum as i32),
-            Priority::Urgent
-        );
-        assert_eq!(
-            ticket_priority(Priority::Low, VipTier::Platinum as i32),
-            Priority::Medium
-        );
-        assert_eq!(
-            ticket_priority(Priority::Low, VipTier::Silver as i32),
-            Priority::Low
         );
     }
 

@@ -100,21 +100,4 @@ impl Downstream {
             Err(status) => Err(status),
         }
     }
-
-    /// The customer's VIP tier, from their profile in the ticket service. Without the
-    /// profile the ticket still opens, as for a customer without a tier.
-    pub async fn vip_tier(&self, tenant_id: &str, customer_id: &str) -> Result<i32, Status> {
-        let request = GetCustomerRequest {
-            tenant_id: tenant_id.to_owned(),
-            customer_id: customer_id.to_owned(),
-        };
-        match self.tickets.clone().get_customer(request).await {
-            Ok(response) => Ok(response.into_inner().customer.unwrap_or_default().vip_tier),
-            Err(status) if is_transient(&status) => {
-                tracing::warn!(error = %status.message(), "customer profile unavailable; no VIP tier assumed");
-                Ok(VipTier::None as i32)
-            }
-            Err(status) => Err(status),
-        }
-    }
 }

@@ -27,8 +27,8 @@ mod workflow;
 
 pub use config::{Config, OutboxArgs, Peers};
 pub use decision::{
-    decide, handoff_pending_reply, mood_priority, ticket_priority, Conversation, Decision,
-    EscalationReason, Retrieval,
+    decide, handoff_pending_reply, mood_priority, Conversation, Decision, EscalationReason,
+    Retrieval,
 };
 /// How long an outbox entry may wait after its worker lost it (the worker died, or the
 /// database went away before the attempt was recorded): its lease, then a drain. The

@@ -8,7 +8,7 @@ use std::time::Duration;
 use kefu_proto::v1::ticket_service_client::TicketServiceClient;
 use kefu_proto::v1::{
     CreateTicketRequest, DeadLetter, ListDeadLettersRequest, ListDeadLettersResponse,
-    RetryDeadLetterRequest, RetryDeadLetterResponse,
+    RetryDeadLetterRequest, RetryDeadLetterResponse, Ticket,
 };
 use kefu_runtime::retry::is_transient;
 use kefu_runtime::{GrpcChannel, RetryPolicy};
@@ -35,8 +35,8 @@ pub fn retry_policy(args: &OutboxArgs) -> RetryPolicy {
     RetryPolicy::new(args.outbox_max_attempts, args.outbox_backoff_ms)
 }
 
-/// The reply to store with a turn once its ticket is known, given the ticket's id.
-pub type StoredReply<'a> = dyn Fn(&str) -> kefu_storage::OpenedReply + Sync + 'a;
+/// The reply to store with a turn once its ticket is known, given the ticket.
+pub type StoredReply<'a> = dyn Fn(&Ticket) -> kefu_storage::OpenedReply + Sync + 'a;
 
 /// Opens tickets from outbox entries.
 #[derive(Clone)]
@@ -72,19 +72,19 @@ impl TicketOpener {
     }
 
     /// One attempt at an entry's ticket; on success the entry goes and the turn gets
-    /// the ticket (with `response(ticket_id)` as its stored reply, when given).
+    /// the ticket (with `response(ticket)` as its stored reply, when given).
     pub async fn open(
         &self,
         entry: &OutboxEntry,
         response: Option<&StoredReply<'_>>,
-    ) -> Result<Option<String>, Status> {
+    ) -> Result<Option<Ticket>, Status> {
         match self.create_ticket(entry).await {
-            Ok(ticket_id) => {
+            Ok(ticket) => {
                 self.outbox
-                    .ticket_opened(entry, &ticket_id, response.map(|r| r(&ticket_id)))
+                    .ticket_opened(entry, &ticket.ticket_id, response.map(|r| r(&ticket)))
                     .await?;
                 metrics::counter!("kefu_outbox_attempts_total", "service" => SERVICE, "outcome" => "opened").increment(1);
-                Ok(Some(ticket_id))
+                Ok(Some(ticket))
             }
             Err(failure) => {
                 let retry_at =
@@ -111,7 +111,7 @@ impl TicketOpener {
         }
     }
 
-    async fn create_ticket(&self, entry: &OutboxEntry) -> Result<String, Failure> {
+    async fn create_ticket(&self, entry: &OutboxEntry) -> Result<Ticket, Failure> {
         let request =
             CreateTicketRequest::decode(entry.request.as_slice()).map_err(|error| Failure {
                 message: format!("the stored ticket request is unreadable: {error}"),
@@ -126,14 +126,10 @@ impl TicketOpener {
                 message: format!("{:?}: {}", status.code(), status.message()),
                 transient: is_transient(&status),
             })?;
-        response
-            .into_inner()
-            .ticket
-            .map(|ticket| ticket.ticket_id)
-            .ok_or_else(|| Failure {
-                message: "the ticket service answered without a ticket".into(),
-                transient: false,
-            })
+        response.into_inner().ticket.ok_or_else(|| Failure {
+            message: "the ticket service answered without a ticket".into(),
+            transient: false,
+        })
     }
 
     /// Works due entries, up to `ENTRIES_PER_PASS`, claiming each when its turn comes;

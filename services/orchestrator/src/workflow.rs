@@ -18,9 +18,7 @@ use tonic::Status;
 use tracing::Instrument;
 
 use crate::context::{conversation_so_far, follow_up_query};
-use crate::decision::{
-    decide, handoff_pending_reply, mood_priority, ticket_priority, Decision, Retrieval,
-};
+use crate::decision::{decide, handoff_pending_reply, mood_priority, Decision, Retrieval};
 use crate::downstream::Downstream;
 use crate::outbox::TicketOpener;
 use crate::session::turn_of;
@@ -265,7 +263,7 @@ impl Orchestrator {
         incoming: &Incoming<'_>,
         history: &[Turn],
         understanding: Understanding,
-        mut decision: Decision,
+        decision: Decision,
     ) -> Result<SendMessageResponse, Status> {
         let request = incoming.request;
         let previous_reply = history.last().map_or("", |turn| turn.reply.as_str());
@@ -285,13 +283,6 @@ impl Orchestrator {
                 kefu.priority = tracing::field::Empty,
                 kefu.ticket_created = tracing::field::Empty
             );
-            let vip_tier = self
-                .downstream
-                .vip_tier(&request.tenant_id, &request.customer_id)
-                .instrument(span.clone())
-                .await?;
-            decision.priority = ticket_priority(decision.priority, vip_tier);
-            span.record("kefu.priority", decision.priority.as_str_name());
             let ticket = ticket_request(incoming, &understanding, &decision);
             self.commit_with_ticket(
                 incoming,
@@ -354,8 +345,14 @@ impl Orchestrator {
         };
         let mut response = pending;
         if let Some(entry) = entry {
-            let named = |ticket_id: &str| {
-                let named = reply_for(decision, ticket_id);
+            // The customer is told the ticket's priority, which the ticket service sets
+            // (one step up for a VIP).
+            let opened_reply = |ticket: &Ticket| SendMessageResponse {
+                priority: ticket.priority,
+                ..reply_for(decision, &ticket.ticket_id)
+            };
+            let named = |ticket: &Ticket| {
+                let named = opened_reply(ticket);
                 kefu_storage::OpenedReply {
                     reply: named.reply.clone(),
                     response: named.encode_to_vec(),
@@ -367,8 +364,10 @@ impl Orchestrator {
                 .instrument(ticket_span.clone())
                 .await?;
             ticket_span.record("kefu.ticket_created", opened.is_some());
-            if let Some(ticket_id) = opened {
-                response = reply_for(decision, &ticket_id);
+            let priority = opened.as_ref().map_or(decision.priority, Ticket::priority);
+            ticket_span.record("kefu.priority", priority.as_str_name());
+            if let Some(ticket) = opened {
+                response = opened_reply(&ticket);
             }
         } else {
             // A human had the session already: this message joined that ticket.

@@ -6,7 +6,7 @@
 use std::fmt;
 
 use kefu_proto::enum_label;
-use kefu_proto::v1::{Priority, TicketStatus};
+use kefu_proto::v1::{Priority, TicketStatus, VipTier};
 use kefu_storage::{AuditRecord, HandlerMove, TicketChange, TicketRecord};
 
 /// The actor of the changes the SLA policy makes.
@@ -174,6 +174,16 @@ pub fn raise_priority(
     Some(priority_change(current, to, actor, reason, now))
 }
 
+/// A new ticket's priority: the requested one, one step up for a Gold or Platinum
+/// customer (urgent stays urgent).
+pub fn opening_priority(requested: Priority, vip_tier: i32) -> Priority {
+    if vip_tier >= VipTier::Gold as i32 {
+        one_step_up(requested)
+    } else {
+        requested
+    }
+}
+
 /// One priority step up (urgent stays urgent).
 pub fn one_step_up(priority: Priority) -> Priority {
     match priority {
@@ -288,6 +298,24 @@ mod tests {
             version: 3,
             first_response_at: None,
             sla_raised: false,
+        }
+    }
+
+    #[test]
+    fn gold_and_platinum_customers_open_one_step_up_capped_at_urgent() {
+        for (requested, tier, opened) in [
+            (Priority::Low, VipTier::Platinum, Priority::Medium),
+            (Priority::Medium, VipTier::Gold, Priority::High),
+            (Priority::Urgent, VipTier::Platinum, Priority::Urgent),
+            (Priority::Low, VipTier::Silver, Priority::Low),
+            (Priority::High, VipTier::None, Priority::High),
+            (Priority::High, VipTier::Unspecified, Priority::High),
+        ] {
+            assert_eq!(
+                opening_priority(requested, tier as i32),
+                opened,
+                "{requested:?} for {tier:?}"
+            );
         }
     }
 

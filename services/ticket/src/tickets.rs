@@ -73,13 +73,13 @@ impl Tickets {
         Ok((ticket, audit))
     }
 
-    /// Opens a ticket for the request (validated by the caller) with its SLA deadline
-    /// and the customer's VIP tier; a repeated idempotency key returns the first ticket
-    /// and false.
+    /// Opens a ticket for the request (validated by the caller) with the customer's VIP
+    /// tier, the priority that tier gives (`rules::opening_priority`) and its SLA
+    /// deadline; a repeated idempotency key returns the first ticket and false.
     pub async fn open(
         &self,
         request: CreateTicketRequest,
-        priority: Priority,
+        requested: Priority,
         actor: String,
     ) -> Result<(TicketRecord, bool), Status> {
         let now = now_millis();
@@ -88,6 +88,7 @@ impl Tickets {
             .get_customer(&request.tenant_id, &request.customer_id)
             .await?
             .map_or(VipTier::None as i32, |customer| customer.vip_tier);
+        let priority = rules::opening_priority(requested, vip_tier);
         let record = TicketRecord {
             tenant_id: request.tenant_id,
             ticket_id: uuid::Uuid::now_v7().to_string(),
