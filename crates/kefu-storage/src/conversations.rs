@@ -239,15 +239,6 @@ fn event_from_row(row: &AnyRow) -> Result<EventRecord, sqlx::Error> {
     })
 }
 
-/// Lost races (a unique key taken by a concurrent writer, SQLite's busy snapshot) are
-/// worth another attempt; a database that is down is not.
-fn is_race(error: &StoreError) -> bool {
-    matches!(
-        error,
-        StoreError::Other(sqlx::Error::Database(_) | sqlx::Error::Protocol(_))
-    )
-}
-
 pub(crate) type Tx<'c> = sqlx::Transaction<'c, sqlx::Any>;
 
 /// Inserts an event at the session's next number inside `tx`; a concurrent writer that
@@ -339,9 +330,9 @@ pub(crate) async fn apply_move(
             (None, _) => 0,
         };
     if changed == 0 {
-        return Err(StoreError::Other(sqlx::Error::Protocol(
+        return Err(StoreError::Conflict(
             "the session's handler changed concurrently".into(),
-        )));
+        ));
     }
     let event_ticket = match change {
         HandlerMove::HandOff { ticket_id, .. }
@@ -426,7 +417,7 @@ where
     let mut attempt = 1;
     loop {
         match write().await {
-            Err(error) if is_race(&error) && attempt < WRITE_ATTEMPTS => {
+            Err(StoreError::Conflict(_)) if attempt < WRITE_ATTEMPTS => {
                 attempt += 1;
                 tokio::time::sleep(Duration::from_millis(2 * attempt as u64)).await;
             }
@@ -677,5 +668,23 @@ mod tests {
             Some((HANDLER_BOT, String::new()))
         );
         assert_eq!(next_handler(Some(&at(HANDLER_BOT, "")), &release), None);
+    }
+
+    #[tokio::test]
+    async fn only_a_conflict_is_tried_again() {
+        let attempts = |error: fn() -> StoreError| async move {
+            let tried = std::cell::Cell::new(0);
+            let result: StoreResult<()> = with_race_retries(|| {
+                tried.set(tried.get() + 1);
+                std::future::ready(Err(error()))
+            })
+            .await;
+            assert!(result.is_err());
+            tried.get()
+        };
+        let conflict = || StoreError::Conflict("the row changed".into());
+        let refused = || StoreError::Other(sqlx::Error::RowNotFound);
+        assert_eq!(attempts(conflict).await, WRITE_ATTEMPTS);
+        assert_eq!(attempts(refused).await, 1);
     }
 }

@@ -40,6 +40,10 @@ pub use tickets::{
 pub enum StoreError {
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// A concurrent writer got there first (a key it took, a row it changed, a snapshot
+    /// it made stale): the same write may succeed if tried again.
+    #[error("write conflict: {0}")]
+    Conflict(String),
     #[error("database error: {0}")]
     Other(#[source] sqlx::Error),
 }
@@ -48,6 +52,8 @@ impl From<sqlx::Error> for StoreError {
     fn from(error: sqlx::Error) -> Self {
         if means_unavailable(&error) {
             Self::Unavailable(error)
+        } else if means_conflict(&error) {
+            Self::Conflict(error.to_string())
         } else {
             Self::Other(error)
         }
@@ -71,10 +77,33 @@ fn means_unavailable(error: &sqlx::Error) -> bool {
     }
 }
 
+/// A write that lost a race with another writer: a unique key taken meanwhile (both
+/// backends), PostgreSQL's 40001 serialization_failure and 40P01 deadlock_detected,
+/// SQLite's busy and locked results (primary codes 5 and 6, whatever the extended code).
+/// Any other refusal (a constraint, a missing table) would fail the same way again.
+fn means_conflict(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(error) = error else {
+        return false;
+    };
+    if error.is_unique_violation() {
+        return true;
+    }
+    let Some(code) = error.code() else {
+        return false;
+    };
+    match error.try_downcast_ref::<sqlx::sqlite::SqliteError>() {
+        Some(_) => code
+            .parse::<u32>()
+            .is_ok_and(|code| matches!(code & 0xff, 5 | 6)),
+        None => matches!(&*code, "40001" | "40P01"),
+    }
+}
+
 impl From<StoreError> for tonic::Status {
     fn from(error: StoreError) -> Self {
         match &error {
             StoreError::Unavailable(_) => Self::unavailable(error.to_string()),
+            StoreError::Conflict(_) => Self::aborted(error.to_string()),
             StoreError::Other(_) => Self::internal(error.to_string()),
         }
     }

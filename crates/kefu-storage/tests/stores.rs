@@ -779,3 +779,63 @@ async fn a_session_the_server_ends_is_unavailable() {
     let status = tonic::Status::from(StoreError::from(error));
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 }
+
+/// A write that lost a race (a key taken meanwhile, a serialization failure or deadlock
+/// on PostgreSQL, a busy database on SQLite) is a conflict, ABORTED: worth another
+/// attempt. A write the database refuses for what it is (here a NOT NULL column left
+/// empty) is INTERNAL, and would fail the same way however often it was tried.
+#[tokio::test]
+async fn a_lost_race_is_aborted_and_a_refused_write_internal() {
+    use sqlx::{AnyConnection, Connection as _};
+    sqlx::any::install_default_drivers();
+    let status = |error: sqlx::Error| tonic::Status::from(StoreError::from(error)).code();
+    async fn run(connection: &mut AnyConnection, sql: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(sql).execute(connection).await.map(drop)
+    }
+    for (_guard, url) in [TestDb::sqlite(), TestDb::postgres().await] {
+        let mut writer = AnyConnection::connect(&url).await.unwrap();
+        for sql in [
+            "CREATE TABLE races (k INTEGER PRIMARY KEY, v INTEGER NOT NULL)",
+            "INSERT INTO races VALUES (1, 1)",
+        ] {
+            run(&mut writer, sql).await.unwrap();
+        }
+        let taken = run(&mut writer, "INSERT INTO races VALUES (1, 2)").await;
+        assert_eq!(
+            status(taken.unwrap_err()),
+            tonic::Code::Aborted,
+            "{url}: a key taken meanwhile"
+        );
+        let empty = run(&mut writer, "INSERT INTO races VALUES (2, NULL)").await;
+        assert_eq!(
+            status(empty.unwrap_err()),
+            tonic::Code::Internal,
+            "{url}: NOT NULL left empty"
+        );
+
+        if url.starts_with("postgres") {
+            for sqlstate in ["40001", "40P01"] {
+                let sql = format!(
+                    "DO $$ BEGIN RAISE EXCEPTION 'lost' USING ERRCODE = '{sqlstate}'; END $$"
+                );
+                let lost = run(&mut writer, &sql).await;
+                assert_eq!(
+                    status(lost.unwrap_err()),
+                    tonic::Code::Aborted,
+                    "SQLSTATE {sqlstate}"
+                );
+            }
+        } else {
+            // another writer holds the write lock, and this one does not wait for it
+            let mut waiting = AnyConnection::connect(&url).await.unwrap();
+            run(&mut waiting, "PRAGMA busy_timeout = 0").await.unwrap();
+            run(&mut writer, "BEGIN IMMEDIATE").await.unwrap();
+            let busy = run(&mut waiting, "INSERT INTO races VALUES (3, 3)").await;
+            assert_eq!(
+                status(busy.unwrap_err()),
+                tonic::Code::Aborted,
+                "a busy database"
+            );
+        }
+    }
+}
