@@ -83,6 +83,7 @@ test-models: models build ## Check the committed models on validation data: the 
 	$(PYTHON) eval/split.py --datasets $(DATASETS) --out data/eval
 	$(KEFU) eval retrieval --docs data/eval/bq_faq_docs.jsonl --queries data/eval/bq_faq_queries.csv --min-mrr $(BQ_MRR_FLOOR)
 	$(KEFU) eval escalation --test eval/escalation/unseen_kinds.csv --tenant demo --max-wrong $(HANDOFF_MAX_WRONG)
+	$(KEFU) eval escalation --test eval/escalation/blind_kinds.csv --tenant demo --max-wrong $(HANDOFF_MAX_WRONG)
 
 # Playwright (the npm package playwright-core, which downloads no browser) drives
 # Debian's Chromium against `kefu up` on free ports; screenshots go to web/test-results/.
@@ -148,6 +149,7 @@ eval: models build ## Measure intents, sentiment and retrieval on validation dat
 	$(KEFU) eval escalation --test eval/escalation/demo.csv --tenant demo
 	$(KEFU) eval escalation --test eval/escalation/unmet_kinds.csv --tenant demo
 	$(KEFU) eval escalation --test eval/escalation/unseen_kinds.csv --tenant demo
+	$(KEFU) eval escalation --test eval/escalation/blind_kinds.csv --tenant demo
 
 BENCH_DIR ?= target/bench
 BENCH_SECONDS ?= 20

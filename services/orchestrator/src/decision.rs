@@ -100,7 +100,9 @@ pub fn decide(
         .unwrap_or_else(default_thresholds);
     let score = sentiment.sentiment.as_ref().map_or(0.0, |s| s.score);
     let needs_person = needs_person(sentiment, &thresholds);
-    let negative = score <= thresholds.negative_score || needs_person;
+    // A question's sentiment reads what it is about ("how long is the video of the
+    // burglary kept?"), not how the customer feels: there only the learned reading counts.
+    let negative = needs_person || (score <= thresholds.negative_score && !classification.question);
     // A cue the orchestrator cannot read (a newer router's) is passed over.
     let cue_reason = classification
         .escalation_cues
@@ -419,6 +421,25 @@ mod tests {
             Conversation::default(),
         );
         assert_eq!(upset.reason, Some(EscalationReason::Complaint));
+        // a question's sentiment reads its topic ("how long is the burglary's video
+        // kept?"): there only the learned reading makes the cue count
+        let mut asked = grumble.clone();
+        asked.question = true;
+        let decide_asked = |sentiment: &AnalyzeResponse| {
+            decide(
+                Some(&asked),
+                sentiment,
+                &Retrieval::Found(answer(true)),
+                Conversation::default(),
+            )
+            .reason
+        };
+        assert_eq!(decide_asked(&feeling(SentimentLabel::Negative)), None);
+        let needing = AnalyzeResponse {
+            needs_person: Some(0.95),
+            ..feeling(SentimentLabel::Negative)
+        };
+        assert_eq!(decide_asked(&needing), Some(EscalationReason::Complaint));
 
         // recorded, never handing off
         let noted = with_cue(
