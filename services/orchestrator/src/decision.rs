@@ -98,11 +98,13 @@ pub fn decide(
     let thresholds = classification
         .escalation_thresholds
         .unwrap_or_else(default_thresholds);
-    let score = sentiment.sentiment.as_ref().map_or(0.0, |s| s.score);
     let needs_person = needs_person(sentiment, &thresholds);
-    // A question's sentiment reads what it is about ("how long is the video of the
-    // burglary kept?"), not how the customer feels: there only the learned reading counts.
-    let negative = needs_person || (score <= thresholds.negative_score && !classification.question);
+    // A question's sentiment reads what it is about ("how do I return a broken camera?",
+    // "how long is the video of the burglary kept?"), not how the customer feels: only a
+    // statement's score counts; in a question, only the learned reading does.
+    let felt_score =
+        (!classification.question).then(|| sentiment.sentiment.as_ref().map_or(0.0, |s| s.score));
+    let negative = needs_person || felt_score.is_some_and(|s| s <= thresholds.negative_score);
     // A cue the orchestrator cannot read (a newer router's) is passed over.
     let cue_reason = classification
         .escalation_cues
@@ -132,7 +134,7 @@ pub fn decide(
     } else if conversation.not_helped && conversation.previous_missed {
         // the second try did not help either
         Some(EscalationReason::NoAnswer)
-    } else if score <= thresholds.hand_off_score && !classification.question {
+    } else if felt_score.is_some_and(|s| s <= thresholds.hand_off_score) {
         Some(EscalationReason::NegativeSentiment)
     } else if needs_person {
         Some(EscalationReason::NeedsPerson)
