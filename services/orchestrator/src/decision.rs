@@ -392,12 +392,7 @@ mod tests {
             CueEffect::HandOff,
             true,
         );
-        let decision = decide(
-            Some(&hacked),
-            &feeling(SentimentLabel::Neutral),
-            &Retrieval::Found(answer(true)),
-            Conversation::default(),
-        );
+        let decision = decide_first_message(&hacked, &feeling(SentimentLabel::Neutral));
         assert_eq!(decision.reason, Some(EscalationReason::SecurityIncident));
         assert!(decision.open_ticket && !decision.answered_from_knowledge);
         assert_eq!(decision.priority, Priority::Medium, "one up: pressing");
@@ -409,33 +404,16 @@ mod tests {
             CueEffect::IfNegative,
             false,
         );
-        let calm = decide(
-            Some(&grumble),
-            &feeling(SentimentLabel::Neutral),
-            &Retrieval::Found(answer(true)),
-            Conversation::default(),
-        );
+        let calm = decide_first_message(&grumble, &feeling(SentimentLabel::Neutral));
         assert_eq!(calm.reason, None);
-        let upset = decide(
-            Some(&grumble),
-            &feeling(SentimentLabel::Negative),
-            &Retrieval::Found(answer(true)),
-            Conversation::default(),
-        );
+        let upset = decide_first_message(&grumble, &feeling(SentimentLabel::Negative));
         assert_eq!(upset.reason, Some(EscalationReason::Complaint));
         // a question's sentiment reads its topic ("how long is the burglary's video
         // kept?"): there only the learned reading makes the cue count
         let mut asked = grumble.clone();
         asked.question = true;
-        let decide_asked = |sentiment: &AnalyzeResponse| {
-            decide(
-                Some(&asked),
-                sentiment,
-                &Retrieval::Found(answer(true)),
-                Conversation::default(),
-            )
-            .reason
-        };
+        let decide_asked =
+            |sentiment: &AnalyzeResponse| decide_first_message(&asked, sentiment).reason;
         assert_eq!(decide_asked(&feeling(SentimentLabel::Negative)), None);
         let needing = AnalyzeResponse {
             needs_person: Some(0.95),
@@ -450,12 +428,7 @@ mod tests {
             CueEffect::Record,
             false,
         );
-        let decision = decide(
-            Some(&noted),
-            &feeling(SentimentLabel::Negative),
-            &Retrieval::Found(answer(true)),
-            Conversation::default(),
-        );
+        let decision = decide_first_message(&noted, &feeling(SentimentLabel::Negative));
         assert_eq!(decision.reason, None);
 
         // a cue the orchestrator cannot read is passed over for the next
@@ -473,12 +446,7 @@ mod tests {
                 raise_priority: false,
             },
         );
-        let decision = decide(
-            Some(&unknown),
-            &feeling(SentimentLabel::Neutral),
-            &Retrieval::Found(answer(true)),
-            Conversation::default(),
-        );
+        let decision = decide_first_message(&unknown, &feeling(SentimentLabel::Neutral));
         assert_eq!(decision.reason, Some(EscalationReason::Stalled));
     }
 
@@ -486,14 +454,7 @@ mod tests {
     fn the_tenant_threshold_decides_how_negative_hands_off() {
         let mut billing = classified("billing", Route::Answer, Priority::Medium);
         let negative = feeling(SentimentLabel::Negative);
-        let decide_with = |billing: &ClassifyResponse| {
-            decide(
-                Some(billing),
-                &negative,
-                &Retrieval::Found(answer(true)),
-                Conversation::default(),
-            )
-        };
+        let decide_with = |billing: &ClassifyResponse| decide_first_message(billing, &negative);
         assert_eq!(
             decide_with(&billing).reason,
             None,
@@ -518,13 +479,7 @@ mod tests {
             ..feeling(SentimentLabel::Neutral)
         };
         let decide_with = |classification: &ClassifyResponse, probability| {
-            decide(
-                Some(classification),
-                &read_as(probability),
-                &Retrieval::Found(answer(true)),
-                Conversation::default(),
-            )
-            .reason
+            decide_first_message(classification, &read_as(probability)).reason
         };
         // kefu's default threshold when the router sends none; a question too
         let default = kefu_tenant::EscalationPolicy::defaults().needs_person;
@@ -563,6 +518,19 @@ mod tests {
         );
     }
 
+    /// The decision for a conversation's first message, with a confident answer found.
+    fn decide_first_message(
+        classification: &ClassifyResponse,
+        sentiment: &AnalyzeResponse,
+    ) -> Decision {
+        decide(
+            Some(classification),
+            sentiment,
+            &Retrieval::Found(answer(true)),
+            Conversation::default(),
+        )
+    }
+
     fn answer(confident: bool) -> SearchResponse {
         SearchResponse {
             answer: "The Pro plan costs $18 a month.".into(),
@@ -573,11 +541,9 @@ mod tests {
 
     #[test]
     fn answers_a_confident_product_question() {
-        let decision = decide(
-            Some(&classified("product_inquiry", Route::Answer, Priority::Low)),
+        let decision = decide_first_message(
+            &classified("product_inquiry", Route::Answer, Priority::Low),
             &feeling(SentimentLabel::Neutral),
-            &Retrieval::Found(answer(true)),
-            Conversation::default(),
         );
         assert_eq!(decision.reason, None);
         assert!(!decision.open_ticket);
@@ -611,14 +577,7 @@ mod tests {
     fn a_route_to_a_human_if_negative_hands_off_only_a_negative_or_needing_message() {
         let mut complaint = classified("complaint", Route::HumanIfNegative, Priority::High);
         complaint.route_reason = "complaint".into();
-        let decide_with = |sentiment: &AnalyzeResponse| {
-            decide(
-                Some(&complaint),
-                sentiment,
-                &Retrieval::Found(answer(true)),
-                Conversation::default(),
-            )
-        };
+        let decide_with = |sentiment: &AnalyzeResponse| decide_first_message(&complaint, sentiment);
         assert_eq!(
             decide_with(&feeling(SentimentLabel::Negative)).reason,
             Some(EscalationReason::Complaint)
@@ -639,11 +598,9 @@ mod tests {
 
     #[test]
     fn very_negative_sentiment_escalates_and_raises_priority() {
-        let decision = decide(
-            Some(&classified("billing", Route::Answer, Priority::Medium)),
+        let decision = decide_first_message(
+            &classified("billing", Route::Answer, Priority::Medium),
             &feeling(SentimentLabel::VeryNegative),
-            &Retrieval::Found(answer(true)),
-            Conversation::default(),
         );
         assert_eq!(decision.reason, Some(EscalationReason::NegativeSentiment));
         assert_eq!(decision.priority, Priority::High);
@@ -824,11 +781,9 @@ mod tests {
 
     #[test]
     fn ticket_route_answers_and_opens_a_ticket() {
-        let decision = decide(
-            Some(&classified("refund", Route::Ticket, Priority::Medium)),
+        let decision = decide_first_message(
+            &classified("refund", Route::Ticket, Priority::Medium),
             &feeling(SentimentLabel::Neutral),
-            &Retrieval::Found(answer(true)),
-            Conversation::default(),
         );
         assert_eq!(decision.reason, None);
         assert!(decision.open_ticket);
